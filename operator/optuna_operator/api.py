@@ -1,0 +1,867 @@
+"""Typed models of the TuningStudy API (v1alpha1): the single source of the CRD schema.
+
+Field descriptions become `kubectl explain` text; `x-kubernetes-validations` (CEL) rules live
+next to the fields they check, so `make crds` can generate the whole schema from here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "BestTrial",
+    "Budget",
+    "CategoricalRange",
+    "Condition",
+    "DashboardSpec",
+    "DeletionPolicy",
+    "Direction",
+    "FloatRange",
+    "IntRange",
+    "Objective",
+    "Parameter",
+    "ParameterCondition",
+    "PrunerSpec",
+    "PrunerType",
+    "SamplerSpec",
+    "SamplerType",
+    "StorageSpec",
+    "TrialCounts",
+    "TuningStudy",
+    "TuningStudySpec",
+    "TuningStudyStatus",
+    "WorkerConfig",
+    "WorkersSpec",
+]
+
+GROUP = "tuning.optuna-operator.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TuningStudy"
+PLURAL = "tuningstudies"
+
+# Lists get bounds so the API server can estimate the cost of CEL rules over them.
+MAX_PARAMETERS = 32
+MAX_CHOICES = 64
+MAX_DIRECTIONS = 8
+PARETO_FRONT_LIMIT = 10
+# "<name>-workers-<hash8>" must fit the 63-character label value limit.
+MAX_NAME_LENGTH = 45
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def rules(*entries: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(entries)}
+
+
+# Values whose type the user chooses (categorical choices, warm-start params): any scalar.
+Scalar = Annotated[
+    str | bool | int | float,
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+FreeObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+        }
+    ),
+]
+IntOrAuto = Annotated[
+    int | Literal["auto"],
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                cel(
+                    "type(self) == int ? self >= 1 : self == 'auto'",
+                    "must be a positive integer or 'auto'",
+                )
+            ],
+        }
+    ),
+]
+ParamName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        min_length=1,
+        max_length=63,
+        description="Parameter name: letters, digits and underscores, not starting with a "
+        "digit (it is also used as an environment variable and a placeholder).",
+    ),
+]
+
+
+class Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields ignored (the API server prunes them)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_enum_values=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Direction(StrEnum):
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+
+class DeletionPolicy(StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+# ----------------------------------------------------------------------------- search space
+
+
+class FloatRange(Model):
+    """A float parameter sampled from [low, high]."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("self.low < self.high", "float: low must be less than high"),
+            cel("!self.log || self.low > 0.0", "float: log scale needs low > 0"),
+            cel(
+                "!(self.log && has(self.step))",
+                "float: step cannot be combined with log scale",
+            ),
+            cel(
+                "!has(self.step) || self.step <= self.high - self.low",
+                "float: step must fit in the range high - low",
+            ),
+        )
+    )
+    low: float = Field(description="Lower bound (inclusive).")
+    high: float = Field(description="Upper bound (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+    step: float | None = Field(
+        None, gt=0, description="Discretization step; values are low + k*step."
+    )
+
+
+class IntRange(Model):
+    """An integer parameter sampled from [low, high]."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("self.low < self.high", "int: low must be less than high"),
+            cel("!self.log || self.low > 0", "int: log scale needs low > 0"),
+            cel(
+                "!self.log || self.step == 1",
+                "int: log scale needs step 1",
+            ),
+            cel(
+                "self.step <= self.high - self.low",
+                "int: step must fit in the range high - low",
+            ),
+        )
+    )
+    low: int = Field(description="Lower bound (inclusive).")
+    high: int = Field(description="Upper bound (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+    step: int = Field(1, ge=1, description="Step between values.")
+
+
+class CategoricalRange(Model):
+    """A parameter chosen from a list of values."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.choices.all(c, self.choices.exists_one(d, d == c))",
+                "categorical: choices must be unique",
+            ),
+        )
+    )
+    choices: list[Scalar] = Field(
+        min_length=1,
+        max_length=MAX_CHOICES,
+        description="Values to choose from: strings, numbers or booleans.",
+    )
+
+
+class ParameterCondition(Model):
+    """Sample this parameter only when an earlier categorical parameter has one of the values."""
+
+    param: ParamName = Field(description="Name of an earlier categorical parameter.")
+    in_: list[Scalar] = Field(
+        alias="in",
+        min_length=1,
+        max_length=16,
+        description="Values of that parameter for which this parameter is sampled.",
+    )
+
+
+class Parameter(Model):
+    """One parameter of a declarative search space; exactly one of float, int, categorical."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "[has(self.float), has(self.int), has(self.categorical)]"
+                ".filter(x, x).size() == 1",
+                "set exactly one of float, int or categorical for each parameter",
+            ),
+            cel(
+                "!has(self.when) || self.when.param != self.name",
+                "a parameter cannot depend on itself",
+            ),
+        )
+    )
+    name: ParamName
+    float_: FloatRange | None = Field(None, alias="float", description="A float range.")
+    int_: IntRange | None = Field(None, alias="int", description="An integer range.")
+    categorical: CategoricalRange | None = Field(None, description="A list of choices.")
+    when: ParameterCondition | None = Field(
+        None, description="Sample only when another parameter has one of the given values."
+    )
+
+
+SEARCH_SPACE_RULES = rules(
+    cel(
+        "self.all(p, self.exists_one(q, q.name == p.name))",
+        "searchSpace: parameter names must be unique",
+    ),
+    cel(
+        "self.all(p, !has(p.when) || self.exists(q, q.name == p.when.param"
+        " && has(q.categorical)))",
+        "searchSpace: when.param must name a categorical parameter of the search space",
+    ),
+    cel(
+        "self.all(p, !has(p.when) || self.map(q, q.name).indexOf(p.when.param)"
+        " < self.map(q, q.name).indexOf(p.name))",
+        "searchSpace: when.param must name a parameter listed before the dependent one",
+    ),
+    cel(
+        "self.all(p, !has(p.when) || self.exists(q, q.name == p.when.param"
+        " && has(q.categorical) && p.when.__in__.all(v, v in q.categorical.choices)))",
+        "searchSpace: every value in when.in must be one of the parent parameter's choices",
+    ),
+)
+
+
+class Objective(Model):
+    """What each trial runs: a Python function or a command in any language."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.function) != has(self.command)",
+                "objective: set exactly one of function or command",
+            ),
+            cel(
+                "!has(self.command) || has(self.searchSpace)",
+                "objective.command needs a searchSpace: the command cannot ask for "
+                "parameters itself",
+            ),
+            cel(
+                "!has(self.function) || !has(self.searchSpace)",
+                "objective.searchSpace is only used with command: a function objective "
+                "defines its parameters with trial.suggest_*",
+            ),
+        )
+    )
+    function: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$",
+        max_length=256,
+        description="Python define-by-run objective as module:attribute, called with an "
+        "optuna.Trial; returns a float, or a tuple of floats for several directions.",
+    )
+    command: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Command run once per trial. '{name}' in an argument is replaced by the "
+        "parameter's value; parameters also arrive as OPTUNA_PARAM_<NAME> environment "
+        "variables and as a JSON file named by OPTUNA_PARAMS_FILE. The command reports "
+        "'optuna:report <step> <value>' and 'optuna:result <v1> [<v2> ...]' lines on stdout.",
+    )
+    search_space: (
+        Annotated[list[Parameter], Field(json_schema_extra=SEARCH_SPACE_RULES)] | None
+    ) = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PARAMETERS,
+        description="Declarative search space for command objectives. A parameter with "
+        "`when` is sampled only when its parent has one of the listed values.",
+    )
+    trial_timeout_seconds: int | None = Field(
+        None, ge=1, description="Fail a trial that runs longer than this."
+    )
+
+
+# ----------------------------------------------------------------------------- budget
+
+
+class Budget(Model):
+    """When the study ends: whichever limit is reached first."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.trials) || has(self.timeoutSeconds)",
+                "budget: set trials or timeoutSeconds so the study ends",
+            ),
+        )
+    )
+    trials: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Finished (complete or pruned) trials across all workers.",
+    )
+    timeout_seconds: int | None = Field(
+        None, ge=1, description="Wall-clock limit from the start of the study."
+    )
+    max_failed_trials: int = Field(
+        20, ge=0, description="Mark the study Failed when more trials than this have failed."
+    )
+    goal: float | None = Field(
+        None,
+        description="Stop when the best value reaches this (single direction only).",
+    )
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+class SamplerType(StrEnum):
+    TPE = "TPE"
+    CMAES = "CMAES"
+    NSGAII = "NSGAII"
+    NSGAIII = "NSGAIII"
+    GP = "GP"
+    QMC = "QMC"
+    RANDOM = "Random"
+    GRID = "Grid"
+    BRUTE_FORCE = "BruteForce"
+
+
+class TPEOptions(Model):
+    """Options of optuna.samplers.TPESampler."""
+
+    n_startup_trials: int = Field(10, ge=0, description="Random trials before TPE starts.")
+    n_ei_candidates: int = Field(24, ge=1, description="Candidates scored per suggestion.")
+    multivariate: bool = Field(True, description="Model parameters jointly.")
+    group: bool = Field(False, description="Split conditional spaces into groups.")
+    constant_liar: bool = Field(
+        True, description="Treat running trials as bad so parallel workers spread out."
+    )
+    consider_endpoints: bool = Field(False, description="Use range endpoints in the Parzen estimator.")
+
+
+class CMAESOptions(Model):
+    """Options of optuna.samplers.CmaEsSampler."""
+
+    sigma0: float | None = Field(None, gt=0, description="Initial standard deviation.")
+    n_startup_trials: int = Field(0, ge=0, description="Random trials before CMA-ES starts.")
+    restart_strategy: Literal["ipop", "bipop"] | None = Field(
+        None, description="Restart strategy on convergence."
+    )
+    popsize: int | None = Field(None, ge=2, description="Population size.")
+    use_separable_cma: bool = Field(False, description="Use the separable CMA-ES variant.")
+    with_margin: bool = Field(False, description="CMA-ES with margin for discrete spaces.")
+    lr_adapt: bool = Field(False, description="Learning-rate adaptation for noisy objectives.")
+
+
+class NSGAOptions(Model):
+    """Options of optuna.samplers.NSGAIISampler / NSGAIIISampler."""
+
+    population_size: int = Field(50, ge=2, description="Individuals per generation.")
+    mutation_prob: float | None = Field(None, ge=0, le=1, description="Mutation probability.")
+    crossover_prob: float = Field(0.9, ge=0, le=1, description="Crossover probability.")
+    swapping_prob: float = Field(0.5, ge=0, le=1, description="Uniform crossover swapping.")
+
+
+class GPOptions(Model):
+    """Options of optuna.samplers.GPSampler (needs torch in the worker image)."""
+
+    n_startup_trials: int = Field(10, ge=0, description="Random trials before GP starts.")
+    deterministic_objective: bool = Field(False, description="The objective has no noise.")
+
+
+class QMCOptions(Model):
+    """Options of optuna.samplers.QMCSampler."""
+
+    qmc_type: Literal["sobol", "halton", "lhs"] = Field("sobol", description="Sequence.")
+    scramble: bool = Field(True, description="Scramble the sequence.")
+
+
+class GridOptions(Model):
+    """Options of optuna.samplers.GridSampler."""
+
+    search_space: dict[str, list[Scalar]] | None = Field(
+        None,
+        description="Values per parameter. Needed for function objectives; derived from "
+        "objective.searchSpace for command objectives (int and categorical only).",
+        json_schema_extra={"maxProperties": MAX_PARAMETERS},
+    )
+
+
+def _only_for(field: str, type_name: str, section: str) -> dict[str, str]:
+    return cel(
+        f"!has(self.{field}) || self.type == '{type_name}'",
+        f"{section}.{field} is only valid when {section}.type is {type_name}",
+    )
+
+
+class SamplerSpec(Model):
+    """The sampler every worker builds; options go in the field named after the type."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            _only_for("tpe", "TPE", "sampler"),
+            _only_for("cmaes", "CMAES", "sampler"),
+            cel(
+                "!has(self.nsga) || self.type == 'NSGAII' || self.type == 'NSGAIII'",
+                "sampler.nsga is only valid when sampler.type is NSGAII or NSGAIII",
+            ),
+            _only_for("gp", "GP", "sampler"),
+            _only_for("qmc", "QMC", "sampler"),
+            _only_for("grid", "Grid", "sampler"),
+        )
+    )
+    type: SamplerType = Field(SamplerType.TPE, description="Sampling algorithm.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="Base seed; worker i uses seed + i so workers do not repeat each other.",
+    )
+    tpe: TPEOptions | None = None
+    cmaes: CMAESOptions | None = None
+    nsga: NSGAOptions | None = None
+    gp: GPOptions | None = None
+    qmc: QMCOptions | None = None
+    grid: GridOptions | None = None
+
+
+# ----------------------------------------------------------------------------- pruners
+
+
+class PrunerType(StrEnum):
+    NONE = "None"
+    MEDIAN = "Median"
+    PERCENTILE = "Percentile"
+    SUCCESSIVE_HALVING = "SuccessiveHalving"
+    HYPERBAND = "Hyperband"
+    PATIENT = "Patient"
+    THRESHOLD = "Threshold"
+    WILCOXON = "Wilcoxon"
+
+
+class MedianOptions(Model):
+    """Options of optuna.pruners.MedianPruner."""
+
+    n_startup_trials: int = Field(5, ge=0, description="Trials before pruning starts.")
+    n_warmup_steps: int = Field(0, ge=0, description="Steps of a trial before it can be pruned.")
+    interval_steps: int = Field(1, ge=1, description="Check every this many steps.")
+    n_min_trials: int = Field(1, ge=1, description="Trials reporting a step before comparing.")
+
+
+class PercentileOptions(MedianOptions):
+    """Options of optuna.pruners.PercentilePruner."""
+
+    percentile: float = Field(ge=0, le=100, description="Prune below this percentile.")
+
+
+class SuccessiveHalvingOptions(Model):
+    """Options of optuna.pruners.SuccessiveHalvingPruner."""
+
+    min_resource: IntOrAuto = Field("auto", description="Steps in the first rung.")
+    reduction_factor: int = Field(4, ge=2, description="Keep 1/reductionFactor per rung.")
+    min_early_stopping_rate: int = Field(0, ge=0, description="Rung offset.")
+    bootstrap_count: int = Field(0, ge=0, description="Trials needed before promoting.")
+
+
+class HyperbandOptions(Model):
+    """Options of optuna.pruners.HyperbandPruner."""
+
+    min_resource: int = Field(1, ge=1, description="Smallest number of steps.")
+    max_resource: IntOrAuto = Field("auto", description="Largest number of steps.")
+    reduction_factor: int = Field(3, ge=2, description="Keep 1/reductionFactor per rung.")
+    bootstrap_count: int = Field(0, ge=0, description="Trials needed before promoting.")
+
+
+class ThresholdOptions(Model):
+    """Options of optuna.pruners.ThresholdPruner."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.lower) || has(self.upper)",
+                "pruner.threshold needs lower or upper",
+            ),
+            cel(
+                "!(has(self.lower) && has(self.upper)) || self.lower < self.upper",
+                "pruner.threshold: lower must be less than upper",
+            ),
+        )
+    )
+    lower: float | None = Field(None, description="Prune when the value falls below.")
+    upper: float | None = Field(None, description="Prune when the value rises above.")
+    n_warmup_steps: int = Field(0, ge=0, description="Steps before pruning starts.")
+    interval_steps: int = Field(1, ge=1, description="Check every this many steps.")
+
+
+class WilcoxonOptions(Model):
+    """Options of optuna.pruners.WilcoxonPruner (steps are instances, e.g. CV folds)."""
+
+    p_threshold: float = Field(0.1, gt=0, le=1, description="Significance level.")
+    n_startup_steps: int = Field(2, ge=0, description="Steps before pruning starts.")
+
+
+PRUNER_OPTION_RULES = (
+    _only_for("median", "Median", "pruner"),
+    _only_for("percentile", "Percentile", "pruner"),
+    cel(
+        "self.type != 'Percentile' || has(self.percentile)",
+        "pruner.type Percentile needs pruner.percentile.percentile",
+    ),
+    _only_for("successiveHalving", "SuccessiveHalving", "pruner"),
+    _only_for("hyperband", "Hyperband", "pruner"),
+    _only_for("threshold", "Threshold", "pruner"),
+    cel(
+        "self.type != 'Threshold' || has(self.threshold)",
+        "pruner.type Threshold needs pruner.threshold with lower or upper",
+    ),
+    _only_for("wilcoxon", "Wilcoxon", "pruner"),
+)
+
+
+class BasePrunerSpec(Model):
+    """A pruner that can be wrapped by the Patient pruner."""
+
+    model_config = ConfigDict(json_schema_extra=rules(*PRUNER_OPTION_RULES))
+    type: PrunerType = Field(PrunerType.NONE, description="Pruning algorithm.")
+    median: MedianOptions | None = None
+    percentile: PercentileOptions | None = None
+    successive_halving: SuccessiveHalvingOptions | None = None
+    hyperband: HyperbandOptions | None = None
+    threshold: ThresholdOptions | None = None
+    wilcoxon: WilcoxonOptions | None = None
+
+
+class PatientOptions(Model):
+    """Options of optuna.pruners.PatientPruner."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("self.wrapped.type != 'Patient'", "pruner.patient.wrapped cannot be Patient"),
+        )
+    )
+    patience: int = Field(ge=0, description="Steps without improvement before pruning.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change counted as improvement.")
+    wrapped: BasePrunerSpec = Field(
+        default_factory=BasePrunerSpec,
+        description="Pruner consulted once patience runs out (type None: prune then).",
+    )
+
+
+class PrunerSpec(BasePrunerSpec):
+    """The pruner every worker builds; options go in the field named after the type."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            *PRUNER_OPTION_RULES,
+            _only_for("patient", "Patient", "pruner"),
+            cel(
+                "self.type != 'Patient' || has(self.patient)",
+                "pruner.type Patient needs pruner.patient.patience",
+            ),
+        )
+    )
+    patient: PatientOptions | None = None
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+class Resources(Model):
+    """Container resources (core/v1 ResourceRequirements without claims)."""
+
+    limits: dict[str, Quantity] | None = Field(
+        None, description="Upper bounds, e.g. {cpu: 2, memory: 4Gi, nvidia.com/gpu: 1}."
+    )
+    requests: dict[str, Quantity] | None = Field(None, description="Scheduling requests.")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    key: str = Field("url", min_length=1, max_length=253, description="Key in the Secret.")
+
+
+class StorageSpec(Model):
+    """Where the Optuna study lives: a Secret holding a SQLAlchemy PostgreSQL URL."""
+
+    secret_ref: SecretKeyRef = Field(
+        description="Secret (in the study's namespace) whose key holds "
+        "postgresql+psycopg2://user:password@host:5432/db."
+    )
+
+
+class WorkersSpec(Model):
+    """The worker Job: pods that pull trials from the shared study until the budget is met."""
+
+    parallelism: int = Field(1, ge=0, le=1000, description="Worker pods running at once.")
+    processes_per_pod: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Trial processes per pod; with N GPUs per pod set N to run one trial "
+        "per GPU (each process sees one GPU through CUDA_VISIBLE_DEVICES).",
+    )
+    image: str | None = Field(
+        None, max_length=512, description="Image with the objective's code and the worker."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    resources: Resources | None = Field(
+        None, description="Worker container resources, e.g. limits: {nvidia.com/gpu: 1}."
+    )
+    env: list[FreeObject] | None = Field(None, description="Extra environment (core/v1 EnvVar).")
+    env_from: list[FreeObject] | None = Field(None, description="core/v1 EnvFromSource list.")
+    volumes: list[FreeObject] | None = Field(None, description="core/v1 Volume list.")
+    volume_mounts: list[FreeObject] | None = Field(None, description="core/v1 VolumeMount list.")
+    node_selector: dict[str, str] | None = None
+    tolerations: list[FreeObject] | None = Field(None, description="core/v1 Toleration list.")
+    affinity: FreeObject | None = Field(None, description="core/v1 Affinity.")
+    service_account_name: str | None = Field(None, max_length=253)
+    image_pull_secrets: list[str] | None = Field(None, description="Names of pull Secrets.")
+    priority_class_name: str | None = Field(None, max_length=253)
+    pod_labels: dict[str, str] | None = None
+    pod_annotations: dict[str, str] | None = None
+    heartbeat_interval_seconds: int = Field(
+        30,
+        ge=5,
+        le=3600,
+        description="Running trials send a heartbeat this often; a trial silent for 4x this "
+        "is failed and retried (preempted or killed worker).",
+    )
+
+
+class DashboardSpec(Model):
+    """An optuna-dashboard Deployment and Service reading the study's storage."""
+
+    enabled: bool = Field(True, description="Run the dashboard.")
+    image: str | None = Field(None, max_length=512, description="optuna-dashboard image.")
+    resources: Resources | None = Field(None, description="Dashboard container resources.")
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+class TuningStudySpec(Model):
+    """Desired state of a hyperparameter study."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!has(self.metricNames) || size(self.metricNames) == size(self.directions)",
+                "metricNames must have one name per direction",
+            ),
+            cel(
+                "!has(self.budget.goal) || size(self.directions) == 1",
+                "budget.goal works only with a single direction",
+            ),
+            cel(
+                "!(self.sampler.type in ['NSGAII', 'NSGAIII']) || size(self.directions) >= 2",
+                "NSGAII and NSGAIII samplers need two or more directions; use TPE for one",
+            ),
+            cel(
+                "self.sampler.type != 'CMAES' || size(self.directions) == 1",
+                "the CMAES sampler supports a single direction only",
+            ),
+            cel(
+                "self.pruner.type == 'None' || size(self.directions) == 1",
+                "pruning works only with a single direction; set pruner.type None",
+            ),
+            cel(
+                "self.sampler.type != 'Grid' || has(self.sampler.grid) "
+                "|| has(self.objective.command)",
+                "sampler.type Grid with a function objective needs sampler.grid.searchSpace",
+            ),
+            cel(
+                "has(self.studyName) == has(oldSelf.studyName)"
+                " && (!has(self.studyName) || self.studyName == oldSelf.studyName)",
+                "studyName cannot change: create a new TuningStudy for a new study",
+            ),
+            cel(
+                "oldSelf.directions == self.directions",
+                "directions cannot change: the Optuna study was created with them",
+            ),
+        )
+    )
+    study_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
+        max_length=128,
+        description="Optuna study name; defaults to <namespace>.<name>. Reusing an existing "
+        "name resumes that study.",
+    )
+    directions: list[Direction] = Field(
+        min_length=1,
+        max_length=MAX_DIRECTIONS,
+        description="One direction per objective value: minimize or maximize.",
+    )
+    metric_names: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
+        None,
+        max_length=MAX_DIRECTIONS,
+        description="Names of the objective values, one per direction.",
+    )
+    objective: Objective
+    budget: Budget
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    enqueue_trials: list[dict[str, Scalar]] | None = Field(
+        None,
+        max_length=1000,
+        description="Known good parameter sets, run first (warm start). Enqueued once, when "
+        "the study is created.",
+    )
+    storage: StorageSpec | None = Field(
+        None, description="Storage Secret; the operator's default storage when unset."
+    )
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    dashboard: DashboardSpec = Field(default_factory=DashboardSpec)
+    suspend: bool = Field(
+        False, description="Stop the workers; set back to false to continue the study."
+    )
+    deletion_policy: DeletionPolicy = Field(
+        DeletionPolicy.RETAIN,
+        description="Retain keeps the Optuna study when the TuningStudy is deleted; Delete "
+        "removes it from the database.",
+    )
+
+    def effective_study_name(self, namespace: str, name: str) -> str:
+        return self.study_name or f"{namespace}.{name}"
+
+
+# ----------------------------------------------------------------------------- status
+
+
+class Condition(Model):
+    """Shaped like metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str
+
+
+class TrialCounts(Model):
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    budget: int | None = None
+
+
+class BestTrial(Model):
+    number: int
+    values: list[float]
+    params: FreeObject = Field(default_factory=dict)
+
+
+class WorkerCounts(Model):
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class DashboardStatus(Model):
+    service: str | None = None
+    url: str | None = None
+
+
+class TuningStudyStatus(Model):
+    """Observed state, written only by the operator; small and rebuilt from the database."""
+
+    observed_generation: int | None = None
+    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    study_name: str | None = None
+    optuna_version: str | None = None
+    operator_version: str | None = None
+    progress: str | None = Field(None, description="Finished trials / budget, for kubectl get.")
+    trials: TrialCounts | None = None
+    best_trial: BestTrial | None = None
+    pareto_front: list[BestTrial] | None = Field(None, max_length=PARETO_FRONT_LIMIT)
+    param_importances: dict[str, float] | None = None
+    workers: WorkerCounts | None = None
+    dashboard: DashboardStatus | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+
+
+class Metadata(Model):
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+
+
+class TuningStudy(Model):
+    """A TuningStudy object as the API server returns it."""
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: Metadata
+    spec: TuningStudySpec
+    status: TuningStudyStatus = Field(default_factory=TuningStudyStatus)
+
+    @property
+    def study_name(self) -> str:
+        return self.spec.effective_study_name(self.metadata.namespace, self.metadata.name)
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+class WorkerConfig(Model):
+    """The one document the operator hands each worker pod (env OPTUNA_OPERATOR_WORKER_CONFIG).
+
+    The storage URL is not in it: it reaches the pod only through a secretKeyRef.
+    """
+
+    study_name: str
+    directions: list[Direction]
+    objective: Objective
+    budget: Budget
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    processes_per_pod: int = 1
+    heartbeat_interval_seconds: int = 30
+    deadline: datetime | None = Field(
+        None, description="Absolute end of the time budget (start of study + timeout)."
+    )
