@@ -1,0 +1,83 @@
+"""Condition types, reasons, and a pure `set_condition` (metav1.Condition semantics)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from optuna_operator.api import Condition
+
+__all__ = ["ConditionType", "Reason", "find", "now_rfc3339", "set_condition"]
+
+
+class ConditionType(StrEnum):
+    STORAGE_READY = "StorageReady"
+    WORKERS_READY = "WorkersReady"
+    DASHBOARD_AVAILABLE = "DashboardAvailable"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Reason(StrEnum):
+    # storage
+    STUDY_CREATED = "StudyCreated"
+    STUDY_RESUMED = "StudyResumed"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_MISSING = "SecretKeyMissing"
+    NO_STORAGE_CONFIGURED = "NoStorageConfigured"
+    STORAGE_UNREACHABLE = "StorageUnreachable"
+    DIRECTIONS_MISMATCH = "DirectionsMismatch"
+    INVALID_SPEC = "InvalidSpec"
+    # workers
+    WORKERS_RUNNING = "WorkersRunning"
+    WORKERS_PENDING = "WorkersPending"
+    WORKERS_STOPPED = "WorkersStopped"
+    JOB_FAILED = "JobFailed"
+    # dashboard
+    DASHBOARD_READY = "DashboardReady"
+    DASHBOARD_PENDING = "DashboardPending"
+    DASHBOARD_DISABLED = "DashboardDisabled"
+    # lifecycle
+    SUSPENDED = "SuspendedBySpec"
+    RUNNING = "Running"
+    TRIAL_BUDGET_REACHED = "TrialBudgetReached"
+    TIME_BUDGET_REACHED = "TimeBudgetReached"
+    GOAL_REACHED = "GoalReached"
+    TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: bool | None,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str | None = None,
+) -> list[Condition]:
+    """Return a new list with the condition set; the transition time moves only on a flip."""
+    status_text = "Unknown" if status is None else ("True" if status else "False")
+    old = find(conditions, type_)
+    transition = (
+        old.last_transition_time
+        if old is not None and old.status == status_text
+        else (now or now_rfc3339())
+    )
+    new = Condition(
+        type=type_,
+        status=status_text,  # type: ignore[arg-type]
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=transition,
+    )
+    return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]

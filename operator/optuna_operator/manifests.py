@@ -1,0 +1,278 @@
+"""Pure builders: a TuningStudy (plus what the operator resolved) -> child object dicts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from optuna_operator.api import API_VERSION, KIND, TuningStudy, WorkerConfig
+
+__all__ = [
+    "EXIT_CONFIG_ERROR",
+    "EXIT_TOO_MANY_FAILURES",
+    "TEMPLATE_HASH_LABEL",
+    "ChildContext",
+    "dashboard_deployment",
+    "dashboard_name",
+    "dashboard_service",
+    "labels",
+    "owner_reference",
+    "storage_secret_copy",
+    "worker_config",
+    "worker_job",
+    "workers_job_prefix",
+]
+
+MANAGED_BY = "optuna-operator"
+TEMPLATE_HASH_LABEL = "optuna-operator.io/template-hash"
+STUDY_LABEL = "optuna-operator.io/study"
+WORKER_CONFIG_ENV = "OPTUNA_OPERATOR_WORKER_CONFIG"
+STORAGE_URL_ENV = "OPTUNA_STORAGE_URL"
+DASHBOARD_PORT = 8080
+# Worker exit codes that retrying cannot fix (see worker.main): fail the Job at once.
+EXIT_CONFIG_ERROR = 3
+EXIT_TOO_MANY_FAILURES = 4
+
+# Restricted Pod Security Standard, satisfied by default for every pod the operator makes.
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+}
+
+
+@dataclass(frozen=True)
+class ChildContext:
+    """What the operator resolved that the spec alone does not say."""
+
+    storage_secret: str
+    storage_key: str
+    worker_image: str
+    dashboard_image: str
+    deadline: datetime | None = None
+
+
+def labels(study: TuningStudy, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": f"optuna-{component}",
+        "app.kubernetes.io/instance": study.metadata.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "optuna-operator",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        STUDY_LABEL: study.metadata.name,
+    }
+
+
+def owner_reference(study: TuningStudy) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": study.metadata.name,
+        "uid": study.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(study: TuningStudy, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": study.metadata.namespace,
+        "labels": labels(study, component),
+        "ownerReferences": [owner_reference(study)],
+    }
+
+
+def _storage_env(ctx: ChildContext) -> dict[str, Any]:
+    return {
+        "name": STORAGE_URL_ENV,
+        "valueFrom": {"secretKeyRef": {"name": ctx.storage_secret, "key": ctx.storage_key}},
+    }
+
+
+def worker_config(study: TuningStudy, deadline: datetime | None) -> WorkerConfig:
+    spec = study.spec
+    return WorkerConfig(
+        study_name=study.study_name,
+        directions=spec.directions,
+        objective=spec.objective,
+        budget=spec.budget,
+        sampler=spec.sampler,
+        pruner=spec.pruner,
+        processes_per_pod=spec.workers.processes_per_pod,
+        heartbeat_interval_seconds=spec.workers.heartbeat_interval_seconds,
+        deadline=deadline,
+    )
+
+
+def workers_job_prefix(study: TuningStudy) -> str:
+    return f"{study.metadata.name}-workers"
+
+
+def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
+    workers = study.spec.workers
+    config = worker_config(study, ctx.deadline).to_wire()
+    env: list[dict[str, Any]] = [
+        {"name": WORKER_CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
+        _storage_env(ctx),
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        *(workers.env or []),
+    ]
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": workers.image or ctx.worker_image,
+        "command": ["optuna-operator", "worker"],
+        "env": env,
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        # The worker prints its fatal error last; kubelet copies it into the pod status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    optional_container = {
+        "imagePullPolicy": workers.image_pull_policy,
+        "envFrom": workers.env_from,
+        "volumeMounts": workers.volume_mounts,
+        "resources": workers.resources.to_wire() if workers.resources else None,
+    }
+    container.update({k: v for k, v in optional_container.items() if v})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": POD_SECURITY_CONTEXT,
+        "containers": [container],
+        # Workers do not talk to the Kubernetes API unless the user gives them an account.
+        "automountServiceAccountToken": workers.service_account_name is not None,
+        "terminationGracePeriodSeconds": 60,
+    }
+    optional_pod = {
+        "serviceAccountName": workers.service_account_name,
+        "nodeSelector": workers.node_selector,
+        "tolerations": workers.tolerations,
+        "affinity": workers.affinity,
+        "priorityClassName": workers.priority_class_name,
+        "volumes": workers.volumes,
+        "imagePullSecrets": [{"name": n} for n in workers.image_pull_secrets or []],
+    }
+    pod_spec.update({k: v for k, v in optional_pod.items() if v})
+    return {
+        "metadata": {
+            "labels": {**(workers.pod_labels or {}), **labels(study, "worker")},
+            "annotations": dict(workers.pod_annotations or {}),
+        },
+        "spec": pod_spec,
+    }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+    return digest[:8]
+
+
+def worker_job(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
+    """The worker Job. Its name carries a hash of the pod template (immutable in a Job), so
+    a changed objective or image yields a new Job while the study continues."""
+    workers = study.spec.workers
+    template = _worker_pod_template(study, ctx)
+    digest = template_hash(template)
+    metadata = _metadata(study, f"{workers_job_prefix(study)}-{digest}", "worker")
+    metadata["labels"][TEMPLATE_HASH_LABEL] = digest
+    spec: dict[str, Any] = {
+        "parallelism": workers.parallelism,
+        # Work queue: no completions; each worker pulls trials until the global budget is met.
+        "backoffLimit": max(6, 2 * workers.parallelism),
+        "suspend": study.spec.suspend,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "worker",
+                        "operator": "In",
+                        "values": [EXIT_CONFIG_ERROR, EXIT_TOO_MANY_FAILURES],
+                    },
+                },
+                # Preemption, eviction and scale-down are not the objective's fault.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": template,
+    }
+    if study.spec.budget.timeout_seconds:
+        # Workers stop themselves at the deadline; this is the backstop if they hang.
+        spec["activeDeadlineSeconds"] = study.spec.budget.timeout_seconds + 600
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def dashboard_name(study: TuningStudy) -> str:
+    return f"{study.metadata.name}-dashboard"
+
+
+def dashboard_deployment(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
+    dash = study.spec.dashboard
+    pod_labels = labels(study, "dashboard")
+    container: dict[str, Any] = {
+        "name": "dashboard",
+        "image": dash.image or ctx.dashboard_image,
+        "command": ["optuna-dashboard"],
+        # $(VAR) is expanded by the kubelet: the URL stays out of every API object.
+        "args": ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT), f"$({STORAGE_URL_ENV})"],
+        "env": [_storage_env(ctx)],
+        "ports": [{"name": "http", "containerPort": DASHBOARD_PORT}],
+        "readinessProbe": {
+            "httpGet": {"path": "/", "port": "http"},
+            "periodSeconds": 10,
+        },
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if dash.resources:
+        container["resources"] = dash.resources.to_wire()
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(study, dashboard_name(study), "dashboard"),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": pod_labels},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "securityContext": POD_SECURITY_CONTEXT,
+                    "automountServiceAccountToken": False,
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def dashboard_service(study: TuningStudy) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(study, dashboard_name(study), "dashboard"),
+        "spec": {
+            "selector": labels(study, "dashboard"),
+            "ports": [{"name": "http", "port": DASHBOARD_PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def storage_secret_copy(study: TuningStudy, key: str, url: str) -> dict[str, Any]:
+    """The operator's default storage URL, copied into the study's namespace for its pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(study, f"{study.metadata.name}-storage", "storage"),
+        "type": "Opaque",
+        "stringData": {key: url},
+    }

@@ -1,0 +1,330 @@
+"""Everything the operator asks of the Optuna storage.
+
+Status refreshes run every few seconds for every study, so reads here are SQL aggregates
+and incremental scans: their cost does not grow with the number of trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
+
+__all__ = [
+    "DirectionsMismatchError",
+    "StorageError",
+    "StoreRegistry",
+    "StudyHandle",
+    "StudySummary",
+    "redact",
+]
+
+log = logging.getLogger(__name__)
+
+ATTR_PREFIX = "optuna_operator:"
+START_TIME_ATTR = f"{ATTR_PREFIX}start_time"
+ERROR_ATTR = "error"
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact(message: str, url: str | None = None) -> str:
+    """Remove credentials from an error message before it reaches a log, event or status."""
+    if url:
+        message = message.replace(url, "<storage-url>")
+    return _URL_PASSWORD.sub(r"\1***@", message)
+
+
+class StorageError(Exception):
+    """The storage could not be reached or used; the message is free of credentials."""
+
+
+class DirectionsMismatchError(Exception):
+    pass
+
+
+@dataclass
+class StudySummary:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    best: BestTrial | None = None
+    pareto_front: list[BestTrial] = field(default_factory=list)
+    last_error: str | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+@dataclass(frozen=True)
+class StudyHandle:
+    study_id: int
+    name: str
+    directions: tuple[Direction, ...]
+    start_time: datetime
+    created: bool
+
+
+@dataclass
+class _FrontCache:
+    """Multi-objective front of the trials scanned so far, and where to scan from next."""
+
+    after_trial_id: int = 0
+    front: dict[int, tuple[int, tuple[float, ...]]] = field(default_factory=dict)
+
+
+def _as_optuna(direction: Direction) -> StudyDirection:
+    return StudyDirection.MAXIMIZE if direction == Direction.MAXIMIZE else StudyDirection.MINIMIZE
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...], signs: tuple[int, ...]) -> bool:
+    """a dominates b; values are compared after turning every direction into maximize."""
+    better_or_equal = all(s * x >= s * y for x, y, s in zip(a, b, signs, strict=True))
+    return better_or_equal and a != b
+
+
+class StoreRegistry:
+    """One RDBStorage (and connection pool) per storage URL, shared by all studies on it."""
+
+    def __init__(self) -> None:
+        self._storages: dict[str, RDBStorage] = {}
+        self._fronts: dict[tuple[str, int], _FrontCache] = {}
+        self._lock = threading.Lock()
+
+    def storage(self, url: str) -> RDBStorage:
+        with self._lock:
+            if url not in self._storages:
+                try:
+                    self._storages[url] = RDBStorage(
+                        url,
+                        engine_kwargs={
+                            # Postgres drops idle connections; Optuna only sets this for MySQL.
+                            "pool_pre_ping": True,
+                            "pool_recycle": 300,
+                            "pool_size": 2,
+                            "max_overflow": 3,
+                        },
+                    )
+                except (SQLAlchemyError, ValueError, ImportError) as exc:
+                    raise StorageError(redact(str(exc).splitlines()[0], url)) from None
+            return self._storages[url]
+
+    def close(self) -> None:
+        with self._lock:
+            for storage in self._storages.values():
+                storage.engine.dispose()
+            self._storages.clear()
+
+    # ------------------------------------------------------------------ study lifecycle
+
+    def ensure_study(
+        self,
+        url: str,
+        name: str,
+        directions: list[Direction],
+        metric_names: list[str] | None,
+        enqueue: list[dict[str, Any]] | None,
+        attrs: dict[str, Any],
+    ) -> StudyHandle:
+        """Create the study once, or resume it; refuse one whose directions differ."""
+        storage = self.storage(url)
+        try:
+            created = False
+            try:
+                study_id = storage.get_study_id_from_name(name)
+            except KeyError:
+                study_id = self._create(storage, name, directions, metric_names, enqueue)
+                created = True
+            stored = tuple(
+                Direction.MAXIMIZE if d == StudyDirection.MAXIMIZE else Direction.MINIMIZE
+                for d in storage.get_study_directions(study_id)
+            )
+            if stored != tuple(directions):
+                raise DirectionsMismatchError(
+                    f"Optuna study {name!r} already exists with directions "
+                    f"{[d.value for d in stored]}, but the spec asks for "
+                    f"{[d.value for d in directions]}; set spec.studyName to a new name"
+                )
+            system_attrs = storage.get_study_system_attrs(study_id)
+            for key, value in attrs.items():
+                if system_attrs.get(ATTR_PREFIX + key) != value:
+                    storage.set_study_system_attr(study_id, ATTR_PREFIX + key, value)
+            start = system_attrs.get(START_TIME_ATTR)
+            start_time = datetime.fromisoformat(start) if start else datetime.now(UTC)
+        except SQLAlchemyError as exc:
+            raise StorageError(redact(str(exc).splitlines()[0], url)) from None
+        return StudyHandle(study_id, name, tuple(directions), start_time, created)
+
+    @staticmethod
+    def _create(
+        storage: RDBStorage,
+        name: str,
+        directions: list[Direction],
+        metric_names: list[str] | None,
+        enqueue: list[dict[str, Any]] | None,
+    ) -> int:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            directions=[_as_optuna(d) for d in directions],
+            load_if_exists=True,
+        )
+        storage.set_study_system_attr(
+            study._study_id, START_TIME_ATTR, datetime.now(UTC).isoformat()
+        )
+        if metric_names:
+            study.set_metric_names(metric_names)
+        for params in enqueue or []:
+            study.enqueue_trial(params, skip_if_exists=True)
+        log.info("Created Optuna study %s", name)
+        return study._study_id
+
+    def delete_study(self, url: str, name: str) -> bool:
+        storage = self.storage(url)
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            return False
+        storage.delete_study(study_id)
+        log.info("Deleted Optuna study %s", name)
+        return True
+
+    def study_exists(self, url: str, name: str) -> bool:
+        try:
+            self.storage(url).get_study_id_from_name(name)
+        except KeyError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ reads
+
+    def summarize(self, url: str, handle: StudyHandle) -> StudySummary:
+        storage = self.storage(url)
+        try:
+            summary = self._counts(storage, handle.study_id)
+            if len(handle.directions) == 1:
+                summary.best = self._best_single(storage, handle)
+            else:
+                summary.pareto_front = self._pareto_front(url, storage, handle)
+                summary.best = summary.pareto_front[0] if summary.pareto_front else None
+            if summary.failed:
+                summary.last_error = self._last_error(storage, handle.study_id)
+        except SQLAlchemyError as exc:
+            raise StorageError(redact(str(exc).splitlines()[0], url)) from None
+        return summary
+
+    @staticmethod
+    def _counts(storage: RDBStorage, study_id: int) -> StudySummary:
+        with storage.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
+                {"sid": study_id},
+            ).all()
+        counts = {str(state).rsplit(".", 1)[-1].lower(): int(n) for state, n in rows}
+        return StudySummary(
+            complete=counts.get("complete", 0),
+            pruned=counts.get("pruned", 0),
+            failed=counts.get("fail", 0),
+            running=counts.get("running", 0),
+            waiting=counts.get("waiting", 0),
+        )
+
+    @staticmethod
+    def _best_single(storage: RDBStorage, handle: StudyHandle) -> BestTrial | None:
+        try:
+            trial = storage.get_best_trial(handle.study_id)
+        except ValueError:  # no complete trial yet
+            return None
+        return BestTrial(number=trial.number, values=list(trial.values), params=trial.params)
+
+    @staticmethod
+    def _last_error(storage: RDBStorage, study_id: int) -> str | None:
+        with storage.engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT a.value_json FROM trial_user_attributes a "
+                    "JOIN trials t ON t.trial_id = a.trial_id "
+                    "WHERE t.study_id = :sid AND t.state = 'FAIL' AND a.key = :key "
+                    "ORDER BY t.trial_id DESC LIMIT 1"
+                ),
+                {"sid": study_id, "key": ERROR_ATTR},
+            ).first()
+        if row is None:
+            return None
+        import json
+
+        value = json.loads(row[0])
+        return str(value)[:500]
+
+    def _pareto_front(
+        self, url: str, storage: RDBStorage, handle: StudyHandle
+    ) -> list[BestTrial]:
+        cache = self._fronts.setdefault((url, handle.study_id), _FrontCache())
+        signs = tuple(1 if d == Direction.MAXIMIZE else -1 for d in handle.directions)
+        n_obj = len(handle.directions)
+        with storage.engine.connect() as conn:
+            # A trial that finishes late keeps a low id; rescan from the oldest unfinished one.
+            oldest_open = conn.execute(
+                text(
+                    "SELECT MIN(trial_id) FROM trials WHERE study_id = :sid "
+                    "AND state IN ('RUNNING', 'WAITING')"
+                ),
+                {"sid": handle.study_id},
+            ).scalar()
+            rows = conn.execute(
+                text(
+                    "SELECT t.trial_id, t.number, v.objective, v.value, v.value_type "
+                    "FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+                    "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND t.trial_id > :after"
+                ),
+                {"sid": handle.study_id, "after": cache.after_trial_id},
+            ).all()
+            values: dict[int, tuple[int, list[float]]] = {}
+            for trial_id, number, objective, value, value_type in rows:
+                entry = values.setdefault(trial_id, (number, [0.0] * n_obj))
+                kind = str(value_type).rsplit(".", 1)[-1]
+                entry[1][objective] = (
+                    float("inf") if kind == "INF_POS" else float("-inf") if kind == "INF_NEG"
+                    else float(value)
+                )
+            candidates = dict(cache.front)
+            candidates.update({tid: (num, tuple(v)) for tid, (num, v) in values.items()})
+            front = {
+                tid: entry
+                for tid, entry in candidates.items()
+                if not any(
+                    _dominates(other[1], entry[1], signs)
+                    for oid, other in candidates.items()
+                    if oid != tid
+                )
+            }
+            cache.front = front
+            max_seen = max([cache.after_trial_id, *values.keys()])
+            cache.after_trial_id = min(max_seen, oldest_open - 1) if oldest_open else max_seen
+            chosen = sorted(front.items(), key=lambda kv: -signs[0] * kv[1][1][0])
+            chosen = chosen[:PARETO_FRONT_LIMIT]
+            result = []
+            for trial_id, (number, vals) in chosen:
+                params = storage.get_trial_params(trial_id)
+                result.append(BestTrial(number=number, values=list(vals), params=params))
+        return result
+
+    def param_importances(self, url: str, name: str) -> dict[str, float]:
+        """Computed once, at completion: it reads every trial."""
+        study = optuna.load_study(study_name=name, storage=self.storage(url))
+        importances = optuna.importance.get_param_importances(study)
+        return {k: round(float(v), 4) for k, v in importances.items()}
