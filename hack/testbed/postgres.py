@@ -1,0 +1,127 @@
+"""A throwaway PostgreSQL cluster: temp directory, free port, a role and database `optuna`.
+
+The server refuses to run as root, so when the bed runs as root it runs PostgreSQL as the
+unprivileged `postgres` user that Debian's package creates. Its data lives in its own temp
+directory because the bed's directory (e.g. pytest's tmp_path) is not readable by that user.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.errors import BedError
+from testbed.paths import HACK_DIR, versions
+from testbed.ports import free_port
+from testbed.supervisor import Supervisor
+
+__all__ = ["Postgres", "ensure_postgres_installed", "remove_postgres_data", "start_postgres"]
+
+DATABASE = "optuna"
+ROLE = "optuna"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    port: int
+    url: str
+    root: Path  # temp directory holding data and socket; removed when the bed stops
+
+
+def _pg_bin() -> Path:
+    return Path(f"/usr/lib/postgresql/{versions()['POSTGRES_MAJOR']}/bin")
+
+
+def ensure_postgres_installed() -> Path:
+    """The server's bin directory, installing Debian's package first when it is missing."""
+    pg_bin = _pg_bin()
+    if not (pg_bin / "postgres").exists():
+        result = subprocess.run(
+            [str(HACK_DIR / "install-postgres.sh")], capture_output=True, text=True
+        )
+        if result.returncode != 0 or not (pg_bin / "postgres").exists():
+            raise BedError(
+                f"PostgreSQL is missing ({pg_bin}/postgres) and hack/install-postgres.sh "
+                f"could not install it:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
+    return pg_bin
+
+
+def _run_as(user: str | None, argv: list[str], what: str) -> None:
+    result = subprocess.run(
+        argv,
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    if result.returncode != 0:
+        raise BedError(
+            f"{what} failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+
+
+def start_postgres(sup: Supervisor, logs: Path, timeout_s: float = 60.0) -> Postgres:
+    pg_bin = ensure_postgres_installed()
+    user = "postgres" if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="testbed-pg-"))
+    if user is not None:
+        shutil.chown(root, user, user)
+    data = root / "data"
+    # The superuser only logs in over the private socket; everyone else needs a password.
+    local_auth = "--auth-local=peer" if user else "--auth-local=trust"
+    initdb = [str(pg_bin / "initdb"), f"--pgdata={data}", "--username=postgres"]
+    initdb += ["--encoding=UTF8", "--locale=C", local_auth, "--auth-host=scram-sha-256"]
+    _run_as(user, [*initdb, "--no-sync"], "initdb")
+    port = free_port()
+    settings = {
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": str(root),
+        # Dozens of worker pods, each with a connection pool, share one server.
+        "max_connections": "200",
+        # Throwaway data: durability only costs time.
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+    }
+    server = sup.spawn(
+        "postgres",
+        [
+            str(pg_bin / "postgres"),
+            f"-D{data}",
+            f"-p{port}",
+            *(f"--{key}={value}" for key, value in settings.items()),
+        ],
+        logs / "postgres.log",
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        cwd=root,
+        user=user,
+        # SIGTERM is "smart" shutdown, which waits for every client to disconnect.
+        stop_signal=signal.SIGINT,
+    )
+    isready = [str(pg_bin / "pg_isready"), "-q", f"--host={root}", f"--port={port}"]
+    sup.wait_until(
+        lambda: subprocess.run(isready, check=False).returncode == 0,
+        "PostgreSQL to accept connections",
+        timeout_s,
+        [server],
+    )
+    password = secrets.token_hex(16)
+    psql = [str(pg_bin / "psql"), "--set=ON_ERROR_STOP=1", "--quiet"]
+    psql += [f"--host={root}", f"--port={port}", "--username=postgres", "--dbname=postgres"]
+    _run_as(user, [*psql, "-c", f"CREATE ROLE {ROLE} LOGIN PASSWORD '{password}'"], "CREATE ROLE")
+    _run_as(user, [*psql, "-c", f"CREATE DATABASE {DATABASE} OWNER {ROLE}"], "CREATE DATABASE")
+    url = f"postgresql+psycopg2://{ROLE}:{password}@127.0.0.1:{port}/{DATABASE}"
+    return Postgres(port, url, root)
+
+
+def remove_postgres_data(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
