@@ -1,0 +1,117 @@
+"""The study-wide stopping rules, checked with one cheap SQL query each.
+
+Optuna's MaxTrialsCallback loads every trial of the study to count them; studies here reach
+100k trials, so the counts come from COUNT/EXISTS queries on the trials table instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+from sqlalchemy import Engine, and_, exists, func, select
+
+from optuna_operator.api import Budget, Direction
+from optuna_operator.worker.trial_attrs import ERROR_ATTR
+
+__all__ = ["BudgetChecker", "StopReason", "TrialCounter"]
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class StopReason(StrEnum):
+    BUDGET = "trial budget reached"
+    DEADLINE = "time budget reached"
+    GOAL = "goal reached"
+
+
+class TrialCounter:
+    """Counts on one study's rows, through the worker's own (small) connection pool."""
+
+    def __init__(self, storage: RDBStorage, study_id: int) -> None:
+        self._engine: Engine = storage.engine
+        self._study_id = study_id
+
+    def finished(self) -> int:
+        trials = models.TrialModel
+        query = select(func.count(trials.trial_id)).where(
+            trials.study_id == self._study_id, trials.state.in_(_FINISHED)
+        )
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def failed_by_objective(self) -> int:
+        trials = models.TrialModel
+        attrs = models.TrialUserAttributeModel
+        query = (
+            select(func.count(trials.trial_id))
+            .join(attrs, attrs.trial_id == trials.trial_id)
+            .where(
+                trials.study_id == self._study_id,
+                trials.state == TrialState.FAIL,
+                attrs.key == ERROR_ATTR,
+            )
+        )
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def reached(self, goal: float, direction: Direction) -> bool:
+        """Whether any complete trial's first value is at least as good as the goal."""
+        trials = models.TrialModel
+        values = models.TrialValueModel
+        better = values.value <= goal if direction == Direction.MINIMIZE else values.value >= goal
+        query = select(
+            exists().where(
+                and_(
+                    values.trial_id == trials.trial_id,
+                    trials.study_id == self._study_id,
+                    trials.state == TrialState.COMPLETE,
+                    values.objective == 0,
+                    better,
+                )
+            )
+        )
+        with self._engine.connect() as conn:
+            return bool(conn.execute(query).scalar_one())
+
+
+@dataclass
+class BudgetChecker:
+    """Answers "may this worker start another trial?" for the whole study."""
+
+    counter: TrialCounter
+    budget: Budget
+    directions: list[Direction]
+    deadline: datetime | None
+
+    def too_many_failures(self) -> int | None:
+        """The failure count when it exceeds budget.maxFailedTrials, else None."""
+        failed = self.counter.failed_by_objective()
+        return failed if failed > self.budget.max_failed_trials else None
+
+    def stop_reason(self) -> StopReason | None:
+        if self.deadline is not None and datetime.now(UTC) >= _aware(self.deadline):
+            return StopReason.DEADLINE
+        if self.budget.trials is not None and self.counter.finished() >= self.budget.trials:
+            return StopReason.BUDGET
+        if (
+            self.budget.goal is not None
+            and len(self.directions) == 1
+            and self.counter.reached(self.budget.goal, self.directions[0])
+        ):
+            return StopReason.GOAL
+        return None
+
+    def seconds_left(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, (_aware(self.deadline) - datetime.now(UTC)).total_seconds())
+
+
+def _aware(moment: datetime) -> datetime:
+    # A deadline without an offset is taken as UTC, as Kubernetes timestamps are.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -1,0 +1,250 @@
+"""Samplers and pruners built explicitly from the spec.
+
+Optuna 5.0 changed several defaults (multivariate TPE with constant liar, TPE for several
+objectives); building every object from the spec keeps a study's behaviour independent of
+whichever Optuna version the worker image carries.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    NopPruner,
+    PatientPruner,
+    PercentilePruner,
+    SuccessiveHalvingPruner,
+    ThresholdPruner,
+    WilcoxonPruner,
+)
+from optuna.samplers import (
+    BaseSampler,
+    BruteForceSampler,
+    CmaEsSampler,
+    GPSampler,
+    GridSampler,
+    NSGAIIISampler,
+    NSGAIISampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
+
+from optuna_operator.api import (
+    BasePrunerSpec,
+    CMAESOptions,
+    GPOptions,
+    HyperbandOptions,
+    MedianOptions,
+    NSGAOptions,
+    Objective,
+    Parameter,
+    PrunerSpec,
+    PrunerType,
+    QMCOptions,
+    SamplerSpec,
+    SamplerType,
+    SuccessiveHalvingOptions,
+    TPEOptions,
+    WilcoxonOptions,
+)
+from optuna_operator.worker.errors import ConfigError
+
+__all__ = ["build_pruner", "build_sampler", "describe", "grid_from_search_space"]
+
+GridValue = str | bool | int | float | None
+# Grids larger than this are a typo, not a plan; GridSampler would hold them all in memory.
+MAX_GRID_VALUES_PER_PARAMETER = 10_000
+
+
+def build_sampler(spec: SamplerSpec, objective: Objective, seed: int | None) -> BaseSampler:
+    kind = spec.type
+    if kind == SamplerType.TPE:
+        tpe = spec.tpe or TPEOptions()
+        tpe_kwargs: dict[str, Any] = {}
+        if tpe.consider_endpoints:
+            # Deprecated in Optuna 4.9: passing it at all warns, so only when asked for.
+            tpe_kwargs["consider_endpoints"] = True
+        return TPESampler(
+            n_startup_trials=tpe.n_startup_trials,
+            n_ei_candidates=tpe.n_ei_candidates,
+            multivariate=tpe.multivariate,
+            group=tpe.group,
+            constant_liar=tpe.constant_liar,
+            seed=seed,
+            **tpe_kwargs,
+        )
+    if kind == SamplerType.CMAES:
+        cma = spec.cmaes or CMAESOptions()
+        cma_kwargs: dict[str, Any] = {}
+        if cma.restart_strategy is not None:
+            cma_kwargs["restart_strategy"] = cma.restart_strategy
+        return CmaEsSampler(
+            sigma0=cma.sigma0,
+            n_startup_trials=cma.n_startup_trials,
+            popsize=cma.popsize,
+            use_separable_cma=cma.use_separable_cma,
+            with_margin=cma.with_margin,
+            lr_adapt=cma.lr_adapt,
+            seed=seed,
+            **cma_kwargs,
+        )
+    if kind in (SamplerType.NSGAII, SamplerType.NSGAIII):
+        nsga = spec.nsga or NSGAOptions()
+        cls = NSGAIISampler if kind == SamplerType.NSGAII else NSGAIIISampler
+        return cls(
+            population_size=nsga.population_size,
+            mutation_prob=nsga.mutation_prob,
+            crossover_prob=nsga.crossover_prob,
+            swapping_prob=nsga.swapping_prob,
+            seed=seed,
+        )
+    if kind == SamplerType.GP:
+        # GPSampler imports torch only when it first samples; fail at start-up instead.
+        if importlib.util.find_spec("torch") is None:
+            raise ConfigError(
+                "sampler.type GP needs PyTorch in the worker image (pip install torch)"
+            )
+        gp = spec.gp or GPOptions()
+        return GPSampler(
+            n_startup_trials=gp.n_startup_trials,
+            deterministic_objective=gp.deterministic_objective,
+            seed=seed,
+        )
+    if kind == SamplerType.QMC:
+        qmc = spec.qmc or QMCOptions()
+        return QMCSampler(qmc_type=qmc.qmc_type, scramble=qmc.scramble, seed=seed)
+    if kind == SamplerType.RANDOM:
+        return RandomSampler(seed=seed)
+    if kind == SamplerType.GRID:
+        if spec.grid is not None and spec.grid.search_space:
+            grid: dict[str, Sequence[GridValue]] = {
+                name: list(values) for name, values in spec.grid.search_space.items()
+            }
+        elif objective.search_space:
+            grid = grid_from_search_space(objective.search_space)
+        else:
+            raise ConfigError(
+                "sampler.type Grid needs sampler.grid.searchSpace for a function objective"
+            )
+        return GridSampler(grid, seed=seed)
+    if kind == SamplerType.BRUTE_FORCE:
+        return BruteForceSampler(seed=seed)
+    raise ConfigError(f"unknown sampler.type {kind!r}")
+
+
+def grid_from_search_space(space: Sequence[Parameter]) -> dict[str, Sequence[GridValue]]:
+    """Every value of a declarative space: categorical choices, int ranges, stepped floats."""
+    grid: dict[str, Sequence[GridValue]] = {}
+    for param in space:
+        if param.categorical is not None:
+            grid[param.name] = list(param.categorical.choices)
+        elif param.int_ is not None:
+            rng = param.int_
+            count = (rng.high - rng.low) // rng.step + 1
+            _check_grid_size(param.name, count)
+            grid[param.name] = list(range(rng.low, rng.high + 1, rng.step))
+        elif param.float_ is not None and param.float_.step is not None:
+            fr = param.float_
+            step = fr.step
+            assert step is not None
+            count = int((fr.high - fr.low) / step + 1e-9) + 1
+            _check_grid_size(param.name, count)
+            # Rounding keeps 0.1 + 2 * 0.1 from becoming 0.30000000000000004.
+            grid[param.name] = [round(fr.low + k * step, 12) for k in range(count)]
+        else:
+            raise ConfigError(
+                f"sampler.type Grid cannot enumerate parameter {param.name!r}: use int, "
+                "categorical or a float with step"
+            )
+    return grid
+
+
+def _check_grid_size(name: str, count: int) -> None:
+    if count > MAX_GRID_VALUES_PER_PARAMETER:
+        raise ConfigError(
+            f"sampler.type Grid: parameter {name!r} has {count} values "
+            f"(more than {MAX_GRID_VALUES_PER_PARAMETER})"
+        )
+
+
+def build_pruner(spec: PrunerSpec) -> BasePruner:
+    if spec.type == PrunerType.PATIENT:
+        patient = spec.patient
+        if patient is None:
+            raise ConfigError("pruner.type Patient needs pruner.patient.patience")
+        wrapped = patient.wrapped
+        inner = None if wrapped.type == PrunerType.NONE else _base_pruner(wrapped)
+        return PatientPruner(inner, patience=patient.patience, min_delta=patient.min_delta)
+    return _base_pruner(spec)
+
+
+def _base_pruner(spec: BasePrunerSpec) -> BasePruner:
+    kind = spec.type
+    if kind == PrunerType.NONE:
+        return NopPruner()
+    if kind == PrunerType.MEDIAN:
+        med = spec.median or MedianOptions()
+        return MedianPruner(
+            n_startup_trials=med.n_startup_trials,
+            n_warmup_steps=med.n_warmup_steps,
+            interval_steps=med.interval_steps,
+            n_min_trials=med.n_min_trials,
+        )
+    if kind == PrunerType.PERCENTILE:
+        pct = spec.percentile
+        if pct is None:
+            raise ConfigError("pruner.type Percentile needs pruner.percentile.percentile")
+        return PercentilePruner(
+            pct.percentile,
+            n_startup_trials=pct.n_startup_trials,
+            n_warmup_steps=pct.n_warmup_steps,
+            interval_steps=pct.interval_steps,
+            n_min_trials=pct.n_min_trials,
+        )
+    if kind == PrunerType.SUCCESSIVE_HALVING:
+        sha = spec.successive_halving or SuccessiveHalvingOptions()
+        return SuccessiveHalvingPruner(
+            min_resource=sha.min_resource,
+            reduction_factor=sha.reduction_factor,
+            min_early_stopping_rate=sha.min_early_stopping_rate,
+            bootstrap_count=sha.bootstrap_count,
+        )
+    if kind == PrunerType.HYPERBAND:
+        hb = spec.hyperband or HyperbandOptions()
+        return HyperbandPruner(
+            min_resource=hb.min_resource,
+            max_resource=hb.max_resource,
+            reduction_factor=hb.reduction_factor,
+            bootstrap_count=hb.bootstrap_count,
+        )
+    if kind == PrunerType.THRESHOLD:
+        th = spec.threshold
+        if th is None:
+            raise ConfigError("pruner.type Threshold needs pruner.threshold with lower or upper")
+        return ThresholdPruner(
+            lower=th.lower,
+            upper=th.upper,
+            n_warmup_steps=th.n_warmup_steps,
+            interval_steps=th.interval_steps,
+        )
+    if kind == PrunerType.WILCOXON:
+        wx = spec.wilcoxon or WilcoxonOptions()
+        return WilcoxonPruner(p_threshold=wx.p_threshold, n_startup_steps=wx.n_startup_steps)
+    if kind == PrunerType.PATIENT:
+        raise ConfigError("pruner.patient.wrapped cannot be Patient")
+    raise ConfigError(f"unknown pruner.type {kind!r}")
+
+
+def describe(sampler: BaseSampler, pruner: BasePruner) -> str:
+    """For the start-up log line: which algorithms and which Optuna actually run."""
+    return (
+        f"sampler={type(sampler).__name__} pruner={type(pruner).__name__} "
+        f"optuna={optuna.__version__}"
+    )

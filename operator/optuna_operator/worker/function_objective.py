@@ -1,0 +1,105 @@
+"""Python objectives given as module:attribute, called with the Optuna trial."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+
+from optuna_operator.worker.errors import ConfigError
+from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
+from optuna_operator.worker.trial_attrs import ERROR_ATTR, INTERRUPTED_ATTR, WORKER_ATTR
+
+__all__ = ["FunctionObjective", "check_values", "load_function"]
+
+log = logging.getLogger(__name__)
+
+# User attributes are stored as JSON text; a full traceback belongs in the log.
+MAX_ERROR_CHARS = 2000
+
+Objective = Callable[[optuna.Trial], Any]
+
+
+def load_function(reference: str) -> Objective:
+    """Import `module:attribute` (attribute may be dotted); any failure is a ConfigError.
+
+    The console script does not put the working directory on sys.path the way `python -m`
+    does, yet user code usually lives there (WORKDIR of the image), so it is added first.
+    """
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"objective.function must be module:attribute, got {reference!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except Exception as err:  # the user's module may raise anything at import time
+        raise ConfigError(f"{type(err).__name__}: {err}") from err
+    if not callable(target):
+        raise ConfigError(f"objective.function {reference!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class FunctionObjective:
+    """Calls the user's function and keeps the reason of a failure on the trial."""
+
+    def __init__(
+        self, func: Objective, n_objectives: int, stop: StopSignal, worker_id: str
+    ) -> None:
+        self._func = func
+        self._n_objectives = n_objectives
+        self._stop = stop
+        self._worker_id = worker_id
+        self.current: optuna.Trial | None = None  # to re-enqueue it after an interruption
+
+    def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
+        self.current = trial
+        trial.set_user_attr(WORKER_ATTR, self._worker_id)
+        if self._stop.requested:
+            trial.set_user_attr(INTERRUPTED_ATTR, "stop requested before the trial started")
+            raise WorkerInterrupted("stop requested before the trial started")
+        self._stop.interrupt_objective = True
+        try:
+            result = self._func(trial)
+        except WorkerInterrupted as err:
+            trial.set_user_attr(INTERRUPTED_ATTR, str(err) or "interrupted")
+            raise
+        except Exception as err:
+            trial.set_user_attr(ERROR_ATTR, _error_text(err))
+            raise
+        finally:
+            self._stop.interrupt_objective = False
+        problem = check_values(result, self._n_objectives)
+        if problem:
+            # Optuna fails such a trial by itself; the attribute makes it count and explains.
+            trial.set_user_attr(ERROR_ATTR, problem)
+        return result  # type: ignore[no-any-return]
+
+
+def check_values(result: object, n_objectives: int) -> str | None:
+    """Why Optuna will reject this return value, or None when it is fine."""
+    values = list(result) if isinstance(result, (list, tuple)) else [result]
+    if len(values) != n_objectives:
+        return f"objective returned {len(values)} value(s), the study has {n_objectives}"
+    for value in values:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return f"objective returned {value!r}, not a number"
+        if math.isnan(number):
+            return "objective returned NaN"
+    return None
+
+
+def _error_text(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."

@@ -1,0 +1,151 @@
+"""Entry point of `optuna-operator worker`: the process the worker pods run."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable
+from multiprocessing.queues import SimpleQueue
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from optuna_operator.worker.errors import ConfigError, ExitCode, TooManyFailures
+from optuna_operator.worker.gpus import assign_gpus, visible_gpus
+from optuna_operator.worker.runner import run_process
+from optuna_operator.worker.settings import STORAGE_ENV, WorkerSettings, read_settings
+from optuna_operator.worker.signals import StopSignal
+from optuna_operator.worker.storage import describe_url
+from optuna_operator.worker.termination import report_exit
+
+__all__ = ["main"]
+
+log = logging.getLogger("optuna_operator.worker")
+
+# Exit codes by precedence when several processes of one pod disagree.
+_PRECEDENCE = (ExitCode.CONFIG, ExitCode.TOO_MANY_FAILURES, ExitCode.ERROR)
+
+
+def main() -> int:
+    """Run the worker; the return value is the process exit code (see ExitCode)."""
+    _configure_logging("worker")
+    stop = StopSignal()
+    stop.install()
+    code, message = _guarded(lambda: _run(stop))
+    if code != ExitCode.DONE:
+        report_exit(message)
+    return int(code)
+
+
+def _run(stop: StopSignal) -> tuple[ExitCode, str]:
+    settings = read_settings()
+    processes = settings.config.processes_per_pod
+    if processes == 1:
+        return run_process(settings, 0, stop), ""
+    return _run_pool(settings, processes, stop)
+
+
+def _guarded(body: Callable[[], tuple[ExitCode, str]]) -> tuple[ExitCode, str]:
+    """Map what went wrong to an exit code and a one-line reason without the password."""
+    try:
+        return body()
+    except ConfigError as err:
+        return ExitCode.CONFIG, _redact(str(err))
+    except TooManyFailures as err:
+        return ExitCode.TOO_MANY_FAILURES, _redact(str(err))
+    except Exception as err:
+        log.exception("Worker failed")
+        return ExitCode.ERROR, _redact(f"{type(err).__name__}: {err}")
+
+
+def _run_pool(settings: WorkerSettings, processes: int, stop: StopSignal) -> tuple[ExitCode, str]:
+    """N trial processes in one pod, one GPU share each, for pods with several GPUs.
+
+    Spawned rather than forked: a forked child would inherit CUDA state, threads and
+    database connections that are not safe to share.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    results: SimpleQueue[tuple[int, int, str]] = ctx.SimpleQueue()
+    gpus = visible_gpus()
+    children = []
+    for index in range(processes):
+        cuda = assign_gpus(gpus, index, processes)
+        child = ctx.Process(
+            target=_child_main, args=(index, cuda, results), name=f"trial-process-{index}"
+        )
+        child.start()
+        log.info(
+            "Started trial process %d (pid %s, CUDA_VISIBLE_DEVICES=%s)",
+            index,
+            child.pid,
+            cuda if cuda is not None else "unchanged",
+        )
+        children.append(child)
+    forwarded = False
+    while any(c.is_alive() for c in children):
+        stopping = stop.requested or any(
+            c.exitcode in (ExitCode.CONFIG, ExitCode.TOO_MANY_FAILURES) for c in children
+        )
+        if stopping and not forwarded:
+            # A sibling's permanent error would hit the others too; do not wait for it.
+            for child in children:
+                if child.is_alive():
+                    child.terminate()  # SIGTERM: the child interrupts its trial and exits
+            forwarded = True
+        stop.wait(0.5)
+    messages: dict[int, str] = {}
+    while not results.empty():
+        index, _, message = results.get()
+        messages[index] = message
+    codes = {i: c.exitcode for i, c in enumerate(children)}
+    for wanted in _PRECEDENCE:
+        for index, code in codes.items():
+            if code == wanted or (wanted == ExitCode.ERROR and code not in (0, 3, 4)):
+                return wanted, messages.get(index) or f"trial process {index} exited with {code}"
+    return ExitCode.DONE, ""
+
+
+def _child_main(index: int, cuda: str | None, results: SimpleQueue[tuple[int, int, str]]) -> None:
+    if cuda is not None:
+        # Before the objective is imported: CUDA reads this once, at initialization.
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+    _configure_logging(f"process-{index}")
+    stop = StopSignal()
+    stop.install()
+
+    def body() -> tuple[ExitCode, str]:
+        return run_process(read_settings(), index, stop, log_prefix=f"[process {index}] "), ""
+
+    code, message = _guarded(body)
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    results.put((index, int(code), message))
+    sys.exit(int(code))
+
+
+def _configure_logging(tag: str) -> None:
+    level = os.environ.get("OPTUNA_OPERATOR_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s [{tag}] %(name)s: %(message)s",
+        force=True,
+    )
+    # One format for Optuna's messages ("Trial 3 finished ...") and ours.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+def _redact(text: str) -> str:
+    url = os.environ.get(STORAGE_ENV)
+    if not url:
+        return text
+    text = text.replace(url, describe_url(url))
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        password = None
+    return text.replace(password, "***") if password else text

@@ -1,0 +1,153 @@
+"""One trial process: load the study and run trials until the study-wide budget says stop."""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_operator.api import WorkerConfig
+from optuna_operator.worker.budget import BudgetChecker, TrialCounter
+from optuna_operator.worker.command_objective import CommandObjective, check_command
+from optuna_operator.worker.errors import ConfigError, ExitCode, TooManyFailures
+from optuna_operator.worker.factory import build_pruner, build_sampler, describe
+from optuna_operator.worker.function_objective import FunctionObjective, load_function
+from optuna_operator.worker.seeding import process_seed
+from optuna_operator.worker.settings import WorkerSettings
+from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
+from optuna_operator.worker.storage import describe_url, load_study
+from optuna_operator.worker.trial_attrs import ERROR_ATTR, RETRY_OF_ATTR
+
+__all__ = ["build_objective", "run_process"]
+
+log = logging.getLogger(__name__)
+
+TrialObjective = FunctionObjective | CommandObjective
+
+
+def build_objective(
+    config: WorkerConfig, stop: StopSignal, worker_id: str, log_prefix: str = ""
+) -> TrialObjective:
+    objective = config.objective
+    n_objectives = len(config.directions)
+    if objective.function:
+        return FunctionObjective(load_function(objective.function), n_objectives, stop, worker_id)
+    if objective.command:
+        if not objective.search_space:
+            raise ConfigError("objective.command needs objective.searchSpace")
+        check_command(objective.command)
+        return CommandObjective(
+            objective.command,
+            objective.search_space,
+            n_objectives,
+            objective.trial_timeout_seconds,
+            stop,
+            config.study_name,
+            worker_id,
+            log_prefix,
+        )
+    raise ConfigError("objective: set function or command")
+
+
+class _StopRules:
+    """Checked after every trial; stops this process's optimize() loop."""
+
+    def __init__(self, checker: BudgetChecker, stop: StopSignal) -> None:
+        self._checker = checker
+        self._stop = stop
+        self.failures: int | None = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._stop.requested:
+            study.stop()
+            return
+        if trial.state == TrialState.FAIL and ERROR_ATTR in trial.user_attrs:
+            self.failures = self._checker.too_many_failures()
+            if self.failures is not None:
+                study.stop()
+                return
+        reason = self._checker.stop_reason()
+        if reason is not None:
+            log.info("Stopping: %s", reason)
+            study.stop()
+
+
+def run_process(
+    settings: WorkerSettings, process_index: int, stop: StopSignal, log_prefix: str = ""
+) -> ExitCode:
+    """Raises ConfigError or TooManyFailures for the exits the operator acts on."""
+    config = settings.config
+    worker_id = f"{settings.pod_name}/{process_index}"
+    objective = build_objective(config, stop, worker_id, log_prefix)
+    seed = process_seed(
+        config.sampler.seed,
+        worker_index=settings.worker_index,
+        process_index=process_index,
+        processes_per_pod=config.processes_per_pod,
+        pod_name=settings.pod_name,
+    )
+    sampler = build_sampler(config.sampler, config.objective, seed)
+    pruner = build_pruner(config.pruner)
+    study, storage = load_study(
+        config.study_name,
+        settings.storage_url,
+        config.heartbeat_interval_seconds,
+        application_name=f"optuna-worker {worker_id}",
+        sampler=sampler,
+        pruner=pruner,
+    )
+    checker = BudgetChecker(
+        TrialCounter(storage, storage.get_study_id_from_name(config.study_name)),
+        config.budget,
+        config.directions,
+        config.deadline,
+    )
+    log.info(
+        "Loaded study %s from %s (%s seed=%s worker=%s)",
+        config.study_name,
+        describe_url(settings.storage_url),
+        describe(sampler, pruner),
+        seed,
+        worker_id,
+    )
+    failures = checker.too_many_failures()
+    if failures is not None:
+        raise TooManyFailures(_failure_message(failures, config))
+    reason = checker.stop_reason()
+    if reason is not None:
+        log.info("Nothing to do: %s", reason)
+        return ExitCode.DONE
+
+    rules = _StopRules(checker, stop)
+    try:
+        # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
+        study.optimize(objective, catch=(Exception,), callbacks=[rules])
+    except WorkerInterrupted:
+        _requeue(study, objective.current)
+        return ExitCode.DONE
+    if rules.failures is not None:
+        raise TooManyFailures(_failure_message(rules.failures, config))
+    if stop.requested:
+        log.info("Stopped by signal between trials")
+    return ExitCode.DONE
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial | None) -> None:
+    """Give the interrupted trial's parameters to whichever worker asks next."""
+    if trial is None:
+        return
+    if not trial.params:
+        log.info("Trial %d interrupted before sampling; nothing to enqueue", trial.number)
+        return
+    study.enqueue_trial(
+        trial.params, user_attrs={RETRY_OF_ATTR: trial.number}, skip_if_exists=False
+    )
+    log.info("Trial %d interrupted; enqueued its parameters again", trial.number)
+
+
+def _failure_message(failures: int, config: WorkerConfig) -> str:
+    return (
+        f"{failures} trials failed, more than budget.maxFailedTrials="
+        f"{config.budget.max_failed_trials}; see the 'error' attribute of the failed trials"
+    )
