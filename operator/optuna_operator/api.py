@@ -71,7 +71,12 @@ def rules(*entries: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(entries)}
 
 
-# Values whose type the user chooses (categorical choices, warm-start params): any scalar.
+# Categorical values: strings or integers, typed so CEL rules can compare them. (Floats and
+# booleans reach a command as text anyway; use "0.5" or "true".)
+Choice = Annotated[
+    int | str, WithJsonSchema({"x-kubernetes-int-or-string": True, "maxLength": 128})
+]
+# Warm-start parameter values, for function objectives: any scalar.
 Scalar = Annotated[
     str | bool | int | float,
     WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
@@ -85,7 +90,7 @@ Quantity = Annotated[
     WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
-            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",  # noqa: E501
         }
     ),
 ]
@@ -127,6 +132,12 @@ class Model(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def defaulted(model: type[Model]) -> dict[str, Any]:
+    """Schema default for an object field the user may leave out. The API server checks a
+    default against the CEL rules before filling nested defaults, so it must be complete."""
+    return {"default": model().to_wire()}
 
 
 class Direction(StrEnum):
@@ -193,26 +204,22 @@ class IntRange(Model):
 class CategoricalRange(Model):
     """A parameter chosen from a list of values."""
 
-    model_config = ConfigDict(
-        json_schema_extra=rules(
-            cel(
-                "self.choices.all(c, self.choices.exists_one(d, d == c))",
-                "categorical: choices must be unique",
-            ),
-        )
-    )
-    choices: list[Scalar] = Field(
+    choices: list[Choice] = Field(
         min_length=1,
         max_length=MAX_CHOICES,
-        description="Values to choose from: strings, numbers or booleans.",
+        description="Values to choose from: strings or integers, each once.",
+        # Duplicates are rejected by the API server ("Duplicate value").
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 
 class ParameterCondition(Model):
-    """Sample this parameter only when an earlier categorical parameter has one of the values."""
+    """Sample this parameter only when a categorical parameter has one of the values."""
 
-    param: ParamName = Field(description="Name of an earlier categorical parameter.")
-    in_: list[Scalar] = Field(
+    param: ParamName = Field(
+        description="Name of an unconditional categorical parameter of the search space."
+    )
+    in_: list[Choice] = Field(
         alias="in",
         min_length=1,
         max_length=16,
@@ -226,8 +233,7 @@ class Parameter(Model):
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
-                "[has(self.float), has(self.int), has(self.categorical)]"
-                ".filter(x, x).size() == 1",
+                "[has(self.float), has(self.int), has(self.categorical)].filter(x, x).size() == 1",
                 "set exactly one of float, int or categorical for each parameter",
             ),
             cel(
@@ -245,27 +251,25 @@ class Parameter(Model):
     )
 
 
-SEARCH_SPACE_RULES = rules(
-    cel(
-        "self.all(p, self.exists_one(q, q.name == p.name))",
-        "searchSpace: parameter names must be unique",
-    ),
-    cel(
-        "self.all(p, !has(p.when) || self.exists(q, q.name == p.when.param"
-        " && has(q.categorical)))",
-        "searchSpace: when.param must name a categorical parameter of the search space",
-    ),
-    cel(
-        "self.all(p, !has(p.when) || self.map(q, q.name).indexOf(p.when.param)"
-        " < self.map(q, q.name).indexOf(p.name))",
-        "searchSpace: when.param must name a parameter listed before the dependent one",
-    ),
-    cel(
-        "self.all(p, !has(p.when) || self.exists(q, q.name == p.when.param"
-        " && has(q.categorical) && p.when.__in__.all(v, v in q.categorical.choices)))",
-        "searchSpace: every value in when.in must be one of the parent parameter's choices",
-    ),
-)
+SEARCH_SPACE_SCHEMA: dict[str, Any] = {
+    # The API server rejects duplicate names itself ("Duplicate value"), at no CEL cost.
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+    "x-kubernetes-validations": [
+        # One level of conditions keeps the space acyclic without ordering rules, which the
+        # API server's CEL cost budget cannot afford over a list of parameters.
+        cel(
+            "self.all(p, !has(p.when) || self.exists(q, q.name == p.when.param"
+            " && has(q.categorical) && !has(q.when)))",
+            "searchSpace: when.param must name a categorical parameter that has no when itself",
+        ),
+        cel(
+            "self.all(p, !has(p.when) || self.exists(q, q.name == p.when.param"
+            " && has(q.categorical) && p.when.__in__.all(v, v in q.categorical.choices)))",
+            "searchSpace: every value in when.in must be one of the parent parameter's choices",
+        ),
+    ],
+}
 
 
 class Objective(Model):
@@ -306,7 +310,7 @@ class Objective(Model):
         "'optuna:report <step> <value>' and 'optuna:result <v1> [<v2> ...]' lines on stdout.",
     )
     search_space: (
-        Annotated[list[Parameter], Field(json_schema_extra=SEARCH_SPACE_RULES)] | None
+        Annotated[list[Parameter], Field(json_schema_extra=SEARCH_SPACE_SCHEMA)] | None
     ) = Field(
         None,
         min_length=1,
@@ -376,7 +380,9 @@ class TPEOptions(Model):
     constant_liar: bool = Field(
         True, description="Treat running trials as bad so parallel workers spread out."
     )
-    consider_endpoints: bool = Field(False, description="Use range endpoints in the Parzen estimator.")
+    consider_endpoints: bool = Field(
+        False, description="Use range endpoints in the Parzen estimator."
+    )
 
 
 class CMAESOptions(Model):
@@ -582,6 +588,7 @@ class PatientOptions(Model):
     min_delta: float = Field(0.0, ge=0, description="Smallest change counted as improvement.")
     wrapped: BasePrunerSpec = Field(
         default_factory=BasePrunerSpec,
+        json_schema_extra=defaulted(BasePrunerSpec),
         description="Pruner consulted once patience runs out (type None: prune then).",
     )
 
@@ -738,8 +745,10 @@ class TuningStudySpec(Model):
     )
     objective: Objective
     budget: Budget
-    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
-    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    sampler: SamplerSpec = Field(
+        default_factory=SamplerSpec, json_schema_extra=defaulted(SamplerSpec)
+    )
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec, json_schema_extra=defaulted(PrunerSpec))
     enqueue_trials: list[dict[str, Scalar]] | None = Field(
         None,
         max_length=1000,
@@ -749,8 +758,12 @@ class TuningStudySpec(Model):
     storage: StorageSpec | None = Field(
         None, description="Storage Secret; the operator's default storage when unset."
     )
-    workers: WorkersSpec = Field(default_factory=WorkersSpec)
-    dashboard: DashboardSpec = Field(default_factory=DashboardSpec)
+    workers: WorkersSpec = Field(
+        default_factory=WorkersSpec, json_schema_extra=defaulted(WorkersSpec)
+    )
+    dashboard: DashboardSpec = Field(
+        default_factory=DashboardSpec, json_schema_extra=defaulted(DashboardSpec)
+    )
     suspend: bool = Field(
         False, description="Stop the workers; set back to false to continue the study."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
 from optuna_operator.api import Condition
 
@@ -65,7 +66,9 @@ def set_condition(
     now: str | None = None,
 ) -> list[Condition]:
     """Return a new list with the condition set; the transition time moves only on a flip."""
-    status_text = "Unknown" if status is None else ("True" if status else "False")
+    status_text: Literal["True", "False", "Unknown"] = (
+        "Unknown" if status is None else ("True" if status else "False")
+    )
     old = find(conditions, type_)
     transition = (
         old.last_transition_time
@@ -74,7 +77,7 @@ def set_condition(
     )
     new = Condition(
         type=type_,
-        status=status_text,  # type: ignore[arg-type]
+        status=status_text,
         reason=reason,
         message=message,
         observed_generation=generation,

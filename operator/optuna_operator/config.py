@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_DASHBOARD_IMAGE",
@@ -46,7 +46,6 @@ class OperatorSettings:
     peering: str | None = "optuna-operator"
     liveness_endpoint: str | None = None
     metrics_port: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _env(name: str, default: str | None = None) -> str | None:

@@ -23,12 +23,19 @@ _DROPPED_KEYS = {"title", "$defs", "discriminator"}
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Trials", "type": "string", "jsonPath": ".status.progress",
-     "description": "Finished (complete + pruned) trials / budget"},
-    {"name": "Best", "type": "number", "jsonPath": ".status.bestTrial.values[0]",
-     "description": "Best objective value (first direction)"},
-    {"name": "Workers", "type": "integer", "jsonPath": ".status.workers.active",
-     "priority": 1},
+    {
+        "name": "Trials",
+        "type": "string",
+        "jsonPath": ".status.progress",
+        "description": "Finished (complete + pruned) trials / budget",
+    },
+    {
+        "name": "Best",
+        "type": "number",
+        "jsonPath": ".status.bestTrial.values[0]",
+        "description": "Best objective value (first direction)",
+    },
+    {"name": "Workers", "type": "integer", "jsonPath": ".status.workers.active", "priority": 1},
     {"name": "Study", "type": "string", "jsonPath": ".status.studyName", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -85,7 +92,11 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = _resolve(value, defs)
     if "enum" in out and "type" not in out:
         out["type"] = "string"
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
         out.setdefault("x-kubernetes-preserve-unknown-fields", True)
     if out.get("type") == "integer":
         out.setdefault("format", "int64")

@@ -270,9 +270,7 @@ class StoreRegistry:
         value = json.loads(row[0])
         return str(value)[:500]
 
-    def _pareto_front(
-        self, url: str, storage: RDBStorage, handle: StudyHandle
-    ) -> list[BestTrial]:
+    def _pareto_front(self, url: str, storage: RDBStorage, handle: StudyHandle) -> list[BestTrial]:
         cache = self._fronts.setdefault((url, handle.study_id), _FrontCache())
         signs = tuple(1 if d == Direction.MAXIMIZE else -1 for d in handle.directions)
         n_obj = len(handle.directions)
@@ -298,7 +296,10 @@ class StoreRegistry:
                 entry = values.setdefault(trial_id, (number, [0.0] * n_obj))
                 kind = str(value_type).rsplit(".", 1)[-1]
                 entry[1][objective] = (
-                    float("inf") if kind == "INF_POS" else float("-inf") if kind == "INF_NEG"
+                    float("inf")
+                    if kind == "INF_POS"
+                    else float("-inf")
+                    if kind == "INF_NEG"
                     else float(value)
                 )
             candidates = dict(cache.front)

@@ -1,0 +1,1 @@
+"""Objective code for the example TuningStudies (importable as examples.<module>)."""

@@ -1,0 +1,159 @@
+"""The kopf layer: decorators only. Every handler parses the body once and calls the
+level-based `Reconciler.reconcile`; status goes out through `patch.status`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from pydantic import ValidationError
+
+from optuna_operator import metrics
+from optuna_operator.api import GROUP, PLURAL, VERSION, DeletionPolicy, TuningStudy
+from optuna_operator.conditions import ConditionType, Reason, set_condition
+from optuna_operator.config import OperatorSettings
+from optuna_operator.kube import Cluster
+from optuna_operator.reconcile import Reconciler, StorageProblem
+from optuna_operator.study_store import StorageError, StoreRegistry
+
+__all__ = ["build_registry"]
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX = "optuna-operator.io"
+DELETE_RETRIES = 5
+
+
+def _api_client() -> k8s.ApiClient:
+    try:
+        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+    return k8s.ApiClient()
+
+
+def _parse(body: kopf.Body) -> TuningStudy:
+    try:
+        return TuningStudy.model_validate(
+            {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+        )
+    except ValidationError as exc:
+        raise kopf.PermanentError(f"Invalid TuningStudy: {exc.errors()[0]['msg']}") from exc
+
+
+def _patch_status(patch: kopf.Patch, old: dict[str, Any], new: dict[str, Any]) -> None:
+    for key in old.keys() - new.keys():
+        patch.status[key] = None
+    for key, value in new.items():
+        if old.get(key) != value:
+            patch.status[key] = value
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """Handlers bound to one Reconciler, created at start-up and closed at clean-up."""
+    registry = kopf.OperatorRegistry()
+    state: dict[str, Any] = {}
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Kopf's bookkeeping goes to annotations under our prefix, never into status.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=ANNOTATION_PREFIX
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/delete-study"
+        settings.posting.level = logging.INFO
+        settings.execution.max_workers = 16
+        state["stores"] = StoreRegistry()
+        state["reconciler"] = Reconciler(Cluster(_api_client()), state["stores"], operator_settings)
+        if operator_settings.metrics_port:
+            metrics.serve(operator_settings.metrics_port)
+
+    operator_settings = settings
+
+    @kopf.on.cleanup(registry=registry)
+    def close(**_: Any) -> None:
+        stores: StoreRegistry | None = state.get("stores")
+        if stores is not None:
+            stores.close()
+
+    def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        study = _parse(body)
+        reconciler: Reconciler = state["reconciler"]
+        outcome = reconciler.reconcile(study)
+        _patch_status(patch, dict(body.status), outcome.status.to_wire())
+        for event in outcome.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            log.info(
+                "%s %s/%s: %s",
+                event.reason,
+                study.metadata.namespace,
+                study.metadata.name,
+                event.message,
+            )
+        metrics.observe(study, outcome.status)
+
+    def invalid_spec(body: kopf.Body, patch: kopf.Patch, exc: kopf.PermanentError) -> None:
+        conditions = set_condition(
+            [],
+            ConditionType.FAILED,
+            True,
+            Reason.INVALID_SPEC,
+            str(exc),
+            body.metadata.get("generation"),
+        )
+        patch.status["conditions"] = [c.to_wire() for c in conditions]
+        patch.status["phase"] = "Failed"
+
+    def guarded(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        try:
+            reconcile(body=body, patch=patch, **kwargs)
+        except kopf.PermanentError as exc:
+            invalid_spec(body, patch, exc)
+            raise
+
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(*resource, registry=registry, id="reconcile")(guarded)
+    kopf.timer(
+        *resource,
+        registry=registry,
+        id="refresh",
+        interval=settings.status_interval,
+        initial_delay=settings.status_interval,
+    )(guarded)
+
+    @kopf.on.delete(
+        *resource,
+        registry=registry,
+        id="delete-study",
+        when=lambda spec, **_: spec.get("deletionPolicy") == DeletionPolicy.DELETE.value,
+    )
+    def delete_study(body: kopf.Body, retry: int, **_: Any) -> None:
+        study = _parse(body)
+        reconciler: Reconciler = state["reconciler"]
+        try:
+            deleted = reconciler.delete_study(study)
+        except (StorageProblem, StorageError) as exc:
+            if retry >= DELETE_RETRIES:
+                # Never hold a namespace hostage: give up and say the study was kept.
+                kopf.warn(
+                    body,
+                    reason="StudyRetained",
+                    message=f"Could not delete Optuna study {study.study_name}: {exc}",
+                )
+                return
+            raise kopf.TemporaryError(f"Cannot delete the study yet: {exc}", delay=10) from exc
+        if deleted:
+            kopf.info(
+                body,
+                reason="StudyDeleted",
+                message=f"Deleted Optuna study {study.study_name} (deletionPolicy Delete)",
+            )
+
+    return registry
