@@ -6,5 +6,6 @@ proxy, a throwaway PostgreSQL, and a pod executor that plays the node. See READM
 
 from testbed.bed import Bed, BedOptions
 from testbed.errors import BedError
+from testbed.waiting import wait_for
 
-__all__ = ["Bed", "BedError", "BedOptions"]
+__all__ = ["Bed", "BedError", "BedOptions", "wait_for"]

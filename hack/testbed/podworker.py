@@ -184,7 +184,10 @@ class PodWorker:
             "containers": [s.spec["name"] for s in self._main],
             "initContainers": [s.spec["name"] for s in self._init],
         }
-        (self.pod_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+        # Written whole, then renamed: Bed.pod_log may read it at any moment.
+        tmp = self.pod_dir / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(self.pod_dir / "meta.json")
 
     def _run(self) -> None:
         self._write_meta()
