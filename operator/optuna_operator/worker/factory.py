@@ -7,8 +7,10 @@ whichever Optuna version the worker image carries.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -64,6 +66,11 @@ MAX_GRID_VALUES_PER_PARAMETER = 10_000
 
 
 def build_sampler(spec: SamplerSpec, objective: Objective, seed: int | None) -> BaseSampler:
+    with _quiet():
+        return _sampler(spec, objective, seed)
+
+
+def _sampler(spec: SamplerSpec, objective: Objective, seed: int | None) -> BaseSampler:
     kind = spec.type
     if kind == SamplerType.TPE:
         tpe = spec.tpe or TPEOptions()
@@ -175,6 +182,11 @@ def _check_grid_size(name: str, count: int) -> None:
 
 
 def build_pruner(spec: PrunerSpec) -> BasePruner:
+    with _quiet():
+        return _pruner(spec)
+
+
+def _pruner(spec: PrunerSpec) -> BasePruner:
     if spec.type == PrunerType.PATIENT:
         patient = spec.patient
         if patient is None:
@@ -240,6 +252,14 @@ def _base_pruner(spec: BasePrunerSpec) -> BasePruner:
     if kind == PrunerType.PATIENT:
         raise ConfigError("pruner.patient.wrapped cannot be Patient")
     raise ConfigError(f"unknown pruner.type {kind!r}")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # The user chose the algorithm in the spec; "X is experimental" on every pod start is noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def describe(sampler: BaseSampler, pruner: BasePruner) -> str:
