@@ -23,7 +23,7 @@ class ConditionType(StrEnum):
 class Reason(StrEnum):
     # storage
     STUDY_CREATED = "StudyCreated"
-    STUDY_RESUMED = "StudyResumed"
+    STUDY_READY = "StudyReady"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_MISSING = "SecretKeyMissing"
     NO_STORAGE_CONFIGURED = "NoStorageConfigured"

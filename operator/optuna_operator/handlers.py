@@ -58,6 +58,12 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     state: dict[str, Any] = {}
     resource = (GROUP, VERSION, PLURAL)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A private registry does not get kopf's default login handlers.
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Kopf's bookkeeping goes to annotations under our prefix, never into status.

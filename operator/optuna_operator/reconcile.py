@@ -272,7 +272,7 @@ class Reconciler:
         condition(
             ConditionType.STORAGE_READY,
             True,
-            Reason.STUDY_RESUMED if not handle.created else Reason.STUDY_CREATED,
+            Reason.STUDY_READY,
             f"Optuna study {handle.name} is ready",
         )
         status.start_time = status.start_time or handle.start_time

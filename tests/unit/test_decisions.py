@@ -1,0 +1,87 @@
+"""Pure decisions of the reconciler: phase from budget, database and Job; conditions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from optuna_operator.api import BestTrial, TuningStudy
+from optuna_operator.conditions import set_condition
+from optuna_operator.reconcile import JobState, decide_phase
+from optuna_operator.study_store import StudySummary, redact
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
+RUNNING_JOB = JobState(name="w", active=2, ready=2)
+
+
+def study(budget: dict[str, Any], **spec: Any) -> TuningStudy:
+    body = {"directions": ["maximize"], "objective": {"function": "m:f"}, "budget": budget, **spec}
+    return TuningStudy.model_validate({"metadata": {"name": "s"}, "spec": body})
+
+
+def best(value: float) -> BestTrial:
+    return BestTrial(number=3, values=[value], params={"x": 1})
+
+
+def test_running_until_the_trial_budget_is_met() -> None:
+    phase = decide_phase(study({"trials": 10}), StudySummary(complete=9), RUNNING_JOB, START, START)
+    assert (phase.phase, phase.reason) == ("Running", "Running")
+
+
+def test_pruned_trials_count_towards_the_budget() -> None:
+    summary = StudySummary(complete=6, pruned=4)
+    idle = JobState(name="w", succeeded=2, complete=True)
+    phase = decide_phase(study({"trials": 10}), summary, idle, START, START)
+    assert (phase.phase, phase.reason) == ("Succeeded", "TrialBudgetReached")
+
+
+def test_waits_for_running_workers_before_succeeding() -> None:
+    phase = decide_phase(study({"trials": 10}), StudySummary(complete=10), RUNNING_JOB, START, START)
+    assert phase.phase == "Running" and "waiting for workers" in phase.message
+
+
+def test_time_budget() -> None:
+    later = START + timedelta(seconds=61)
+    phase = decide_phase(study({"timeoutSeconds": 60}), StudySummary(), None, later, START)
+    assert (phase.phase, phase.reason) == ("Succeeded", "TimeBudgetReached")
+
+
+def test_goal_is_direction_aware() -> None:
+    maximize = study({"trials": 100, "goal": 0.9})
+    minimize = study({"trials": 100, "goal": 0.9}, directions=["minimize"])
+    reached = StudySummary(complete=5, best=best(0.95))
+    assert decide_phase(maximize, reached, None, START, START).reason == "GoalReached"
+    assert decide_phase(minimize, reached, None, START, START).phase == "Pending"
+
+
+def test_too_many_failed_trials_fail_with_the_last_error() -> None:
+    summary = StudySummary(failed=3, last_error="ValueError: bad lr")
+    phase = decide_phase(study({"trials": 10, "maxFailedTrials": 2}), summary, None, START, START)
+    assert (phase.phase, phase.reason) == ("Failed", "TooManyFailedTrials")
+    assert "ValueError: bad lr" in phase.message
+
+
+def test_failed_job_carries_the_worker_message() -> None:
+    job = JobState(name="w", failed_reason="PodFailurePolicy",
+                   failed_message="ModuleNotFoundError: No module named 'train'")
+    phase = decide_phase(study({"trials": 10}), StudySummary(), job, START, START)
+    assert phase.phase == "Failed" and "No module named 'train'" in phase.message
+
+
+def test_suspended() -> None:
+    phase = decide_phase(study({"trials": 10}, suspend=True), StudySummary(), None, START, START)
+    assert phase.phase == "Suspended"
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    first = set_condition([], "Succeeded", False, "Running", "not yet", 1, now="t1")
+    same = set_condition(first, "Succeeded", False, "Running", "still not", 2, now="t2")
+    flipped = set_condition(same, "Succeeded", True, "TrialBudgetReached", "done", 2, now="t3")
+    assert same[0].last_transition_time == "t1" and same[0].message == "still not"
+    assert flipped[0].last_transition_time == "t3" and len(flipped) == 1
+
+
+def test_redact_removes_passwords() -> None:
+    url = "postgresql+psycopg2://optuna:s3cret@db:5432/optuna"
+    assert "s3cret" not in redact(f"could not connect to {url}")
+    assert "s3cret" not in redact(f"could not connect to {url}", url)

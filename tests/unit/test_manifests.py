@@ -1,0 +1,128 @@
+"""Pure manifest builders: golden output, restricted security, no credentials in objects."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from optuna_operator import manifests
+from optuna_operator.api import TuningStudy, WorkerConfig
+
+GOLDEN = Path(__file__).parent / "golden"
+CTX = manifests.ChildContext(
+    storage_secret="optuna-db",
+    storage_key="url",
+    worker_image="worker:test",
+    dashboard_image="dashboard:test",
+    deadline=datetime(2030, 1, 1, tzinfo=UTC),
+)
+
+
+def study(**spec: Any) -> TuningStudy:
+    base: dict[str, Any] = {
+        "directions": ["maximize"],
+        "objective": {"function": "examples.xgb_regression:objective"},
+        "budget": {"trials": 10, "timeoutSeconds": 600},
+        "workers": {"parallelism": 3, "resources": {"limits": {"nvidia.com/gpu": 1}}},
+    }
+    base.update(spec)
+    return TuningStudy.model_validate(
+        {"metadata": {"name": "xgb", "namespace": "ml", "uid": "uid-1", "generation": 2},
+         "spec": base}
+    )
+
+
+def check_golden(name: str, obj: dict[str, Any]) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    rendered = yaml.safe_dump(obj, sort_keys=True)
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(rendered)
+    assert path.exists(), f"missing golden file {path}: run with UPDATE_GOLDEN=1"
+    assert rendered == path.read_text(), f"{name} differs from {path}"
+
+
+def test_worker_job_golden() -> None:
+    check_golden("worker-job", manifests.worker_job(study(), CTX))
+
+
+def test_dashboard_golden() -> None:
+    check_golden("dashboard-deployment", manifests.dashboard_deployment(study(), CTX))
+    check_golden("dashboard-service", manifests.dashboard_service(study()))
+
+
+def _pods(obj: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [manifests.worker_job(study(), CTX), manifests.dashboard_deployment(study(), CTX)],
+    ids=["worker", "dashboard"],
+)
+def test_pods_meet_restricted_pod_security(obj: dict[str, Any]) -> None:
+    pod = _pods(obj)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"]:
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_storage_url_reaches_pods_only_through_secret_ref() -> None:
+    job = manifests.worker_job(study(), CTX)
+    env = {e["name"]: e for e in _pods(job)["containers"][0]["env"]}
+    assert env["OPTUNA_STORAGE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "optuna-db", "key": "url"}
+    assert "postgresql" not in json.dumps(job)
+
+
+def test_worker_config_round_trips_and_carries_the_deadline() -> None:
+    job = manifests.worker_job(study(), CTX)
+    env = {e["name"]: e for e in _pods(job)["containers"][0]["env"]}
+    config = WorkerConfig.model_validate_json(env["OPTUNA_OPERATOR_WORKER_CONFIG"]["value"])
+    assert config.study_name == "ml.xgb"
+    assert config.deadline == CTX.deadline
+    assert config.budget.trials == 10
+
+
+def test_parallelism_and_suspend_do_not_change_the_job_name() -> None:
+    a = manifests.worker_job(study(), CTX)
+    b = manifests.worker_job(study(suspend=True, workers={"parallelism": 7,
+                                                          "resources": {"limits": {"nvidia.com/gpu": 1}}}), CTX)
+    assert a["metadata"]["name"] == b["metadata"]["name"]
+    assert (b["spec"]["parallelism"], b["spec"]["suspend"]) == (7, True)
+
+
+def test_changing_the_objective_names_a_new_job() -> None:
+    a = manifests.worker_job(study(), CTX)
+    b = manifests.worker_job(study(objective={"function": "other:objective"}), CTX)
+    assert a["metadata"]["name"] != b["metadata"]["name"]
+    assert len(b["metadata"]["name"]) <= 63
+
+
+def test_config_errors_fail_the_job_and_disruptions_do_not() -> None:
+    rules = manifests.worker_job(study(), CTX)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert set(rules[0]["onExitCodes"]["values"]) == {3, 4}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+
+
+def test_gpu_limits_reach_the_worker_container() -> None:
+    container = _pods(manifests.worker_job(study(), CTX))["containers"][0]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_children_are_owned_and_labelled() -> None:
+    for obj in (manifests.worker_job(study(), CTX), manifests.dashboard_service(study())):
+        owner = obj["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("TuningStudy", "uid-1", True)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "optuna-operator"
