@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -62,7 +63,7 @@ class Bed:
     @property
     def logs_dir(self) -> Path:
         """Component logs: etcd.log, kube-apiserver.log, executor.log, postgres.log, ..."""
-        return self.directory / "controlplane" / "logs"
+        return self.directory / "logs"
 
     @property
     def pod_logs_dir(self) -> Path:
@@ -76,6 +77,9 @@ class Bed:
     def start(self) -> Bed:
         t0 = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
+        # A bed is always fresh: old etcd data or certificates would contradict the new ones.
+        for stale in ("controlplane", "executor", "logs"):
+            shutil.rmtree(self.directory / stale, ignore_errors=True)
         timeout = self.options.start_timeout_s
         try:
             # Both can be slow or fail for reasons outside the bed; check before starting anything.
@@ -86,7 +90,7 @@ class Bed:
             self.storage_url = pg.url
             self._save_state()
             cp = start_control_plane(
-                self._sup, self.directory / "controlplane", self.bin_dir, timeout
+                self._sup, self.directory / "controlplane", self.logs_dir, self.bin_dir, timeout
             )
             self.server = cp.server
             self._save_state()

@@ -57,10 +57,9 @@ def _etcd_healthy(port: int) -> bool:
 
 
 def start_control_plane(
-    sup: Supervisor, directory: Path, bin_dir: Path, timeout_s: float = 180.0
+    sup: Supervisor, directory: Path, logs: Path, bin_dir: Path, timeout_s: float = 180.0
 ) -> ControlPlane:
     directory.mkdir(parents=True, exist_ok=True)
-    logs = directory / "logs"
     pki = generate_pki(directory / "pki")
 
     etcd_port, peer_port = free_port(), free_port()

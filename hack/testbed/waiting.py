@@ -21,5 +21,7 @@ def wait_for(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}; last: {value!r}")
+            raise TimeoutError(
+                f"timed out after {timeout_s:g}s waiting for {what}; last: {value!r}"
+            )
         time.sleep(interval_s)

@@ -327,3 +327,24 @@ def test_deployment_becomes_available_through_http_readiness_probe(
         60,
     )
     assert time.monotonic() - started < 60
+
+
+def test_init_containers_run_first_in_order(
+    kube_api: client.ApiClient, namespace: str, bed: Bed, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    trail = tmp_path / "trail"
+    append = "import sys; open(sys.argv[1], 'a').write(sys.argv[2])"
+    init = [
+        {"name": n, "image": "busybox", "command": ["python", "-c", append, str(trail), n]}
+        for n in ("one", "two")
+    ]
+    code = f"print(open({str(trail)!r}).read())"
+    core.create_namespaced_pod(namespace, python_pod("ordered", code, initContainers=init))
+    done = wait_phase(core, namespace, "ordered", {"Succeeded", "Failed"})
+    assert done.status.phase == "Succeeded"
+    assert [s.state.terminated.reason for s in done.status.init_container_statuses] == [
+        "Completed",
+        "Completed",
+    ]
+    assert bed.pod_log(namespace, "ordered").strip() == "onetwo"
