@@ -107,12 +107,12 @@ def decide_phase(
 ) -> Phase:
     """The study's phase from its budget, the database and the worker Job."""
     budget = study.spec.budget
-    if summary.failed > budget.max_failed_trials:
+    if summary.failed_by_objective > budget.max_failed_trials:
         detail = f"; last error: {summary.last_error}" if summary.last_error else ""
         return Phase(
             "Failed",
             Reason.TOO_MANY_FAILED_TRIALS,
-            f"{summary.failed} trials failed, more than budget.maxFailedTrials "
+            f"{summary.failed_by_objective} trials failed, more than budget.maxFailedTrials "
             f"({budget.max_failed_trials}){detail}",
         )
     if job is not None and job.failed_reason:

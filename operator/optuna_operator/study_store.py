@@ -6,6 +6,7 @@ and incremental scans: their cost does not grow with the number of trials.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -20,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
+from optuna_operator.worker.trial_attrs import ERROR_ATTR
 
 __all__ = [
     "DirectionsMismatchError",
@@ -34,7 +36,6 @@ log = logging.getLogger(__name__)
 
 ATTR_PREFIX = "optuna_operator:"
 START_TIME_ATTR = f"{ATTR_PREFIX}start_time"
-ERROR_ATTR = "error"
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
@@ -59,6 +60,9 @@ class StudySummary:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
+    # FAIL trials whose objective raised (not lost heartbeats or SIGTERM): these count
+    # against budget.maxFailedTrials, as they do in the workers.
+    failed_by_objective: int = 0
     running: int = 0
     waiting: int = 0
     best: BestTrial | None = None
@@ -222,7 +226,9 @@ class StoreRegistry:
                 summary.pareto_front = self._pareto_front(url, storage, handle)
                 summary.best = summary.pareto_front[0] if summary.pareto_front else None
             if summary.failed:
-                summary.last_error = self._last_error(storage, handle.study_id)
+                summary.failed_by_objective, summary.last_error = self._objective_failures(
+                    storage, handle.study_id
+                )
         except SQLAlchemyError as exc:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
         return summary
@@ -252,23 +258,20 @@ class StoreRegistry:
         return BestTrial(number=trial.number, values=list(trial.values), params=trial.params)
 
     @staticmethod
-    def _last_error(storage: RDBStorage, study_id: int) -> str | None:
+    def _objective_failures(storage: RDBStorage, study_id: int) -> tuple[int, str | None]:
+        """How many FAIL trials carry an objective error, and the latest error."""
+        query = (
+            "SELECT COUNT(*), MAX(t.trial_id) FROM trial_user_attributes a "
+            "JOIN trials t ON t.trial_id = a.trial_id "
+            "WHERE t.study_id = :sid AND t.state = 'FAIL' AND a.key = :key"
+        )
+        latest = "SELECT value_json FROM trial_user_attributes WHERE trial_id = :tid AND key = :key"
         with storage.engine.connect() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT a.value_json FROM trial_user_attributes a "
-                    "JOIN trials t ON t.trial_id = a.trial_id "
-                    "WHERE t.study_id = :sid AND t.state = 'FAIL' AND a.key = :key "
-                    "ORDER BY t.trial_id DESC LIMIT 1"
-                ),
-                {"sid": study_id, "key": ERROR_ATTR},
-            ).first()
-        if row is None:
-            return None
-        import json
-
-        value = json.loads(row[0])
-        return str(value)[:500]
+            count, last_id = conn.execute(text(query), {"sid": study_id, "key": ERROR_ATTR}).one()
+            if not count:
+                return 0, None
+            raw = conn.execute(text(latest), {"tid": last_id, "key": ERROR_ATTR}).scalar()
+        return int(count), str(json.loads(raw))[:500] if raw else None
 
     def _pareto_front(self, url: str, storage: RDBStorage, handle: StudyHandle) -> list[BestTrial]:
         cache = self._fronts.setdefault((url, handle.study_id), _FrontCache())

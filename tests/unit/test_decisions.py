@@ -36,7 +36,9 @@ def test_pruned_trials_count_towards_the_budget() -> None:
 
 
 def test_waits_for_running_workers_before_succeeding() -> None:
-    phase = decide_phase(study({"trials": 10}), StudySummary(complete=10), RUNNING_JOB, START, START)
+    phase = decide_phase(
+        study({"trials": 10}), StudySummary(complete=10), RUNNING_JOB, START, START
+    )
     assert phase.phase == "Running" and "waiting for workers" in phase.message
 
 
@@ -55,15 +57,18 @@ def test_goal_is_direction_aware() -> None:
 
 
 def test_too_many_failed_trials_fail_with_the_last_error() -> None:
-    summary = StudySummary(failed=3, last_error="ValueError: bad lr")
+    summary = StudySummary(failed=4, failed_by_objective=3, last_error="ValueError: bad lr")
     phase = decide_phase(study({"trials": 10, "maxFailedTrials": 2}), summary, None, START, START)
     assert (phase.phase, phase.reason) == ("Failed", "TooManyFailedTrials")
     assert "ValueError: bad lr" in phase.message
 
 
 def test_failed_job_carries_the_worker_message() -> None:
-    job = JobState(name="w", failed_reason="PodFailurePolicy",
-                   failed_message="ModuleNotFoundError: No module named 'train'")
+    job = JobState(
+        name="w",
+        failed_reason="PodFailurePolicy",
+        failed_message="ModuleNotFoundError: No module named 'train'",
+    )
     phase = decide_phase(study({"trials": 10}), StudySummary(), job, START, START)
     assert phase.phase == "Failed" and "No module named 'train'" in phase.message
 

@@ -1,0 +1,19 @@
+"""Objectives the operator tests run in real worker processes (imported by module path)."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+
+
+def quadratic(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    kind = trial.suggest_categorical("kind", ["plain", "shifted"])
+    shift = trial.suggest_float("shift", 0, 2) if kind == "shifted" else 0.0
+    return -((x - 2 - shift) ** 2)
+
+
+def slow_quadratic(trial: optuna.Trial) -> float:
+    time.sleep(0.4)
+    return quadratic(trial)
