@@ -22,8 +22,6 @@ import subprocess  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 from kubernetes import client  # noqa: E402
-
-from testbed import Bed  # noqa: E402
 from tests.integration.studies import (  # noqa: E402
     DEFAULT_SECRET,
     OPERATOR_NAMESPACE,
@@ -32,6 +30,8 @@ from tests.integration.studies import (  # noqa: E402
     Studies,
     wait_for,
 )
+
+from testbed import Bed  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import optuna
 import pytest
 from kubernetes import client
-
 from tests.integration.studies import OperatorProcess, Studies, study_body, wait_for
 
 SLOW = {"function": "tests.integration.objectives:slow_quadratic"}
