@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable
 from multiprocessing.queues import SimpleQueue
@@ -101,6 +102,10 @@ def _run_pool(settings: WorkerSettings, processes: int, stop: StopSignal) -> tup
         index, _, message = results.get()
         messages[index] = message
     codes = {i: c.exitcode for i, c in enumerate(children)}
+    if forwarded:
+        # A child still importing when SIGTERM came dies of it before it installs its
+        # handler; it had not started a trial, so nothing was lost.
+        codes = {i: 0 if code == -signal.SIGTERM else code for i, code in codes.items()}
     for wanted in _PRECEDENCE:
         for index, code in codes.items():
             if code == wanted or (wanted == ExitCode.ERROR and code not in (0, 3, 4)):

@@ -48,7 +48,7 @@ class StopSignal:
         self._event.set()
         if first:
             log.info(
-                "Received %s: stopping after interrupting the current trial",
+                "Received %s: interrupting the current trial and stopping",
                 signal.Signals(signum).name,
             )
         if self.interrupt_objective:
