@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed-from-pyproject
 TESTBED := PYTHONPATH=hack $(BIN)/python -m testbed
 
-.PHONY: help venv binaries postgres lint unit integration test dev-cluster dev-cluster-down demo
+.PHONY: help venv binaries postgres lint unit integration test dev-cluster dev-cluster-down demo crds crds-check
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,7 +40,7 @@ unit: venv ## Unit tests; no test bed needed
 integration: venv binaries postgres ## Integration tests against a real test bed (one per session)
 	$(BIN)/pytest tests/integration
 
-test: venv binaries postgres lint ## What CI runs: lint, then unit and integration tests
+test: venv binaries postgres lint crds-check ## What CI runs: lint, CRD drift, unit and integration tests
 	$(BIN)/pytest tests/unit tests/integration
 
 dev-cluster: venv binaries postgres ## Start the test bed in the background and write .dev/env
@@ -49,6 +49,11 @@ dev-cluster: venv binaries postgres ## Start the test bed in the background and 
 dev-cluster-down: venv ## Stop every process dev-cluster started
 	$(TESTBED) down
 
-demo: ## The end-to-end demo (not yet)
-	@echo "make demo: not yet — the operator does not exist yet" >&2
-	@exit 1
+demo: venv binaries postgres ## The main job end to end: bed, operator, the XGBoost study, results
+	PYTHONPATH=hack:. $(BIN)/python hack/demo.py
+
+crds: venv ## Regenerate crds/ from the API models (operator/optuna_operator/api.py)
+	$(BIN)/optuna-operator crds --output-dir crds
+
+crds-check: venv ## Fail when crds/ differs from what the models generate
+	$(BIN)/optuna-operator crds --output-dir crds --check

@@ -44,12 +44,19 @@ def _parse(body: kopf.Body) -> TuningStudy:
         raise kopf.PermanentError(f"Invalid TuningStudy: {exc.errors()[0]['msg']}") from exc
 
 
-def _patch_status(patch: kopf.Patch, old: dict[str, Any], new: dict[str, Any]) -> None:
-    for key in old.keys() - new.keys():
-        patch.status[key] = None
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386) turning `old` into `new`: removed keys become None at
+    every depth, or a best trial's params would keep keys of an earlier best trial."""
+    patch: dict[str, Any] = {key: None for key in old.keys() - new.keys()}
     for key, value in new.items():
-        if old.get(key) != value:
-            patch.status[key] = value
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif before != value:
+            patch[key] = value
+    return patch
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -93,7 +100,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         study = _parse(body)
         reconciler: Reconciler = state["reconciler"]
         outcome = reconciler.reconcile(study)
-        _patch_status(patch, dict(body.status), outcome.status.to_wire())
+        patch.status.update(merge_patch(dict(body.status), outcome.status.to_wire()))
         for event in outcome.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             log.info(

@@ -90,3 +90,15 @@ def test_redact_removes_passwords() -> None:
     url = "postgresql+psycopg2://optuna:s3cret@db:5432/optuna"
     assert "s3cret" not in redact(f"could not connect to {url}")
     assert "s3cret" not in redact(f"could not connect to {url}", url)
+
+
+def test_status_merge_patch_removes_stale_nested_keys() -> None:
+    from optuna_operator.handlers import merge_patch
+
+    old = {"bestTrial": {"number": 1, "params": {"booster": "dart", "rate_drop": 0.1}}, "x": 1}
+    new = {"bestTrial": {"number": 2, "params": {"booster": "gbtree"}}}
+    assert merge_patch(old, new) == {
+        "x": None,
+        "bestTrial": {"number": 2, "params": {"booster": "gbtree", "rate_drop": None}},
+    }
+    assert merge_patch(new, new) == {}
