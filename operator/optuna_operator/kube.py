@@ -37,7 +37,7 @@ class Cluster:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        method, url, headers, payload, post = self.api.param_serialize(
+        method, url, headers, payload, _ = self.api.param_serialize(
             method=method,
             resource_path=path,
             query_params=query or [],

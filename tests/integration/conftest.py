@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
+from tests.integration.studies import (
+    DEFAULT_SECRET,
+    OPERATOR_NAMESPACE,
+    ROOT,
+    OperatorProcess,
+    Studies,
+    wait_for,
+)
+
+from testbed import Bed
 
 HERE = Path(__file__).parent
 
@@ -18,43 +31,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # --------------------------------------------------------------------------- the operator
 
-import subprocess  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-
-from kubernetes import client  # noqa: E402
-from tests.integration.studies import (  # noqa: E402
-    DEFAULT_SECRET,
-    OPERATOR_NAMESPACE,
-    ROOT,
-    OperatorProcess,
-    Studies,
-    wait_for,
-)
-
-from testbed import Bed  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def crd_installed(bed: Bed, kube_api: client.ApiClient) -> None:
     """The generated CRD from crds/, applied with the pinned kubectl and Established."""
     subprocess.run(
-        [str(bed.bin_dir / "kubectl"), "--kubeconfig", str(bed.kubeconfig), "apply", "-f",
-         str(ROOT / "crds")],
-        check=True, capture_output=True,
+        [
+            str(bed.bin_dir / "kubectl"),
+            "--kubeconfig",
+            str(bed.kubeconfig),
+            "apply",
+            "-f",
+            str(ROOT / "crds"),
+        ],
+        check=True,
+        capture_output=True,
     )
     ext = client.ApiextensionsV1Api(kube_api)
 
     def established() -> bool:
         crd = ext.read_custom_resource_definition("tuningstudies.tuning.optuna-operator.io")
-        return any(c.type == "Established" and c.status == "True"
-                   for c in crd.status.conditions or [])
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
 
     wait_for(established, 30, "the TuningStudy CRD to be established")
 
 
 @pytest.fixture(scope="session")
 def operator(
-    bed: Bed, kube_api: client.ApiClient, crd_installed: None,
+    bed: Bed,
+    kube_api: client.ApiClient,
+    crd_installed: None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     """One operator process for the session, with a default storage Secret."""
