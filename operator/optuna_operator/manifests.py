@@ -37,11 +37,13 @@ EXIT_CONFIG_ERROR = 3
 EXIT_TOO_MANY_FAILURES = 4
 
 # Restricted Pod Security Standard, satisfied by default for every pod the operator makes.
+# uid 65532 is the worker image's user; it also lets root-based images (e.g. PyTorch's) run
+# unprivileged.
 POD_SECURITY_CONTEXT: dict[str, Any] = {
     "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 1000,
-    "fsGroup": 1000,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
