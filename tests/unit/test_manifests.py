@@ -33,8 +33,10 @@ def study(**spec: Any) -> TuningStudy:
     }
     base.update(spec)
     return TuningStudy.model_validate(
-        {"metadata": {"name": "xgb", "namespace": "ml", "uid": "uid-1", "generation": 2},
-         "spec": base}
+        {
+            "metadata": {"name": "xgb", "namespace": "ml", "uid": "uid-1", "generation": 2},
+            "spec": base,
+        }
     )
 
 
@@ -80,7 +82,10 @@ def test_pods_meet_restricted_pod_security(obj: dict[str, Any]) -> None:
 def test_storage_url_reaches_pods_only_through_secret_ref() -> None:
     job = manifests.worker_job(study(), CTX)
     env = {e["name"]: e for e in _pods(job)["containers"][0]["env"]}
-    assert env["OPTUNA_STORAGE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "optuna-db", "key": "url"}
+    assert env["OPTUNA_STORAGE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "optuna-db",
+        "key": "url",
+    }
     assert "postgresql" not in json.dumps(job)
 
 
@@ -95,8 +100,12 @@ def test_worker_config_round_trips_and_carries_the_deadline() -> None:
 
 def test_parallelism_and_suspend_do_not_change_the_job_name() -> None:
     a = manifests.worker_job(study(), CTX)
-    b = manifests.worker_job(study(suspend=True, workers={"parallelism": 7,
-                                                          "resources": {"limits": {"nvidia.com/gpu": 1}}}), CTX)
+    b = manifests.worker_job(
+        study(
+            suspend=True, workers={"parallelism": 7, "resources": {"limits": {"nvidia.com/gpu": 1}}}
+        ),
+        CTX,
+    )
     assert a["metadata"]["name"] == b["metadata"]["name"]
     assert (b["spec"]["parallelism"], b["spec"]["suspend"]) == (7, True)
 
