@@ -58,6 +58,12 @@ def broken(trial):
     raise ValueError("bad luck")
 
 
+def sleepy(trial):
+    trial.suggest_float("x", 0, 1)
+    time.sleep(60)
+    return 0.0
+
+
 def countdown(trial):
     trial.suggest_float("x", 0, 1)
     return float(20 - trial.number)
@@ -239,11 +245,10 @@ def test_killed_worker_trial_is_failed_and_retried(bench: Bench) -> None:
     survivors = [bench.start(config, env=slow) for _ in range(2)]
 
     def victim_running() -> FrozenTrial | None:
+        # Running on the victim and past its suggest call, so the retry has params to copy.
         for trial in bench.trials():
-            if (
-                trial.state == TrialState.RUNNING
-                and trial.user_attrs.get("worker") == f"{victim.name}/0"
-            ):
+            on_victim = trial.user_attrs.get("worker") == f"{victim.name}/0"
+            if trial.state == TrialState.RUNNING and on_victim and trial.params:
                 return trial
         return None
 
@@ -259,7 +264,7 @@ def test_killed_worker_trial_is_failed_and_retried(bench: Bench) -> None:
     assert trials[killed.number].state == TrialState.FAIL
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == killed.params
+    assert retries[0].params == trials[killed.number].params == killed.params
     assert all(trials[n].state == TrialState.COMPLETE for n in completed_before)
     assert budget <= finished(list(trials.values())) <= budget + 2
 
@@ -489,3 +494,30 @@ def test_processes_per_pod(bench: Bench) -> None:
     assert {t.user_attrs["worker"] for t in trials} == {f"{worker.name}/0", f"{worker.name}/1"}
     log = worker.log.read_text()
     assert "CUDA_VISIBLE_DEVICES=0" in log and "CUDA_VISIBLE_DEVICES=1" in log
+
+
+def test_sigterm_interrupts_function_trials_in_every_process(bench: Bench) -> None:
+    bench.create_study(["minimize"])
+    config = bench.config(
+        objective={"function": "objectives:sleepy"}, budget={"trials": 4}, processesPerPod=2
+    )
+    worker = bench.start(config)
+    running = wait_for(
+        lambda: (
+            (r := [t for t in bench.trials() if t.state == TrialState.RUNNING])
+            and len(r) == 2
+            and r
+        ),
+        60,
+        "both processes to run a trial",
+    )
+    stopped_at = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    assert time.monotonic() - stopped_at < 10
+    trials = {t.number: t for t in bench.trials()}
+    for trial in running:
+        assert trials[trial.number].state == TrialState.FAIL
+        assert trials[trial.number].user_attrs["interrupted"] == "SIGTERM"
+    retries = [t for t in trials.values() if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs["retry_of"] for t in retries) == sorted(t.number for t in running)
