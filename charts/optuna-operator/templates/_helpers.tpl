@@ -1,0 +1,123 @@
+{{/* Names, labels and the few decisions several templates share. */}}
+
+{{- define "optuna-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "optuna-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "optuna-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "optuna-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: optuna-operator
+{{- end }}
+
+{{/* Selector labels of the operator pods. */}}
+{{- define "optuna-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "optuna-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "optuna-operator.postgresql.fullname" -}}
+{{- printf "%s-postgresql" (include "optuna-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "optuna-operator.postgresql.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "optuna-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: postgresql
+{{- end }}
+
+{{- define "optuna-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "optuna-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag or repository@digest; tag defaults to appVersion. */}}
+{{- define "optuna-operator.image" -}}
+{{- $image := index . 0 }}{{- $root := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* `name:key` of the default storage Secret in the release namespace, or empty. */}}
+{{- define "optuna-operator.defaultStorageSecret" -}}
+{{- if and .Values.postgresql.enabled .Values.storage.existingSecret.name }}
+{{- fail "set either postgresql.enabled or storage.existingSecret.name, not both" }}
+{{- else if .Values.postgresql.enabled }}
+{{- printf "%s:url" (include "optuna-operator.postgresql.fullname" .) }}
+{{- else if .Values.storage.existingSecret.name }}
+{{- printf "%s:%s" .Values.storage.existingSecret.name .Values.storage.existingSecret.key }}
+{{- end }}
+{{- end }}
+
+{{- define "optuna-operator.defaultStorageSecretName" -}}
+{{- $ref := include "optuna-operator.defaultStorageSecret" . }}
+{{- if $ref }}{{ (splitList ":" $ref) | first }}{{ end }}
+{{- end }}
+
+{{- define "optuna-operator.peeringName" -}}
+{{- if .Values.peering.enabled }}{{ .Values.peering.name }}{{ else }}none{{ end }}
+{{- end }}
+
+{{- define "optuna-operator.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
+{{- fail "replicaCount > 1 needs peering.enabled: without peering every replica acts on every study" }}
+{{- end }}
+{{- end }}
+
+{{/* What the operator does in a namespace with studies (read from kube.py, reconcile.py and
+kopf): watch and patch studies and their status, set owner references that block deletion
+(finalizers), manage worker Jobs, dashboard Deployments and Services, read storage Secrets and
+write the `<study>-storage` copies (server-side apply: create + patch), list worker pods for
+their termination messages, post events. Nothing else: no pods/exec, no Secret list. */}}
+{{- define "optuna-operator.studyRules" -}}
+- apiGroups: [tuning.optuna-operator.io]
+  resources: [tuningstudies]
+  verbs: [get, list, watch, patch]
+- apiGroups: [tuning.optuna-operator.io]
+  resources: [tuningstudies/status]
+  verbs: [get, patch]
+- apiGroups: [tuning.optuna-operator.io]
+  resources: [tuningstudies/finalizers]
+  verbs: [update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}

@@ -1,0 +1,336 @@
+"""The Helm chart, rendered by the pinned helm binary: lint, schema, golden manifests, and the
+facts the operator relies on (its CLI accepts the chart's arguments, RBAC stays narrow)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from optuna_operator.config import OPERATOR_VERSION, add_run_arguments, settings_from_args
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "optuna-operator"
+GOLDEN = Path(__file__).parent / "golden"
+CRD_FILE = "tuning.optuna-operator.io_tuningstudies.yaml"
+RELEASE, NAMESPACE = "optuna-operator", "optuna-system"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+Manifest = dict[str, Any]
+
+
+def helm_binary() -> Path:
+    out = subprocess.run(
+        [str(ROOT / "hack" / "build-binaries.sh"), "--print"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    path = Path(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "") / "helm"
+    if out.returncode != 0 or not path.is_file():
+        pytest.fail(f"the pinned helm binary is missing ({path}); build it with `make binaries`")
+    return path
+
+
+HELM = helm_binary()
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=False)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; the API server would too. A chart must not
+    rely on that, so rendered manifests are parsed with duplicates as errors."""
+
+
+def _mapping(loader: UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    keys = [loader.construct_object(k) for k, _ in node.value]
+    duplicates = {k for k in keys if keys.count(k) > 1}
+    if duplicates:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate keys {sorted(duplicates)}", node.start_mark
+        )
+    return loader.construct_mapping(node)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def render(*args: str) -> list[Manifest]:
+    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.load_all(out.stdout, Loader=UniqueKeyLoader) if d]
+    return sorted(docs, key=lambda d: (d["kind"], d["metadata"].get("namespace", ""), name(d)))
+
+
+def name(obj: Manifest) -> str:
+    return str(obj["metadata"]["name"])
+
+
+def one(docs: list[Manifest], kind: str, suffix: str = "") -> Manifest:
+    found = [d for d in docs if d["kind"] == kind and name(d).endswith(suffix)]
+    assert len(found) == 1, f"expected one {kind} *{suffix}, got {[name(d) for d in found]}"
+    return found[0]
+
+
+def operator_container(docs: list[Manifest]) -> Manifest:
+    container: Manifest = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+# --------------------------------------------------------------------------- lint and schema
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: v.name if v else "default")
+def test_helm_lint(values: Path | None) -> None:
+    out = helm("lint", "--strict", str(CHART), *(["-f", str(values)] if values else []))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "replicaCount=two"], "/replicaCount"),
+        (["--set", "logFormat=xml"], "/logFormat"),
+        (["--set", "watchNamespaces[0]=Team_A"], "/watchNamespaces/0"),
+        (["--set", "postgresql.auth.password=p@ss/word"], "/postgresql/auth/password"),
+        (["--set", "storage.existingSecret.name=other-ns/db"], "/storage/existingSecret/name"),
+        (["--set", "image.digest=latest"], "/image/digest"),
+        (["--set", "metrics.port=70000"], "/metrics/port"),
+        (["--set", "postgresql.persistence.size=lots"], "/postgresql/persistence/size"),
+        (["--set", "podDisruptionBudget.maxUnavailable=half"], "/podDisruptionBudget"),
+        (["--set", "statusIntervall=5"], "additional properties 'statusIntervall'"),
+    ],
+)
+def test_bad_values_fail_on_the_schema(args: list[str], message: str) -> None:
+    out = helm("template", RELEASE, str(CHART), *args)
+    assert out.returncode != 0
+    assert "don't meet the specifications of the schema" in out.stderr, out.stderr
+    assert message in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--set", "replicaCount=2", "--set", "peering.enabled=false"],
+            "replicaCount > 1 needs peering.enabled",
+        ),
+        (
+            ["--set", "postgresql.enabled=true", "--set", "storage.existingSecret.name=db"],
+            "set either postgresql.enabled or storage.existingSecret.name, not both",
+        ),
+        (
+            ["--set", "serviceAccount.create=false"],
+            "serviceAccount.name is required when serviceAccount.create is false",
+        ),
+    ],
+)
+def test_contradicting_values_fail_with_a_reason(args: list[str], message: str) -> None:
+    out = helm("template", RELEASE, str(CHART), *args)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+
+
+# --------------------------------------------------------------------------- golden manifests
+
+
+@pytest.mark.parametrize("case", ["default", "namespaced", "postgresql"])
+def test_rendered_manifests_golden(case: str) -> None:
+    args = [] if case == "default" else ["-f", str(CHART / "ci" / f"{case}-values.yaml")]
+    rendered = yaml.safe_dump_all(render(*args), sort_keys=True)
+    path = GOLDEN / f"chart-{case}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(rendered)
+    assert path.exists(), f"missing golden file {path}: run with UPDATE_GOLDEN=1"
+    assert rendered == path.read_text(), f"chart ({case}) differs from {path}"
+
+
+# --------------------------------------------------------------------------- CRDs and versions
+
+
+def test_chart_crd_is_the_generated_crd() -> None:
+    assert (CHART / "crds" / CRD_FILE).read_text() == (ROOT / "crds" / CRD_FILE).read_text(), (
+        f"charts/optuna-operator/crds/{CRD_FILE} differs from crds/: run `make crds`"
+    )
+
+
+def test_chart_crds_parse_and_include_kopf_peering() -> None:
+    names = set()
+    for path in (CHART / "crds").glob("*.yaml"):
+        for doc in yaml.load_all(path.read_text(), Loader=UniqueKeyLoader):
+            assert doc["kind"] == "CustomResourceDefinition", path
+            names.add(name(doc))
+    assert names == {
+        "tuningstudies.tuning.optuna-operator.io",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    }
+
+
+def test_chart_versions_follow_the_operator() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == OPERATOR_VERSION
+    images = render()
+    assert operator_container(images)["image"].endswith(f":{OPERATOR_VERSION}")
+
+
+# ------------------------------------------------------------------- what the operator reads
+
+
+def parsed_settings(container: Manifest, pod_namespace: str) -> Any:
+    assert container["command"] == ["optuna-operator"] and container["args"][0] == "run"
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args(container["args"][1:])  # exits (fails) on an unknown flag
+    saved = os.environ.get("POD_NAMESPACE")
+    os.environ["POD_NAMESPACE"] = pod_namespace
+    try:
+        return settings_from_args(args)
+    finally:
+        if saved is None:
+            del os.environ["POD_NAMESPACE"]
+        else:
+            os.environ["POD_NAMESPACE"] = saved
+
+
+def test_operator_cli_accepts_the_default_arguments() -> None:
+    docs = render()
+    container = operator_container(docs)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    settings = parsed_settings(container, NAMESPACE)
+    assert settings.namespaces == ()
+    assert settings.default_storage is None
+    assert settings.peering == "optuna-operator"
+    assert settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    assert settings.metrics_port == 9090
+    assert settings.worker_image == f"ghcr.io/optuna-operator/worker:{OPERATOR_VERSION}"
+    probe_ports = {container[p]["httpGet"]["port"] for p in ("livenessProbe", "readinessProbe")}
+    assert probe_ports == {"health"}
+    assert {"name": "health", "containerPort": 8080} in container["ports"]
+    peering = one(docs, "ClusterKopfPeering")
+    assert name(peering) == settings.peering
+
+
+def test_operator_cli_accepts_namespaced_arguments() -> None:
+    docs = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    settings = parsed_settings(operator_container(docs), NAMESPACE)
+    assert settings.namespaces == ("team-a", "team-b")
+    assert (settings.default_storage.namespace, settings.default_storage.name) == (
+        NAMESPACE,
+        "optuna-db",
+    )
+    assert settings.worker_image == "registry.example/trainer:1.2"
+    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
+    assert sorted(d["metadata"]["namespace"] for d in peerings) == ["team-a", "team-b"]
+    assert {name(d) for d in peerings} == {settings.peering}
+
+
+def test_bundled_postgresql_is_the_default_storage() -> None:
+    docs = render("-f", str(CHART / "ci" / "postgresql-values.yaml"))
+    settings = parsed_settings(operator_container(docs), NAMESPACE)
+    secret = one(docs, "Secret", "-postgresql")
+    assert settings.default_storage is not None
+    assert (settings.default_storage.name, settings.default_storage.key) == (name(secret), "url")
+    assert settings.peering is None  # peering.enabled=false in these values
+    assert "url" in secret["data"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+# --------------------------------------------------------------------------- security
+
+
+def pod_specs(docs: list[Manifest]) -> list[tuple[str, Manifest]]:
+    return [
+        (name(d), d["spec"]["template"]["spec"])
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+    ]
+
+
+@pytest.mark.parametrize("case", ["default", "postgresql"])
+def test_pods_meet_the_restricted_pod_security_standard(case: str) -> None:
+    args = [] if case == "default" else ["-f", str(CHART / "ci" / f"{case}-values.yaml")]
+    specs = pod_specs(render(*args))
+    assert len(specs) == (1 if case == "default" else 2)
+    for owner, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, owner
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", owner
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, owner
+            assert sc["capabilities"]["drop"] == ["ALL"], owner
+            assert sc["readOnlyRootFilesystem"] is True, owner
+            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], owner
+
+
+def all_rules(docs: list[Manifest]) -> list[tuple[str, Manifest]]:
+    return [
+        (f"{d['kind']}/{d['metadata'].get('namespace', '')}/{name(d)}", rule)
+        for d in docs
+        if d["kind"] in ("ClusterRole", "Role")
+        for rule in d["rules"]
+    ]
+
+
+@pytest.mark.parametrize("case", ["default", "namespaced", "postgresql"])
+def test_rbac_has_no_wildcards_and_never_lists_secrets(case: str) -> None:
+    args = [] if case == "default" else ["-f", str(CHART / "ci" / f"{case}-values.yaml")]
+    rules = all_rules(render(*args))
+    assert rules
+    for where, rule in rules:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], where
+        if "secrets" in rule["resources"]:
+            assert not {"list", "watch", "delete", "update"} & set(rule["verbs"]), where
+        assert "pods" not in rule["resources"] or rule["verbs"] == ["list"], where
+        assert not {"pods/exec", "namespaces/finalize", "clusterroles"} & set(rule["resources"])
+
+
+def test_namespaced_mode_has_no_cluster_wide_study_rules() -> None:
+    docs = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    # rbac.clusterDiscovery is false there: nothing cluster-scoped at all.
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    roles = {(d["metadata"]["namespace"], name(d)) for d in docs if d["kind"] == "Role"}
+    assert roles == {
+        ("team-a", "optuna-operator"),
+        ("team-b", "optuna-operator"),
+        (NAMESPACE, "optuna-operator-storage"),
+    }
+    storage = one(docs, "Role", "-storage")["rules"]
+    assert storage == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["optuna-db"],
+            "verbs": ["get"],
+        }
+    ]
+
+
+def test_network_policy_admits_only_operator_workers_and_dashboards() -> None:
+    docs = render("-f", str(CHART / "ci" / "postgresql-values.yaml"))
+    policy = one(docs, "NetworkPolicy")
+    statefulset = one(docs, "StatefulSet")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == statefulset["spec"]["selector"]["matchLabels"]
+    )
+    peers = policy["spec"]["ingress"][0]["from"]
+    operator_labels = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert peers[0] == {"podSelector": {"matchLabels": operator_labels}}
+    # The labels manifests.labels() puts on worker and dashboard pods.
+    from optuna_operator import manifests
+
+    expressions = {e["key"]: e["values"] for e in peers[1]["podSelector"]["matchExpressions"]}
+    assert expressions == {
+        "app.kubernetes.io/managed-by": [manifests.MANAGED_BY],
+        "app.kubernetes.io/component": ["worker", "dashboard"],
+    }
+    assert peers[2] == {"podSelector": {"matchLabels": {"app": "pg-backup"}}}
