@@ -521,3 +521,37 @@ def test_sigterm_interrupts_function_trials_in_every_process(bench: Bench) -> No
         assert trials[trial.number].user_attrs["interrupted"] == "SIGTERM"
     retries = [t for t in trials.values() if t.state == TrialState.WAITING]
     assert sorted(t.user_attrs["retry_of"] for t in retries) == sorted(t.number for t in running)
+
+
+@pytest.mark.parametrize(
+    ("function", "directions", "sampler"),
+    [
+        ("examples.xgb_regression:objective", ["maximize"], {"type": "TPE", "seed": 1}),
+        (
+            "examples.multi_objective:objective",
+            ["maximize", "minimize"],
+            {"type": "NSGAII", "seed": 1, "nsga": {"populationSize": 4}},
+        ),
+    ],
+)
+def test_python_examples_run_through_the_worker(
+    bench: Bench,
+    function: str,
+    directions: list[Literal["minimize", "maximize"]],
+    sampler: dict[str, Any],
+) -> None:
+    bench.create_study(directions)
+    config = bench.config(
+        objective={"function": function},
+        directions=directions,
+        sampler=sampler,
+        budget={"trials": 4, "maxFailedTrials": 0},
+    )
+    assert bench.start(config, cwd=REPO).wait(timeout=60) == 0
+    trials = bench.trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert all(t.values is not None and len(t.values) == len(directions) for t in trials)
+    if "xgb" in function:  # dropout parameters exist exactly for dart boosters
+        for trial in trials:
+            has_dart = {"rate_drop", "skip_drop"} <= trial.params.keys()
+            assert has_dart == (trial.params["booster"] == "dart")

@@ -166,9 +166,12 @@ class CommandObjective:
                     raise TrialFailed(str(message))
                 if isinstance(message, Result):
                     result = message
-                elif isinstance(message, Report) and not exited:
+                elif isinstance(message, Report) and self._n_objectives == 1:
+                    # Optuna has no intermediate values for several objectives: ignored.
+                    # Reports read after the exit still count: pruners compare later trials
+                    # with the whole curve of finished ones.
                     trial.report(message.value, message.step)
-                    if trial.should_prune():
+                    if not exited and trial.should_prune():
                         child.kill()
                         raise optuna.TrialPruned(f"pruned at step {message.step}")
             if exited:

@@ -97,6 +97,12 @@ def run_process(
         sampler=sampler,
         pruner=pruner,
     )
+    stored = [d.name.lower() for d in study.directions]
+    if stored != [d.value for d in config.directions]:
+        raise ConfigError(
+            f"study {config.study_name!r} was created with directions {stored}, the spec says "
+            f"{[d.value for d in config.directions]}"
+        )
     checker = BudgetChecker(
         TrialCounter(storage, storage.get_study_id_from_name(config.study_name)),
         config.budget,
