@@ -39,6 +39,7 @@ class Pki:
     admin: ClientCert
     controller_manager: ClientCert
     scheduler: ClientCert
+    front_proxy: ClientCert
     sa_key: Path
     sa_pub: Path
 
@@ -179,6 +180,12 @@ def generate_pki(directory: Path) -> Pki:
     scheduler = _leaf(
         directory, "scheduler", _name("system:kube-scheduler"), ca_name, ca_key, client
     )
+    # The API server's identity towards aggregated APIs. With it configured, the delegated
+    # authentication of kube-controller-manager and kube-scheduler finds a complete
+    # extension-apiserver-authentication ConfigMap instead of logging errors forever.
+    front_proxy = _leaf(
+        directory, "front-proxy-client", _name("front-proxy-client"), ca_name, ca_key, client
+    )
 
     # RSA for service-account tokens: every client library verifies RS256.
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -190,4 +197,6 @@ def generate_pki(directory: Path) -> Pki:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    return Pki(ca_cert_path, ca_key_path, serving, admin, kcm, scheduler, sa_key, sa_pub)
+    return Pki(
+        ca_cert_path, ca_key_path, serving, admin, kcm, scheduler, front_proxy, sa_key, sa_pub
+    )
