@@ -57,3 +57,29 @@ crds: venv ## Regenerate crds/ from the API models (operator/optuna_operator/api
 
 crds-check: venv ## Fail when crds/ differs from what the models generate
 	$(BIN)/optuna-operator crds --output-dir crds --check
+
+# --------------------------------------------------------------------------- images and chart
+IMAGE_TAG ?= 0.1.0
+OPERATOR_IMAGE ?= ghcr.io/optuna-operator/operator:$(IMAGE_TAG)
+WORKER_IMAGE ?= ghcr.io/optuna-operator/worker:$(IMAGE_TAG)
+EXAMPLES_IMAGE ?= ghcr.io/optuna-operator/worker-examples:$(IMAGE_TAG)
+CHART := charts/optuna-operator
+
+.PHONY: images kind-demo chart-lint
+
+images: ## Build the operator, worker and worker-examples images (needs a Docker engine)
+	@command -v docker >/dev/null 2>&1 || { echo "make images: docker is not installed; it needs a Docker engine (this target cannot run here)" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make images: docker is installed but no Docker engine answers (docker info failed)" >&2; exit 1; }
+	docker build -f Dockerfile -t $(OPERATOR_IMAGE) .
+	docker build -f worker_image/Dockerfile -t $(WORKER_IMAGE) .
+	docker build -f worker_image/Dockerfile --target examples -t $(EXAMPLES_IMAGE) .
+
+kind-demo: ## kind cluster, images, chart with bundled PostgreSQL, the XGBoost study (needs Docker, kind)
+	OPERATOR_IMAGE=$(OPERATOR_IMAGE) EXAMPLES_IMAGE=$(EXAMPLES_IMAGE) hack/kind-demo.sh
+
+chart-lint: binaries ## helm lint the chart with default and ci/ values; chart CRD = crds/
+	@helm="$$(hack/build-binaries.sh --print)/helm"; \
+	"$$helm" lint --strict $(CHART) && \
+	for values in $(CHART)/ci/*-values.yaml; do "$$helm" lint --strict $(CHART) -f "$$values"; done
+	@diff -u crds/tuning.optuna-operator.io_tuningstudies.yaml $(CHART)/crds/tuning.optuna-operator.io_tuningstudies.yaml \
+	  || { echo "$(CHART)/crds differs from crds/: run make crds" >&2; exit 1; }
