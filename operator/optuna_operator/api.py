@@ -386,13 +386,10 @@ class TPEOptions(Model):
 
 
 class CMAESOptions(Model):
-    """Options of optuna.samplers.CmaEsSampler."""
+    """Options of optuna.samplers.CmaEsSampler (sigma0 and restart strategies are deprecated
+    in Optuna 5 and left out)."""
 
-    sigma0: float | None = Field(None, gt=0, description="Initial standard deviation.")
     n_startup_trials: int = Field(0, ge=0, description="Random trials before CMA-ES starts.")
-    restart_strategy: Literal["ipop", "bipop"] | None = Field(
-        None, description="Restart strategy on convergence."
-    )
     popsize: int | None = Field(None, ge=2, description="Population size.")
     use_separable_cma: bool = Field(False, description="Use the separable CMA-ES variant.")
     with_margin: bool = Field(False, description="CMA-ES with margin for discrete spaces.")
@@ -669,7 +666,7 @@ class WorkersSpec(Model):
         30,
         ge=5,
         le=3600,
-        description="Running trials send a heartbeat this often; a trial silent for 4x this "
+        description="Running trials send a heartbeat this often; a trial silent for 2x this "
         "is failed and retried (preempted or killed worker).",
     )
 

@@ -24,7 +24,7 @@ def space(*params: dict[str, Any]) -> list[Parameter]:
     [
         ({"type": "TPE"}, optuna.samplers.TPESampler),
         (
-            {"type": "CMAES", "cmaes": {"sigma0": 0.5, "restartStrategy": "ipop"}},
+            {"type": "CMAES", "cmaes": {"popsize": 8, "withMargin": True}},
             optuna.samplers.CmaEsSampler,
         ),
         ({"type": "NSGAII", "nsga": {"populationSize": 8}}, optuna.samplers.NSGAIISampler),

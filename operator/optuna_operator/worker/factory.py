@@ -89,18 +89,13 @@ def _sampler(spec: SamplerSpec, objective: Objective, seed: int | None) -> BaseS
         )
     if kind == SamplerType.CMAES:
         cma = spec.cmaes or CMAESOptions()
-        cma_kwargs: dict[str, Any] = {}
-        if cma.restart_strategy is not None:
-            cma_kwargs["restart_strategy"] = cma.restart_strategy
         return CmaEsSampler(
-            sigma0=cma.sigma0,
             n_startup_trials=cma.n_startup_trials,
             popsize=cma.popsize,
             use_separable_cma=cma.use_separable_cma,
             with_margin=cma.with_margin,
             lr_adapt=cma.lr_adapt,
             seed=seed,
-            **cma_kwargs,
         )
     if kind in (SamplerType.NSGAII, SamplerType.NSGAIII):
         nsga = spec.nsga or NSGAOptions()
