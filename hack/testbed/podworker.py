@@ -426,10 +426,13 @@ class PodWorker:
             assert slot.attempt is not None
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(slot.attempt.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(
-            s.attempt is not None and s.attempt.popen.poll() is None for s in running
-        ):
+        started = time.monotonic()
+        while any(s.attempt is not None and s.attempt.popen.poll() is None for s in running):
+            # A second delete may shorten the grace period (kubectl delete --force does).
+            pod_grace = self._pod["metadata"].get("deletionGracePeriodSeconds")
+            limit = grace_s if pod_grace is None else min(grace_s, float(pod_grace))
+            if self._gone or time.monotonic() - started >= limit:
+                break
             time.sleep(0.05)
         for slot in running:
             attempt = slot.attempt
