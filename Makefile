@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed-from-pyproject
 TESTBED := PYTHONPATH=hack $(BIN)/python -m testbed
 
-.PHONY: help venv binaries postgres lint unit integration test dev-cluster dev-cluster-down demo crds crds-check
+.PHONY: help venv binaries postgres lint unit integration test dev-cluster dev-cluster-down demo crds crds-check bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,11 +52,16 @@ dev-cluster-down: venv ## Stop every process dev-cluster started
 demo: venv binaries postgres ## The main job end to end: bed, operator, the XGBoost study, results
 	PYTHONPATH=hack:. $(BIN)/python hack/demo.py
 
+bench: venv postgres ## Benchmarks: status refresh and worker throughput, as ratios to baselines
+	PYTHONPATH=hack:. $(BIN)/python -u hack/bench.py
+
 crds: venv ## Regenerate crds/ from the API models (operator/optuna_operator/api.py)
 	$(BIN)/optuna-operator crds --output-dir crds
+	$(BIN)/optuna-operator crds --output-dir charts/optuna-operator/crds
 
 crds-check: venv ## Fail when crds/ differs from what the models generate
 	$(BIN)/optuna-operator crds --output-dir crds --check
+	$(BIN)/optuna-operator crds --output-dir charts/optuna-operator/crds --check
 
 # --------------------------------------------------------------------------- images and chart
 IMAGE_TAG ?= 0.1.0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
@@ -89,6 +90,8 @@ class _FrontCache:
 
     after_trial_id: int = 0
     front: dict[int, tuple[int, tuple[float, ...]]] = field(default_factory=dict)
+    # Params of finished trials never change: fetched once per front member.
+    params: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def _as_optuna(direction: Direction) -> StudyDirection:
@@ -99,6 +102,39 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...], signs: tuple[int, ...
     """a dominates b; values are compared after turning every direction into maximize."""
     better_or_equal = all(s * x >= s * y for x, y, s in zip(a, b, signs, strict=True))
     return better_or_equal and a != b
+
+
+def _non_dominated(
+    candidates: dict[int, tuple[int, tuple[float, ...]]], signs: tuple[int, ...]
+) -> dict[int, tuple[int, tuple[float, ...]]]:
+    """The Pareto front. Candidates are visited best-first (lexicographically), so one can
+    only be dominated by a trial already kept: O(candidates x front), vectorized."""
+    order = sorted(
+        candidates.items(),
+        key=lambda kv: tuple(-s * v for s, v in zip(signs, kv[1][1], strict=True)),
+    )
+    sign = np.array(signs, dtype=float)
+    kept = np.empty((len(order), len(signs)))
+    front: dict[int, tuple[int, tuple[float, ...]]] = {}
+    for trial_id, entry in order:
+        value = np.array(entry[1], dtype=float) * sign
+        head = kept[: len(front)]
+        if not (np.all(head >= value, axis=1) & np.any(head > value, axis=1)).any():
+            kept[len(front)] = value
+            front[trial_id] = entry
+    return front
+
+
+def _merge_front(
+    front: dict[int, tuple[int, tuple[float, ...]]],
+    new: dict[int, tuple[int, tuple[float, ...]]],
+    signs: tuple[int, ...],
+) -> dict[int, tuple[int, tuple[float, ...]]]:
+    """The front of front + new, without re-examining the old front against itself."""
+    fresh = {tid: entry for tid, entry in new.items() if tid not in front}
+    if not fresh:
+        return front
+    return _non_dominated({**front, **_non_dominated(fresh, signs)}, signs)
 
 
 class StoreRegistry:
@@ -220,11 +256,12 @@ class StoreRegistry:
         storage = self.storage(url)
         try:
             summary = self._counts(storage, handle.study_id)
-            if len(handle.directions) == 1:
-                summary.best = self._best_single(storage, handle)
-            else:
-                summary.pareto_front = self._pareto_front(url, storage, handle)
-                summary.best = summary.pareto_front[0] if summary.pareto_front else None
+            # One objective is a front of one (ties aside): the same incremental scan keeps
+            # the best trial without Optuna's ORDER BY over every trial.
+            front = self._pareto_front(url, storage, handle)
+            summary.best = front[0] if front else None
+            if len(handle.directions) > 1:
+                summary.pareto_front = front
             if summary.failed:
                 summary.failed_by_objective, summary.last_error = self._objective_failures(
                     storage, handle.study_id
@@ -248,14 +285,6 @@ class StoreRegistry:
             running=counts.get("running", 0),
             waiting=counts.get("waiting", 0),
         )
-
-    @staticmethod
-    def _best_single(storage: RDBStorage, handle: StudyHandle) -> BestTrial | None:
-        try:
-            trial = storage.get_best_trial(handle.study_id)
-        except ValueError:  # no complete trial yet
-            return None
-        return BestTrial(number=trial.number, values=list(trial.values), params=trial.params)
 
     @staticmethod
     def _objective_failures(storage: RDBStorage, study_id: int) -> tuple[int, str | None]:
@@ -305,26 +334,21 @@ class StoreRegistry:
                     if kind == "INF_NEG"
                     else float(value)
                 )
-            candidates = dict(cache.front)
-            candidates.update({tid: (num, tuple(v)) for tid, (num, v) in values.items()})
-            front = {
-                tid: entry
-                for tid, entry in candidates.items()
-                if not any(
-                    _dominates(other[1], entry[1], signs)
-                    for oid, other in candidates.items()
-                    if oid != tid
-                )
-            }
+            new = {tid: (num, tuple(v)) for tid, (num, v) in values.items()}
+            front = _merge_front(cache.front, new, signs)
             cache.front = front
             max_seen = max([cache.after_trial_id, *values.keys()])
             cache.after_trial_id = min(max_seen, oldest_open - 1) if oldest_open else max_seen
             chosen = sorted(front.items(), key=lambda kv: -signs[0] * kv[1][1][0])
             chosen = chosen[:PARETO_FRONT_LIMIT]
             result = []
+            cache.params = {tid: p for tid, p in cache.params.items() if tid in front}
             for trial_id, (number, vals) in chosen:
-                params = storage.get_trial_params(trial_id)
-                result.append(BestTrial(number=number, values=list(vals), params=params))
+                if trial_id not in cache.params:
+                    cache.params[trial_id] = storage.get_trial_params(trial_id)
+                result.append(
+                    BestTrial(number=number, values=list(vals), params=cache.params[trial_id])
+                )
         return result
 
     def param_importances(self, url: str, name: str) -> dict[str, float]:

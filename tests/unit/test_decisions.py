@@ -102,3 +102,19 @@ def test_status_merge_patch_removes_stale_nested_keys() -> None:
         "bestTrial": {"number": 2, "params": {"booster": "gbtree", "rate_drop": None}},
     }
     assert merge_patch(new, new) == {}
+
+
+def test_pareto_front_matches_brute_force() -> None:
+    import random
+
+    from optuna_operator.study_store import _dominates, _non_dominated
+
+    rng = random.Random(0)
+    signs = (1, -1, 1)
+    candidates = {i: (i, tuple(float(rng.randint(0, 9)) for _ in signs)) for i in range(300)}
+    brute = {
+        i
+        for i, (_, v) in candidates.items()
+        if not any(_dominates(w, v, signs) for j, (_, w) in candidates.items() if j != i)
+    }
+    assert set(_non_dominated(candidates, signs)) == brute

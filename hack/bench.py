@@ -1,0 +1,197 @@
+"""`make bench`: speed of the status refresh and of the worker, as ratios to baselines run in
+the same process on the same throwaway PostgreSQL. Prints numbers; asserts nothing.
+
+1. Status refresh (`StoreRegistry.summarize`) on studies of 1k, 10k and 100k trials, against
+   the obvious way (`study.trials` + `study.best_trial`, which load every trial). The
+   operator pays this every few seconds for every study, so it must stay flat.
+2. Worker throughput: `optuna-operator worker` processes against plain
+   `study.optimize(n_trials=...)` processes on the same trivial objective: what the worker's
+   budget checks, heartbeats and bookkeeping cost per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import optuna
+from sqlalchemy import create_engine, text
+
+from optuna_operator.api import Direction
+from optuna_operator.study_store import StoreRegistry
+from testbed.postgres import remove_postgres_data, start_postgres
+from testbed.supervisor import Supervisor
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = (1_000, 10_000, 100_000)
+WORKER_TRIALS = 200
+
+
+def fill(url: str, name: str, n: int, multi: bool) -> None:
+    """Insert n finished trials with SQL: creating 100k through Optuna would take an hour."""
+    directions = ["maximize", "minimize"] if multi else ["maximize"]
+    study = optuna.create_study(storage=url, study_name=name, directions=directions)
+    sid = study._study_id
+    engine = create_engine(url)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
+                "SELECT g, :sid, CASE WHEN g % 10 = 0 THEN 'PRUNED'::trialstate "
+                "ELSE 'COMPLETE'::trialstate END, :now, :now FROM generate_series(0, :n - 1) g"
+            ),
+            {"sid": sid, "n": n, "now": now},
+        )
+        for objective in range(len(directions)):
+            conn.execute(
+                text(
+                    "INSERT INTO trial_values (trial_id, objective, value, value_type) "
+                    "SELECT trial_id, :obj, sin(number * (:obj + 1)) * 100, "
+                    "'FINITE'::trialvaluetype FROM trials WHERE study_id = :sid"
+                ),
+                {"sid": sid, "obj": objective},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
+                "SELECT trial_id, 'x', number % 100, :dist FROM trials WHERE study_id = :sid"
+            ),
+            {
+                "sid": sid,
+                "dist": json.dumps(
+                    {
+                        "name": "FloatDistribution",
+                        "attributes": {"low": 0.0, "high": 100.0, "log": False, "step": None},
+                    }
+                ),
+            },
+        )
+    engine.dispose()
+
+
+def timed(fn: object, repeat: int = 5) -> float:
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def bench_status(url: str) -> None:
+    print("Status refresh: StoreRegistry.summarize vs loading all trials (median of 5)")
+    print(f"  {'trials':>8} {'objectives':>10} {'summarize':>11} {'load all':>10} {'ratio':>7}")
+    stores = StoreRegistry()
+    for multi in (False, True):
+        for n in SIZES:
+            name = f"bench-{n}-{'multi' if multi else 'single'}"
+            fill(url, name, n, multi)
+            directions = [Direction.MAXIMIZE, Direction.MINIMIZE] if multi else [Direction.MAXIMIZE]
+            handle = stores.ensure_study(url, name, directions, None, None, {})
+            stores.summarize(url, handle)  # first call scans everything once (Pareto cache)
+            ours = timed(lambda h=handle: stores.summarize(url, h))
+            study = optuna.load_study(study_name=name, storage=url)
+
+            def naive(s: optuna.Study = study, m: bool = multi) -> None:
+                trials = s.get_trials(deepcopy=False)
+                _ = s.best_trials if m else s.best_trial
+                _ = len(trials)
+
+            baseline = timed(naive, repeat=1 if n >= 100_000 else 3)
+            print(
+                f"  {n:>8} {2 if multi else 1:>10} {ours * 1000:>9.1f}ms "
+                f"{baseline * 1000:>8.0f}ms {baseline / ours:>6.0f}x"
+            )
+    stores.close()
+
+
+def run_processes(commands: list[list[str]], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for c in commands
+    ]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a benchmark process failed: exit codes {codes}")
+    return time.perf_counter() - t0
+
+
+BASELINE = """
+import optuna, sys
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2],
+                          sampler=optuna.samplers.TPESampler(seed=int(sys.argv[4])))
+def objective(t):
+    return (t.suggest_float("x", -10, 10) - 2) ** 2 + t.suggest_float("y", -10, 10) ** 2
+study.optimize(objective, n_trials=int(sys.argv[3]))
+"""
+
+
+def bench_worker(url: str, processes: int) -> None:
+    from optuna_operator.api import WorkerConfig
+
+    per_process = WORKER_TRIALS // processes
+    base_name, ours_name = f"bench-baseline-{processes}", f"bench-worker-{processes}"
+    for name in (base_name, ours_name):
+        optuna.create_study(storage=url, study_name=name)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'hack'}"}
+    baseline = run_processes(
+        [
+            [sys.executable, "-c", BASELINE, base_name, url, str(per_process), str(i)]
+            for i in range(processes)
+        ],
+        env,
+    )
+    config = WorkerConfig.model_validate(
+        {
+            "studyName": ours_name,
+            "directions": ["minimize"],
+            "objective": {"function": "bench_objective:objective"},
+            "budget": {"trials": WORKER_TRIALS},
+            "sampler": {"type": "TPE"},
+            "pruner": {"type": "None"},
+        }
+    )
+    worker_env = {
+        **env,
+        "OPTUNA_OPERATOR_WORKER_CONFIG": config.model_dump_json(by_alias=True),
+        "OPTUNA_STORAGE_URL": url,
+    }
+    ours = run_processes(
+        [[sys.executable, "-m", "optuna_operator.cli", "worker"] for _ in range(processes)],
+        {**worker_env, "POD_NAME": "bench"},
+    )
+    print(
+        f"  {processes} process(es): optimize() {WORKER_TRIALS / baseline:6.1f} trials/s, "
+        f"worker {WORKER_TRIALS / ours:6.1f} trials/s, worker/baseline time "
+        f"{ours / baseline:4.2f}x"
+    )
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        sup = Supervisor(Path(tmp) / "processes.json")
+        pg = start_postgres(sup, Path(tmp))
+        try:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            bench_status(pg.url)
+            print(f"Worker throughput, {WORKER_TRIALS} trials of a trivial objective, TPE:")
+            for processes in (1, 2):
+                bench_worker(pg.url, processes)
+        finally:
+            sup.stop_all()
+            remove_postgres_data(pg.root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
