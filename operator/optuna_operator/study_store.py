@@ -86,8 +86,11 @@ class StudyHandle:
 
 @dataclass
 class _FrontCache:
-    """Multi-objective front of the trials scanned so far, and where to scan from next."""
+    """What earlier refreshes learned about a study. Trials up to `settled_id` are all
+    finished (finished states are final), so their counts never need reading again."""
 
+    settled_id: int = 0
+    settled_counts: dict[str, int] = field(default_factory=dict)
     after_trial_id: int = 0
     front: dict[int, tuple[int, tuple[float, ...]]] = field(default_factory=dict)
     # Params of finished trials never change: fetched once per front member.
@@ -135,6 +138,10 @@ def _merge_front(
     if not fresh:
         return front
     return _non_dominated({**front, **_non_dominated(fresh, signs)}, signs)
+
+
+def _state_name(state: object) -> str:
+    return str(state).rsplit(".", 1)[-1].lower()
 
 
 class StoreRegistry:
@@ -255,7 +262,7 @@ class StoreRegistry:
     def summarize(self, url: str, handle: StudyHandle) -> StudySummary:
         storage = self.storage(url)
         try:
-            summary = self._counts(storage, handle.study_id)
+            summary = self._counts(url, storage, handle.study_id)
             # One objective is a front of one (ties aside): the same incremental scan keeps
             # the best trial without Optuna's ORDER BY over every trial.
             front = self._pareto_front(url, storage, handle)
@@ -270,14 +277,39 @@ class StoreRegistry:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
         return summary
 
-    @staticmethod
-    def _counts(storage: RDBStorage, study_id: int) -> StudySummary:
+    def _counts(self, url: str, storage: RDBStorage, study_id: int) -> StudySummary:
+        """Trial counts by state, reading only trials newer than the settled prefix."""
+        cache = self._fronts.setdefault((url, study_id), _FrontCache())
+        window = (
+            "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid AND trial_id > :after "
+            "GROUP BY state"
+        )
         with storage.engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
-                {"sid": study_id},
-            ).all()
-        counts = {str(state).rsplit(".", 1)[-1].lower(): int(n) for state, n in rows}
+            oldest_open, newest = conn.execute(
+                text(
+                    "SELECT MIN(CASE WHEN state IN ('RUNNING', 'WAITING') THEN trial_id END), "
+                    "MAX(trial_id) FROM trials WHERE study_id = :sid AND trial_id > :after"
+                ),
+                {"sid": study_id, "after": cache.settled_id},
+            ).one()
+            settle_to = (oldest_open - 1) if oldest_open is not None else newest
+            if settle_to is not None and settle_to > cache.settled_id:
+                rows = conn.execute(
+                    text(
+                        "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid "
+                        "AND trial_id > :after AND trial_id <= :until GROUP BY state"
+                    ),
+                    {"sid": study_id, "after": cache.settled_id, "until": settle_to},
+                ).all()
+                for state, n in rows:
+                    key = _state_name(state)
+                    cache.settled_counts[key] = cache.settled_counts.get(key, 0) + int(n)
+                cache.settled_id = settle_to
+            counts = dict(cache.settled_counts)
+            for state, n in conn.execute(
+                text(window), {"sid": study_id, "after": cache.settled_id}
+            ).all():
+                counts[_state_name(state)] = counts.get(_state_name(state), 0) + int(n)
         return StudySummary(
             complete=counts.get("complete", 0),
             pruned=counts.get("pruned", 0),

@@ -1,0 +1,73 @@
+"""The operator's incremental reads of a study on the real PostgreSQL agree with Optuna's own
+answers, including trials that finish out of order (a low id finishing last)."""
+
+from __future__ import annotations
+
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optuna_operator.api import Direction
+from optuna_operator.study_store import DirectionsMismatchError, StoreRegistry
+
+
+def _name() -> str:
+    return f"store-{uuid.uuid4().hex[:8]}"
+
+
+def test_counts_and_best_follow_out_of_order_completion(storage_url: str) -> None:
+    stores, name = StoreRegistry(), _name()
+    handle = stores.ensure_study(storage_url, name, [Direction.MAXIMIZE], None, None, {})
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    early, late = study.ask(), study.ask()
+    study.tell(late, 1.0)
+    first = stores.summarize(storage_url, handle)
+    assert (first.complete, first.running) == (1, 1)
+    assert first.best is not None and first.best.number == late.number
+
+    study.tell(early, 5.0)  # the lower id finishes last and is the new best
+    pruned = study.ask()
+    study.tell(pruned, state=TrialState.PRUNED)
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    for value in (2.0, 3.0):
+        study.tell(study.ask(), value)
+    summary = stores.summarize(storage_url, handle)
+    assert (summary.complete, summary.pruned, summary.failed, summary.running) == (4, 1, 1, 0)
+    assert summary.best is not None and summary.best.number == study.best_trial.number == 0
+    again = stores.summarize(storage_url, handle)
+    assert (again.complete, again.finished) == (4, 5)
+    stores.close()
+
+
+def test_pareto_front_equals_optunas(storage_url: str) -> None:
+    stores, name = StoreRegistry(), _name()
+    directions = [Direction.MAXIMIZE, Direction.MINIMIZE]
+    handle = stores.ensure_study(storage_url, name, directions, None, None, {})
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    study.sampler = optuna.samplers.RandomSampler(seed=0)
+    for batch in range(3):
+        study.optimize(lambda t: (t.suggest_float("a", 0, 1), t.suggest_float("b", 0, 1)), 15)
+        front = {t.number for t in stores.summarize(storage_url, handle).pareto_front}
+        expected = {t.number for t in study.best_trials}
+        if len(expected) <= 10:
+            assert front == expected, batch
+        else:  # status caps the front at 10 trials
+            assert len(front) == 10 and front <= expected, batch
+    stores.close()
+
+
+def test_resuming_keeps_the_start_time_and_refuses_other_directions(storage_url: str) -> None:
+    stores, name = StoreRegistry(), _name()
+    first = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], ["loss"], [{"x": 1}], {})
+    again = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], ["loss"], [{"x": 1}], {})
+    assert first.created and not again.created
+    assert again.start_time == first.start_time
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    assert study.metric_names == ["loss"]
+    assert len(study.get_trials(states=[TrialState.WAITING])) == 1  # enqueued once
+    with pytest.raises(DirectionsMismatchError, match=r"minimize.*maximize"):
+        stores.ensure_study(storage_url, name, [Direction.MAXIMIZE], None, None, {})
+    stores.close()
