@@ -211,7 +211,12 @@ class StoreRegistry:
                 if system_attrs.get(ATTR_PREFIX + key) != value:
                     storage.set_study_system_attr(study_id, ATTR_PREFIX + key, value)
             start = system_attrs.get(START_TIME_ATTR)
-            start_time = datetime.fromisoformat(start) if start else datetime.now(UTC)
+            if start is None:
+                # A study made outside the operator: its time budget starts now, once, so the
+                # workers' deadline (part of their pod template) stays put.
+                start = datetime.now(UTC).isoformat()
+                storage.set_study_system_attr(study_id, START_TIME_ATTR, start)
+            start_time = datetime.fromisoformat(start)
         except SQLAlchemyError as exc:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
         return StudyHandle(study_id, name, tuple(directions), start_time, created)
@@ -229,9 +234,6 @@ class StoreRegistry:
             study_name=name,
             directions=[_as_optuna(d) for d in directions],
             load_if_exists=True,
-        )
-        storage.set_study_system_attr(
-            study._study_id, START_TIME_ATTR, datetime.now(UTC).isoformat()
         )
         if metric_names:
             study.set_metric_names(metric_names)

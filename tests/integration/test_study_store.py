@@ -71,3 +71,12 @@ def test_resuming_keeps_the_start_time_and_refuses_other_directions(storage_url:
     with pytest.raises(DirectionsMismatchError, match=r"minimize.*maximize"):
         stores.ensure_study(storage_url, name, [Direction.MAXIMIZE], None, None, {})
     stores.close()
+
+
+def test_a_study_made_outside_the_operator_gets_one_fixed_start_time(storage_url: str) -> None:
+    stores, name = StoreRegistry(), _name()
+    optuna.create_study(study_name=name, storage=storage_url)
+    first = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], None, None, {})
+    again = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], None, None, {})
+    assert not first.created and again.start_time == first.start_time
+    stores.close()
