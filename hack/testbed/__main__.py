@@ -40,7 +40,7 @@ def up(directory: Path) -> int:
         return 0
     existing.stop()  # leftovers of a bed that died: clear them first
     print(f"starting test bed in {directory} ...", flush=True)
-    bed = Bed(directory).start()
+    bed = Bed(directory, detached=True).start()
     _write_env(bed, DEV_DIR / "env")
     print(f"test bed up in {bed.startup_s:.1f}s")
     print("\n".join(bed.describe_processes()))

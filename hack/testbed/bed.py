@@ -47,10 +47,14 @@ class BedOptions:
 class Bed:
     """A control plane, a PostgreSQL and a pod executor, living under one directory."""
 
-    def __init__(self, directory: Path, options: BedOptions | None = None) -> None:
+    def __init__(
+        self, directory: Path, options: BedOptions | None = None, detached: bool = False
+    ) -> None:
+        """detached=True: the bed outlives this process (`python -m testbed up`); otherwise
+        the kernel stops its processes if this process dies without calling stop()."""
         self.directory = directory.resolve()
         self.options = options or BedOptions()
-        self._sup = Supervisor(self.directory / "processes.json")
+        self._sup = Supervisor(self.directory / "processes.json", die_with_parent=not detached)
         self._state_file = self.directory / "state.json"
         self.kubeconfig = self.directory / "controlplane" / "admin.kubeconfig"
         self.storage_url = ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -91,6 +92,18 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _with_parent_death_signal(argv: Sequence[str], sig: int) -> list[str]:
+    """argv run so the kernel sends sig when the spawning thread dies.
+
+    setpriv (util-linux) sets it and execs argv, keeping the pid; doing it in a Python
+    preexec_fn instead is unsafe in a process with threads. Without setpriv, no guard.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return list(argv)
+    return [setpriv, f"--pdeathsig={signal.Signals(sig).name.removeprefix('SIG')}", "--", *argv]
+
+
 def spawn(
     name: str,
     argv: Sequence[str],
@@ -100,9 +113,18 @@ def spawn(
     cwd: Path | None = None,
     user: str | None = None,
     stop_signal: int = signal.SIGTERM,
+    die_with_parent: bool = False,
+    death_signal: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
-    """Start argv in a new session with stdout and stderr appended to log_path."""
+    """Start argv in a new session with stdout and stderr appended to log_path.
+
+    die_with_parent: the process gets death_signal (default: stop_signal) if the spawning
+    thread dies without stopping it (a test run killed by a timeout); not for `testbed up`,
+    which exits on purpose.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if die_with_parent:
+        argv = _with_parent_death_signal(argv, death_signal or stop_signal)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             list(argv),

@@ -29,8 +29,11 @@ def log_tail(path: str | Path, lines: int = 30) -> str:
 
 
 class Supervisor:
-    def __init__(self, state_file: Path) -> None:
+    def __init__(self, state_file: Path, die_with_parent: bool = True) -> None:
         self.state_file = state_file
+        # True for beds owned by a live process (pytest, scripts): if it is killed, the
+        # kernel stops the bed too. `testbed up` turns it off so the bed outlives it.
+        self.die_with_parent = die_with_parent
         self.records: list[ProcessRecord] = []
         self._popens: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -44,9 +47,18 @@ class Supervisor:
         cwd: Path | None = None,
         user: str | None = None,
         stop_signal: int = signal.SIGTERM,
+        death_signal: int | None = None,
     ) -> ProcessRecord:
         popen, record = procs.spawn(
-            name, argv, log_path, env=env, cwd=cwd, user=user, stop_signal=stop_signal
+            name,
+            argv,
+            log_path,
+            env=env,
+            cwd=cwd,
+            user=user,
+            stop_signal=stop_signal,
+            die_with_parent=self.die_with_parent,
+            death_signal=death_signal,
         )
         self.records.append(record)
         self._popens[record.pid] = popen
