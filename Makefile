@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 # Reinstall only when pyproject.toml is newer than the last install.
 VENV_STAMP := $(VENV)/.installed-from-pyproject
 TESTBED := PYTHONPATH=hack $(BIN)/python -m testbed
+# importlib: tests/unit and tests/integration may hold files with the same basename
+# (test_chart.py), which the default rootdir-relative import mode refuses to collect.
+PYTEST := $(BIN)/pytest --import-mode=importlib
 
 .PHONY: help venv binaries postgres lint unit integration test dev-cluster dev-cluster-down demo crds crds-check bench
 
@@ -35,13 +38,13 @@ lint: venv ## ruff check, ruff format --check, mypy (strict)
 	$(BIN)/mypy
 
 unit: venv ## Unit tests; no test bed needed
-	$(BIN)/pytest tests/unit
+	$(PYTEST) tests/unit
 
 integration: venv binaries postgres ## Integration tests against a real test bed (one per session)
-	$(BIN)/pytest tests/integration
+	$(PYTEST) tests/integration
 
 test: venv binaries postgres lint crds-check ## What CI runs: lint, CRD drift, unit and integration tests
-	$(BIN)/pytest tests/unit tests/integration
+	$(PYTEST) tests/unit tests/integration
 
 dev-cluster: venv binaries postgres ## Start the test bed in the background and write .dev/env
 	$(TESTBED) up
