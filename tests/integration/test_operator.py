@@ -227,3 +227,29 @@ def test_restricted_namespace_accepts_worker_and_dashboard_pods(studies: Studies
     for rs in replica_sets:
         failures = [c for c in rs.status.conditions or [] if c.type == "ReplicaFailure"]
         assert failures == [], failures
+
+
+def test_changing_the_objective_replaces_the_workers_and_the_study_continues(
+    studies: Studies, storage_url: str
+) -> None:
+    studies.create(study_body("swap", objective=SLOW, budget={"trials": 30}))
+    first = wait_for(lambda: studies.jobs("swap"), 30, "the first worker Job")[0].metadata.name
+    wait_for(
+        lambda: (studies.status("swap").get("trials") or {}).get("complete", 0) >= 2,
+        60,
+        "trials from the first workers",
+    )
+    studies.patch_spec(
+        "swap", {"objective": {"function": "tests.integration.objectives:quadratic"}}
+    )
+    wait_for(
+        lambda: [j for j in studies.jobs("swap") if j.metadata.name != first],
+        30,
+        "a replacement Job",
+    )
+    status = studies.wait_phase("swap", "Succeeded", timeout=120)
+    assert [j.metadata.name for j in studies.jobs("swap")] != [first]
+    assert status["trials"]["complete"] >= 30
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
+    assert names.count(f"{studies.namespace}.swap") == 1
+    assert any(e.startswith("ReplacingWorkers") for e in studies.events("swap"))
