@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -236,7 +237,10 @@ class StoreRegistry:
             load_if_exists=True,
         )
         if metric_names:
-            study.set_metric_names(metric_names)
+            with warnings.catch_warnings():
+                # Experimental since Optuna 3.2 and unchanged since; the dashboard uses it.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(metric_names)
         for params in enqueue or []:
             study.enqueue_trial(params, skip_if_exists=True)
         log.info("Created Optuna study %s", name)

@@ -86,7 +86,7 @@ class Studies:
             (c for c in self.status(name).get("conditions", []) if c["type"] == type_), None
         )
 
-    def wait_phase(self, name: str, phase: str, timeout: float = 120) -> dict[str, Any]:
+    def wait_phase(self, name: str, phase: str, timeout: float = 240) -> dict[str, Any]:
         seen: dict[str, Any] = {}
 
         def check() -> dict[str, Any] | None:
@@ -99,7 +99,7 @@ class Studies:
             raise AssertionError(f"{exc}\nlast status: {seen.get('status')}") from None
 
     def wait_condition(
-        self, name: str, type_: str, status: str, reason: str | None = None, timeout: float = 60
+        self, name: str, type_: str, status: str, reason: str | None = None, timeout: float = 120
     ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             c = self.condition(name, type_)

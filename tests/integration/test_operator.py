@@ -39,11 +39,11 @@ def test_apply_runs_the_study_to_success_with_results_in_status(
 
 def test_parallelism_change_is_reflected_in_the_job(studies: Studies) -> None:
     studies.create(study_body("scale", objective=SLOW, budget={"trials": 200}))
-    job = wait_for(lambda: studies.jobs("scale"), 30, "the worker Job")[0]
+    job = wait_for(lambda: studies.jobs("scale"), 60, "the worker Job")[0]
     assert job.spec.parallelism == 1
     studies.patch_spec("scale", {"workers": {"parallelism": 3}})
     wait_for(
-        lambda: [j for j in studies.jobs("scale") if j.spec.parallelism == 3], 30, "parallelism 3"
+        lambda: [j for j in studies.jobs("scale") if j.spec.parallelism == 3], 60, "parallelism 3"
     )
     assert [j.metadata.name for j in studies.jobs("scale")] == [job.metadata.name]
     wait_for(
@@ -63,13 +63,13 @@ def test_suspend_stops_workers_and_resume_continues_the_study(
         "a few trials",
     )
     studies.patch_spec("pause", {"suspend": True})
-    studies.wait_phase("pause", "Suspended", timeout=60)
+    studies.wait_phase("pause", "Suspended", timeout=120)
     studies.wait_condition("pause", "Suspended", "True")
     wait_for(lambda: studies.jobs("pause")[0].status.active in (None, 0), 60, "workers to stop")
     done_while_suspended = len(_load(storage_url, f"{studies.namespace}.pause").trials)
 
     studies.patch_spec("pause", {"suspend": False})
-    status = studies.wait_phase("pause", "Succeeded", timeout=120)
+    status = studies.wait_phase("pause", "Succeeded", timeout=240)
     assert status["trials"]["complete"] >= 30
     assert len(_load(storage_url, f"{studies.namespace}.pause").trials) > done_while_suspended
     assert len(studies.jobs("pause")) == 1
@@ -86,7 +86,7 @@ def test_operator_restart_mid_study_duplicates_nothing(
     )
     operator.stop(kill=True)
     operator.start()
-    status = studies.wait_phase("restart", "Succeeded", timeout=120)
+    status = studies.wait_phase("restart", "Succeeded", timeout=240)
     assert len(studies.jobs("restart")) == 1
     names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
     assert names.count(f"{studies.namespace}.restart") == 1
@@ -116,7 +116,7 @@ def test_missing_secret_is_named_in_a_condition_and_recovers(
     assert "'url'" in cond["message"]
 
     core.patch_namespaced_secret("my-db", studies.namespace, {"stringData": {"url": storage_url}})
-    studies.wait_condition("nosecret", "StorageReady", "True", timeout=60)
+    studies.wait_condition("nosecret", "StorageReady", "True", timeout=120)
     studies.wait_phase("nosecret", "Succeeded")
     assert storage_url.split("@")[0] not in str(studies.get("nosecret"))
 
@@ -140,7 +140,7 @@ def test_objective_that_cannot_be_imported_fails_the_study_with_the_error(
     studies: Studies,
 ) -> None:
     studies.create(study_body("noimport", objective={"function": "train:objective"}))
-    status = studies.wait_phase("noimport", "Failed", timeout=90)
+    status = studies.wait_phase("noimport", "Failed", timeout=240)
     failed = studies.condition("noimport", "Failed")
     assert failed["reason"] == "JobFailed"
     assert "No module named 'train'" in failed["message"], failed["message"]
@@ -157,7 +157,7 @@ def test_objective_errors_beyond_the_limit_fail_the_study(studies: Studies) -> N
         budget={"trials": 20, "maxFailedTrials": 2},
     )
     studies.create(body)
-    studies.wait_phase("raises", "Failed", timeout=90)
+    studies.wait_phase("raises", "Failed", timeout=240)
     failed = studies.condition("raises", "Failed")
     assert failed["reason"] in ("TooManyFailedTrials", "JobFailed")
     assert "bad lr" in failed["message"]
@@ -206,7 +206,7 @@ def test_multi_objective_study_reports_a_pareto_front(studies: Studies) -> None:
         budget={"trials": 10},
     )
     studies.create(body)
-    status = studies.wait_phase("pareto", "Succeeded", timeout=180)
+    status = studies.wait_phase("pareto", "Succeeded", timeout=240)
     front = status["paretoFront"]
     assert 1 <= len(front) <= 10
     assert all(len(t["values"]) == 2 for t in front)
@@ -233,7 +233,7 @@ def test_changing_the_objective_replaces_the_workers_and_the_study_continues(
     studies: Studies, storage_url: str
 ) -> None:
     studies.create(study_body("swap", objective=SLOW, budget={"trials": 30}))
-    first = wait_for(lambda: studies.jobs("swap"), 30, "the first worker Job")[0].metadata.name
+    first = wait_for(lambda: studies.jobs("swap"), 60, "the first worker Job")[0].metadata.name
     wait_for(
         lambda: (studies.status("swap").get("trials") or {}).get("complete", 0) >= 2,
         60,
@@ -247,7 +247,7 @@ def test_changing_the_objective_replaces_the_workers_and_the_study_continues(
         30,
         "a replacement Job",
     )
-    status = studies.wait_phase("swap", "Succeeded", timeout=120)
+    status = studies.wait_phase("swap", "Succeeded", timeout=240)
     assert [j.metadata.name for j in studies.jobs("swap")] != [first]
     assert status["trials"]["complete"] >= 30
     names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
