@@ -74,6 +74,10 @@ def fill(url: str, name: str, n: int, multi: bool) -> None:
                 ),
             },
         )
+    with engine.connect() as conn:
+        # What autovacuum does after a bulk insert on a real server: without statistics the
+        # planner may scan the whole study instead of the newest trials.
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
     engine.dispose()
 
 

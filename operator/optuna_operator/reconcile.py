@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from kubernetes.client.exceptions import ApiException
@@ -68,11 +68,27 @@ class JobState:
     failed_message: str | None = None
 
 
+PhaseName = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+
+
 @dataclass(frozen=True)
 class Phase:
-    phase: str
+    phase: PhaseName
     reason: str
     message: str
+
+
+@dataclass
+class StatusDraft:
+    """The status being rebuilt in one reconcile; conditions carry its generation."""
+
+    status: TuningStudyStatus
+    generation: int | None
+
+    def set(self, type_: ConditionType, ok: bool | None, reason: str, message: str) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, ok, reason, message, self.generation
+        )
 
 
 @dataclass(frozen=True)
@@ -229,16 +245,12 @@ class Reconciler:
     def reconcile(self, study: TuningStudy, now: datetime | None = None) -> Outcome:
         now = now or datetime.now(UTC)
         generation = study.metadata.generation
-        status = study.status.model_copy(deep=True)
+        draft = StatusDraft(study.status.model_copy(deep=True), generation)
+        status = draft.status
         status.study_name = study.study_name
         status.optuna_version = optuna.__version__
         status.operator_version = OPERATOR_VERSION
         events: list[Event] = []
-
-        def condition(type_: ConditionType, ok: bool | None, reason: str, message: str) -> None:
-            status.conditions = set_condition(
-                status.conditions, type_, ok, reason, message, generation
-            )
 
         try:
             storage = self.resolve_storage(study)
@@ -257,7 +269,7 @@ class Reconciler:
             summary = self.stores.summarize(storage.url, handle)
         except (StorageProblem, StorageError, DirectionsMismatchError) as exc:
             reason, message = _storage_failure(exc)
-            condition(ConditionType.STORAGE_READY, False, reason, message)
+            draft.set(ConditionType.STORAGE_READY, False, reason, message)
             if status.phase is None:
                 status.phase = "Pending"
             status.observed_generation = generation
@@ -269,7 +281,7 @@ class Reconciler:
             events.append(
                 Event("Normal", Reason.STUDY_CREATED, f"Created Optuna study {handle.name}")
             )
-        condition(
+        draft.set(
             ConditionType.STORAGE_READY,
             True,
             Reason.STUDY_READY,
@@ -277,20 +289,34 @@ class Reconciler:
         )
         status.start_time = status.start_time or handle.start_time
 
-        job = self._reconcile_workers(study, storage, handle, summary, now, events)
+        ctx = self._child_context(study, storage, handle)
+        job = self._reconcile_workers(study, ctx, storage, handle, summary, now, events)
         phase = decide_phase(study, summary, job, now, handle.start_time)
-        self._reconcile_dashboard(study, storage, status, events, condition)
+        self._reconcile_dashboard(study, ctx, draft, events)
         self._write_progress(study, status, summary, job)
-        self._write_phase(study, status, phase, events, condition, storage, job)
+        self._write_phase(study, draft, phase, events, storage, job)
         self._best_trial_event(study, summary, events)
         status.observed_generation = generation
         return Outcome(status, events)
 
     # ------------------------------------------------------------------ children
 
+    def _child_context(
+        self, study: TuningStudy, storage: StorageRef, handle: StudyHandle
+    ) -> manifests.ChildContext:
+        timeout = study.spec.budget.timeout_seconds
+        return manifests.ChildContext(
+            storage_secret=storage.secret,
+            storage_key=storage.key,
+            worker_image=self.settings.worker_image,
+            dashboard_image=self.settings.dashboard_image,
+            deadline=handle.start_time + timedelta(seconds=timeout) if timeout else None,
+        )
+
     def _reconcile_workers(
         self,
         study: TuningStudy,
+        ctx: manifests.ChildContext,
         storage: StorageRef,
         handle: StudyHandle,
         summary: StudySummary,
@@ -300,18 +326,6 @@ class Reconciler:
         ns = study.metadata.namespace
         if storage.copy_from_default:
             self.cluster.apply(manifests.storage_secret_copy(study, storage.key, storage.url))
-        deadline = (
-            handle.start_time + timedelta(seconds=study.spec.budget.timeout_seconds)
-            if study.spec.budget.timeout_seconds
-            else None
-        )
-        ctx = manifests.ChildContext(
-            storage_secret=storage.secret,
-            storage_key=storage.key,
-            worker_image=self.settings.worker_image,
-            dashboard_image=self.settings.dashboard_image,
-            deadline=deadline,
-        )
         desired = manifests.worker_job(study, ctx)
         desired_name = desired["metadata"]["name"]
         selector = (
@@ -356,29 +370,22 @@ class Reconciler:
     def _reconcile_dashboard(
         self,
         study: TuningStudy,
-        storage: StorageRef,
-        status: TuningStudyStatus,
+        ctx: manifests.ChildContext,
+        draft: StatusDraft,
         events: list[Event],
-        condition: Any,
     ) -> None:
         ns, name = study.metadata.namespace, manifests.dashboard_name(study)
         if not study.spec.dashboard.enabled:
             self.cluster.delete("Deployment", ns, name)
             self.cluster.delete("Service", ns, name)
-            status.dashboard = None
-            condition(
+            draft.status.dashboard = None
+            draft.set(
                 ConditionType.DASHBOARD_AVAILABLE,
                 False,
                 Reason.DASHBOARD_DISABLED,
                 "spec.dashboard.enabled is false",
             )
             return
-        ctx = manifests.ChildContext(
-            storage_secret=storage.secret,
-            storage_key=storage.key,
-            worker_image=self.settings.worker_image,
-            dashboard_image=self.settings.dashboard_image,
-        )
         existed = self.cluster.get("Deployment", ns, name) is not None
         deployment = self.cluster.apply(manifests.dashboard_deployment(study, ctx))
         self.cluster.apply(manifests.dashboard_service(study))
@@ -387,17 +394,17 @@ class Reconciler:
                 Event("Normal", "CreatedDashboard", f"Created Deployment and Service {name}")
             )
         url = f"http://{name}.{ns}.svc:{manifests.DASHBOARD_PORT}"
-        status.dashboard = DashboardStatus(service=name, url=url)
+        draft.status.dashboard = DashboardStatus(service=name, url=url)
         available = ((deployment.get("status") or {}).get("availableReplicas") or 0) > 0
         if available:
-            condition(
+            draft.set(
                 ConditionType.DASHBOARD_AVAILABLE,
                 True,
                 Reason.DASHBOARD_READY,
                 f"Dashboard at {url} (kubectl port-forward svc/{name} 8080)",
             )
         else:
-            condition(
+            draft.set(
                 ConditionType.DASHBOARD_AVAILABLE,
                 False,
                 Reason.DASHBOARD_PENDING,
@@ -431,23 +438,23 @@ class Reconciler:
     def _write_phase(
         self,
         study: TuningStudy,
-        status: TuningStudyStatus,
+        draft: StatusDraft,
         phase: Phase,
         events: list[Event],
-        condition: Any,
         storage: StorageRef,
         job: JobState | None,
     ) -> None:
+        status = draft.status
         previous = study.status.phase
-        status.phase = phase.phase  # type: ignore[assignment]
-        condition(
+        status.phase = phase.phase
+        draft.set(
             ConditionType.SUSPENDED,
             study.spec.suspend,
             Reason.SUSPENDED if study.spec.suspend else Reason.RUNNING,
             "spec.suspend is true" if study.spec.suspend else "Workers may run",
         )
         running = job is not None and job.ready > 0
-        condition(
+        draft.set(
             ConditionType.WORKERS_READY,
             running,
             Reason.WORKERS_RUNNING
@@ -458,13 +465,13 @@ class Reconciler:
             f"{job.ready if job else 0} of {study.spec.workers.parallelism} workers ready",
         )
         succeeded, failed = phase.phase == "Succeeded", phase.phase == "Failed"
-        condition(
+        draft.set(
             ConditionType.SUCCEEDED,
             succeeded,
             phase.reason if succeeded else Reason.RUNNING,
             phase.message if succeeded else "The study has not finished",
         )
-        condition(
+        draft.set(
             ConditionType.FAILED,
             failed,
             phase.reason if failed else Reason.RUNNING,

@@ -349,9 +349,10 @@ class StoreRegistry:
             oldest_open = conn.execute(
                 text(
                     "SELECT MIN(trial_id) FROM trials WHERE study_id = :sid "
-                    "AND state IN ('RUNNING', 'WAITING')"
+                    "AND state IN ('RUNNING', 'WAITING') AND trial_id > :after"
                 ),
-                {"sid": handle.study_id},
+                # Every unfinished trial is above the cursor: the scan stays small.
+                {"sid": handle.study_id, "after": cache.after_trial_id},
             ).scalar()
             rows = conn.execute(
                 text(
