@@ -24,6 +24,9 @@ __all__ = ["build_registry"]
 log = logging.getLogger(__name__)
 
 ANNOTATION_PREFIX = "optuna-operator.io"
+# Outside kopf's own prefix on purpose: kopf ignores its prefix when diffing, and a change
+# here must count as an update of the TuningStudy so it is reconciled at once.
+WORKERS_ANNOTATION = "workers.optuna-operator.io/observed"
 DELETE_RETRIES = 5
 
 
@@ -140,6 +143,37 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         interval=settings.status_interval,
         initial_delay=settings.status_interval,
     )(guarded)
+
+    @kopf.on.event(
+        "batch",
+        "v1",
+        "jobs",
+        registry=registry,
+        id="worker-job-changed",
+        labels={"app.kubernetes.io/managed-by": "optuna-operator"},
+    )
+    def worker_job_changed(body: kopf.Body, **_: Any) -> None:
+        """Refresh the owning study when its workers start, finish or fail, not only on the
+        timer: the Job's progress is summarized into an annotation on the TuningStudy."""
+        owner = next(
+            (o for o in body.metadata.get("ownerReferences", []) if o.get("kind") == "TuningStudy"),
+            None,
+        )
+        if owner is None:
+            return
+        job_status = body.get("status", {})
+        conditions = sorted(
+            c["type"] for c in job_status.get("conditions") or [] if c.get("status") == "True"
+        )
+        observed = (
+            f"{body.metadata.name} active={job_status.get('active', 0)} "
+            f"ready={job_status.get('ready', 0)} succeeded={job_status.get('succeeded', 0)} "
+            f"failed={job_status.get('failed', 0)} {','.join(conditions)}"
+        ).strip()
+        reconciler: Reconciler = state["reconciler"]
+        reconciler.cluster.annotate(
+            "TuningStudy", str(body.metadata.namespace), owner["name"], WORKERS_ANNOTATION, observed
+        )
 
     @kopf.on.delete(
         *resource,

@@ -10,6 +10,8 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from optuna_operator.api import API_VERSION, PLURAL
+
 __all__ = ["FIELD_MANAGER", "Cluster"]
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,7 @@ _PATHS = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
     "Secret": ("/api/v1", "secrets"),
+    "TuningStudy": (f"/apis/{API_VERSION}", PLURAL),
 }
 
 
@@ -102,6 +105,19 @@ class Cluster:
                 return False
             raise
         return True
+
+    def annotate(self, kind: str, namespace: str, name: str, key: str, value: str) -> None:
+        """Merge-patch one annotation; an unchanged value is a no-op for the API server."""
+        try:
+            self._call(
+                "PATCH",
+                self._path(kind, namespace, name),
+                body={"metadata": {"annotations": {key: value}}},
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """The decoded value, or None when the key is absent; raises 404 as ApiException."""

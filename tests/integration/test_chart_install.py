@@ -187,6 +187,7 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         ("create", "jobs.batch", team),
         ("delete", "jobs.batch", team),
         ("list", "jobs.batch", team),
+        ("watch", "jobs.batch", team),
         ("get", "deployments.apps", team),
         ("create", "deployments.apps", team),
         ("patch", "services", team),

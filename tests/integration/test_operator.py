@@ -32,6 +32,9 @@ def test_apply_runs_the_study_to_success_with_results_in_status(
     assert status["completionTime"] and status["startTime"]
     assert set(status["paramImportances"]) >= {"x"}
     assert studies.condition("quad", "Succeeded")["reason"] == "TrialBudgetReached"
+    # Job changes reach the study at once (not only on the timer) through this annotation.
+    observed = studies.get("quad")["metadata"]["annotations"]["workers.optuna-operator.io/observed"]
+    assert "Complete" in observed or "SuccessCriteriaMet" in observed, observed
     events = studies.events("quad")
     assert any(e.startswith("CreatedJob") for e in events)
     assert any(e.startswith("Succeeded") for e in events)

@@ -89,7 +89,7 @@ app.kubernetes.io/component: postgresql
 
 {{/* What the operator does in a namespace with studies (read from kube.py, reconcile.py and
 kopf): watch and patch studies and their status, set owner references that block deletion
-(finalizers), manage worker Jobs, dashboard Deployments and Services, read storage Secrets and
+(finalizers), manage and watch worker Jobs (a Job change refreshes its study), dashboard Deployments and Services, read storage Secrets and
 write the `<study>-storage` copies (server-side apply: create + patch), list worker pods for
 their termination messages, post events. Nothing else: no pods/exec, no Secret list. */}}
 {{- define "optuna-operator.studyRules" -}}
@@ -104,7 +104,7 @@ their termination messages, post events. Nothing else: no pods/exec, no Secret l
   verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, create, patch, delete]
