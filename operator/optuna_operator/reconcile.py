@@ -291,6 +291,12 @@ class Reconciler:
 
         ctx = self._child_context(study, storage, handle)
         job = self._reconcile_workers(study, ctx, storage, handle, summary, now, events)
+        if summary.running and (job is None or job.active == 0):
+            # Trials of killed workers stay RUNNING until someone fails them; the next
+            # refresh shows them failed and their parameters queued again.
+            self.stores.fail_stale_trials(
+                storage.url, handle.name, study.spec.workers.heartbeat_interval_seconds
+            )
         phase = decide_phase(study, summary, job, now, handle.start_time)
         self._reconcile_dashboard(study, ctx, draft, events)
         self._write_progress(study, status, summary, job)

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
+from optuna_operator.worker.storage import make_storage
 from optuna_operator.worker.trial_attrs import ERROR_ATTR
 
 __all__ = [
@@ -389,6 +390,18 @@ class StoreRegistry:
                     BestTrial(number=number, values=list(vals), params=cache.params[trial_id])
                 )
         return result
+
+    def fail_stale_trials(self, url: str, name: str, heartbeat_interval: int) -> None:
+        """Fail (and re-enqueue) trials whose heartbeat stopped. Workers do this whenever one
+        of them starts a trial; when none is left running, nobody else would."""
+        storage = make_storage(url, heartbeat_interval, application_name="optuna-operator")
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+            optuna.storages.fail_stale_trials(study)
+        except SQLAlchemyError as exc:
+            raise StorageError(redact(str(exc).splitlines()[0], url)) from None
+        finally:
+            storage.engine.dispose()
 
     def param_importances(self, url: str, name: str) -> dict[str, float]:
         """Computed once, at completion: it reads every trial."""

@@ -256,3 +256,13 @@ def test_changing_the_objective_replaces_the_workers_and_the_study_continues(
     names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
     assert names.count(f"{studies.namespace}.swap") == 1
     assert any(e.startswith("ReplacingWorkers") for e in studies.events("swap"))
+
+
+def test_time_budget_ends_the_study(studies: Studies) -> None:
+    studies.create(
+        study_body("clock", objective=SLOW, budget={"trials": 10000, "timeoutSeconds": 8})
+    )
+    status = studies.wait_phase("clock", "Succeeded", timeout=240)
+    assert studies.condition("clock", "Succeeded")["reason"] == "TimeBudgetReached"
+    assert 0 < status["trials"]["complete"] < 10000
+    assert status["trials"]["running"] == 0

@@ -80,3 +80,23 @@ def test_a_study_made_outside_the_operator_gets_one_fixed_start_time(storage_url
     again = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], None, None, {})
     assert not first.created and again.start_time == first.start_time
     stores.close()
+
+
+def test_trials_of_dead_workers_are_failed_and_requeued(storage_url: str) -> None:
+    import time
+
+    from optuna.storages import RDBStorage
+
+    stores, name = StoreRegistry(), _name()
+    handle = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], None, None, {})
+    worker_storage = RDBStorage(storage_url, heartbeat_interval=1)
+    study = optuna.load_study(study_name=name, storage=worker_storage)
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    worker_storage.record_heartbeat(orphan._trial_id)  # then the worker "dies"
+    time.sleep(2.5)  # past the grace period of 2 x 1 s
+    stores.fail_stale_trials(storage_url, name, heartbeat_interval=1)
+    summary = stores.summarize(storage_url, handle)
+    assert (summary.running, summary.failed, summary.waiting) == (0, 1, 1)
+    retry = study.get_trials(states=[TrialState.WAITING])[0]
+    assert retry.params == orphan.params
+    stores.close()
