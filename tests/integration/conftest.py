@@ -17,6 +17,7 @@ from tests.integration.studies import (
     wait_for,
 )
 
+from optuna_operator.api import GROUP, PLURAL, VERSION
 from testbed import Bed
 
 HERE = Path(__file__).parent
@@ -34,28 +35,53 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def crd_installed(bed: Bed, kube_api: client.ApiClient) -> None:
-    """The generated CRD from crds/, applied with the pinned kubectl and Established."""
-    subprocess.run(
-        [
-            str(bed.bin_dir / "kubectl"),
-            "--kubeconfig",
-            str(bed.kubeconfig),
-            "apply",
-            "-f",
-            str(ROOT / "crds"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    """The generated CRD from crds/ and kopf's peering CRDs from the chart, applied with the
+    pinned kubectl and Established (early: kopf discovers peering resources at start-up)."""
+    for path in (ROOT / "crds", ROOT / "charts" / "optuna-operator" / "crds" / "kopf-peering.yaml"):
+        subprocess.run(
+            [
+                str(bed.bin_dir / "kubectl"),
+                "--kubeconfig",
+                str(bed.kubeconfig),
+                "apply",
+                "-f",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+        )
     ext = client.ApiextensionsV1Api(kube_api)
 
+    names = (
+        "tuningstudies.tuning.optuna-operator.io",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    )
+
     def established() -> bool:
-        crd = ext.read_custom_resource_definition("tuningstudies.tuning.optuna-operator.io")
-        return any(
-            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        return all(
+            any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(name).status.conditions or []
+            )
+            for name in names
         )
 
-    wait_for(established, 30, "the TuningStudy CRD to be established")
+    wait_for(established, 30, "the TuningStudy and kopf peering CRDs to be established")
+    custom = client.CustomObjectsApi(kube_api)
+
+    def served() -> bool:
+        # Established is not yet served: kopf scans discovery once at start-up, and a CRD
+        # still initializing answers 429.
+        try:
+            custom.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings")
+            custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        except client.ApiException:
+            return False
+        groups = client.ApisApi(kube_api).get_api_versions().groups
+        return {"kopf.dev", GROUP} <= {g.name for g in groups}
+
+    wait_for(served, 30, "the CRDs to be served and discoverable")
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +111,13 @@ def studies(kube_api: client.ApiClient, namespace: str, operator: OperatorProces
     if not operator.alive():
         operator.start()
     return Studies(kube_api, namespace)
+
+
+@pytest.fixture(scope="module")
+def session_operator_stopped(operator: OperatorProcess) -> Iterator[None]:
+    """For modules that run operators of their own: the session's one watches everything."""
+    was_alive = operator.alive()
+    operator.stop()
+    yield
+    if was_alive:
+        operator.start()

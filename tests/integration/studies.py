@@ -125,10 +125,17 @@ class Studies:
 class OperatorProcess:
     """The operator as it runs in production (`optuna-operator run`), as a real process."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        extra_args: list[str] | None = None,
+        peering: str = "none",
+    ):
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_args = extra_args or []
+        self.peering = peering
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -142,7 +149,7 @@ class OperatorProcess:
             "--status-interval",
             "2",
             "--peering",
-            "none",
+            self.peering,
             *self.extra_args,
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}

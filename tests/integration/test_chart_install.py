@@ -15,7 +15,6 @@ import re
 import subprocess
 import textwrap
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 from tests.conftest import NamespaceFactory
-from tests.integration.studies import OperatorProcess, Studies, wait_for
+from tests.integration.studies import Studies, wait_for
 
 from optuna_operator.api import GROUP, PLURAL, VERSION
 from testbed import Bed
@@ -37,14 +36,8 @@ CRD = "tuningstudies.tuning.optuna-operator.io"
 STUDIES = f"{PLURAL}.{GROUP}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def session_operator_stopped(operator: OperatorProcess) -> Iterator[None]:
-    """The session's operator watches every namespace; the chart's operator must be alone."""
-    was_alive = operator.alive()
-    operator.stop()
-    yield
-    if was_alive:
-        operator.start()
+# The session's operator watches every namespace; the chart's operator must be alone.
+pytestmark = pytest.mark.usefixtures("session_operator_stopped")
 
 
 def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
