@@ -65,6 +65,7 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     """Handlers bound to one Reconciler, created at start-up and closed at clean-up."""
     registry = kopf.OperatorRegistry()
+    operator_settings = settings  # the startup handler's own `settings` is kopf's
     state: dict[str, Any] = {}
     resource = (GROUP, VERSION, PLURAL)
 
@@ -90,8 +91,6 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         state["reconciler"] = Reconciler(Cluster(_api_client()), state["stores"], operator_settings)
         if operator_settings.metrics_port:
             metrics.serve(operator_settings.metrics_port)
-
-    operator_settings = settings
 
     @kopf.on.cleanup(registry=registry)
     def close(**_: Any) -> None:

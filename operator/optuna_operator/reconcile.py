@@ -294,9 +294,12 @@ class Reconciler:
         if summary.running and (job is None or job.active == 0):
             # Trials of killed workers stay RUNNING until someone fails them; the next
             # refresh shows them failed and their parameters queued again.
-            self.stores.fail_stale_trials(
-                storage.url, handle.name, study.spec.workers.heartbeat_interval_seconds
-            )
+            try:
+                self.stores.fail_stale_trials(
+                    storage.url, handle.name, study.spec.workers.heartbeat_interval_seconds
+                )
+            except StorageError as exc:  # the next refresh tries again
+                log.warning("Could not fail stale trials of %s: %s", handle.name, exc)
         phase = decide_phase(study, summary, job, now, handle.start_time)
         self._reconcile_dashboard(study, ctx, draft, events)
         self._write_progress(study, status, summary, job)
