@@ -87,6 +87,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/delete-study"
         settings.posting.level = logging.INFO
         settings.execution.max_workers = 16
+        # A deleted study waits for its refresh timer to stop; kopf re-checks only every 60 s
+        # by default, which held deletions for a minute whenever a refresh was running.
+        settings.background.cancellation_polling = 1.0
         state["stores"] = StoreRegistry()
         state["reconciler"] = Reconciler(Cluster(_api_client()), state["stores"], operator_settings)
         if operator_settings.metrics_port:
