@@ -100,6 +100,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         stores: StoreRegistry | None = state.get("stores")
         if stores is not None:
             stores.close()
+        reconciler: Reconciler | None = state.get("reconciler")
+        if reconciler is not None:
+            reconciler.cluster.close()
 
     def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         study = _parse(body)

@@ -32,6 +32,9 @@ class Cluster:
         self.api = api_client
         self.core = k8s.CoreV1Api(api_client)
 
+    def close(self) -> None:
+        self.api.close()  # type: ignore[no-untyped-call]
+
     def _call(
         self,
         method: str,
