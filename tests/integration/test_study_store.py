@@ -82,6 +82,7 @@ def test_a_study_made_outside_the_operator_gets_one_fixed_start_time(storage_url
     stores.close()
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_trials_of_dead_workers_are_failed_and_requeued(storage_url: str) -> None:
     import time
 
