@@ -133,3 +133,16 @@ def test_patient_wraps_the_inner_pruner() -> None:
 def test_pruner_without_required_options_is_a_config_error(kind: str) -> None:
     with pytest.raises(ConfigError):
         build_pruner(PrunerSpec.model_validate({"type": kind}))
+
+
+def test_pruner_options_reach_optuna() -> None:
+    median = build_pruner(
+        PrunerSpec.model_validate(
+            {"type": "Median", "median": {"nStartupTrials": 7, "nWarmupSteps": 3}}
+        )
+    )
+    assert (median._n_startup_trials, median._n_warmup_steps) == (7, 3)  # type: ignore[attr-defined]
+    band = build_pruner(
+        PrunerSpec.model_validate({"type": "Hyperband", "hyperband": {"maxResource": 27}})
+    )
+    assert band._max_resource == 27  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ from optuna.samplers import (
     RandomSampler,
     TPESampler,
 )
+from pydantic.alias_generators import to_camel
 
 from optuna_operator.api import (
     BasePrunerSpec,
@@ -44,6 +45,7 @@ from optuna_operator.api import (
     GPOptions,
     HyperbandOptions,
     MedianOptions,
+    Model,
     NSGAOptions,
     Objective,
     Parameter,
@@ -192,61 +194,32 @@ def _pruner(spec: PrunerSpec) -> BasePruner:
     return _base_pruner(spec)
 
 
+# The option fields are Optuna's own argument names, so each pruner is built from its options.
+# A default of None means the options are required (a Percentile needs its percentile).
+_PRUNERS: dict[PrunerType, tuple[type[BasePruner], str, type[Model] | None]] = {
+    PrunerType.MEDIAN: (MedianPruner, "median", MedianOptions),
+    PrunerType.PERCENTILE: (PercentilePruner, "percentile", None),
+    PrunerType.SUCCESSIVE_HALVING: (
+        SuccessiveHalvingPruner,
+        "successive_halving",
+        SuccessiveHalvingOptions,
+    ),
+    PrunerType.HYPERBAND: (HyperbandPruner, "hyperband", HyperbandOptions),
+    PrunerType.THRESHOLD: (ThresholdPruner, "threshold", None),
+    PrunerType.WILCOXON: (WilcoxonPruner, "wilcoxon", WilcoxonOptions),
+}
+
+
 def _base_pruner(spec: BasePrunerSpec) -> BasePruner:
-    kind = spec.type
-    if kind == PrunerType.NONE:
+    if spec.type == PrunerType.NONE:
         return NopPruner()
-    if kind == PrunerType.MEDIAN:
-        med = spec.median or MedianOptions()
-        return MedianPruner(
-            n_startup_trials=med.n_startup_trials,
-            n_warmup_steps=med.n_warmup_steps,
-            interval_steps=med.interval_steps,
-            n_min_trials=med.n_min_trials,
-        )
-    if kind == PrunerType.PERCENTILE:
-        pct = spec.percentile
-        if pct is None:
-            raise ConfigError("pruner.type Percentile needs pruner.percentile.percentile")
-        return PercentilePruner(
-            pct.percentile,
-            n_startup_trials=pct.n_startup_trials,
-            n_warmup_steps=pct.n_warmup_steps,
-            interval_steps=pct.interval_steps,
-            n_min_trials=pct.n_min_trials,
-        )
-    if kind == PrunerType.SUCCESSIVE_HALVING:
-        sha = spec.successive_halving or SuccessiveHalvingOptions()
-        return SuccessiveHalvingPruner(
-            min_resource=sha.min_resource,
-            reduction_factor=sha.reduction_factor,
-            min_early_stopping_rate=sha.min_early_stopping_rate,
-            bootstrap_count=sha.bootstrap_count,
-        )
-    if kind == PrunerType.HYPERBAND:
-        hb = spec.hyperband or HyperbandOptions()
-        return HyperbandPruner(
-            min_resource=hb.min_resource,
-            max_resource=hb.max_resource,
-            reduction_factor=hb.reduction_factor,
-            bootstrap_count=hb.bootstrap_count,
-        )
-    if kind == PrunerType.THRESHOLD:
-        th = spec.threshold
-        if th is None:
-            raise ConfigError("pruner.type Threshold needs pruner.threshold with lower or upper")
-        return ThresholdPruner(
-            lower=th.lower,
-            upper=th.upper,
-            n_warmup_steps=th.n_warmup_steps,
-            interval_steps=th.interval_steps,
-        )
-    if kind == PrunerType.WILCOXON:
-        wx = spec.wilcoxon or WilcoxonOptions()
-        return WilcoxonPruner(p_threshold=wx.p_threshold, n_startup_steps=wx.n_startup_steps)
-    if kind == PrunerType.PATIENT:
-        raise ConfigError("pruner.patient.wrapped cannot be Patient")
-    raise ConfigError(f"unknown pruner.type {kind!r}")
+    if spec.type not in _PRUNERS:
+        raise ConfigError(f"pruner.type {spec.type.value} cannot be used here")
+    pruner_class, field, default = _PRUNERS[spec.type]
+    options: Model | None = getattr(spec, field) or (default() if default else None)
+    if options is None:
+        raise ConfigError(f"pruner.type {spec.type.value} needs pruner.{to_camel(field)}")
+    return pruner_class(**options.model_dump())
 
 
 @contextlib.contextmanager
