@@ -59,12 +59,9 @@ PARETO_FRONT_LIMIT = 10
 MAX_NAME_LENGTH = 45
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str) -> dict[str, str]:
     """One `x-kubernetes-validations` entry."""
-    entry = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    return entry
+    return {"rule": rule, "message": message}
 
 
 def rules(*entries: dict[str, str]) -> dict[str, Any]:
