@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -72,60 +72,33 @@ def build_sampler(spec: SamplerSpec, objective: Objective, seed: int | None) -> 
         return _sampler(spec, objective, seed)
 
 
+# As for pruners: option fields carry Optuna's argument names, so options pass straight on.
+_SAMPLERS: dict[SamplerType, tuple[Callable[..., BaseSampler], str | None, type[Model] | None]] = {
+    SamplerType.TPE: (TPESampler, "tpe", TPEOptions),
+    SamplerType.CMAES: (CmaEsSampler, "cmaes", CMAESOptions),
+    SamplerType.NSGAII: (NSGAIISampler, "nsga", NSGAOptions),
+    SamplerType.NSGAIII: (NSGAIIISampler, "nsga", NSGAOptions),
+    SamplerType.GP: (GPSampler, "gp", GPOptions),
+    SamplerType.QMC: (QMCSampler, "qmc", QMCOptions),
+    SamplerType.RANDOM: (RandomSampler, None, None),
+    SamplerType.BRUTE_FORCE: (BruteForceSampler, None, None),
+}
+
+
 def _sampler(spec: SamplerSpec, objective: Objective, seed: int | None) -> BaseSampler:
     kind = spec.type
-    if kind == SamplerType.TPE:
-        tpe = spec.tpe or TPEOptions()
-        tpe_kwargs: dict[str, Any] = {}
-        if tpe.consider_endpoints:
-            # Deprecated in Optuna 4.9: passing it at all warns, so only when asked for.
-            tpe_kwargs["consider_endpoints"] = True
-        return TPESampler(
-            n_startup_trials=tpe.n_startup_trials,
-            n_ei_candidates=tpe.n_ei_candidates,
-            multivariate=tpe.multivariate,
-            group=tpe.group,
-            constant_liar=tpe.constant_liar,
-            seed=seed,
-            **tpe_kwargs,
-        )
-    if kind == SamplerType.CMAES:
-        cma = spec.cmaes or CMAESOptions()
-        return CmaEsSampler(
-            n_startup_trials=cma.n_startup_trials,
-            popsize=cma.popsize,
-            use_separable_cma=cma.use_separable_cma,
-            with_margin=cma.with_margin,
-            lr_adapt=cma.lr_adapt,
-            seed=seed,
-        )
-    if kind in (SamplerType.NSGAII, SamplerType.NSGAIII):
-        nsga = spec.nsga or NSGAOptions()
-        cls = NSGAIISampler if kind == SamplerType.NSGAII else NSGAIIISampler
-        return cls(
-            population_size=nsga.population_size,
-            mutation_prob=nsga.mutation_prob,
-            crossover_prob=nsga.crossover_prob,
-            swapping_prob=nsga.swapping_prob,
-            seed=seed,
-        )
-    if kind == SamplerType.GP:
+    if kind == SamplerType.GP and importlib.util.find_spec("torch") is None:
         # GPSampler imports torch only when it first samples; fail at start-up instead.
-        if importlib.util.find_spec("torch") is None:
-            raise ConfigError(
-                "sampler.type GP needs PyTorch in the worker image (pip install torch)"
-            )
-        gp = spec.gp or GPOptions()
-        return GPSampler(
-            n_startup_trials=gp.n_startup_trials,
-            deterministic_objective=gp.deterministic_objective,
-            seed=seed,
-        )
-    if kind == SamplerType.QMC:
-        qmc = spec.qmc or QMCOptions()
-        return QMCSampler(qmc_type=qmc.qmc_type, scramble=qmc.scramble, seed=seed)
-    if kind == SamplerType.RANDOM:
-        return RandomSampler(seed=seed)
+        raise ConfigError("sampler.type GP needs PyTorch in the worker image (pip install torch)")
+    if kind in _SAMPLERS:
+        sampler_class, field, default = _SAMPLERS[kind]
+        options: dict[str, Any] = {}
+        if field is not None and default is not None:
+            options = (getattr(spec, field) or default()).model_dump()
+        if not options.get("consider_endpoints", True):
+            # Deprecated in Optuna 4.9: passing it at all warns, so only when asked for.
+            del options["consider_endpoints"]
+        return sampler_class(**options, seed=seed)
     if kind == SamplerType.GRID:
         if spec.grid is not None and spec.grid.search_space:
             grid: dict[str, Sequence[GridValue]] = {
