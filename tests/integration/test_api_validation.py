@@ -41,18 +41,24 @@ VALID: dict[str, Any] = {
 }
 
 
-def _with(path: str, value: Any) -> dict[str, Any]:
-    """VALID with one field replaced (dotted path, list indexes as numbers; None deletes)."""
+def _with(path: str, value: Any, *more: Any) -> dict[str, Any]:
+    """VALID with fields replaced: path, value[, path, value...] (dotted paths, list indexes
+    as numbers; a value of None deletes)."""
     body = copy.deepcopy(VALID)
-    node: Any = body["spec"]
-    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
-    for key in keys[:-1]:
-        node = node[key]
-    if value is None:
-        del node[keys[-1]]
-    else:
-        node[keys[-1]] = value
+    changes = [(path, value), *zip(more[::2], more[1::2], strict=True)]
+    for dotted, new in changes:
+        node: Any = body["spec"]
+        keys = [int(k) if k.isdigit() else k for k in dotted.split(".")]
+        for key in keys[:-1]:
+            node = node[key]
+        if new is None:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = new
     return body
+
+
+TWO = ["minimize", "maximize"]
 
 
 FUNCTION = {"function": "examples.xgb_regression:objective"}
@@ -160,13 +166,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("metricNames length", _with("metricNames", ["a", "b"]), "one name per direction"),
     (
         "goal with two directions",
-        {
-            **_with("directions", ["minimize", "maximize"]),
-            "spec": {
-                **_with("directions", ["minimize", "maximize"])["spec"],
-                "budget": {"trials": 5, "goal": 0.1},
-            },
-        },
+        _with("directions", TWO, "budget", {"trials": 5, "goal": 0.1}),
         "goal works only with a single direction",
     ),
     ("no budget", _with("budget", {"maxFailedTrials": 3}), "set trials or timeoutSeconds"),
@@ -183,13 +183,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "CMAES with two directions",
-        {
-            **_with("directions", ["minimize", "maximize"]),
-            "spec": {
-                **_with("directions", ["minimize", "maximize"])["spec"],
-                "sampler": {"type": "CMAES"},
-            },
-        },
+        _with("directions", TWO, "sampler", {"type": "CMAES"}),
         "single direction only",
     ),
     (
@@ -200,8 +194,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("unknown sampler", _with("sampler", {"type": "Bayes"}), 'Unsupported value: "Bayes"'),
     (
         "grid for a function without space",
-        _with("objective", FUNCTION)
-        | {"spec": {**_with("objective", FUNCTION)["spec"], "sampler": {"type": "Grid"}}},
+        _with("objective", FUNCTION, "sampler", {"type": "Grid"}),
         "needs sampler.grid.searchSpace",
     ),
     (
@@ -236,13 +229,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "pruning with two directions",
-        {
-            **_with("directions", ["minimize", "maximize"]),
-            "spec": {
-                **_with("directions", ["minimize", "maximize"])["spec"],
-                "pruner": {"type": "Median"},
-            },
-        },
+        _with("directions", TWO, "pruner", {"type": "Median"}),
         "pruning works only with a single direction",
     ),
     ("negative parallelism", _with("workers", {"parallelism": -1}), "parallelism"),
