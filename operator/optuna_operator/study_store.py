@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,7 +87,7 @@ class StudyHandle:
 
 
 @dataclass
-class _FrontCache:
+class _ScanCache:
     """What earlier refreshes learned about a study. Trials up to `settled_id` are all
     finished (finished states are final), so their counts never need reading again."""
 
@@ -151,7 +151,12 @@ class StoreRegistry:
 
     def __init__(self) -> None:
         self._storages: dict[str, RDBStorage] = {}
-        self._fronts: dict[tuple[str, int], _FrontCache] = {}
+        self._scans: dict[tuple[str, int], _ScanCache] = {}
+        # Studies already checked, with the attributes last written: directions cannot change
+        # (a CEL rule), so a refresh needs no query until the generation moves.
+        self._handles: dict[tuple[str, str], tuple[StudyHandle, dict[str, Any]]] = {}
+        # Storages with heartbeats, for failing stale trials; one per URL and interval.
+        self._heartbeat_storages: dict[tuple[str, int], RDBStorage] = {}
         self._lock = threading.Lock()
 
     def storage(self, url: str) -> RDBStorage:
@@ -174,9 +179,11 @@ class StoreRegistry:
 
     def close(self) -> None:
         with self._lock:
-            for storage in self._storages.values():
+            for storage in [*self._storages.values(), *self._heartbeat_storages.values()]:
                 storage.engine.dispose()
             self._storages.clear()
+            self._heartbeat_storages.clear()
+            self._handles.clear()
 
     # ------------------------------------------------------------------ study lifecycle
 
@@ -190,6 +197,9 @@ class StoreRegistry:
         attrs: dict[str, Any],
     ) -> StudyHandle:
         """Create the study once, or resume it; refuse one whose directions differ."""
+        cached = self._handles.get((url, name))
+        if cached is not None and cached[0].directions == tuple(directions) and cached[1] == attrs:
+            return replace(cached[0], created=False)
         storage = self.storage(url)
         try:
             created = False
@@ -221,7 +231,9 @@ class StoreRegistry:
             start_time = datetime.fromisoformat(start)
         except SQLAlchemyError as exc:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
-        return StudyHandle(study_id, name, tuple(directions), start_time, created)
+        handle = StudyHandle(study_id, name, tuple(directions), start_time, created)
+        self._handles[(url, name)] = (handle, dict(attrs))
+        return handle
 
     @staticmethod
     def _create(
@@ -248,6 +260,7 @@ class StoreRegistry:
         return study._study_id
 
     def delete_study(self, url: str, name: str) -> bool:
+        self._handles.pop((url, name), None)
         storage = self.storage(url)
         try:
             study_id = storage.get_study_id_from_name(name)
@@ -255,13 +268,6 @@ class StoreRegistry:
             return False
         storage.delete_study(study_id)
         log.info("Deleted Optuna study %s", name)
-        return True
-
-    def study_exists(self, url: str, name: str) -> bool:
-        try:
-            self.storage(url).get_study_id_from_name(name)
-        except KeyError:
-            return False
         return True
 
     # ------------------------------------------------------------------ reads
@@ -286,7 +292,7 @@ class StoreRegistry:
 
     def _counts(self, url: str, storage: RDBStorage, study_id: int) -> StudySummary:
         """Trial counts by state, reading only trials newer than the settled prefix."""
-        cache = self._fronts.setdefault((url, study_id), _FrontCache())
+        cache = self._scans.setdefault((url, study_id), _ScanCache())
         window = (
             "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid AND trial_id > :after "
             "GROUP BY state"
@@ -342,7 +348,7 @@ class StoreRegistry:
         return int(count), str(json.loads(raw))[:500] if raw else None
 
     def _pareto_front(self, url: str, storage: RDBStorage, handle: StudyHandle) -> list[BestTrial]:
-        cache = self._fronts.setdefault((url, handle.study_id), _FrontCache())
+        cache = self._scans.setdefault((url, handle.study_id), _ScanCache())
         signs = tuple(1 if d == Direction.MAXIMIZE else -1 for d in handle.directions)
         n_obj = len(handle.directions)
         with storage.engine.connect() as conn:
@@ -394,14 +400,18 @@ class StoreRegistry:
     def fail_stale_trials(self, url: str, name: str, heartbeat_interval: int) -> None:
         """Fail (and re-enqueue) trials whose heartbeat stopped. Workers do this whenever one
         of them starts a trial; when none is left running, nobody else would."""
-        storage = make_storage(url, heartbeat_interval, application_name="optuna-operator")
+        with self._lock:
+            key = (url, heartbeat_interval)
+            if key not in self._heartbeat_storages:
+                self._heartbeat_storages[key] = make_storage(
+                    url, heartbeat_interval, application_name="optuna-operator"
+                )
+            storage = self._heartbeat_storages[key]
         try:
             study = optuna.load_study(study_name=name, storage=storage)
             optuna.storages.fail_stale_trials(study)
         except SQLAlchemyError as exc:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
-        finally:
-            storage.engine.dispose()
 
     def param_importances(self, url: str, name: str) -> dict[str, float]:
         """Computed once, at completion: it reads every trial."""
