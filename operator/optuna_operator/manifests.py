@@ -9,10 +9,15 @@ from datetime import datetime
 from typing import Any
 
 from optuna_operator.api import API_VERSION, KIND, TuningStudy, WorkerConfig
+from optuna_operator.contract import (
+    CONFIG_ENV,
+    POD_NAME_ENV,
+    POD_NAMESPACE_ENV,
+    STORAGE_ENV,
+    ExitCode,
+)
 
 __all__ = [
-    "EXIT_CONFIG_ERROR",
-    "EXIT_TOO_MANY_FAILURES",
     "TEMPLATE_HASH_LABEL",
     "ChildContext",
     "dashboard_deployment",
@@ -29,12 +34,7 @@ __all__ = [
 MANAGED_BY = "optuna-operator"
 TEMPLATE_HASH_LABEL = "optuna-operator.io/template-hash"
 STUDY_LABEL = "optuna-operator.io/study"
-WORKER_CONFIG_ENV = "OPTUNA_OPERATOR_WORKER_CONFIG"
-STORAGE_URL_ENV = "OPTUNA_STORAGE_URL"
 DASHBOARD_PORT = 8080
-# Worker exit codes that retrying cannot fix (see worker.main): fail the Job at once.
-EXIT_CONFIG_ERROR = 3
-EXIT_TOO_MANY_FAILURES = 4
 
 # Restricted Pod Security Standard, satisfied by default for every pod the operator makes.
 # uid 65532 is the worker image's user; it also lets root-based images (e.g. PyTorch's) run
@@ -97,7 +97,7 @@ def _metadata(study: TuningStudy, name: str, component: str) -> dict[str, Any]:
 
 def _storage_env(ctx: ChildContext) -> dict[str, Any]:
     return {
-        "name": STORAGE_URL_ENV,
+        "name": STORAGE_ENV,
         "valueFrom": {"secretKeyRef": {"name": ctx.storage_secret, "key": ctx.storage_key}},
     }
 
@@ -125,10 +125,10 @@ def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
     workers = study.spec.workers
     config = worker_config(study, ctx.deadline).to_wire()
     env: list[dict[str, Any]] = [
-        {"name": WORKER_CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
+        {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
         _storage_env(ctx),
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": POD_NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         *(workers.env or []),
     ]
     container: dict[str, Any] = {
@@ -199,7 +199,7 @@ def worker_job(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
                     "onExitCodes": {
                         "containerName": "worker",
                         "operator": "In",
-                        "values": [EXIT_CONFIG_ERROR, EXIT_TOO_MANY_FAILURES],
+                        "values": [int(ExitCode.CONFIG), int(ExitCode.TOO_MANY_FAILURES)],
                     },
                 },
                 # Preemption, eviction and scale-down are not the objective's fault.
@@ -226,7 +226,7 @@ def dashboard_deployment(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
         "image": dash.image or ctx.dashboard_image,
         "command": ["optuna-dashboard"],
         # $(VAR) is expanded by the kubelet: the URL stays out of every API object.
-        "args": ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT), f"$({STORAGE_URL_ENV})"],
+        "args": ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT), f"$({STORAGE_ENV})"],
         "env": [_storage_env(ctx)],
         "ports": [{"name": "http", "containerPort": DASHBOARD_PORT}],
         "readinessProbe": {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
@@ -18,13 +17,19 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.storages import RDBStorage
-from optuna.study import StudyDirection
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
-from optuna_operator.worker.storage import make_storage
-from optuna_operator.worker.trial_attrs import ERROR_ATTR
+from optuna_operator.contract import (
+    ERROR_ATTR,
+    STUDY_ATTR_PREFIX,
+    STUDY_START_TIME_ATTR,
+    from_optuna_direction,
+    heartbeat_storage,
+    redact,
+    to_optuna_direction,
+)
 
 __all__ = [
     "DirectionsMismatchError",
@@ -32,22 +37,9 @@ __all__ = [
     "StoreRegistry",
     "StudyHandle",
     "StudySummary",
-    "redact",
 ]
 
 log = logging.getLogger(__name__)
-
-ATTR_PREFIX = "optuna_operator:"
-START_TIME_ATTR = f"{ATTR_PREFIX}start_time"
-
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-
-
-def redact(message: str, url: str | None = None) -> str:
-    """Remove credentials from an error message before it reaches a log, event or status."""
-    if url:
-        message = message.replace(url, "<storage-url>")
-    return _URL_PASSWORD.sub(r"\1***@", message)
 
 
 class StorageError(Exception):
@@ -97,10 +89,6 @@ class _ScanCache:
     front: dict[int, tuple[int, tuple[float, ...]]] = field(default_factory=dict)
     # Params of finished trials never change: fetched once per front member.
     params: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-
-def _as_optuna(direction: Direction) -> StudyDirection:
-    return StudyDirection.MAXIMIZE if direction == Direction.MAXIMIZE else StudyDirection.MINIMIZE
 
 
 def _dominates(a: tuple[float, ...], b: tuple[float, ...], signs: tuple[int, ...]) -> bool:
@@ -208,10 +196,7 @@ class StoreRegistry:
             except KeyError:
                 study_id = self._create(storage, name, directions, metric_names, enqueue)
                 created = True
-            stored = tuple(
-                Direction.MAXIMIZE if d == StudyDirection.MAXIMIZE else Direction.MINIMIZE
-                for d in storage.get_study_directions(study_id)
-            )
+            stored = tuple(from_optuna_direction(d) for d in storage.get_study_directions(study_id))
             if stored != tuple(directions):
                 raise DirectionsMismatchError(
                     f"Optuna study {name!r} already exists with directions "
@@ -220,14 +205,14 @@ class StoreRegistry:
                 )
             system_attrs = storage.get_study_system_attrs(study_id)
             for key, value in attrs.items():
-                if system_attrs.get(ATTR_PREFIX + key) != value:
-                    storage.set_study_system_attr(study_id, ATTR_PREFIX + key, value)
-            start = system_attrs.get(START_TIME_ATTR)
+                if system_attrs.get(STUDY_ATTR_PREFIX + key) != value:
+                    storage.set_study_system_attr(study_id, STUDY_ATTR_PREFIX + key, value)
+            start = system_attrs.get(STUDY_START_TIME_ATTR)
             if start is None:
                 # A study made outside the operator: its time budget starts now, once, so the
                 # workers' deadline (part of their pod template) stays put.
                 start = datetime.now(UTC).isoformat()
-                storage.set_study_system_attr(study_id, START_TIME_ATTR, start)
+                storage.set_study_system_attr(study_id, STUDY_START_TIME_ATTR, start)
             start_time = datetime.fromisoformat(start)
         except SQLAlchemyError as exc:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
@@ -246,7 +231,7 @@ class StoreRegistry:
         study = optuna.create_study(
             storage=storage,
             study_name=name,
-            directions=[_as_optuna(d) for d in directions],
+            directions=[to_optuna_direction(d) for d in directions],
             load_if_exists=True,
         )
         if metric_names:
@@ -403,7 +388,7 @@ class StoreRegistry:
         with self._lock:
             key = (url, heartbeat_interval)
             if key not in self._heartbeat_storages:
-                self._heartbeat_storages[key] = make_storage(
+                self._heartbeat_storages[key] = heartbeat_storage(
                     url, heartbeat_interval, application_name="optuna-operator"
                 )
             storage = self._heartbeat_storages[key]

@@ -240,9 +240,11 @@ def test_killed_worker_trial_is_failed_and_retried(bench: Bench) -> None:
     budget = 60
     bench.create_study(["minimize"])
     config = bench.config(objective={"function": "objectives:quick"}, budget={"trials": budget})
-    slow = {"TRIAL_SECONDS": "0.3"}
-    victim = bench.start(config, name=f"{bench.study_name}-victim", env=slow)
-    survivors = [bench.start(config, env=slow) for _ in range(2)]
+    # The victim's trials outlast the test: the trial seen RUNNING below is still running
+    # when the SIGKILL lands (with short trials it could finish in between, a race that
+    # failed 2 runs in 7).
+    victim = bench.start(config, name=f"{bench.study_name}-victim", env={"TRIAL_SECONDS": "600"})
+    survivors = [bench.start(config, env={"TRIAL_SECONDS": "0.3"}) for _ in range(2)]
 
     def victim_running() -> FrozenTrial | None:
         # Running on the victim and past its suggest call, so the retry has params to copy.

@@ -7,8 +7,9 @@ from typing import Any
 
 from optuna_operator.api import BestTrial, TuningStudy
 from optuna_operator.conditions import set_condition
+from optuna_operator.contract import redact
 from optuna_operator.reconcile import JobState, decide_phase
-from optuna_operator.study_store import StudySummary, redact
+from optuna_operator.study_store import StudySummary
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 RUNNING_JOB = JobState(name="w", active=2, ready=2)

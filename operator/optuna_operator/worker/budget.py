@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from sqlalchemy import Engine, and_, exists, func, select
 
 from optuna_operator.api import Budget, Direction
-from optuna_operator.worker.trial_attrs import ERROR_ATTR
+from optuna_operator.contract import ERROR_ATTR
 
 __all__ = ["BudgetChecker", "StopReason", "TrialCounter"]
 

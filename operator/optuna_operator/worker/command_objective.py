@@ -22,6 +22,13 @@ from typing import IO, Any
 import optuna
 
 from optuna_operator.api import Parameter
+from optuna_operator.contract import (
+    ERROR_ATTR,
+    INTERRUPTED_ATTR,
+    STDERR_ATTR,
+    STORAGE_ENV_NAMES,
+    WORKER_ATTR,
+)
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.protocol import (
     ProtocolError,
@@ -35,13 +42,6 @@ from optuna_operator.worker.protocol import (
 )
 from optuna_operator.worker.search_space import sample
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
-from optuna_operator.worker.storage import STORAGE_ENV_NAMES
-from optuna_operator.worker.trial_attrs import (
-    ERROR_ATTR,
-    INTERRUPTED_ATTR,
-    STDERR_ATTR,
-    WORKER_ATTR,
-)
 
 __all__ = ["CommandObjective", "check_command"]
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import optuna
 
+from optuna_operator.contract import ERROR_ATTR, INTERRUPTED_ATTR, WORKER_ATTR
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
-from optuna_operator.worker.trial_attrs import ERROR_ATTR, INTERRUPTED_ATTR, WORKER_ATTR
 
 __all__ = ["FunctionObjective", "check_values", "load_function"]
 

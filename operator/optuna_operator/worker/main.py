@@ -11,15 +11,13 @@ from collections.abc import Callable
 from multiprocessing.queues import SimpleQueue
 
 import optuna
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from optuna_operator.worker.errors import ConfigError, ExitCode, TooManyFailures
+from optuna_operator.contract import STORAGE_ENV, ExitCode, redact
+from optuna_operator.worker.errors import ConfigError, TooManyFailures
 from optuna_operator.worker.gpus import assign_gpus, visible_gpus
 from optuna_operator.worker.runner import run_process
-from optuna_operator.worker.settings import STORAGE_ENV, WorkerSettings, read_settings
+from optuna_operator.worker.settings import WorkerSettings, read_settings
 from optuna_operator.worker.signals import StopSignal
-from optuna_operator.worker.storage import describe_url
 from optuna_operator.worker.termination import report_exit
 
 __all__ = ["main"]
@@ -145,12 +143,4 @@ def _configure_logging(tag: str) -> None:
 
 
 def _redact(text: str) -> str:
-    url = os.environ.get(STORAGE_ENV)
-    if not url:
-        return text
-    text = text.replace(url, describe_url(url))
-    try:
-        password = make_url(url).password
-    except ArgumentError:
-        password = None
-    return text.replace(password, "***") if password else text
+    return redact(text, os.environ.get(STORAGE_ENV))

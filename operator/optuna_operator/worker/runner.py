@@ -8,16 +8,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_operator.api import WorkerConfig
+from optuna_operator.contract import ERROR_ATTR, RETRY_OF_ATTR, ExitCode, describe_url
 from optuna_operator.worker.budget import BudgetChecker, TrialCounter
 from optuna_operator.worker.command_objective import CommandObjective, check_command
-from optuna_operator.worker.errors import ConfigError, ExitCode, TooManyFailures
+from optuna_operator.worker.errors import ConfigError, TooManyFailures
 from optuna_operator.worker.factory import build_pruner, build_sampler, describe
 from optuna_operator.worker.function_objective import FunctionObjective, load_function
 from optuna_operator.worker.seeding import process_seed
 from optuna_operator.worker.settings import WorkerSettings
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
-from optuna_operator.worker.storage import describe_url, load_study
-from optuna_operator.worker.trial_attrs import ERROR_ATTR, RETRY_OF_ATTR
+from optuna_operator.worker.storage import load_study
 
 __all__ = ["build_objective", "run_process"]
 

@@ -9,19 +9,16 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from optuna_operator.api import WorkerConfig
+from optuna_operator.contract import (
+    CONFIG_ENV,
+    INDEX_ENV,
+    POD_NAME_ENV,
+    POD_NAMESPACE_ENV,
+    STORAGE_ENV,
+)
 from optuna_operator.worker.errors import ConfigError
 
-__all__ = [
-    "CONFIG_ENV",
-    "INDEX_ENV",
-    "STORAGE_ENV",
-    "WorkerSettings",
-    "read_settings",
-]
-
-CONFIG_ENV = "OPTUNA_OPERATOR_WORKER_CONFIG"
-STORAGE_ENV = "OPTUNA_STORAGE_URL"
-INDEX_ENV = "OPTUNA_OPERATOR_WORKER_INDEX"
+__all__ = ["WorkerSettings", "read_settings"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ def read_settings(env: Mapping[str, str] = os.environ) -> WorkerSettings:
     return WorkerSettings(
         config=config,
         storage_url=url,
-        pod_name=env.get("POD_NAME", "") or os.uname().nodename,
-        namespace=env.get("POD_NAMESPACE", ""),
+        pod_name=env.get(POD_NAME_ENV, "") or os.uname().nodename,
+        namespace=env.get(POD_NAMESPACE_ENV, ""),
         worker_index=index,
     )
