@@ -9,6 +9,7 @@ import argparse
 import logging
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 __all__ = ["main"]
@@ -21,17 +22,17 @@ def _run(args: argparse.Namespace) -> int:
     from optuna_operator.handlers import build_registry
     from optuna_operator.logs import configure_logging
 
-    settings = settings_from_args(args)
+    # Replicas get distinct random priorities: the highest acts, the others stand by.
+    settings = replace(settings_from_args(args), peering_priority=random.randint(1, 2**30))
     configure_logging(settings.log_format)
     registry = build_registry(settings)
-    # Replicas get distinct random priorities: the highest acts, the others stand by.
     kopf.run(
         registry=registry,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         standalone=settings.peering is None,
         peering_name=settings.peering,
-        priority=random.randint(1, 2**30),
+        priority=settings.peering_priority,
         liveness_endpoint=settings.liveness_endpoint,
     )
     return 0

@@ -34,7 +34,9 @@ class Reason(StrEnum):
     WORKERS_RUNNING = "WorkersRunning"
     WORKERS_PENDING = "WorkersPending"
     WORKERS_STOPPED = "WorkersStopped"
+    WORKERS_CRASHING = "WorkersCrashing"
     JOB_FAILED = "JobFailed"
+    CHILD_REJECTED = "ChildRejected"
     # dashboard
     DASHBOARD_READY = "DashboardReady"
     DASHBOARD_PENDING = "DashboardPending"
@@ -46,6 +48,8 @@ class Reason(StrEnum):
     TIME_BUDGET_REACHED = "TimeBudgetReached"
     GOAL_REACHED = "GoalReached"
     TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
+    STUDY_DELETED = "StudyDeleted"
+    STUDY_RETAINED = "StudyRetained"
 
 
 def now_rfc3339() -> str:

@@ -36,6 +36,8 @@ class SecretKey:
 
 @dataclass(frozen=True)
 class OperatorSettings:
+    """How the operator runs, from flags and OPTUNA_OPERATOR_* variables."""
+
     namespaces: tuple[str, ...] = ()
     operator_namespace: str = "default"
     default_storage: SecretKey | None = None
@@ -44,6 +46,8 @@ class OperatorSettings:
     status_interval: float = 10.0
     log_format: str = "text"
     peering: str | None = "optuna-operator"
+    # This replica's kopf peering priority; the highest live one acts.
+    peering_priority: int = 0
     liveness_endpoint: str | None = None
     metrics_port: int | None = None
 

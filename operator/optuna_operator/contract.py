@@ -94,7 +94,12 @@ POOL_RECYCLE_SECONDS = 300
 CONNECT_TIMEOUT_SECONDS = 10
 
 
-def engine_kwargs(url: str, application_name: str, pool_size: int = 2) -> dict[str, Any]:
+def engine_kwargs(
+    url: str,
+    application_name: str,
+    pool_size: int = 2,
+    statement_timeout_ms: int | None = None,
+) -> dict[str, Any]:
     """SQLAlchemy engine settings for one process: a small pool, liveness checks, timeouts.
 
     Sized so workers x processes x (pool_size + 2) stays far below max_connections. A
@@ -121,6 +126,8 @@ def engine_kwargs(url: str, application_name: str, pool_size: int = 2) -> dict[s
             "keepalives_interval": 10,
             "keepalives_count": 3,
         }
+        if statement_timeout_ms is not None:
+            kwargs["connect_args"]["options"] = f"-c statement_timeout={statement_timeout_ms}"
     return kwargs
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client as k8s
@@ -28,6 +29,8 @@ _PATHS = {
 
 
 class Cluster:
+    """The reconciler's Kubernetes calls over one shared ApiClient."""
+
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.api = api_client
         self.core = k8s.CoreV1Api(api_client)
@@ -43,6 +46,16 @@ class Cluster:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        return self._call_with_status(method, path, body, query, content_type)[0]
+
+    def _call_with_status(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[Any, int]:
         method, url, headers, payload, _ = self.api.param_serialize(
             method=method,
             resource_path=path,
@@ -55,7 +68,7 @@ class Cluster:
         data = response.read()  # type: ignore[no-untyped-call]
         if response.status >= 400:
             raise ApiException(status=response.status, reason=response.reason, body=data)
-        return json.loads(data) if data else {}
+        return (json.loads(data) if data else {}), response.status
 
     @staticmethod
     def _path(kind: str, namespace: str, name: str | None = None) -> str:
@@ -63,16 +76,85 @@ class Cluster:
         path = f"{prefix}/namespaces/{namespace}/{plural}"
         return f"{path}/{name}" if name else path
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply: creates, or patches only the fields this operator owns."""
+    def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Server-side apply: creates, or patches only the fields this operator owns.
+        Returns the object as stored and whether this call created it."""
         meta = obj["metadata"]
-        result: dict[str, Any] = self._call(
+        result, status = self._call_with_status(
             "PATCH",
             self._path(obj["kind"], meta["namespace"], meta["name"]),
             body=obj,
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+        return result, status == 201
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch a TuningStudy's status subresource; returns the stored object."""
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            self._path("TuningStudy", namespace, name) + "/status",
+            body={"status": patch},
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    def set_finalizers(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str
+    ) -> dict[str, Any] | None:
+        """Replace a TuningStudy's finalizers, only if it is still at `resource_version`
+        (a merge patch replaces the whole list, so a concurrent change must be a conflict
+        rather than lost). None when the object is gone."""
+        try:
+            result: dict[str, Any] = self._call(
+                "PATCH",
+                self._path("TuningStudy", namespace, name),
+                body={"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    def post_event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str, count: int = 1
+    ) -> None:
+        """Record a core/v1 Event about a TuningStudy, as `kubectl describe` shows them."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion", API_VERSION),
+                "kind": involved.get("kind", "TuningStudy"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "count": count,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+        }
+        self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+
+    def get_cluster_object(self, path: str) -> dict[str, Any] | None:
+        """GET any object by its API path; None when it does not exist."""
+        try:
+            result: dict[str, Any] = self._call("GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
         return result
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -108,19 +190,6 @@ class Cluster:
                 return False
             raise
         return True
-
-    def annotate(self, kind: str, namespace: str, name: str, key: str, value: str) -> None:
-        """Merge-patch one annotation; an unchanged value is a no-op for the API server."""
-        try:
-            self._call(
-                "PATCH",
-                self._path(kind, namespace, name),
-                body={"metadata": {"annotations": {key: value}}},
-                content_type="application/merge-patch+json",
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
     def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """The decoded value, or None when the key is absent; raises 404 as ApiException."""

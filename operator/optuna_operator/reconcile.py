@@ -1,14 +1,23 @@
-"""Level-based reconcile: derive every child and the status from the spec and what is observed.
+"""Level-based reconcile of one TuningStudy, read top to bottom:
 
-One entry point, `Reconciler.reconcile`, runs on create, update, resume and a timer.
-Decisions that need no I/O (`decide_phase`, `status_for`) are pure functions.
+1. observe: the storage and the Optuna study (database), the worker Jobs and the dashboard
+   (from the watch caches the controller hands in, not from GETs);
+2. decide: `decide`, a pure function of spec + observations, says what each child should do
+   and when to look again;
+3. act: apply or delete exactly what the plan names; nothing is sent when nothing differs;
+4. status: `build_status`, a pure function, derives the status and the events.
+
+`Reconciler.reconcile` runs these four steps. The controller (controller.py) decides *when*
+it runs: on changes of the study or its children, and periodically only while work runs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -25,8 +34,9 @@ from optuna_operator.api import (
     TuningStudyStatus,
     WorkerCounts,
 )
-from optuna_operator.conditions import ConditionType, Reason, set_condition
+from optuna_operator.conditions import ConditionType, Reason, find, set_condition
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
+from optuna_operator.contract import ExitCode
 from optuna_operator.kube import Cluster
 from optuna_operator.study_store import (
     DirectionsMismatchError,
@@ -36,28 +46,48 @@ from optuna_operator.study_store import (
     StudySummary,
 )
 
-__all__ = ["Event", "JobState", "Outcome", "Reconciler", "decide_phase"]
+__all__ = [
+    "APPLIED_HASH_ANNOTATION",
+    "Children",
+    "Event",
+    "JobState",
+    "Observed",
+    "Outcome",
+    "Plan",
+    "Reconciler",
+    "StorageProblem",
+    "build_status",
+    "decide",
+    "decide_phase",
+]
 
 log = logging.getLogger(__name__)
 
-BEST_EVENT_MIN_INTERVAL = 60.0
+# The digest of the manifest last applied to a child: a child whose annotation matches the
+# desired manifest is not sent again (no PATCH per refresh).
+APPLIED_HASH_ANNOTATION = "optuna-operator.io/applied-hash"
+# Secret values read for storage URLs are reused this long: a rotated password reaches new
+# workers within a minute, and running studies do not GET a Secret on every refresh.
+SECRET_TTL_SECONDS = 60.0
+
+PhaseName = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+JobAction = Literal["none", "apply", "restart"]
+DashboardAction = Literal["none", "apply", "delete"]
 
 
 @dataclass(frozen=True)
 class Event:
+    """A Kubernetes Event to record on the TuningStudy."""
+
     type: str  # Normal | Warning
     reason: str
     message: str
 
 
-@dataclass
-class Outcome:
-    status: TuningStudyStatus
-    events: list[Event] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class JobState:
+    """What the reconcile needs of a worker Job."""
+
     name: str
     active: int = 0
     ready: int = 0
@@ -66,29 +96,16 @@ class JobState:
     complete: bool = False
     failed_reason: str | None = None
     failed_message: str | None = None
-
-
-PhaseName = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+    applied_hash: str | None = None
 
 
 @dataclass(frozen=True)
 class Phase:
+    """The study's phase with the reason and message its conditions carry."""
+
     phase: PhaseName
     reason: str
     message: str
-
-
-@dataclass
-class StatusDraft:
-    """The status being rebuilt in one reconcile; conditions carry its generation."""
-
-    status: TuningStudyStatus
-    generation: int | None
-
-    def set(self, type_: ConditionType, ok: bool | None, reason: str, message: str) -> None:
-        self.status.conditions = set_condition(
-            self.status.conditions, type_, ok, reason, message, self.generation
-        )
 
 
 @dataclass(frozen=True)
@@ -102,13 +119,82 @@ class StorageRef:
 
 
 class StorageProblem(Exception):
+    """The storage cannot be used for a reason the user can fix; shown as a condition."""
+
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
 
 
+@dataclass(frozen=True)
+class Children:
+    """The study's children as the controller's watch caches hold them."""
+
+    jobs: tuple[dict[str, Any], ...] = ()
+    dashboard: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything `decide` and `build_status` look at, gathered before any change."""
+
+    now: datetime
+    storage: StorageRef | None = None
+    storage_failure: tuple[str, str] | None = None  # reason, message
+    handle: StudyHandle | None = None
+    summary: StudySummary = field(default_factory=StudySummary)
+    job: JobState | None = None  # the Job with the desired template, if any
+    stale_jobs: tuple[str, ...] = ()  # worker Jobs of an older template
+    dashboard: dict[str, Any] | None = None
+    workers_message: str | None = None  # why worker pods last failed, when some did
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the act step does, decided once."""
+
+    phase: Phase
+    job: JobAction = "none"
+    delete_jobs: tuple[str, ...] = ()
+    dashboard: DashboardAction = "none"
+    fail_stale_trials: bool = False
+    importances: bool = False
+    # Seconds until the next periodic reconcile; None: only changes wake this study.
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Acted:
+    """What the act step found out: created children, the Job as applied, a refusal."""
+
+    job: JobState | None
+    job_created: bool = False
+    dashboard: dict[str, Any] | None = None
+    dashboard_created: bool = False
+    rejected: str | None = None  # the API server's message when it refused a child
+    importances: dict[str, float] | None = None
+    applied: tuple[dict[str, Any], ...] = ()  # objects as stored, for the watch caches
+    deleted: tuple[tuple[str, str], ...] = ()  # (kind, name)
+
+
+@dataclass
+class Outcome:
+    """The result of one reconcile: the new status, events, and when to come back."""
+
+    status: TuningStudyStatus
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    retry: bool = False  # something failed that a back-off retry may fix
+    applied: tuple[dict[str, Any], ...] = ()
+    deleted: tuple[tuple[str, str], ...] = ()
+
+
+# ---------------------------------------------------------------------- pure decisions
+
+
 def goal_reached(goal: float | None, direction: Direction, best: float | None) -> bool:
+    """Whether a best value meets the goal in the study's direction."""
     if goal is None or best is None:
         return False
     return best >= goal if direction == Direction.MAXIMIZE else best <= goal
@@ -166,7 +252,275 @@ def decide_phase(
     return Phase("Running", Reason.RUNNING, f"{job.ready} workers running")
 
 
-def _job_state(job: dict[str, Any]) -> JobState:
+def decide(
+    study: TuningStudy,
+    observed: Observed,
+    desired_job_hash: str,
+    desired_dashboard_hash: str,
+    interval: float,
+) -> Plan:
+    """What to do with each child, and when to look again. Pure: unit-tested without a
+    cluster. Called only when the storage and the study are usable."""
+    assert observed.handle is not None
+    job = observed.job
+    phase = decide_phase(study, observed.summary, job, observed.now, observed.handle.start_time)
+    finished = phase.phase in ("Succeeded", "Failed")
+
+    action: JobAction
+    if job is not None and job.failed_reason:
+        action = "none"  # the failure is the result; a spec change makes a new template
+    elif finished and (job is None or job.active == 0):
+        action = "none"  # bounded work is done: no new workers
+    elif job is not None and job.complete:
+        action = "restart"  # workers exited but the study is not done (e.g. budget raised)
+    elif job is None or job.applied_hash != desired_job_hash:
+        action = "apply"
+    else:
+        action = "none"
+
+    dashboard: DashboardAction = "none"
+    if not study.spec.dashboard.enabled:
+        dashboard = "delete" if observed.dashboard is not None else "none"
+    elif _applied_hash(observed.dashboard) != desired_dashboard_hash:
+        dashboard = "apply"
+
+    summary = observed.summary
+    workers_gone = job is None or job.active == 0
+    unfinished_trials = summary.running + summary.waiting > 0
+    # Periodic refresh only while something moves: workers run or are expected, or trials
+    # of killed workers still need failing. Idle studies wake only on changes.
+    busy = (
+        phase.phase in ("Running", "Pending")
+        or action != "none"
+        or bool(summary.running and workers_gone)
+    )
+    return Plan(
+        phase=phase,
+        job=action,
+        delete_jobs=observed.stale_jobs,
+        dashboard=dashboard,
+        fail_stale_trials=bool(summary.running) and workers_gone,
+        importances=phase.phase == "Succeeded"
+        and study.status.param_importances is None
+        and len(study.spec.directions) == 1,
+        requeue_after=interval if busy or (unfinished_trials and not finished) else None,
+    )
+
+
+def build_status(
+    study: TuningStudy, observed: Observed, plan: Plan, acted: Acted
+) -> tuple[TuningStudyStatus, list[Event]]:
+    """The new status and the events that go with it. Pure."""
+    generation = study.metadata.generation
+    old = study.status
+    status = old.model_copy(deep=True)
+    status.study_name = study.study_name
+    status.optuna_version = optuna.__version__
+    status.operator_version = OPERATOR_VERSION
+    status.observed_generation = generation
+    events: list[Event] = []
+
+    def set_(type_: ConditionType, ok: bool | None, reason: str, message: str) -> None:
+        status.conditions = set_condition(status.conditions, type_, ok, reason, message, generation)
+
+    handle, summary = observed.handle, observed.summary
+    assert handle is not None
+    if handle.created:
+        events.append(Event("Normal", Reason.STUDY_CREATED, f"Created Optuna study {handle.name}"))
+    set_(
+        ConditionType.STORAGE_READY,
+        True,
+        Reason.STUDY_READY,
+        f"Optuna study {handle.name} is ready",
+    )
+    status.start_time = status.start_time or handle.start_time
+
+    # Children
+    for name in plan.delete_jobs:
+        events.append(
+            Event("Normal", "ReplacingWorkers", f"Deleted Job {name}: the worker template changed")
+        )
+    job = acted.job
+    if plan.job == "restart" and observed.job is not None:
+        events.append(
+            Event("Normal", "RestartingWorkers", f"Deleted completed Job {observed.job.name}")
+        )
+    if acted.job_created and job is not None:
+        events.append(Event("Normal", "CreatedJob", f"Created Job {job.name}"))
+    _dashboard_status(study, acted, set_, status, events)
+
+    # Progress
+    budget = study.spec.budget.trials
+    status.trials = TrialCounts(
+        complete=summary.complete,
+        pruned=summary.pruned,
+        failed=summary.failed,
+        running=summary.running,
+        waiting=summary.waiting,
+        budget=budget,
+    )
+    status.progress = f"{summary.finished}/{budget}" if budget else str(summary.finished)
+    status.best_trial = summary.best
+    status.pareto_front = summary.pareto_front[:PARETO_FRONT_LIMIT] or None
+    status.workers = WorkerCounts(
+        active=job.active if job else 0,
+        succeeded=job.succeeded if job else 0,
+        failed=job.failed if job else 0,
+    )
+
+    # Phase and its conditions
+    phase = plan.phase
+    if acted.rejected is not None:
+        phase = Phase("Failed", Reason.CHILD_REJECTED, acted.rejected)
+    status.phase = phase.phase
+    suspend = study.spec.suspend
+    set_(
+        ConditionType.SUSPENDED,
+        suspend,
+        Reason.SUSPENDED if suspend else Reason.RUNNING,
+        "spec.suspend is true" if suspend else "Workers may run",
+    )
+    ready = job.ready if job else 0
+    workers_reason: str = Reason.WORKERS_PENDING
+    workers_message = f"{ready} of {study.spec.workers.parallelism} workers ready"
+    if acted.rejected is not None:
+        workers_reason, workers_message = Reason.CHILD_REJECTED, acted.rejected
+    elif ready > 0:
+        workers_reason = Reason.WORKERS_RUNNING
+    elif phase.phase in ("Succeeded", "Failed", "Suspended"):
+        workers_reason = Reason.WORKERS_STOPPED
+    elif job is not None and job.failed > 0:
+        workers_reason = Reason.WORKERS_CRASHING
+        workers_message = f"{job.failed} worker pods failed and are restarted by the Job" + (
+            f"; last: {observed.workers_message}" if observed.workers_message else ""
+        )
+    set_(ConditionType.WORKERS_READY, ready > 0, workers_reason, workers_message)
+    if phase.phase == "Pending" and workers_reason == Reason.WORKERS_CRASHING:
+        phase = Phase("Pending", Reason.WORKERS_CRASHING, workers_message)
+    succeeded, failed = phase.phase == "Succeeded", phase.phase == "Failed"
+    set_(
+        ConditionType.SUCCEEDED,
+        succeeded,
+        phase.reason if succeeded else Reason.RUNNING,
+        phase.message if succeeded else "The study has not finished",
+    )
+    set_(
+        ConditionType.FAILED,
+        failed,
+        phase.reason if failed else Reason.RUNNING,
+        phase.message if failed else "No failure",
+    )
+    if succeeded or failed:
+        status.completion_time = status.completion_time or observed.now
+    else:
+        status.completion_time = None
+    if acted.importances is not None:
+        status.param_importances = acted.importances
+    if phase.phase != old.phase and (succeeded or failed):
+        events.append(Event("Normal" if succeeded else "Warning", phase.phase, phase.message))
+    elif acted.rejected is not None and _reason_changed(old, ConditionType.FAILED, phase.reason):
+        events.append(Event("Warning", phase.reason, phase.message))
+    best = summary.best
+    previous_best = old.best_trial.number if old.best_trial else None
+    if best is not None and len(study.spec.directions) == 1 and best.number != previous_best:
+        events.append(
+            Event(
+                "Normal",
+                "NewBestTrial",
+                f"Trial {best.number} is the best so far: {best.values[0]:.6g}",
+            )
+        )
+    return status, events
+
+
+def storage_failure_status(
+    study: TuningStudy, reason: str, message: str
+) -> tuple[TuningStudyStatus, list[Event]]:
+    """Status when the storage or the study cannot be used: everything else is kept."""
+    generation = study.metadata.generation
+    status = study.status.model_copy(deep=True)
+    status.conditions = set_condition(
+        status.conditions, ConditionType.STORAGE_READY, False, reason, message, generation
+    )
+    status.phase = status.phase or "Pending"
+    status.observed_generation = generation
+    status.study_name = study.study_name
+    events = []
+    if _reason_changed(study.status, ConditionType.STORAGE_READY, reason, "False"):
+        events.append(Event("Warning", reason, message))
+    return status, events
+
+
+def _dashboard_status(
+    study: TuningStudy,
+    acted: Acted,
+    set_: Any,
+    status: TuningStudyStatus,
+    events: list[Event],
+) -> None:
+    ns, name = study.metadata.namespace, manifests.dashboard_name(study)
+    if not study.spec.dashboard.enabled:
+        status.dashboard = None
+        set_(
+            ConditionType.DASHBOARD_AVAILABLE,
+            False,
+            Reason.DASHBOARD_DISABLED,
+            "spec.dashboard.enabled is false",
+        )
+        return
+    if acted.dashboard_created:
+        events.append(Event("Normal", "CreatedDashboard", f"Created Deployment and Service {name}"))
+    url = f"http://{name}.{ns}.svc:{manifests.DASHBOARD_PORT}"
+    status.dashboard = DashboardStatus(service=name, url=url)
+    available = (((acted.dashboard or {}).get("status") or {}).get("availableReplicas") or 0) > 0
+    if available:
+        set_(
+            ConditionType.DASHBOARD_AVAILABLE,
+            True,
+            Reason.DASHBOARD_READY,
+            f"Dashboard at {url} (kubectl port-forward svc/{name} 8080)",
+        )
+    else:
+        set_(
+            ConditionType.DASHBOARD_AVAILABLE,
+            False,
+            Reason.DASHBOARD_PENDING,
+            f"Waiting for Deployment {name} to become available",
+        )
+
+
+def _reason_changed(
+    status: TuningStudyStatus, type_: str, reason: str, expected_status: str = "True"
+) -> bool:
+    old = find(status.conditions, type_)
+    return old is None or old.reason != reason or old.status != expected_status
+
+
+# ---------------------------------------------------------------------- observations
+
+
+def manifest_hash(obj: dict[str, Any]) -> str:
+    """A short digest of a manifest, stored on the child as APPLIED_HASH_ANNOTATION."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _with_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    digest = manifest_hash(obj)
+    metadata = {**obj["metadata"]}
+    metadata["annotations"] = {**metadata.get("annotations", {}), APPLIED_HASH_ANNOTATION: digest}
+    return {**obj, "metadata": metadata}
+
+
+def _applied_hash(obj: dict[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    value = annotations.get(APPLIED_HASH_ANNOTATION)
+    return str(value) if value is not None else None
+
+
+def job_state(job: dict[str, Any]) -> JobState:
+    """The fields of a Job object the reconcile acts on."""
     status = job.get("status") or {}
     conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
     failed = conditions.get("Failed")
@@ -179,33 +533,57 @@ def _job_state(job: dict[str, Any]) -> JobState:
         complete="Complete" in conditions,
         failed_reason=failed.get("reason", "Failed") if failed else None,
         failed_message=failed.get("message", "") if failed else None,
+        applied_hash=_applied_hash(job),
     )
 
 
-def _termination_message(pods: list[dict[str, Any]]) -> str | None:
-    """The most recent worker error, as the kubelet copied it into the pod status."""
-    messages = []
+def termination_message(pods: list[dict[str, Any]]) -> str | None:
+    """The most recent worker failure: exit code, kubelet reason and the last line the
+    worker printed (the kubelet copies it into the pod status)."""
+    failures = []
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if term.get("exitCode") and term.get("message"):
-                messages.append((str(term.get("finishedAt") or ""), str(term["message"]).strip()))
-    if not messages:
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                term = state.get("terminated") or {}
+                code = term.get("exitCode")
+                if not code:
+                    continue
+                text = str(term.get("message") or "").strip()
+                last_line = text.splitlines()[-1] if text else ""
+                try:
+                    meaning = ExitCode(code).name.lower().replace("_", " ")
+                except ValueError:
+                    meaning = f"signal {code - 128}" if code > 128 else "error"
+                detail = f"exit code {code} ({meaning}"
+                detail += f", {term['reason']})" if term.get("reason") else ")"
+                failures.append(
+                    (str(term.get("finishedAt") or ""), f"{detail}: {last_line}"[:500].rstrip(": "))
+                )
+    if not failures:
         return None
-    last_line: str = sorted(messages)[-1][1].splitlines()[-1]
-    return last_line[:500]
+    return sorted(failures)[-1][1]
+
+
+# ---------------------------------------------------------------------- the reconciler
 
 
 class Reconciler:
+    """Runs observe -> decide -> act -> status for one study at a time; holds the clients
+    and the small caches shared across studies (safe under concurrent reconciles)."""
+
     def __init__(self, cluster: Cluster, stores: StoreRegistry, settings: OperatorSettings) -> None:
         self.cluster = cluster
         self.stores = stores
         self.settings = settings
-        self._last_best: dict[str, tuple[int, float]] = {}
+        # (namespace, name, key) -> (value, read at monotonic time)
+        self._secrets: dict[tuple[str, str, str], tuple[str | None, float]] = {}
+        # (namespace, secret name) -> digest of the storage Secret copy last applied
+        self._secret_copies: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ storage
 
     def resolve_storage(self, study: TuningStudy) -> StorageRef:
+        """The storage URL of a study and the Secret its pods read it from."""
         namespace = study.metadata.namespace
         if study.spec.storage is not None:
             ref = study.spec.storage.secret_ref
@@ -222,16 +600,24 @@ class Reconciler:
         return StorageRef(f"{study.metadata.name}-storage", default.key, url, True)
 
     def _read_secret(self, namespace: str, name: str, key: str) -> str:
-        try:
-            value = self.cluster.read_secret_value(namespace, name, key)
-        except ApiException as exc:
-            if exc.status in (403, 404):
-                raise StorageProblem(
-                    Reason.SECRET_NOT_FOUND,
-                    f"Secret {name} not found in namespace {namespace}; create it with key "
-                    f"{key!r} holding the storage URL",
-                ) from None
-            raise
+        cache_key = (namespace, name, key)
+        cached = self._secrets.get(cache_key)
+        if cached is not None and time.monotonic() - cached[1] < SECRET_TTL_SECONDS:
+            value = cached[0]
+        else:
+            try:
+                value = self.cluster.read_secret_value(namespace, name, key)
+            except ApiException as exc:
+                if exc.status in (403, 404):
+                    self._secrets.pop(cache_key, None)
+                    raise StorageProblem(
+                        Reason.SECRET_NOT_FOUND,
+                        f"Secret {name} not found in namespace {namespace}; create it with key "
+                        f"{key!r} holding the storage URL",
+                    ) from None
+                raise
+            if value:  # a missing key is looked up again next time: the user may add it
+                self._secrets[cache_key] = (value, time.monotonic())
         if not value:
             raise StorageProblem(
                 Reason.SECRET_KEY_MISSING,
@@ -240,264 +626,186 @@ class Reconciler:
             )
         return value
 
-    # ------------------------------------------------------------------ main loop
+    def forget(self, study: TuningStudy) -> None:
+        """Drop what is cached for a deleted study."""
+        ns = study.metadata.namespace
+        self._secret_copies.pop((ns, f"{study.metadata.name}-storage"), None)
+        self.stores.forget(study.study_name)
 
-    def reconcile(self, study: TuningStudy, now: datetime | None = None) -> Outcome:
+    # ------------------------------------------------------------------ the four steps
+
+    def reconcile(
+        self, study: TuningStudy, children: Children, now: datetime | None = None
+    ) -> Outcome:
+        """Observe, decide, act, and build the status of one study."""
         now = now or datetime.now(UTC)
-        generation = study.metadata.generation
-        draft = StatusDraft(study.status.model_copy(deep=True), generation)
-        status = draft.status
-        status.study_name = study.study_name
-        status.optuna_version = optuna.__version__
-        status.operator_version = OPERATOR_VERSION
-        events: list[Event] = []
-
         try:
-            storage = self.resolve_storage(study)
-            handle = self.stores.ensure_study(
-                storage.url,
-                study.study_name,
-                list(study.spec.directions),
-                study.spec.metric_names,
-                study.spec.enqueue_trials,
-                {
-                    "generation": generation,
-                    "operator_version": OPERATOR_VERSION,
-                    "optuna_version": optuna.__version__,
-                },
-            )
-            summary = self.stores.summarize(storage.url, handle)
+            observed = self.observe(study, children, now)
         except (StorageProblem, StorageError, DirectionsMismatchError) as exc:
             reason, message = _storage_failure(exc)
-            draft.set(ConditionType.STORAGE_READY, False, reason, message)
-            if status.phase is None:
-                status.phase = "Pending"
-            status.observed_generation = generation
-            if _changed_reason(study.status, ConditionType.STORAGE_READY, reason):
-                events.append(Event("Warning", reason, message))
-            return Outcome(status, events)
-
-        if handle.created:
-            events.append(
-                Event("Normal", Reason.STUDY_CREATED, f"Created Optuna study {handle.name}")
-            )
-        draft.set(
-            ConditionType.STORAGE_READY,
-            True,
-            Reason.STUDY_READY,
-            f"Optuna study {handle.name} is ready",
+            status, events = storage_failure_status(study, reason, message)
+            return Outcome(status, events, retry=True)
+        assert observed.storage is not None and observed.handle is not None
+        ctx = self._child_context(study, observed.storage, observed.handle)
+        desired_job = _with_hash(manifests.worker_job(study, ctx))
+        desired_dashboard = _with_hash(manifests.dashboard_deployment(study, ctx))
+        plan = decide(
+            study,
+            observed,
+            _applied_hash(desired_job) or "",
+            _applied_hash(desired_dashboard) or "",
+            self.settings.status_interval,
         )
-        status.start_time = status.start_time or handle.start_time
+        acted = self.act(study, observed, plan, desired_job, desired_dashboard)
+        status, events = build_status(study, observed, plan, acted)
+        return Outcome(
+            status,
+            events,
+            requeue_after=plan.requeue_after,
+            retry=acted.rejected is not None,
+            applied=acted.applied,
+            deleted=acted.deleted,
+        )
 
+    def observe(self, study: TuningStudy, children: Children, now: datetime) -> Observed:
+        """Read the database and the cached children; raises on storage problems."""
+        storage = self.resolve_storage(study)
+        handle = self.stores.ensure_study(
+            storage.url,
+            study.study_name,
+            list(study.spec.directions),
+            study.spec.metric_names,
+            study.spec.enqueue_trials,
+            {
+                "generation": study.metadata.generation,
+                "operator_version": OPERATOR_VERSION,
+                "optuna_version": optuna.__version__,
+            },
+        )
+        summary = self.stores.summarize(storage.url, handle)
         ctx = self._child_context(study, storage, handle)
-        job = self._reconcile_workers(study, ctx, storage, handle, summary, now, events)
-        if summary.running and (job is None or job.active == 0):
-            # Trials of killed workers stay RUNNING until someone fails them; the next
-            # refresh shows them failed and their parameters queued again.
+        desired_name = manifests.worker_job(study, ctx)["metadata"]["name"]
+        current: JobState | None = None
+        stale = []
+        for job in children.jobs:
+            if job["metadata"].get("deletionTimestamp"):
+                continue
+            if job["metadata"]["name"] == desired_name:
+                current = job_state(job)
+            else:
+                stale.append(job["metadata"]["name"])
+        workers_message = None
+        if current is not None and (current.failed_reason or current.failed):
+            pods = self.cluster.list_pods(
+                study.metadata.namespace, f"batch.kubernetes.io/job-name={current.name}"
+            )
+            workers_message = termination_message(pods)
+            if current.failed_reason:
+                current = replace(current, failed_message=workers_message or current.failed_message)
+        return Observed(
+            now=now,
+            storage=storage,
+            handle=handle,
+            summary=summary,
+            job=current,
+            stale_jobs=tuple(sorted(stale)),
+            dashboard=children.dashboard,
+            workers_message=workers_message,
+        )
+
+    def act(
+        self,
+        study: TuningStudy,
+        observed: Observed,
+        plan: Plan,
+        desired_job: dict[str, Any],
+        desired_dashboard: dict[str, Any],
+    ) -> Acted:
+        """Apply or delete what the plan names; a child the API server refuses is reported,
+        not raised, so the status can say why at once."""
+        ns = study.metadata.namespace
+        assert observed.storage is not None and observed.handle is not None
+        applied: list[dict[str, Any]] = []
+        deleted: list[tuple[str, str]] = []
+        for name in plan.delete_jobs:
+            self.cluster.delete("Job", ns, name)
+            deleted.append(("Job", name))
+        job, job_created, rejected = observed.job, False, None
+        if plan.job == "restart" and job is not None:
+            self.cluster.delete("Job", ns, job.name)
+            deleted.append(("Job", job.name))
+            job = None
+        elif plan.job == "apply":
+            try:
+                self._apply_storage_copy(study, observed.storage)
+                stored, job_created = self.cluster.apply(desired_job)
+                applied.append(stored)
+                job = job_state(stored)
+            except ApiException as exc:
+                rejected = _refusal(exc, desired_job)
+        dashboard, dashboard_created = observed.dashboard, False
+        name = manifests.dashboard_name(study)
+        if plan.dashboard == "delete":
+            self.cluster.delete("Deployment", ns, name)
+            self.cluster.delete("Service", ns, name)
+            deleted.append(("Deployment", name))
+            dashboard = None
+        elif plan.dashboard == "apply" and rejected is None:
+            try:
+                self._apply_storage_copy(study, observed.storage)
+                dashboard, dashboard_created = self.cluster.apply(desired_dashboard)
+                self.cluster.apply(manifests.dashboard_service(study))
+                applied.append(dashboard)
+            except ApiException as exc:
+                rejected = _refusal(exc, desired_dashboard)
+        if plan.fail_stale_trials:
             try:
                 self.stores.fail_stale_trials(
-                    storage.url, handle.name, study.spec.workers.heartbeat_interval_seconds
+                    observed.storage.url,
+                    observed.handle.name,
+                    study.spec.workers.heartbeat_interval_seconds,
                 )
             except StorageError as exc:  # the next refresh tries again
-                log.warning("Could not fail stale trials of %s: %s", handle.name, exc)
-        phase = decide_phase(study, summary, job, now, handle.start_time)
-        self._reconcile_dashboard(study, ctx, draft, events)
-        self._write_progress(study, status, summary, job)
-        self._write_phase(study, draft, phase, events, storage, job)
-        self._best_trial_event(study, summary, events)
-        status.observed_generation = generation
-        return Outcome(status, events)
+                log.warning("Could not fail stale trials of %s: %s", observed.handle.name, exc)
+        importances = self._importances(observed.storage, study) if plan.importances else None
+        return Acted(
+            job=job,
+            job_created=job_created,
+            dashboard=dashboard,
+            dashboard_created=dashboard_created,
+            rejected=rejected,
+            importances=importances,
+            applied=tuple(applied),
+            deleted=tuple(deleted),
+        )
 
-    # ------------------------------------------------------------------ children
+    # ------------------------------------------------------------------ helpers
 
     def _child_context(
         self, study: TuningStudy, storage: StorageRef, handle: StudyHandle
     ) -> manifests.ChildContext:
         timeout = study.spec.budget.timeout_seconds
+        start = handle.start_time
         return manifests.ChildContext(
             storage_secret=storage.secret,
             storage_key=storage.key,
             worker_image=self.settings.worker_image,
             dashboard_image=self.settings.dashboard_image,
-            deadline=handle.start_time + timedelta(seconds=timeout) if timeout else None,
+            deadline=start + timedelta(seconds=timeout) if timeout else None,
         )
 
-    def _reconcile_workers(
-        self,
-        study: TuningStudy,
-        ctx: manifests.ChildContext,
-        storage: StorageRef,
-        handle: StudyHandle,
-        summary: StudySummary,
-        now: datetime,
-        events: list[Event],
-    ) -> JobState | None:
-        ns = study.metadata.namespace
-        if storage.copy_from_default:
-            self.cluster.apply(manifests.storage_secret_copy(study, storage.key, storage.url))
-        desired = manifests.worker_job(study, ctx)
-        desired_name = desired["metadata"]["name"]
-        selector = (
-            f"{manifests.STUDY_LABEL}={study.metadata.name},app.kubernetes.io/component=worker"
-        )
-        current: dict[str, Any] | None = None
-        for job in self.cluster.list_objects("Job", ns, selector):
-            if job["metadata"]["name"] == desired_name and not job["metadata"].get(
-                "deletionTimestamp"
-            ):
-                current = job
-            elif not job["metadata"].get("deletionTimestamp"):
-                # The pod template changed (objective, image...): old workers make way.
-                self.cluster.delete("Job", ns, job["metadata"]["name"])
-                events.append(
-                    Event(
-                        "Normal",
-                        "ReplacingWorkers",
-                        f"Deleted Job {job['metadata']['name']}: the worker template changed",
-                    )
-                )
-        state = _job_state(current) if current else None
-        provisional = decide_phase(study, summary, state, now, handle.start_time)
-        if state is not None and state.failed_reason:
-            pods = self.cluster.list_pods(ns, f"batch.kubernetes.io/job-name={state.name}")
-            message = _termination_message(pods) or state.failed_message
-            return JobState(**{**state.__dict__, "failed_message": message})
-        if provisional.phase in ("Succeeded", "Failed") and (state is None or state.active == 0):
-            return state  # bounded work is done: no new workers
-        if state is not None and state.complete:
-            # Workers exited but the study is not done (e.g. the budget was raised).
-            self.cluster.delete("Job", ns, state.name)
-            events.append(
-                Event("Normal", "RestartingWorkers", f"Deleted completed Job {state.name}")
-            )
-            return None
-        applied = self.cluster.apply(desired)
-        if current is None:
-            events.append(Event("Normal", "CreatedJob", f"Created Job {desired_name}"))
-        return _job_state(applied)
-
-    def _reconcile_dashboard(
-        self,
-        study: TuningStudy,
-        ctx: manifests.ChildContext,
-        draft: StatusDraft,
-        events: list[Event],
-    ) -> None:
-        ns, name = study.metadata.namespace, manifests.dashboard_name(study)
-        if not study.spec.dashboard.enabled:
-            self.cluster.delete("Deployment", ns, name)
-            self.cluster.delete("Service", ns, name)
-            draft.status.dashboard = None
-            draft.set(
-                ConditionType.DASHBOARD_AVAILABLE,
-                False,
-                Reason.DASHBOARD_DISABLED,
-                "spec.dashboard.enabled is false",
-            )
+    def _apply_storage_copy(self, study: TuningStudy, storage: StorageRef) -> None:
+        """Copy the default storage URL into the study's namespace, when it changed."""
+        if not storage.copy_from_default:
             return
-        existed = self.cluster.get("Deployment", ns, name) is not None
-        deployment = self.cluster.apply(manifests.dashboard_deployment(study, ctx))
-        self.cluster.apply(manifests.dashboard_service(study))
-        if not existed:
-            events.append(
-                Event("Normal", "CreatedDashboard", f"Created Deployment and Service {name}")
-            )
-        url = f"http://{name}.{ns}.svc:{manifests.DASHBOARD_PORT}"
-        draft.status.dashboard = DashboardStatus(service=name, url=url)
-        available = ((deployment.get("status") or {}).get("availableReplicas") or 0) > 0
-        if available:
-            draft.set(
-                ConditionType.DASHBOARD_AVAILABLE,
-                True,
-                Reason.DASHBOARD_READY,
-                f"Dashboard at {url} (kubectl port-forward svc/{name} 8080)",
-            )
-        else:
-            draft.set(
-                ConditionType.DASHBOARD_AVAILABLE,
-                False,
-                Reason.DASHBOARD_PENDING,
-                f"Waiting for Deployment {name} to become available",
-            )
-
-    # ------------------------------------------------------------------ status
-
-    @staticmethod
-    def _write_progress(
-        study: TuningStudy, status: TuningStudyStatus, summary: StudySummary, job: JobState | None
-    ) -> None:
-        budget = study.spec.budget.trials
-        status.trials = TrialCounts(
-            complete=summary.complete,
-            pruned=summary.pruned,
-            failed=summary.failed,
-            running=summary.running,
-            waiting=summary.waiting,
-            budget=budget,
-        )
-        status.progress = f"{summary.finished}/{budget}" if budget else str(summary.finished)
-        status.best_trial = summary.best
-        status.pareto_front = summary.pareto_front[:PARETO_FRONT_LIMIT] or None
-        status.workers = WorkerCounts(
-            active=job.active if job else 0,
-            succeeded=job.succeeded if job else 0,
-            failed=job.failed if job else 0,
-        )
-
-    def _write_phase(
-        self,
-        study: TuningStudy,
-        draft: StatusDraft,
-        phase: Phase,
-        events: list[Event],
-        storage: StorageRef,
-        job: JobState | None,
-    ) -> None:
-        status = draft.status
-        previous = study.status.phase
-        status.phase = phase.phase
-        draft.set(
-            ConditionType.SUSPENDED,
-            study.spec.suspend,
-            Reason.SUSPENDED if study.spec.suspend else Reason.RUNNING,
-            "spec.suspend is true" if study.spec.suspend else "Workers may run",
-        )
-        running = job is not None and job.ready > 0
-        draft.set(
-            ConditionType.WORKERS_READY,
-            running,
-            Reason.WORKERS_RUNNING
-            if running
-            else Reason.WORKERS_STOPPED
-            if phase.phase in ("Succeeded", "Failed", "Suspended")
-            else Reason.WORKERS_PENDING,
-            f"{job.ready if job else 0} of {study.spec.workers.parallelism} workers ready",
-        )
-        succeeded, failed = phase.phase == "Succeeded", phase.phase == "Failed"
-        draft.set(
-            ConditionType.SUCCEEDED,
-            succeeded,
-            phase.reason if succeeded else Reason.RUNNING,
-            phase.message if succeeded else "The study has not finished",
-        )
-        draft.set(
-            ConditionType.FAILED,
-            failed,
-            phase.reason if failed else Reason.RUNNING,
-            phase.message if failed else "No failure",
-        )
-        if phase.phase in ("Succeeded", "Failed"):
-            status.completion_time = status.completion_time or datetime.now(UTC)
-        else:
-            status.completion_time = None
-        if phase.phase != previous and phase.phase in ("Succeeded", "Failed"):
-            events.append(Event("Normal" if succeeded else "Warning", phase.phase, phase.message))
-            if succeeded and status.param_importances is None:
-                status.param_importances = self._importances(storage, study)
+        secret = manifests.storage_secret_copy(study, storage.key, storage.url)
+        digest = manifest_hash(secret)
+        key = (study.metadata.namespace, storage.secret)
+        if self._secret_copies.get(key) != digest:
+            self.cluster.apply(secret)
+            self._secret_copies[key] = digest
 
     def _importances(self, storage: StorageRef, study: TuningStudy) -> dict[str, float] | None:
-        if len(study.spec.directions) != 1:
-            return None
         try:
             return self.stores.param_importances(storage.url, study.study_name) or None
         except Exception as exc:  # importance is a courtesy; never fail the study for it
@@ -508,31 +816,22 @@ class Reconciler:
             )
             return None
 
-    def _best_trial_event(
-        self, study: TuningStudy, summary: StudySummary, events: list[Event]
-    ) -> None:
-        best = summary.best
-        if best is None or len(study.spec.directions) != 1:
-            return
-        key = study.metadata.uid or study.study_name
-        last = self._last_best.get(key)
-        now = time.monotonic()
-        if last is not None and (last[0] == best.number or now - last[1] < BEST_EVENT_MIN_INTERVAL):
-            return
-        self._last_best[key] = (best.number, now)
-        events.append(
-            Event(
-                "Normal",
-                "NewBestTrial",
-                f"Trial {best.number} is the best so far: {best.values[0]:.6g}",
-            )
-        )
-
-    # ------------------------------------------------------------------ deletion
-
     def delete_study(self, study: TuningStudy) -> bool:
+        """Delete the Optuna study (deletionPolicy Delete); False when it did not exist."""
         storage = self.resolve_storage(study)
         return self.stores.delete_study(storage.url, study.study_name)
+
+
+def _refusal(exc: ApiException, obj: dict[str, Any]) -> str:
+    """The API server's reason for refusing a child, as a sentence for the status; errors
+    that are not a refusal of this object (5xx, timeouts) are raised on."""
+    if exc.status not in (400, 403, 404, 409, 422):
+        raise exc
+    try:
+        detail = json.loads(exc.body or b"{}").get("message") or exc.reason
+    except (ValueError, AttributeError):
+        detail = exc.reason
+    return f"The API server refused {obj['kind']} {obj['metadata']['name']}: {detail}"[:1000]
 
 
 def _storage_failure(exc: Exception) -> tuple[str, str]:
@@ -541,8 +840,3 @@ def _storage_failure(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, DirectionsMismatchError):
         return Reason.DIRECTIONS_MISMATCH, str(exc)
     return Reason.STORAGE_UNREACHABLE, f"Cannot use the storage: {exc}"
-
-
-def _changed_reason(status: TuningStudyStatus, type_: str, reason: str) -> bool:
-    old = next((c for c in status.conditions if c.type == type_), None)
-    return old is None or old.reason != reason or old.status != "False"

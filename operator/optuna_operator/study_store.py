@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import json_to_distribution
 from optuna.storages import RDBStorage
-from sqlalchemy import text
+from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
@@ -25,6 +26,7 @@ from optuna_operator.contract import (
     ERROR_ATTR,
     STUDY_ATTR_PREFIX,
     STUDY_START_TIME_ATTR,
+    engine_kwargs,
     from_optuna_direction,
     heartbeat_storage,
     redact,
@@ -40,6 +42,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+# Reconciles run on a thread pool; each holds at most one connection at a time.
+OPERATOR_POOL_SIZE = 4
+# A statement that takes longer is a database in trouble: fail the refresh, not hang it.
+STATEMENT_TIMEOUT_MS = 30_000
 
 
 class StorageError(Exception):
@@ -130,12 +138,34 @@ def _merge_front(
     return _non_dominated({**front, **_non_dominated(fresh, signs)}, signs)
 
 
+def _trial_params(conn: Connection, trial_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Parameters of finished trials in their external form, read on the caller's
+    connection (Optuna's get_trial_params would take a second one from the pool)."""
+    rows = conn.execute(
+        text(
+            "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
+            "WHERE trial_id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True)),
+        {"ids": trial_ids},
+    ).all()
+    params: dict[int, dict[str, Any]] = {tid: {} for tid in trial_ids}
+    for trial_id, name, value, distribution in rows:
+        dist = json_to_distribution(distribution)
+        params[trial_id][name] = dist.to_external_repr(value)
+    return params
+
+
 def _state_name(state: object) -> str:
     return str(state).rsplit(".", 1)[-1].lower()
 
 
 class StoreRegistry:
-    """One RDBStorage (and connection pool) per storage URL, shared by all studies on it."""
+    """One RDBStorage (and connection pool) per storage URL, shared by all studies on it.
+
+    Safe under concurrent reconciles: no I/O happens under the registry-wide lock (a
+    storage that hangs must not stall studies on other storages), and each study's scan
+    cache has a lock of its own.
+    """
 
     def __init__(self) -> None:
         self._storages: dict[str, RDBStorage] = {}
@@ -145,33 +175,68 @@ class StoreRegistry:
         self._handles: dict[tuple[str, str], tuple[StudyHandle, dict[str, Any]]] = {}
         # Storages with heartbeats, for failing stale trials; one per URL and interval.
         self._heartbeat_storages: dict[tuple[str, int], RDBStorage] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts above and the lock tables below
+        self._url_locks: dict[str, threading.Lock] = {}
+        self._scan_locks: dict[tuple[str, int], threading.Lock] = {}
+
+    def _url_lock(self, url: str) -> threading.Lock:
+        with self._lock:
+            return self._url_locks.setdefault(url, threading.Lock())
+
+    def _scan(self, url: str, study_id: int) -> tuple[_ScanCache, threading.Lock]:
+        with self._lock:
+            key = (url, study_id)
+            return (
+                self._scans.setdefault(key, _ScanCache()),
+                self._scan_locks.setdefault(key, threading.Lock()),
+            )
 
     def storage(self, url: str) -> RDBStorage:
+        """The shared storage of `url`, created (connecting once) on first use."""
         with self._lock:
-            if url not in self._storages:
-                try:
-                    self._storages[url] = RDBStorage(
+            existing = self._storages.get(url)
+        if existing is not None:
+            return existing
+        # Creating an RDBStorage connects and checks the schema: under this URL's lock only.
+        with self._url_lock(url):
+            with self._lock:
+                existing = self._storages.get(url)
+            if existing is not None:
+                return existing
+            try:
+                storage = RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs(
                         url,
-                        engine_kwargs={
-                            # Postgres drops idle connections; Optuna only sets this for MySQL.
-                            "pool_pre_ping": True,
-                            "pool_recycle": 300,
-                            "pool_size": 2,
-                            "max_overflow": 3,
-                        },
-                    )
-                except (SQLAlchemyError, ValueError, ImportError) as exc:
-                    raise StorageError(redact(str(exc).splitlines()[0], url)) from None
-            return self._storages[url]
+                        "optuna-operator",
+                        pool_size=OPERATOR_POOL_SIZE,
+                        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                    ),
+                )
+            except (SQLAlchemyError, ValueError, ImportError) as exc:
+                raise StorageError(redact(str(exc).splitlines()[0], url)) from None
+            with self._lock:
+                self._storages[url] = storage
+            return storage
 
     def close(self) -> None:
+        """Close every pool."""
         with self._lock:
-            for storage in [*self._storages.values(), *self._heartbeat_storages.values()]:
-                storage.engine.dispose()
+            storages = [*self._storages.values(), *self._heartbeat_storages.values()]
             self._storages.clear()
             self._heartbeat_storages.clear()
             self._handles.clear()
+            self._scans.clear()
+        for storage in storages:
+            storage.engine.dispose()
+
+    def forget(self, name: str) -> None:
+        """Drop what is cached of a study (it was deleted in Kubernetes)."""
+        with self._lock:
+            for url, cached_name in [k for k in self._handles if k[1] == name]:
+                handle = self._handles.pop((url, cached_name))[0]
+                self._scans.pop((url, handle.study_id), None)
+                self._scan_locks.pop((url, handle.study_id), None)
 
     # ------------------------------------------------------------------ study lifecycle
 
@@ -245,7 +310,7 @@ class StoreRegistry:
         return study._study_id
 
     def delete_study(self, url: str, name: str) -> bool:
-        self._handles.pop((url, name), None)
+        self.forget(name)
         storage = self.storage(url)
         try:
             study_id = storage.get_study_id_from_name(name)
@@ -258,56 +323,60 @@ class StoreRegistry:
     # ------------------------------------------------------------------ reads
 
     def summarize(self, url: str, handle: StudyHandle) -> StudySummary:
+        """Counts, best trial and Pareto front; one pooled connection for the whole read
+        (a second one requested while holding the first deadlocks a busy pool)."""
         storage = self.storage(url)
+        cache, lock = self._scan(url, handle.study_id)
         try:
-            summary = self._counts(url, storage, handle.study_id)
-            # One objective is a front of one (ties aside): the same incremental scan keeps
-            # the best trial without Optuna's ORDER BY over every trial.
-            front = self._pareto_front(url, storage, handle)
-            summary.best = front[0] if front else None
-            if len(handle.directions) > 1:
-                summary.pareto_front = front
-            if summary.failed:
-                summary.failed_by_objective, summary.last_error = self._objective_failures(
-                    storage, handle.study_id
-                )
+            # The scan cache of one study is read and advanced by one refresh at a time.
+            with lock, storage.engine.connect() as conn:
+                summary = self._counts(conn, cache, handle.study_id)
+                # One objective is a front of one (ties aside): the same incremental scan
+                # keeps the best trial without Optuna's ORDER BY over every trial.
+                front = self._pareto_front(conn, cache, handle)
+                summary.best = front[0] if front else None
+                if len(handle.directions) > 1:
+                    summary.pareto_front = front
+                if summary.failed:
+                    summary.failed_by_objective, summary.last_error = self._objective_failures(
+                        conn, handle.study_id
+                    )
         except SQLAlchemyError as exc:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
         return summary
 
-    def _counts(self, url: str, storage: RDBStorage, study_id: int) -> StudySummary:
+    @staticmethod
+    def _counts(conn: Connection, cache: _ScanCache, study_id: int) -> StudySummary:
         """Trial counts by state, reading only trials newer than the settled prefix."""
-        cache = self._scans.setdefault((url, study_id), _ScanCache())
-        window = (
-            "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid AND trial_id > :after "
-            "GROUP BY state"
-        )
-        with storage.engine.connect() as conn:
-            oldest_open, newest = conn.execute(
+        oldest_open, newest = conn.execute(
+            text(
+                "SELECT MIN(CASE WHEN state IN ('RUNNING', 'WAITING') THEN trial_id END), "
+                "MAX(trial_id) FROM trials WHERE study_id = :sid AND trial_id > :after"
+            ),
+            {"sid": study_id, "after": cache.settled_id},
+        ).one()
+        settle_to = (oldest_open - 1) if oldest_open is not None else newest
+        if settle_to is not None and settle_to > cache.settled_id:
+            rows = conn.execute(
                 text(
-                    "SELECT MIN(CASE WHEN state IN ('RUNNING', 'WAITING') THEN trial_id END), "
-                    "MAX(trial_id) FROM trials WHERE study_id = :sid AND trial_id > :after"
+                    "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid "
+                    "AND trial_id > :after AND trial_id <= :until GROUP BY state"
                 ),
-                {"sid": study_id, "after": cache.settled_id},
-            ).one()
-            settle_to = (oldest_open - 1) if oldest_open is not None else newest
-            if settle_to is not None and settle_to > cache.settled_id:
-                rows = conn.execute(
-                    text(
-                        "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid "
-                        "AND trial_id > :after AND trial_id <= :until GROUP BY state"
-                    ),
-                    {"sid": study_id, "after": cache.settled_id, "until": settle_to},
-                ).all()
-                for state, n in rows:
-                    key = _state_name(state)
-                    cache.settled_counts[key] = cache.settled_counts.get(key, 0) + int(n)
-                cache.settled_id = settle_to
-            counts = dict(cache.settled_counts)
-            for state, n in conn.execute(
-                text(window), {"sid": study_id, "after": cache.settled_id}
-            ).all():
-                counts[_state_name(state)] = counts.get(_state_name(state), 0) + int(n)
+                {"sid": study_id, "after": cache.settled_id, "until": settle_to},
+            ).all()
+            for state, n in rows:
+                key = _state_name(state)
+                cache.settled_counts[key] = cache.settled_counts.get(key, 0) + int(n)
+            cache.settled_id = settle_to
+        counts = dict(cache.settled_counts)
+        for state, n in conn.execute(
+            text(
+                "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid "
+                "AND trial_id > :after GROUP BY state"
+            ),
+            {"sid": study_id, "after": cache.settled_id},
+        ).all():
+            counts[_state_name(state)] = counts.get(_state_name(state), 0) + int(n)
         return StudySummary(
             complete=counts.get("complete", 0),
             pruned=counts.get("pruned", 0),
@@ -317,70 +386,73 @@ class StoreRegistry:
         )
 
     @staticmethod
-    def _objective_failures(storage: RDBStorage, study_id: int) -> tuple[int, str | None]:
+    def _objective_failures(conn: Connection, study_id: int) -> tuple[int, str | None]:
         """How many FAIL trials carry an objective error, and the latest error."""
-        query = (
-            "SELECT COUNT(*), MAX(t.trial_id) FROM trial_user_attributes a "
-            "JOIN trials t ON t.trial_id = a.trial_id "
-            "WHERE t.study_id = :sid AND t.state = 'FAIL' AND a.key = :key"
-        )
-        latest = "SELECT value_json FROM trial_user_attributes WHERE trial_id = :tid AND key = :key"
-        with storage.engine.connect() as conn:
-            count, last_id = conn.execute(text(query), {"sid": study_id, "key": ERROR_ATTR}).one()
-            if not count:
-                return 0, None
-            raw = conn.execute(text(latest), {"tid": last_id, "key": ERROR_ATTR}).scalar()
+        count, last_id = conn.execute(
+            text(
+                "SELECT COUNT(*), MAX(t.trial_id) FROM trial_user_attributes a "
+                "JOIN trials t ON t.trial_id = a.trial_id "
+                "WHERE t.study_id = :sid AND t.state = 'FAIL' AND a.key = :key"
+            ),
+            {"sid": study_id, "key": ERROR_ATTR},
+        ).one()
+        if not count:
+            return 0, None
+        raw = conn.execute(
+            text(
+                "SELECT value_json FROM trial_user_attributes WHERE trial_id = :tid AND key = :key"
+            ),
+            {"tid": last_id, "key": ERROR_ATTR},
+        ).scalar()
         return int(count), str(json.loads(raw))[:500] if raw else None
 
-    def _pareto_front(self, url: str, storage: RDBStorage, handle: StudyHandle) -> list[BestTrial]:
-        cache = self._scans.setdefault((url, handle.study_id), _ScanCache())
+    @staticmethod
+    def _pareto_front(conn: Connection, cache: _ScanCache, handle: StudyHandle) -> list[BestTrial]:
         signs = tuple(1 if d == Direction.MAXIMIZE else -1 for d in handle.directions)
         n_obj = len(handle.directions)
-        with storage.engine.connect() as conn:
-            # A trial that finishes late keeps a low id; rescan from the oldest unfinished one.
-            oldest_open = conn.execute(
-                text(
-                    "SELECT MIN(trial_id) FROM trials WHERE study_id = :sid "
-                    "AND state IN ('RUNNING', 'WAITING') AND trial_id > :after"
-                ),
-                # Every unfinished trial is above the cursor: the scan stays small.
-                {"sid": handle.study_id, "after": cache.after_trial_id},
-            ).scalar()
-            rows = conn.execute(
-                text(
-                    "SELECT t.trial_id, t.number, v.objective, v.value, v.value_type "
-                    "FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
-                    "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND t.trial_id > :after"
-                ),
-                {"sid": handle.study_id, "after": cache.after_trial_id},
-            ).all()
-            values: dict[int, tuple[int, list[float]]] = {}
-            for trial_id, number, objective, value, value_type in rows:
-                entry = values.setdefault(trial_id, (number, [0.0] * n_obj))
-                kind = str(value_type).rsplit(".", 1)[-1]
-                entry[1][objective] = (
-                    float("inf")
-                    if kind == "INF_POS"
-                    else float("-inf")
-                    if kind == "INF_NEG"
-                    else float(value)
-                )
-            new = {tid: (num, tuple(v)) for tid, (num, v) in values.items()}
-            front = _merge_front(cache.front, new, signs)
-            cache.front = front
-            max_seen = max([cache.after_trial_id, *values.keys()])
-            cache.after_trial_id = min(max_seen, oldest_open - 1) if oldest_open else max_seen
-            chosen = sorted(front.items(), key=lambda kv: -signs[0] * kv[1][1][0])
-            chosen = chosen[:PARETO_FRONT_LIMIT]
-            result = []
-            cache.params = {tid: p for tid, p in cache.params.items() if tid in front}
-            for trial_id, (number, vals) in chosen:
-                if trial_id not in cache.params:
-                    cache.params[trial_id] = storage.get_trial_params(trial_id)
-                result.append(
-                    BestTrial(number=number, values=list(vals), params=cache.params[trial_id])
-                )
-        return result
+        # A trial that finishes late keeps a low id; rescan from the oldest unfinished one.
+        oldest_open = conn.execute(
+            text(
+                "SELECT MIN(trial_id) FROM trials WHERE study_id = :sid "
+                "AND state IN ('RUNNING', 'WAITING') AND trial_id > :after"
+            ),
+            # Every unfinished trial is above the cursor: the scan stays small.
+            {"sid": handle.study_id, "after": cache.after_trial_id},
+        ).scalar()
+        rows = conn.execute(
+            text(
+                "SELECT t.trial_id, t.number, v.objective, v.value, v.value_type "
+                "FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+                "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND t.trial_id > :after"
+            ),
+            {"sid": handle.study_id, "after": cache.after_trial_id},
+        ).all()
+        values: dict[int, tuple[int, list[float]]] = {}
+        for trial_id, number, objective, value, value_type in rows:
+            entry = values.setdefault(trial_id, (number, [0.0] * n_obj))
+            kind = str(value_type).rsplit(".", 1)[-1]
+            entry[1][objective] = (
+                float("inf")
+                if kind == "INF_POS"
+                else float("-inf")
+                if kind == "INF_NEG"
+                else float(value)
+            )
+        new = {tid: (num, tuple(v)) for tid, (num, v) in values.items()}
+        front = _merge_front(cache.front, new, signs)
+        cache.front = front
+        max_seen = max([cache.after_trial_id, *values.keys()])
+        cache.after_trial_id = min(max_seen, oldest_open - 1) if oldest_open else max_seen
+        chosen = sorted(front.items(), key=lambda kv: -signs[0] * kv[1][1][0])
+        chosen = chosen[:PARETO_FRONT_LIMIT]
+        cache.params = {tid: p for tid, p in cache.params.items() if tid in front}
+        missing = [tid for tid, _ in chosen if tid not in cache.params]
+        if missing:
+            cache.params.update(_trial_params(conn, missing))
+        return [
+            BestTrial(number=number, values=list(vals), params=cache.params.get(trial_id, {}))
+            for trial_id, (number, vals) in chosen
+        ]
 
     def fail_stale_trials(self, url: str, name: str, heartbeat_interval: int) -> None:
         """Fail (and re-enqueue) trials whose heartbeat stopped. Workers do this whenever one

@@ -94,7 +94,7 @@ def test_redact_removes_passwords() -> None:
 
 
 def test_status_merge_patch_removes_stale_nested_keys() -> None:
-    from optuna_operator.handlers import merge_patch
+    from optuna_operator.controller import merge_patch
 
     old = {"bestTrial": {"number": 1, "params": {"booster": "dart", "rate_drop": 0.1}}, "x": 1}
     new = {"bestTrial": {"number": 2, "params": {"booster": "gbtree"}}}
