@@ -107,7 +107,7 @@ their termination messages, post events. Nothing else: no pods/exec, no Secret l
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [create, patch, delete]
