@@ -3,11 +3,13 @@ answers, including trials that finish out of order (a low id finishing last)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy import event
 
 from optuna_operator.api import Direction
 from optuna_operator.study_store import DirectionsMismatchError, StoreRegistry
@@ -100,4 +102,64 @@ def test_trials_of_dead_workers_are_failed_and_requeued(storage_url: str) -> Non
     assert (summary.running, summary.failed, summary.waiting) == (0, 1, 1)
     retry = study.get_trials(states=[TrialState.WAITING])[0]
     assert retry.params == orphan.params
+    stores.close()
+
+
+def test_concurrent_refreshes_of_one_study_give_exact_counts(storage_url: str) -> None:
+    """kopf-style concurrency: several threads refresh one study while trials finish out of
+    order; every summary is consistent and the last one is exact."""
+    stores, name = StoreRegistry(), _name()
+    handle = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], None, None, {})
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    stop = threading.Event()
+    seen: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def refresh() -> None:
+        try:
+            while not stop.is_set():
+                summary = stores.summarize(storage_url, handle)
+                seen.append((summary.complete, summary.running))
+        except BaseException as exc:  # reported below, with the thread's own traceback
+            errors.append(exc)
+
+    threads = [threading.Thread(target=refresh) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    open_trials = []
+    for i in range(60):
+        open_trials.append(study.ask())
+        if i % 3 == 2:  # finish the oldest last: a low id completing late
+            for trial in reversed(open_trials):
+                study.tell(trial, float(trial.number))
+            open_trials.clear()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(0 <= complete <= 60 and complete + running <= 60 for complete, running in seen)
+    final = stores.summarize(storage_url, handle)
+    assert (final.complete, final.running) == (60, 0)
+    assert final.best is not None and final.best.number == study.best_trial.number == 0
+    stores.close()
+
+
+def test_one_refresh_uses_one_connection(storage_url: str) -> None:
+    """A Pareto-front read used to ask the pool for a second connection while holding one,
+    which deadlocked a busy pool: a whole refresh now fits in a pool of one."""
+    stores, name = StoreRegistry(), _name()
+    handle = stores.ensure_study(
+        storage_url, name, [Direction.MINIMIZE, Direction.MAXIMIZE], None, None, {}
+    )
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    for i in range(5):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0, 1)
+        study.tell(trial, [x, float(i)])
+    engine = stores.storage(storage_url).engine
+    checked_out = []
+    event.listen(engine, "checkout", lambda *_: checked_out.append(engine.pool.checkedout()))
+    summary = stores.summarize(storage_url, handle)
+    assert summary.pareto_front and all("x" in t.params for t in summary.pareto_front)
+    assert max(checked_out) == 1, checked_out
     stores.close()

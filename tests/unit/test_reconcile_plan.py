@@ -1,0 +1,190 @@
+"""The reconcile's pure steps: `decide` (child actions, requeue) and `build_status`, and the
+controller's work queue; no cluster, no database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from optuna_operator.api import BestTrial, TuningStudy
+from optuna_operator.controller import WorkQueue
+from optuna_operator.reconcile import (
+    Acted,
+    JobState,
+    Observed,
+    Plan,
+    StorageRef,
+    build_status,
+    decide,
+)
+from optuna_operator.study_store import StudyHandle, StudySummary
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+HANDLE = StudyHandle(1, "ns.s", (), NOW, created=False)
+STORAGE = StorageRef("s-storage", "url", "postgresql+psycopg2://u:p@h/db", True)
+INTERVAL = 10.0
+
+
+def study(**spec: Any) -> TuningStudy:
+    body = {
+        "directions": ["maximize"],
+        "objective": {"function": "m:f"},
+        "budget": {"trials": 10},
+        "dashboard": {"enabled": False},
+        **spec,
+    }
+    return TuningStudy.model_validate({"metadata": {"name": "s", "namespace": "ns"}, "spec": body})
+
+
+def observed(
+    summary: StudySummary | None = None,
+    job: JobState | None = None,
+    stale: tuple[str, ...] = (),
+    dashboard: dict[str, Any] | None = None,
+) -> Observed:
+    return Observed(
+        now=NOW,
+        storage=STORAGE,
+        handle=HANDLE,
+        summary=summary or StudySummary(),
+        job=job,
+        stale_jobs=stale,
+        dashboard=dashboard,
+    )
+
+
+def plan_for(s: TuningStudy, o: Observed) -> Plan:
+    return decide(s, o, "job-hash", "dash-hash", INTERVAL)
+
+
+def running(**fields: Any) -> JobState:
+    return JobState(
+        **{"name": "s-workers-1", "active": 2, "ready": 2, "applied_hash": "job-hash", **fields}
+    )
+
+
+def test_a_study_without_workers_gets_a_job_and_a_refresh() -> None:
+    plan = plan_for(study(), observed())
+    assert (plan.job, plan.requeue_after, plan.phase.phase) == ("apply", INTERVAL, "Pending")
+
+
+def test_an_unchanged_job_is_not_sent_again() -> None:
+    plan = plan_for(study(), observed(StudySummary(complete=3), running()))
+    assert (plan.job, plan.phase.phase, plan.requeue_after) == ("none", "Running", INTERVAL)
+
+
+def test_a_changed_manifest_is_applied() -> None:
+    plan = plan_for(study(), observed(job=running(applied_hash="old")))
+    assert plan.job == "apply"
+
+
+def test_jobs_of_an_older_template_are_deleted() -> None:
+    plan = plan_for(study(), observed(job=running(), stale=("s-workers-0",)))
+    assert plan.delete_jobs == ("s-workers-0",) and plan.job == "none"
+
+
+def test_a_completed_job_of_an_unfinished_study_restarts() -> None:
+    done = running(active=0, ready=0, succeeded=2, complete=True)
+    plan = plan_for(study(), observed(StudySummary(complete=5), done))
+    assert plan.job == "restart"
+
+
+def test_a_finished_study_gets_no_workers_and_no_refresh() -> None:
+    done = running(active=0, ready=0, succeeded=2, complete=True)
+    plan = plan_for(study(), observed(StudySummary(complete=10), done))
+    assert (plan.job, plan.phase.phase, plan.requeue_after) == ("none", "Succeeded", None)
+    assert plan.importances
+
+
+def test_a_finished_study_waits_for_running_workers() -> None:
+    plan = plan_for(study(), observed(StudySummary(complete=10), running()))
+    assert (plan.phase.phase, plan.requeue_after) == ("Running", INTERVAL)
+
+
+def test_a_failed_job_is_left_as_the_result() -> None:
+    failed = running(active=0, ready=0, failed_reason="PodFailurePolicy", failed_message="x")
+    plan = plan_for(study(), observed(job=failed))
+    assert (plan.job, plan.phase.phase, plan.requeue_after) == ("none", "Failed", None)
+
+
+def test_a_suspended_study_is_idle_once_its_trials_are_settled() -> None:
+    suspended = running(active=0, ready=0)
+    plan = plan_for(study(suspend=True), observed(StudySummary(complete=3), suspended))
+    assert (plan.phase.phase, plan.requeue_after, plan.fail_stale_trials) == (
+        "Suspended",
+        None,
+        False,
+    )
+    stale = observed(StudySummary(complete=3, running=1), suspended)
+    plan = plan_for(study(suspend=True), stale)
+    assert plan.fail_stale_trials and plan.requeue_after == INTERVAL
+
+
+def test_dashboard_applied_when_missing_and_deleted_when_disabled() -> None:
+    enabled = study(dashboard={"enabled": True})
+    assert plan_for(enabled, observed()).dashboard == "apply"
+    current = {"metadata": {"annotations": {"optuna-operator.io/applied-hash": "dash-hash"}}}
+    assert plan_for(enabled, observed(dashboard=current)).dashboard == "none"
+    assert plan_for(study(), observed(dashboard=current)).dashboard == "delete"
+    assert plan_for(study(), observed()).dashboard == "none"
+
+
+def test_a_refused_job_fails_the_study_with_the_api_servers_reason() -> None:
+    s = study()
+    o = observed()
+    message = "The API server refused Job s-workers-1: spec.template: Invalid value"
+    status, events = build_status(s, o, plan_for(s, o), Acted(job=None, rejected=message))
+    assert status.phase == "Failed"
+    failed = next(c for c in status.conditions if c.type == "Failed")
+    assert (failed.reason, failed.message) == ("ChildRejected", message)
+    workers = next(c for c in status.conditions if c.type == "WorkersReady")
+    assert workers.status == "False" and workers.reason == "ChildRejected"
+    assert [(e.type, e.reason) for e in events] == [("Warning", "Failed")]
+
+
+def test_crashing_workers_are_named_with_their_exit_code() -> None:
+    s = study()
+    crashing = running(active=1, ready=0, failed=3)
+    o = Observed(
+        now=NOW,
+        storage=STORAGE,
+        handle=HANDLE,
+        job=crashing,
+        workers_message="exit code 1 (error): RuntimeError: CUDA error",
+    )
+    status, _ = build_status(s, o, plan_for(s, o), Acted(job=crashing))
+    workers = next(c for c in status.conditions if c.type == "WorkersReady")
+    assert workers.reason == "WorkersCrashing"
+    assert "3 worker pods failed" in workers.message and "CUDA error" in workers.message
+
+
+def test_new_best_trial_event_only_when_the_best_changes() -> None:
+    s = study()
+    best = BestTrial(number=4, values=[1.0], params={})
+    o = observed(StudySummary(complete=5, best=best), running())
+    status, events = build_status(s, o, plan_for(s, o), Acted(job=running()))
+    assert [e.reason for e in events] == ["NewBestTrial"]
+    again = s.model_copy(update={"status": status})
+    _, events = build_status(again, o, plan_for(again, o), Acted(job=running()))
+    assert events == []
+
+
+def test_work_queue_hands_a_key_to_one_worker_at_a_time() -> None:
+    async def scenario() -> list[str]:
+        queue, order = WorkQueue(), []
+        queue.add(("ns", "a"))
+        queue.add(("ns", "a"))  # deduplicated
+        queue.add(("ns", "b"), delay=0.05)
+        first = await queue.get()
+        order.append(first[1])
+        queue.add(first)  # queued again while being processed: held back until done
+        second = await queue.get()
+        order.append(second[1])
+        queue.done(first)
+        third = await queue.get()
+        order.append(third[1])
+        assert len(queue) == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "b", "a"]
