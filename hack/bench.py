@@ -7,6 +7,8 @@ the same process on the same throwaway PostgreSQL. Prints numbers; asserts nothi
 2. Worker throughput: `optuna-operator worker` processes against plain
    `study.optimize(n_trials=...)` processes on the same trivial objective: what the worker's
    budget checks, heartbeats and bookkeeping cost per trial.
+3. Scale (bench_scale.py): 100, 500 and 1,000 TuningStudies on one operator; what idle
+   studies cost the API server and PostgreSQL, the operator's memory and CPU, status lag.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy import create_engine, text
 
+from bench_scale import bench_scale
 from optuna_operator.api import Direction
 from optuna_operator.study_store import StoreRegistry
 from testbed.postgres import remove_postgres_data, start_postgres
@@ -194,6 +197,8 @@ def main() -> int:
         finally:
             sup.stop_all()
             remove_postgres_data(pg.root)
+    if "scale" in os.environ.get("BENCH_SECTIONS", "status,worker,scale"):
+        bench_scale()
     return 0
 
 

@@ -20,11 +20,17 @@ from types import TracebackType
 from testbed import procs
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import start_control_plane
+from testbed.errors import BedError
 from testbed.executorconfig import DEFAULT_CAPACITY, ExecutorConfig
 from testbed.kubeapi import ApiError, KubeApi
 from testbed.kubeconfig import read_kubeconfig
 from testbed.paths import HACK_DIR, REPO_ROOT, versions
-from testbed.postgres import ensure_postgres_installed, remove_postgres_data, start_postgres
+from testbed.postgres import (
+    create_database,
+    ensure_postgres_installed,
+    remove_postgres_data,
+    start_postgres,
+)
 from testbed.supervisor import Supervisor
 
 __all__ = ["Bed", "BedOptions"]
@@ -167,6 +173,15 @@ class Bed:
             )
         finally:
             api.close()
+
+    def create_database(self, name: str) -> str:
+        """Another database on the bed's PostgreSQL, owned by the same role; its URL."""
+        if self._pg_root is None:
+            raise BedError("the bed's PostgreSQL is not running")
+        base, _, _ = self.storage_url.rpartition("/")
+        port = int(base.rsplit(":", 1)[1])
+        create_database(self._pg_root, port, name)
+        return f"{base}/{name}"
 
     def stop(self) -> None:
         """Stop every process this bed started, by pid; safe to call twice."""

@@ -123,5 +123,15 @@ def start_postgres(sup: Supervisor, logs: Path, timeout_s: float = 60.0) -> Post
     return Postgres(port, url, root)
 
 
+def create_database(root: Path, port: int, name: str) -> str:
+    """A second database owned by the same role; returns its URL (same password)."""
+    pg_bin = ensure_postgres_installed()
+    user = "postgres" if os.geteuid() == 0 else None
+    psql = [str(pg_bin / "psql"), "--set=ON_ERROR_STOP=1", "--quiet"]
+    psql += [f"--host={root}", f"--port={port}", "--username=postgres", "--dbname=postgres"]
+    _run_as(user, [*psql, "-c", f"CREATE DATABASE {name} OWNER {ROLE}"], "CREATE DATABASE")
+    return name
+
+
 def remove_postgres_data(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)

@@ -288,12 +288,9 @@ def decide(
     workers_gone = job is None or job.active == 0
     unfinished_trials = summary.running + summary.waiting > 0
     # Periodic refresh only while something moves: workers run or are expected, or trials
-    # of killed workers still need failing. Idle studies wake only on changes.
-    busy = (
-        phase.phase in ("Running", "Pending")
-        or action != "none"
-        or bool(summary.running and workers_gone)
-    )
+    # of killed workers still need failing. Idle studies wake only on changes (a child that
+    # is created or deleted wakes its study through the watch).
+    busy = phase.phase in ("Running", "Pending") or bool(summary.running and workers_gone)
     return Plan(
         phase=phase,
         job=action,

@@ -1,0 +1,351 @@
+"""`make bench`, scale section: what idle TuningStudies cost the API server and PostgreSQL.
+
+One operator on a fresh test bed serves N = 100, 500 and 1,000 TuningStudies: 10 running
+(one worker each, a slow objective, so they stay running), the rest idle: suspended or
+finished. Idle studies keep their Optuna studies in a database of their own, so PostgreSQL's
+per-database counters give exactly what the operator spends on them. For each N, during a
+quiet minute (no study added or changed), it reads:
+
+- the API server's `apiserver_request_total` (all clients, watches excluded) and, per idle
+  study, the growth of that rate between sizes;
+- `pg_stat_database` transactions of the idle studies' database (only the operator uses it);
+- the operator's RSS and CPU (from /proc);
+then, over a further window, the status lag of the running studies: how long a trial that
+finished in the database waits until the study's status shows it (a watch on the studies,
+the database polled every 0.25 s).
+
+Targets (issue 9): idle studies add < 0.02 API requests/s and < 0.02 transactions/s each,
+RSS < 300 MiB at 1,000, lag p95 <= 2 x the status interval.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from kubernetes import client, config, watch
+from sqlalchemy import create_engine, text
+
+from testbed import Bed
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP, VERSION, PLURAL = "tuning.optuna-operator.io", "v1alpha1", "tuningstudies"
+OPERATOR_NAMESPACE = "optuna-system"
+RUNNING_NAMESPACE = "scale-running"
+IDLE_NAMESPACES = 10  # idle studies are spread over several namespaces
+RUNNING = 10
+INTERVAL = 10.0
+QUIET_SECONDS = 60.0
+LAG_SECONDS = 40.0
+IDLE_SECRET = "idle-db"
+IDLE_DATABASE = "idle"
+
+
+def sizes() -> tuple[int, ...]:
+    raw = os.environ.get("BENCH_SCALE_SIZES", "100,500,1000")
+    return tuple(int(n) for n in raw.split(",") if n)
+
+
+def study_body(name: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "directions": ["minimize"],
+        "objective": {"function": "hack.bench_objective:slow"},
+        "budget": {"trials": 100_000},
+        "workers": {"parallelism": 1},
+        "dashboard": {"enabled": False},
+        **spec,
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TuningStudy",
+        "metadata": {"name": name},
+        "spec": base,
+    }
+
+
+def api_request_count(bed: Bed) -> float:
+    """Requests the API server has served (watches excluded: one per informer)."""
+    kubectl = [str(bed.bin_dir / "kubectl"), "--kubeconfig", str(bed.kubeconfig)]
+    metrics = subprocess.run(
+        [*kubectl, "get", "--raw", "/metrics"], check=True, capture_output=True, text=True
+    ).stdout
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("apiserver_request_total{") and 'verb="WATCH"' not in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def transactions(url: str, database: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        value = conn.execute(
+            text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = :db"),
+            {"db": database},
+        ).scalar()
+    engine.dispose()
+    return int(value or 0)
+
+
+def process_usage(pid: int) -> tuple[float, float]:
+    """(RSS in MiB, CPU seconds) of a process and its children."""
+    rss_kib, cpu_ticks = 0, 0
+    for p in [pid, *_children(pid)]:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+)", status)
+        rss_kib += int(match.group(1)) if match else 0
+        cpu_ticks += int(stat[11]) + int(stat[12])
+    return rss_kib / 1024, cpu_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in out.split()]
+
+
+class Scale:
+    """The bed, the operator and the studies made so far."""
+
+    def __init__(self, bed: Bed) -> None:
+        self.bed = bed
+        self.api = config.new_client_from_config(config_file=str(bed.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.idle_url = bed.create_database(IDLE_DATABASE)
+        self.idle = 0
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.log = bed.directory / "operator.log"
+
+    def kubectl(self, *args: str) -> str:
+        command = [str(self.bed.bin_dir / "kubectl"), "--kubeconfig", str(self.bed.kubeconfig)]
+        result = subprocess.run([*command, *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def setup(self) -> None:
+        self.kubectl("apply", "-f", str(ROOT / "crds"))
+        self.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
+        for ns in (OPERATOR_NAMESPACE, RUNNING_NAMESPACE, *self._idle_namespaces()):
+            self.core.create_namespace({"metadata": {"name": ns}})
+        self.core.create_namespaced_secret(
+            OPERATOR_NAMESPACE,
+            {"metadata": {"name": "optuna-db"}, "stringData": {"url": self.bed.storage_url}},
+        )
+        for ns in self._idle_namespaces():
+            self.core.create_namespaced_secret(
+                ns, {"metadata": {"name": IDLE_SECRET}, "stringData": {"url": self.idle_url}}
+            )
+        env = {**os.environ, "KUBECONFIG": str(self.bed.kubeconfig)}
+        self.operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "optuna_operator.cli",
+                "run",
+                "--default-storage-secret",
+                f"{OPERATOR_NAMESPACE}/optuna-db",
+                "--status-interval",
+                str(INTERVAL),
+                "--peering",
+                "none",
+            ],
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        for i in range(RUNNING):
+            self._create(RUNNING_NAMESPACE, study_body(f"running-{i}"))
+
+    @staticmethod
+    def _idle_namespaces() -> list[str]:
+        return [f"scale-idle-{i}" for i in range(IDLE_NAMESPACES)]
+
+    def _create(self, namespace: str, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def grow_to(self, n: int) -> None:
+        """Add idle studies until there are n studies: 4 suspended for 1 finished."""
+        storage = {"secretRef": {"name": IDLE_SECRET, "key": "url"}}
+        while RUNNING + self.idle < n:
+            i = self.idle
+            ns = self._idle_namespaces()[i % IDLE_NAMESPACES]
+            name = f"idle-{i}"
+            if i % 5 == 4:
+                # Finished before the operator sees it: one trial in, a budget of one.
+                study = optuna.create_study(
+                    storage=self.idle_url, study_name=f"{ns}.{name}", direction="minimize"
+                )
+                study.add_trial(optuna.trial.create_trial(value=1.0))
+                body = study_body(name, budget={"trials": 1}, storage=storage)
+            else:
+                body = study_body(name, suspend=True, storage=storage)
+            self._create(ns, body)
+            self.idle += 1
+
+    def wait_reconciled(self, timeout: float = 900) -> float:
+        """Until every study has a phase; returns the seconds it took."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            items = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+            pending = [
+                i
+                for i in items
+                if (i.get("status") or {}).get("observedGeneration")
+                != i["metadata"].get("generation")
+                or (
+                    i["metadata"]["name"].startswith("running")
+                    and (i.get("status") or {}).get("phase") != "Running"
+                )
+            ]
+            if not pending:
+                return time.monotonic() - t0
+            time.sleep(2)
+        raise TimeoutError(f"{len(pending)} studies not reconciled after {timeout:.0f}s")
+
+    def quiet_minute(self) -> dict[str, float]:
+        assert self.operator is not None
+        requests0, xacts0 = api_request_count(self.bed), transactions(self.idle_url, IDLE_DATABASE)
+        _, cpu0 = process_usage(self.operator.pid)
+        t0 = time.monotonic()
+        time.sleep(QUIET_SECONDS)
+        elapsed = time.monotonic() - t0
+        requests1, xacts1 = api_request_count(self.bed), transactions(self.idle_url, IDLE_DATABASE)
+        rss, cpu1 = process_usage(self.operator.pid)
+        # The counter reads themselves: 1 metrics GET, 2 short connections.
+        return {
+            "api_rps": (requests1 - requests0 - 1) / elapsed,
+            "idle_tps": (xacts1 - xacts0 - 2) / elapsed,
+            "rss_mib": rss,
+            "cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
+        }
+
+    def status_lag(self) -> tuple[float, float]:
+        """p50 and p95 seconds a finished trial waits to appear in its study's status."""
+        engine = create_engine(self.bed.storage_url)
+        first_seen: dict[tuple[str, int], float] = {}  # (study, finished count) -> time
+        shown: dict[str, int] = {}
+        lags: list[float] = []
+        stop = threading.Event()
+
+        def poll_database() -> None:
+            with engine.connect() as conn:
+                while not stop.is_set():
+                    rows = conn.execute(
+                        text(
+                            "SELECT s.study_name, COUNT(*) FROM trials t JOIN studies s "
+                            "ON s.study_id = t.study_id WHERE t.state IN ('COMPLETE', 'PRUNED') "
+                            "GROUP BY s.study_name"
+                        )
+                    ).all()
+                    conn.commit()
+                    now = time.monotonic()
+                    for name, count in rows:
+                        for c in range(shown.get(name, 0) + 1, int(count) + 1):
+                            first_seen.setdefault((name, c), now)
+                    time.sleep(0.25)
+
+        poller = threading.Thread(target=poll_database, daemon=True)
+        poller.start()
+        stream = watch.Watch()
+        deadline = time.monotonic() + LAG_SECONDS
+        for event in stream.stream(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            RUNNING_NAMESPACE,
+            PLURAL,
+            timeout_seconds=int(LAG_SECONDS),
+        ):
+            obj = event["object"]
+            name = f"{RUNNING_NAMESPACE}.{obj['metadata']['name']}"
+            trials = (obj.get("status") or {}).get("trials") or {}
+            count = int(trials.get("complete", 0)) + int(trials.get("pruned", 0))
+            now = time.monotonic()
+            if name in shown:
+                for c in range(shown[name] + 1, count + 1):
+                    if (name, c) in first_seen:
+                        lags.append(max(0.0, now - first_seen[(name, c)]))
+            shown[name] = max(count, shown.get(name, 0))
+            if now > deadline:
+                break
+        stop.set()
+        poller.join()
+        engine.dispose()
+        if not lags:
+            return float("nan"), float("nan")
+        lags.sort()
+        return statistics.median(lags), lags[min(len(lags) - 1, int(0.95 * len(lags)))]
+
+    def stop(self) -> None:
+        if self.operator is not None:
+            self.operator.terminate()
+            self.operator.wait(timeout=30)
+
+
+def bench_scale() -> None:
+    """Print the scale table for each N."""
+    print(
+        f"Scale: one operator, status interval {INTERVAL:.0f}s, {RUNNING} running studies, "
+        "the rest suspended (4/5) or finished (1/5):"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        bed = Bed(Path(tmp) / "bed").start()
+        scale = Scale(bed)
+        try:
+            scale.setup()
+            rows = []
+            print(
+                f"  {'N':>5} {'catch-up':>9} {'API req/s':>10} {'per idle':>9} "
+                f"{'idle DB tx/s':>13} {'per idle':>9} {'RSS MiB':>8} {'CPU %':>6} "
+                f"{'lag p50':>8} {'lag p95':>8}",
+                flush=True,
+            )
+            for n in sizes():
+                scale.grow_to(n)
+                catch_up = scale.wait_reconciled()
+                # Reconciles queued by the last status writes and child events settle first.
+                time.sleep(2 * INTERVAL)
+                quiet = scale.quiet_minute()
+                p50, p95 = scale.status_lag()
+                idle = n - RUNNING
+                per_idle = (
+                    (quiet["api_rps"] - rows[0][1]["api_rps"]) / (idle - rows[0][0])
+                    if rows
+                    else float("nan")
+                )
+                rows.append((idle, quiet))
+                print(
+                    f"  {n:>5} {catch_up:>8.0f}s {quiet['api_rps']:>10.2f} {per_idle:>9.4f} "
+                    f"{quiet['idle_tps']:>13.3f} {quiet['idle_tps'] / idle:>9.4f} "
+                    f"{quiet['rss_mib']:>8.0f} {quiet['cpu_pct']:>6.1f} {p50:>7.1f}s {p95:>7.1f}s",
+                    flush=True,
+                )
+            print(
+                "  'per idle' API: growth of the API server's request rate per idle study added "
+                "since the first size; DB: the idle studies' database (only the operator uses it)."
+            )
+        finally:
+            scale.stop()
+            bed.stop()
+
+
+if __name__ == "__main__":
+    bench_scale()
