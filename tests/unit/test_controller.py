@@ -1,0 +1,125 @@
+"""The controller's bookkeeping: what a watch event queues, events deduplicated, caches and
+metric series dropped with the study."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import REGISTRY
+
+from optuna_operator import metrics
+from optuna_operator.api import TuningStudy
+from optuna_operator.controller import Controller, EventRecorder
+from optuna_operator.reconcile import Event, Reconciler
+
+
+class RecordingCluster:
+    """Stands in for the API server where only the calls made are of interest."""
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str]] = []
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.posted.append((reason, message))
+
+
+class NoStores:
+    def forget(self, name: str) -> None:
+        pass
+
+
+def body(generation: int = 1, **meta: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "tuning.optuna-operator.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {
+            "name": "s",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": generation,
+            "resourceVersion": str(10 + generation),
+            **meta,
+        },
+        "spec": {
+            "directions": ["minimize"],
+            "objective": {"function": "m:f"},
+            "budget": {"trials": 5},
+        },
+        "status": {},
+    }
+
+
+def controller() -> Controller:
+    reconciler = Reconciler(RecordingCluster(), NoStores(), None)  # type: ignore[arg-type]
+    return Controller(reconciler, interval=10.0)
+
+
+def test_only_spec_changes_and_deletion_queue_a_study() -> None:
+    c = controller()
+    c.on_study(None, body())
+    assert len(c.queue) == 1
+    c.queue.forget(("ns", "s"))
+    status_write = body()
+    status_write["metadata"]["resourceVersion"] = "99"
+    status_write["status"] = {"phase": "Running"}
+    c.on_study("MODIFIED", status_write)
+    assert len(c.queue) == 0 and c.studies[("ns", "s")]["status"] == {"phase": "Running"}
+    c.on_study("MODIFIED", body(generation=2))
+    assert len(c.queue) == 1
+
+
+def test_a_late_event_does_not_overwrite_a_newer_object() -> None:
+    c = controller()
+    newer = body()
+    newer["metadata"]["resourceVersion"] = "50"
+    c.on_study(None, newer)
+    c.on_study("MODIFIED", body())  # resourceVersion 11
+    assert c.studies[("ns", "s")]["metadata"]["resourceVersion"] == "50"
+
+
+def test_child_events_queue_the_owner_only_when_progress_changes() -> None:
+    c = controller()
+    job = {
+        "kind": "Job",
+        "metadata": {
+            "name": "s-workers-1",
+            "namespace": "ns",
+            "resourceVersion": "5",
+            "ownerReferences": [{"kind": "TuningStudy", "name": "s"}],
+        },
+        "status": {"active": 1},
+    }
+    c.on_child("Job", "ADDED", job)
+    assert len(c.queue) == 1
+    c.queue.forget(("ns", "s"))
+    c.on_child("Job", "MODIFIED", {**job, "metadata": {**job["metadata"], "resourceVersion": "6"}})
+    assert len(c.queue) == 0
+    c.on_child("Job", "MODIFIED", {**job, "status": {"active": 1, "ready": 1}})
+    assert len(c.queue) == 1
+    c.on_child("Job", "DELETED", job)
+    assert c.jobs[("ns", "s")] == {}
+
+
+def test_deleting_a_study_drops_its_caches_and_metric_series() -> None:
+    c = controller()
+    c.on_study(None, body())
+    study = TuningStudy.model_validate(body())
+    metrics.observe(study, study.status.model_copy(update={"phase": "Running"}))
+    labels = {"namespace": "ns", "name": "s", "phase": "Running"}
+    assert REGISTRY.get_sample_value("optuna_operator_study_phase", labels) == 1
+    c.on_study("DELETED", body())
+    assert ("ns", "s") not in c.studies and len(c.queue) == 0
+    assert REGISTRY.get_sample_value("optuna_operator_study_phase", labels) is None
+
+
+def test_events_are_not_repeated() -> None:
+    cluster = RecordingCluster()
+    recorder = EventRecorder(cluster)  # type: ignore[arg-type]
+    for _ in range(3):
+        recorder.record(body(), Event("Normal", "CreatedJob", "Created Job s-workers-1"))
+    recorder.record(body(), Event("Normal", "NewBestTrial", "Trial 1 is the best so far: 3"))
+    recorder.record(body(), Event("Normal", "NewBestTrial", "Trial 2 is the best so far: 2"))
+    assert cluster.posted == [
+        ("CreatedJob", "Created Job s-workers-1"),
+        ("NewBestTrial", "Trial 1 is the best so far: 3"),
+    ]
