@@ -35,6 +35,7 @@ class Reason(StrEnum):
     WORKERS_PENDING = "WorkersPending"
     WORKERS_STOPPED = "WorkersStopped"
     WORKERS_CRASHING = "WorkersCrashing"
+    WORKER_PODS_REFUSED = "WorkerPodsRefused"
     JOB_FAILED = "JobFailed"
     CHILD_REJECTED = "ChildRejected"
     # dashboard

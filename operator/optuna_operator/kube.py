@@ -178,6 +178,18 @@ class Cluster:
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
+    def last_event_message(self, namespace: str, kind: str, name: str, reason: str) -> str | None:
+        """The message of the newest Event with `reason` about an object, if any."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name},reason={reason}"
+        result = self._call(
+            "GET", f"/api/v1/namespaces/{namespace}/events", query=[("fieldSelector", selector)]
+        )
+        events = result.get("items") or []
+        if not events:
+            return None
+        newest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return str(newest.get("message") or "")[:500] or None
+
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         try:
             self._call(

@@ -148,6 +148,7 @@ class Observed:
     stale_jobs: tuple[str, ...] = ()  # worker Jobs of an older template
     dashboard: dict[str, Any] | None = None
     workers_message: str | None = None  # why worker pods last failed, when some did
+    pods_refused: str | None = None  # why the Job controller cannot create worker pods
 
 
 @dataclass(frozen=True)
@@ -386,14 +387,22 @@ def build_status(
         workers_reason = Reason.WORKERS_RUNNING
     elif phase.phase in ("Succeeded", "Failed", "Suspended"):
         workers_reason = Reason.WORKERS_STOPPED
+    elif observed.pods_refused is not None:
+        workers_reason = Reason.WORKER_PODS_REFUSED
+        workers_message = f"The Job cannot create worker pods: {observed.pods_refused}"
     elif job is not None and job.failed > 0:
         workers_reason = Reason.WORKERS_CRASHING
         workers_message = f"{job.failed} worker pods failed and are restarted by the Job" + (
             f"; last: {observed.workers_message}" if observed.workers_message else ""
         )
     set_(ConditionType.WORKERS_READY, ready > 0, workers_reason, workers_message)
-    if phase.phase == "Pending" and workers_reason == Reason.WORKERS_CRASHING:
-        phase = Phase("Pending", Reason.WORKERS_CRASHING, workers_message)
+    if phase.phase == "Pending" and workers_reason in (
+        Reason.WORKERS_CRASHING,
+        Reason.WORKER_PODS_REFUSED,
+    ):
+        phase = Phase("Pending", workers_reason, workers_message)
+        if _reason_changed(old, ConditionType.WORKERS_READY, workers_reason, "False"):
+            events.append(Event("Warning", workers_reason, workers_message))
     succeeded, failed = phase.phase == "Succeeded", phase.phase == "Failed"
     set_(
         ConditionType.SUCCEEDED,
@@ -699,6 +708,16 @@ class Reconciler:
             workers_message = termination_message(pods)
             if current.failed_reason:
                 current = replace(current, failed_message=workers_message or current.failed_message)
+        pods_refused = None
+        if (
+            current is not None
+            and current.active == 0
+            and not (current.complete or current.failed_reason or study.spec.suspend)
+        ):
+            # Quota, LimitRange or admission refusals reach only the Job's events.
+            pods_refused = self.cluster.last_event_message(
+                study.metadata.namespace, "Job", current.name, "FailedCreate"
+            )
         return Observed(
             now=now,
             storage=storage,
@@ -708,6 +727,7 @@ class Reconciler:
             stale_jobs=tuple(sorted(stale)),
             dashboard=children.dashboard,
             workers_message=workers_message,
+            pods_refused=pods_refused,
         )
 
     def act(

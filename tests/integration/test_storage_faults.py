@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
-
 from tests.integration.studies import Studies, study_body
 
 

@@ -119,5 +119,5 @@ their termination messages, post events. Nothing else: no pods/exec, no Secret l
   verbs: [list]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}
