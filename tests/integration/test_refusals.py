@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from kubernetes import client
-
 from tests.integration.studies import Studies, study_body, wait_for
 
 
