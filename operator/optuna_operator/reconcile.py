@@ -287,7 +287,6 @@ def decide(
 
     summary = observed.summary
     workers_gone = job is None or job.active == 0
-    unfinished_trials = summary.running + summary.waiting > 0
     # Periodic refresh only while something moves: workers run or are expected, or trials
     # of killed workers still need failing. Idle studies wake only on changes (a child that
     # is created or deleted wakes its study through the watch).
@@ -301,7 +300,7 @@ def decide(
         importances=phase.phase == "Succeeded"
         and study.status.param_importances is None
         and len(study.spec.directions) == 1,
-        requeue_after=interval if busy or (unfinished_trials and not finished) else None,
+        requeue_after=interval if busy else None,
     )
 
 
