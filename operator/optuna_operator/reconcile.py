@@ -149,6 +149,9 @@ class Observed:
     dashboard: dict[str, Any] | None = None
     workers_message: str | None = None  # why worker pods last failed, when some did
     pods_refused: str | None = None  # why the Job controller cannot create worker pods
+    # The children as they should be, each carrying APPLIED_HASH_ANNOTATION.
+    desired_job: dict[str, Any] = field(default_factory=dict)
+    desired_dashboard: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -253,13 +256,7 @@ def decide_phase(
     return Phase("Running", Reason.RUNNING, f"{job.ready} workers running")
 
 
-def decide(
-    study: TuningStudy,
-    observed: Observed,
-    desired_job_hash: str,
-    desired_dashboard_hash: str,
-    interval: float,
-) -> Plan:
+def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     """What to do with each child, and when to look again. Pure: unit-tested without a
     cluster. Called only when the storage and the study are usable."""
     assert observed.handle is not None
@@ -274,7 +271,7 @@ def decide(
         action = "none"  # bounded work is done: no new workers
     elif job is not None and job.complete:
         action = "restart"  # workers exited but the study is not done (e.g. budget raised)
-    elif job is None or job.applied_hash != desired_job_hash:
+    elif job is None or job.applied_hash != _applied_hash(observed.desired_job):
         action = "apply"
     else:
         action = "none"
@@ -282,7 +279,7 @@ def decide(
     dashboard: DashboardAction = "none"
     if not study.spec.dashboard.enabled:
         dashboard = "delete" if observed.dashboard is not None else "none"
-    elif _applied_hash(observed.dashboard) != desired_dashboard_hash:
+    elif _applied_hash(observed.dashboard) != _applied_hash(observed.desired_dashboard):
         dashboard = "apply"
 
     summary = observed.summary
@@ -650,18 +647,8 @@ class Reconciler:
             reason, message = _storage_failure(exc)
             status, events = storage_failure_status(study, reason, message)
             return Outcome(status, events, retry=True)
-        assert observed.storage is not None and observed.handle is not None
-        ctx = self._child_context(study, observed.storage, observed.handle)
-        desired_job = _with_hash(manifests.worker_job(study, ctx))
-        desired_dashboard = _with_hash(manifests.dashboard_deployment(study, ctx))
-        plan = decide(
-            study,
-            observed,
-            _applied_hash(desired_job) or "",
-            _applied_hash(desired_dashboard) or "",
-            self.settings.status_interval,
-        )
-        acted = self.act(study, observed, plan, desired_job, desired_dashboard)
+        plan = decide(study, observed, self.settings.status_interval)
+        acted = self.act(study, observed, plan)
         status, events = build_status(study, observed, plan, acted)
         return Outcome(
             status,
@@ -689,7 +676,8 @@ class Reconciler:
         )
         summary = self.stores.summarize(storage.url, handle)
         ctx = self._child_context(study, storage, handle)
-        desired_name = manifests.worker_job(study, ctx)["metadata"]["name"]
+        desired_job = _with_hash(manifests.worker_job(study, ctx))
+        desired_name = desired_job["metadata"]["name"]
         current: JobState | None = None
         stale = []
         for job in children.jobs:
@@ -727,20 +715,16 @@ class Reconciler:
             dashboard=children.dashboard,
             workers_message=workers_message,
             pods_refused=pods_refused,
+            desired_job=desired_job,
+            desired_dashboard=_with_hash(manifests.dashboard_deployment(study, ctx)),
         )
 
-    def act(
-        self,
-        study: TuningStudy,
-        observed: Observed,
-        plan: Plan,
-        desired_job: dict[str, Any],
-        desired_dashboard: dict[str, Any],
-    ) -> Acted:
+    def act(self, study: TuningStudy, observed: Observed, plan: Plan) -> Acted:
         """Apply or delete what the plan names; a child the API server refuses is reported,
         not raised, so the status can say why at once."""
         ns = study.metadata.namespace
         assert observed.storage is not None and observed.handle is not None
+        desired_job, desired_dashboard = observed.desired_job, observed.desired_dashboard
         applied: list[dict[str, Any]] = []
         deleted: list[tuple[str, str]] = []
         for name in plan.delete_jobs:

@@ -4,12 +4,14 @@ controller's work queue; no cluster, no database."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from optuna_operator.api import BestTrial, TuningStudy
 from optuna_operator.controller import WorkQueue
 from optuna_operator.reconcile import (
+    APPLIED_HASH_ANNOTATION,
     Acted,
     JobState,
     Observed,
@@ -55,7 +57,9 @@ def observed(
 
 
 def plan_for(s: TuningStudy, o: Observed) -> Plan:
-    return decide(s, o, "job-hash", "dash-hash", INTERVAL)
+    hashed = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "job-hash"}}}
+    dashboard = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "dash-hash"}}}
+    return decide(s, replace(o, desired_job=hashed, desired_dashboard=dashboard), INTERVAL)
 
 
 def running(**fields: Any) -> JobState:
