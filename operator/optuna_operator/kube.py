@@ -38,15 +38,8 @@ class Cluster:
     def close(self) -> None:
         self.api.close()  # type: ignore[no-untyped-call]
 
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        return self._call_with_status(method, path, body, query, content_type)[0]
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._call_with_status(method, path, **kwargs)[0]
 
     def _call_with_status(
         self,
