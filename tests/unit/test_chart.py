@@ -244,6 +244,61 @@ def test_bundled_postgresql_is_the_default_storage() -> None:
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
+# ------------------------------------------------- the bundled PostgreSQL's password, GitOps
+
+
+def test_bundled_postgresql_without_a_password_source_fails_with_how_to_make_one() -> None:
+    out = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "postgresql.enabled=true")
+    assert out.returncode != 0
+    assert "postgresql.auth.existingSecret" in out.stderr, out.stderr
+    assert "kubectl create secret generic" in out.stderr
+    assert f"@{RELEASE}-postgresql.{NAMESPACE}.svc:5432/optuna" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "postgresql.auth.existingSecret=pg-credentials"],
+        ["--set", "postgresql.auth.password=chosen-by-me"],
+    ],
+    ids=["existingSecret", "password"],
+)
+def test_bundled_postgresql_renders_identically_every_time(args: list[str]) -> None:
+    """Argo CD renders with `helm template` on every sync (no cluster, no `lookup`): two
+    renders must be byte for byte the same, or each sync would write a new password."""
+    command = ["template", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "postgresql.enabled=true"]
+    first, second = helm(*command, *args), helm(*command, *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert "lookup" not in (CHART / "templates" / "postgresql.yaml").read_text()
+
+
+def test_existing_secret_is_the_one_every_part_uses() -> None:
+    docs = render(
+        "-f",
+        str(CHART / "ci" / "postgresql-values.yaml"),
+        "--set",
+        "postgresql.auth.existingSecret=pg-credentials",
+        "--set",
+        "watchNamespaces={team-a}",
+    )
+    # The user's Secret is the only one: the chart writes no password anywhere.
+    assert [d for d in docs if d["kind"] == "Secret"] == []
+    settings = parsed_settings(operator_container(docs), NAMESPACE)
+    assert (settings.default_storage.name, settings.default_storage.key) == (
+        "pg-credentials",
+        "url",
+    )
+    postgres = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in postgres["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "pg-credentials",
+        "key": "password",
+    }
+    storage_role = one(docs, "Role", "-storage")
+    assert storage_role["rules"][0]["resourceNames"] == ["pg-credentials"]
+
+
 # --------------------------------------------------------------------------- security
 
 
