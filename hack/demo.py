@@ -42,7 +42,10 @@ def say(message: str) -> None:
 
 def kubectl(bed: Bed, *args: str, stdin: str | None = None) -> str:
     command = [str(bed.bin_dir / "kubectl"), "--kubeconfig", str(bed.kubeconfig), *args]
-    return subprocess.run(command, check=True, capture_output=True, text=True, input=stdin).stdout
+    done = subprocess.run(command, capture_output=True, text=True, input=stdin, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 def start_operator(bed: Bed) -> int:
@@ -62,6 +65,19 @@ def start_operator(bed: Bed) -> int:
         "none",
     ]
     return bed.spawn("operator", command, DEV / "demo-operator.log", env=env)
+
+
+def wait_established(api: client.ApiClient, crd: str, timeout_s: float = 60) -> None:
+    """Poll the CRD's Established condition. (`kubectl wait` right after the apply fails
+    with "accessor error" while the CRD has no conditions yet.)"""
+    ext = client.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        conditions = ext.read_custom_resource_definition(crd).status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"CRD {crd} was not Established after {timeout_s:.0f}s")
 
 
 def stop_previous_demo() -> None:
@@ -98,13 +114,8 @@ def main() -> int:
             "scheduler, PostgreSQL, pod executor"
         )
         kubectl(bed, "apply", "-f", str(ROOT / "crds"))
-        kubectl(
-            bed,
-            "wait",
-            "--for=condition=Established",
-            "crd/tuningstudies.tuning.optuna-operator.io",
-        )
         api = config.new_client_from_config(config_file=str(bed.kubeconfig))
+        wait_established(api, f"{PLURAL}.{GROUP}")
         core = client.CoreV1Api(api)
         for ns in (OPERATOR_NAMESPACE, NAMESPACE):
             core.create_namespace({"metadata": {"name": ns}})
