@@ -837,7 +837,10 @@ class DashboardStatus(Model):
 
 # Conditions are keyed by type: server-side apply and strategic merges then treat each type as
 # one entry instead of replacing the whole list (metav1.Condition's listType=map).
-CONDITIONS_LIST = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+CONDITIONS_LIST: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
 
 
 class TuningStudyStatus(Model):
