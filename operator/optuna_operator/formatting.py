@@ -138,7 +138,11 @@ def status_text(view: StudyView, events: Sequence[EventLine], now: datetime) -> 
             f"failed {s.workers.failed}"
         )
     if s.best_trial:
-        lines.append(f"Best:       trial #{s.best_trial.number}: {_best_text(view)}")
+        values = ", ".join(
+            f"{n} {_value(v)}"
+            for n, v in zip(_metric_names(view), s.best_trial.values, strict=False)
+        )
+        lines.append(f"Best:       trial #{s.best_trial.number}: {values}")
         lines += [f"              {k} = {v}" for k, v in sorted(s.best_trial.params.items())]
     if s.pareto_front:
         lines.append(f"Pareto:     {len(s.pareto_front)} trials (`trials {view.name}` lists them)")

@@ -99,7 +99,7 @@ def test_status_text_has_counts_best_conditions_and_events() -> None:
     assert "Phase:      Running" in text
     assert "Study:      team-a.xgb  (maximize neg_mse)" in text
     assert "complete 7, pruned 1, failed 0, running 2, waiting 0" in text
-    assert "Best:       trial #5: -3414.97 (#5)" in text
+    assert "Best:       trial #5: neg_mse -3414.97" in text
     assert "booster = dart" in text
     assert "WorkersReady   True     WorkersRunning   2 worker pods running" in text
     assert "2m    Normal   NewBestTrial   Trial 5 is the best (x3)" in text
