@@ -14,7 +14,7 @@ TESTBED := PYTHONPATH=hack $(BIN)/python -m testbed
 # (test_chart.py), which the default rootdir-relative import mode refuses to collect.
 PYTEST := $(BIN)/pytest --import-mode=importlib
 
-.PHONY: help venv binaries postgres lint unit integration test dev-cluster dev-cluster-down demo crds crds-check bench
+.PHONY: help venv binaries postgres lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,9 @@ dev-cluster-down: venv ## Stop every process dev-cluster started
 
 demo: venv binaries postgres ## The main job end to end: bed, operator, the XGBoost study, results
 	PYTHONPATH=hack:. $(BIN)/python hack/demo.py
+
+demo-down: venv ## Stop what `DEMO_KEEP=1 make demo` left running (bed, operator, dashboard)
+	$(TESTBED) down --dir .dev/demo-bed
 
 bench: venv postgres ## Benchmarks: status refresh and worker throughput, as ratios to baselines
 	PYTHONPATH=hack:. $(BIN)/python -u hack/bench.py

@@ -12,7 +12,12 @@ from typing import Any
 
 import optuna
 
-__all__ = ["objective"]
+__all__ = ["DIRECTIONS", "METRIC_NAMES", "objective"]
+
+# What objective returns, in order; the example TuningStudy must say the same
+# (tests/unit/test_examples.py checks it).
+DIRECTIONS = ["maximize", "minimize"]
+METRIC_NAMES = ["accuracy", "latency_ms"]
 
 
 @cache

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import optuna
 
-__all__ = ["objective"]
+__all__ = ["DIRECTIONS", "METRIC_NAMES", "objective"]
+
+# What objective returns, in order; the example TuningStudy must say the same
+# (tests/unit/test_examples.py checks it).
+DIRECTIONS = ["minimize"]
+METRIC_NAMES = ["val_mse"]
 
 EPOCHS = 20
 

@@ -40,9 +40,18 @@ for image in "$OPERATOR_IMAGE" "$EXAMPLES_IMAGE"; do
 done
 
 say "Installing the chart with the bundled PostgreSQL into $RELEASE_NAMESPACE"
+# The chart generates no password (GitOps renders must not change it): the credentials are ours,
+# created once and reused on reruns.
+kc create namespace "$RELEASE_NAMESPACE" --dry-run=client -o yaml | kc apply -f -
+if ! kc -n "$RELEASE_NAMESPACE" get secret optuna-postgresql >/dev/null 2>&1; then
+  PW=$(openssl rand -hex 24)
+  kc -n "$RELEASE_NAMESPACE" create secret generic optuna-postgresql \
+    --from-literal=password="$PW" \
+    --from-literal=url="postgresql+psycopg2://optuna:$PW@optuna-operator-postgresql.$RELEASE_NAMESPACE.svc:5432/optuna"
+fi
 helm --kube-context "$CONTEXT" upgrade --install optuna-operator charts/optuna-operator \
   --namespace "$RELEASE_NAMESPACE" --create-namespace \
-  --set postgresql.enabled=true \
+  --set postgresql.enabled=true --set postgresql.auth.existingSecret=optuna-postgresql \
   --set postgresql.persistence.size=1Gi \
   --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" \
   --set workerImage.repository="${EXAMPLES_IMAGE%:*}" --set workerImage.tag="${EXAMPLES_IMAGE##*:}" \

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -18,30 +17,16 @@ from testbed.paths import REPO_ROOT
 DEV_DIR = REPO_ROOT / ".dev"
 
 
-def _write_env(bed: Bed, path: Path) -> None:
-    env = bed.env()
-    lines = [
-        "# Written by `make dev-cluster`; load with: . .dev/env",
-        f"export KUBECONFIG={shlex.quote(env['KUBECONFIG'])}",
-        f"export STORAGE_URL={shlex.quote(env['STORAGE_URL'])}",
-        # The pinned kubectl and helm must win over any other on PATH.
-        f'export PATH={shlex.quote(str(bed.bin_dir))}:"$PATH"',
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
-
-
 def up(directory: Path) -> int:
     existing = Bed.load(directory)
     if existing.running():
         print(f"test bed already running in {directory}; `make dev-cluster-down` stops it")
-        _write_env(existing, DEV_DIR / "env")
+        existing.write_env(DEV_DIR / "env", "`make dev-cluster`")
         return 0
     existing.stop()  # leftovers of a bed that died: clear them first
     print(f"starting test bed in {directory} ...", flush=True)
     bed = Bed(directory, detached=True).start()
-    _write_env(bed, DEV_DIR / "env")
+    bed.write_env(DEV_DIR / "env", "`make dev-cluster`")
     print(f"test bed up in {bed.startup_s:.1f}s")
     print("\n".join(bed.describe_processes()))
     print("now: . .dev/env && kubectl get nodes")
@@ -51,7 +36,8 @@ def up(directory: Path) -> int:
 def down(directory: Path) -> int:
     bed = Bed.load(directory)
     bed.stop()
-    (DEV_DIR / "env").unlink(missing_ok=True)
+    # The env file sits beside the bed's directory (.dev/bed, .dev/demo-bed -> .dev/env).
+    (directory.parent / "env").unlink(missing_ok=True)
     print(f"test bed in {directory} stopped")
     return 0
 

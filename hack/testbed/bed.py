@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -206,6 +207,34 @@ class Bed:
                     # Leader gone, children remain in its group: the pgid is still ours.
                     procs.stop_group(pid, signal.SIGKILL, 0, None)
             pid_file.unlink(missing_ok=True)
+
+    def spawn(
+        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> int:
+        """Start one more process as part of the bed (the demo's operator), so that it lives
+        and dies with the bed: tied to this process unless detached, and stopped by stop()
+        or `python -m testbed down`. Returns its pid."""
+        record = self._sup.spawn(name, argv, log_path, env=env, cwd=REPO_ROOT)
+        return record.pid
+
+    def alive(self, pid: int) -> bool:
+        """Whether the process this bed started with that pid still runs."""
+        return any(r.pid == pid and procs.is_running(r) for r in self._sup.records)
+
+    def write_env(self, path: Path, written_by: str) -> None:
+        """A shell file that points kubectl and helm at this bed: `. path`."""
+        env = self.env()
+        lines = [
+            f"# Written by {written_by}; load with: . {path}",
+            f"export KUBECONFIG={shlex.quote(env['KUBECONFIG'])}",
+            f"export STORAGE_URL={shlex.quote(env['STORAGE_URL'])}",
+            # The pinned kubectl and helm must win over any other on PATH.
+            f'export PATH={shlex.quote(str(self.bin_dir))}:"$PATH"',
+        ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        # It holds the database password.
+        path.chmod(0o600)
 
     def __enter__(self) -> Bed:
         return self.start()

@@ -775,60 +775,116 @@ class TuningStudySpec(Model):
 
 
 class Condition(Model):
-    """Shaped like metav1.Condition."""
+    """One aspect of the study's state, shaped like metav1.Condition."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    observed_generation: int | None = None
-    last_transition_time: str
+    type: str = Field(
+        description="StorageReady, WorkersReady, DashboardAvailable, Suspended, Succeeded "
+        "or Failed."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Why, as a CamelCase word (e.g. TrialBudgetReached).")
+    message: str = Field("", description="Why, as a sentence a user can act on.")
+    observed_generation: int | None = Field(
+        None, description="metadata.generation of the spec this condition was derived from."
+    )
+    last_transition_time: str = Field(
+        description="When status last changed (RFC 3339); not touched when only the reason "
+        "or message changes."
+    )
 
 
 class TrialCounts(Model):
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-    waiting: int = 0
-    budget: int | None = None
+    """Trials in the Optuna study by state, counted over the study's whole history."""
+
+    complete: int = Field(0, description="Trials that finished with a value.")
+    pruned: int = Field(
+        0, description="Trials stopped early by the pruner; they count toward the trial budget."
+    )
+    failed: int = Field(0, description="Trials that raised or whose worker died.")
+    running: int = Field(0, description="Trials running now.")
+    waiting: int = Field(0, description="Enqueued trials no worker has taken yet.")
+    budget: int | None = Field(None, description="spec.budget.trials, when set.")
 
 
 class BestTrial(Model):
-    number: int
-    values: list[float]
-    params: FreeObject = Field(default_factory=dict)
+    """One finished trial: its number, objective values and parameters."""
+
+    number: int = Field(description="Optuna trial number, unique within the study.")
+    values: list[float] = Field(description="Objective values, one per spec.directions entry.")
+    params: FreeObject = Field(
+        default_factory=dict, description="Parameter values the trial used, by name."
+    )
 
 
 class WorkerCounts(Model):
-    active: int = 0
-    succeeded: int = 0
-    failed: int = 0
+    """Pods of the current worker Job."""
+
+    active: int = Field(0, description="Worker pods running now.")
+    succeeded: int = Field(0, description="Worker pods that finished.")
+    failed: int = Field(0, description="Worker pods that failed (each retried by the Job).")
 
 
 class DashboardStatus(Model):
-    service: str | None = None
-    url: str | None = None
+    """Where optuna-dashboard serves this study (spec.dashboard.enabled)."""
+
+    service: str | None = Field(None, description="Name of the dashboard's Service.")
+    url: str | None = Field(
+        None,
+        description="In-cluster URL of the dashboard; from outside, `kubectl port-forward "
+        "svc/<service> 8080`.",
+    )
+
+
+# Conditions are keyed by type: server-side apply and strategic merges then treat each type as
+# one entry instead of replacing the whole list (metav1.Condition's listType=map).
+CONDITIONS_LIST: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
 
 
 class TuningStudyStatus(Model):
     """Observed state, written only by the operator; small and rebuilt from the database."""
 
-    observed_generation: int | None = None
-    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    study_name: str | None = None
-    optuna_version: str | None = None
-    operator_version: str | None = None
+    observed_generation: int | None = Field(
+        None, description="metadata.generation of the spec this status describes."
+    )
+    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] | None = Field(
+        None,
+        description="Summary: Pending (no workers yet), Running, Suspended (spec.suspend), "
+        "Succeeded (a budget or the goal was reached) or Failed (see the Failed condition).",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Latest observations, one per type; each has a reason and a message.",
+        json_schema_extra=CONDITIONS_LIST,
+    )
+    study_name: str | None = Field(None, description="The Optuna study's name in the storage.")
+    optuna_version: str | None = Field(None, description="Optuna version of the operator.")
+    operator_version: str | None = Field(None, description="Version of the operator.")
     progress: str | None = Field(None, description="Finished trials / budget, for kubectl get.")
-    trials: TrialCounts | None = None
-    best_trial: BestTrial | None = None
-    pareto_front: list[BestTrial] | None = Field(None, max_length=PARETO_FRONT_LIMIT)
-    param_importances: dict[str, float] | None = None
-    workers: WorkerCounts | None = None
-    dashboard: DashboardStatus | None = None
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
+    trials: TrialCounts | None = Field(None, description="Trials by state.")
+    best_trial: BestTrial | None = Field(
+        None,
+        description="Best trial so far; with several directions, one trial of paretoFront.",
+    )
+    pareto_front: list[BestTrial] | None = Field(
+        None,
+        max_length=PARETO_FRONT_LIMIT,
+        description=f"Multi-objective studies: trials on the Pareto front, at most "
+        f"{PARETO_FRONT_LIMIT}; the dashboard shows all of them.",
+    )
+    param_importances: dict[str, float] | None = Field(
+        None,
+        description="Parameter importances (Optuna's default evaluator, fANOVA), computed "
+        "once the study finished.",
+    )
+    workers: WorkerCounts | None = Field(None, description="Pods of the current worker Job.")
+    dashboard: DashboardStatus | None = Field(None, description="Where the dashboard is served.")
+    start_time: datetime | None = Field(None, description="When the study started.")
+    completion_time: datetime | None = Field(
+        None, description="When the study reached Succeeded or Failed."
+    )
 
 
 class Metadata(Model):

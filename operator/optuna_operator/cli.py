@@ -1,6 +1,9 @@
-"""`optuna-operator run | worker | crds`.
+"""`optuna-operator run | worker | crds` for the operator, and the user's commands (`list`,
+`status`, `trials`, `best`, `logs`, `dashboard`, `create`, `wait`), also installed as the kubectl
+plugin `kubectl optuna`.
 
-Imports are per command so a worker image needs neither kopf nor the Kubernetes client.
+Imports are per command so a worker image needs neither kopf nor the Kubernetes client. The
+user's commands are thin: the work is in `client` (the SDK) and `formatting` (what is printed).
 """
 
 from __future__ import annotations
@@ -8,11 +11,20 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import shlex
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from optuna_operator.client import StudyClient, StudyView
+
+__all__ = ["kubectl_main", "main"]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -59,24 +71,381 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# --------------------------------------------------------------------------- user commands
+
+
+def _client(args: argparse.Namespace) -> StudyClient:
+    from optuna_operator.client import StudyClient
+
+    return StudyClient.from_kubeconfig(args.kubeconfig, args.context, args.namespace)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _repeat(
+    args: argparse.Namespace, render: Callable[[], str], until_done: Callable[[], bool]
+) -> None:
+    """Print render() once, or with --watch redraw it every few seconds until done."""
+    if not args.watch:
+        print(render())
+        return
+    live = sys.stdout.isatty()
+    last = ""
+    while True:
+        text = render()
+        if text != last:
+            # A terminal is redrawn in place; a pipe or a log gets each new version once.
+            print(("\x1b[H\x1b[J" if live else "") + text, flush=True)
+            last = text
+        if until_done():
+            return
+        time.sleep(args.interval)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from optuna_operator.formatting import study_table
+
+    with _client(args) as studies:
+        views: list[StudyView] = []
+
+        def render() -> str:
+            views[:] = studies.list_studies(all_namespaces=args.all_namespaces)
+            if not views:
+                where = "any namespace" if args.all_namespaces else f"namespace {studies.namespace}"
+                return f"No TuningStudies in {where}."
+            return study_table(views, _now(), args.all_namespaces)
+
+        _repeat(args, render, lambda: all(v.done for v in views))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from optuna_operator.client import LiveLine
+    from optuna_operator.formatting import progress_line, status_text
+
+    with _client(args) as studies:
+        if args.watch:
+            line = LiveLine(sys.stdout)
+            for view in studies.watch(args.name, poll_interval=args.interval):
+                line.show(progress_line(view))
+            line.end()
+        view = studies.get(args.name)
+        print(status_text(view, studies.events(args.name), _now()))
+        return 1 if view.phase == "Failed" else 0
+
+
+def _trials(args: argparse.Namespace) -> int:
+    from optuna_operator.formatting import trials_text
+
+    with _client(args) as studies:
+        view = studies.get(args.name)
+        print(trials_text(view, studies.events(args.name), args.top, args.state))
+    return 0
+
+
+def _best(args: argparse.Namespace) -> int:
+    from optuna_operator.formatting import best_output
+
+    with _client(args) as studies:
+        view = studies.get(args.name)
+    try:
+        print(best_output(view, args.output, args.prefix))
+    except LookupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    with _client(args) as studies:
+        logs = studies.worker_logs(args.name, tail_lines=args.tail)
+    if not logs:
+        print(f"No worker pods for {args.name}: not started yet, or finished and removed.")
+        return 1
+    for pod, text in logs.items():
+        for line in text.splitlines():
+            print(f"[{pod}] {line}")
+    return 0
+
+
+def dashboard_command(args: argparse.Namespace, service: str, namespace: str) -> list[str]:
+    """kubectl port-forward to the dashboard's Service, through the API server."""
+    from optuna_operator.manifests import DASHBOARD_PORT
+
+    command = ["kubectl", "port-forward", "-n", namespace, f"svc/{service}"]
+    command.append(f"{args.port}:{DASHBOARD_PORT}")
+    if args.kubeconfig:
+        command += ["--kubeconfig", args.kubeconfig]
+    if args.context:
+        command += ["--context", args.context]
+    return command
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    with _client(args) as studies:
+        view = studies.get(args.name)
+        namespace = studies.namespace
+    dashboard = view.status.dashboard
+    if dashboard is None or not dashboard.service:
+        print(f"{args.name} has no dashboard (spec.dashboard.enabled is false, or not yet up).")
+        return 1
+    command = dashboard_command(args, dashboard.service, namespace)
+    print(f"Dashboard of {namespace}/{args.name}: http://127.0.0.1:{args.port}  (Ctrl-C stops)")
+    print(f"  {shlex.join(command)}", flush=True)
+    try:
+        return subprocess.call(command)
+    except FileNotFoundError:
+        print("kubectl is not on PATH: run the command above with it.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    import yaml
+
+    from optuna_operator.api import GROUP
+    from optuna_operator.client import manifest, parse_parameter, quick_study
+
+    if bool(args.function) == bool(args.command):
+        print("create: give exactly one of --function and --command", file=sys.stderr)
+        return 2
+    study = quick_study(
+        args.name,
+        namespace=args.namespace or "",
+        function=args.function,
+        command=shlex.split(args.command) if args.command else None,
+        search_space=[parse_parameter(p) for p in args.param] or None,
+        directions=args.direction or ["minimize"],
+        metric_names=args.metric_name,
+        trials=args.trials,
+        timeout_seconds=args.timeout_seconds,
+        parallelism=args.parallelism,
+        image=args.image,
+        sampler=args.sampler,
+        seed=args.seed,
+        storage_secret=args.storage_secret,
+        dashboard=not args.no_dashboard,
+    )
+    if args.dry_run:
+        body = manifest(study)
+        if not body["metadata"]["namespace"]:
+            del body["metadata"]["namespace"]
+        print(yaml.safe_dump(body, sort_keys=False).rstrip("\n"))
+        return 0
+    with _client(args) as studies:
+        created = studies.submit(study)
+        print(f"tuningstudy.{GROUP}/{created.name} created in namespace {created.namespace}")
+        if not args.wait:
+            return 0
+        return _wait_for(studies, created.name, args.timeout)
+
+
+def _wait_for(studies: StudyClient, name: str, timeout: float | None) -> int:
+    from optuna_operator.client import StudyFailedError, WaitTimeoutError
+    from optuna_operator.formatting import best_output
+
+    try:
+        view = studies.wait(name, timeout=timeout, progress=True)
+    except StudyFailedError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except WaitTimeoutError as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    if view.status.best_trial:
+        print(best_output(view, "yaml"))
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    with _client(args) as studies:
+        return _wait_for(studies, args.name, args.timeout)
+
+
+def _add_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--namespace", help="Namespace (default: the kubeconfig context's).")
+    p.add_argument(
+        "--kubeconfig", help="Path to a kubeconfig (default: $KUBECONFIG, ~/.kube/config)."
+    )
+    p.add_argument("--context", help="kubeconfig context to use.")
+
+
+def _add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str, study: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _add_connection(p)
+        if study:
+            p.add_argument("name", help="TuningStudy name.")
+        p.set_defaults(func=func, client_command=True)
+        return p
+
+    def watchable(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-w", "--watch", action="store_true", help="Keep updating until done.")
+        p.add_argument("--interval", type=float, default=2.0, help="Seconds between updates.")
+
+    p = command(
+        "list", _list, "Studies with phase, progress, running trials and best value.", study=False
+    )
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="Every namespace.")
+    watchable(p)
+    p = command("status", _status, "Counts, best trial, conditions and recent events of a study.")
+    watchable(p)
+    p = command(
+        "trials",
+        _trials,
+        "What the API holds about trials: counts by state, the best trial or the Pareto front "
+        "(status keeps at most 10) and the recent best-so-far history (NewBestTrial events). "
+        "Every trial is in the database: see `dashboard`, or the SDK's load_optuna_study.",
+    )
+    p.add_argument("-k", "--top", type=int, default=10, help="Show at most this many trials.")
+    p.add_argument(
+        "--state",
+        choices=["complete", "pruned", "failed", "running", "waiting"],
+        help="Only this state (status has details of complete trials only, counts of others).",
+    )
+    p = command("best", _best, "The best trial's parameters, for scripts and training jobs.")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=["json", "yaml", "env"],
+        default="json",
+        help='env: `export NAME=value` lines; `eval "$(... -o env)"` sets them.',
+    )
+    p.add_argument("--prefix", default="", help="Prefix for -o env names (e.g. HP_).")
+    p = command(
+        "logs", _logs, "Worker pods' logs (through the API server and the nodes' kubelets)."
+    )
+    p.add_argument("--tail", type=int, help="Last lines of each pod.")
+    p = command(
+        "dashboard",
+        _dashboard,
+        "Port-forward to the study's optuna-dashboard (kubectl port-forward) and print the URL.",
+    )
+    p.add_argument("--port", type=int, default=8080, help="Local port.")
+    p = command(
+        "create",
+        _create,
+        "Create a quick study from flags (a YAML file gives every field: kubectl apply).",
+    )
+    objective = p.add_argument_group("objective (one of)")
+    objective.add_argument(
+        "--function", help="module:function in the worker image, called with an optuna.Trial."
+    )
+    objective.add_argument(
+        "--command",
+        help="A command run per trial, with {param} placeholders (quoted, shell-split).",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="Search-space parameter for --command: name=float:LOW:HIGH[:log], "
+        "int:LOW:HIGH[:log] or cat:A,B (repeatable).",
+    )
+    p.add_argument(
+        "--direction",
+        action="append",
+        choices=["minimize", "maximize"],
+        help="Per objective (repeatable; default minimize).",
+    )
+    p.add_argument("--metric-name", action="append", help="Name per objective (repeatable).")
+    p.add_argument("--trials", type=int, help="Trial budget.")
+    p.add_argument("--timeout-seconds", type=int, help="Time budget.")
+    p.add_argument("--parallelism", type=int, default=1, help="Worker pods.")
+    p.add_argument("--image", help="Worker image (default: the operator's).")
+    p.add_argument(
+        "--sampler", default="TPE", help="TPE, Random, CmaEs, NSGAII, ... (default TPE)."
+    )
+    p.add_argument("--seed", type=int, help="Sampler seed.")
+    p.add_argument(
+        "--storage-secret",
+        help="name[:key] of a Secret with the storage URL (default: the operator's).",
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="Do not run optuna-dashboard.")
+    p.add_argument("--dry-run", action="store_true", help="Print the TuningStudy, create nothing.")
+    p.add_argument("--wait", action="store_true", help="Then wait with a live progress line.")
+    p.add_argument("--timeout", type=float, help="With --wait: give up after this many seconds.")
+    p = command(
+        "wait",
+        _wait,
+        "Wait with a live progress line until the study finishes; print the best trial. "
+        "Exit 1: Failed; 3: timed out.",
+    )
+    p.add_argument("--timeout", type=float, help="Give up after this many seconds.")
+
+
+def _parser(prog: str, operator_commands: bool) -> argparse.ArgumentParser:
     from optuna_operator.config import add_run_arguments
 
-    parser = argparse.ArgumentParser(prog="optuna-operator")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="Run the operator (kopf).")
-    add_run_arguments(run)
-    run.set_defaults(func=_run)
-    worker = sub.add_parser("worker", help="Run a worker (inside a worker pod).")
-    worker.set_defaults(func=_worker)
-    crds = sub.add_parser("crds", help="Write the CRD generated from the API models.")
-    crds.add_argument("--output-dir", default="crds")
-    crds.add_argument("--check", action="store_true", help="Fail if the file differs.")
-    crds.set_defaults(func=_crds)
+    parser = argparse.ArgumentParser(prog=prog)
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+    if operator_commands:
+        run = sub.add_parser("run", help="Run the operator (kopf).")
+        add_run_arguments(run)
+        run.set_defaults(func=_run)
+        worker = sub.add_parser("worker", help="Run a worker (inside a worker pod).")
+        worker.set_defaults(func=_worker)
+        crds = sub.add_parser("crds", help="Write the CRD generated from the API models.")
+        crds.add_argument("--output-dir", default="crds")
+        crds.add_argument("--check", action="store_true", help="Fail if the file differs.")
+        crds.set_defaults(func=_crds)
+    _add_user_commands(sub)
+    return parser
+
+
+def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    code: int = args.func(args)
+    if not getattr(args, "client_command", False):
+        logging.basicConfig(level=logging.INFO)
+        code: int = args.func(args)
+        return code
+    from kubernetes.client import ApiException
+
+    try:
+        code = args.func(args)
+    except ApiException as exc:
+        if exc.status == 404 and getattr(args, "name", None):
+            print(
+                f"TuningStudy {args.name!r} not found in "
+                f"{args.namespace or 'the current context namespace'}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"the Kubernetes API answered {exc.status} {exc.reason}: {_api_message(exc)}",
+                file=sys.stderr,
+            )
+        return 1
+    except ValueError as exc:  # bad flags the models refused (pydantic errors are ValueErrors)
+        print(f"{parser.prog} {args.subcommand}: {exc}", file=sys.stderr)
+        return 2
     return code
+
+
+def _api_message(exc: Exception) -> str:
+    import json
+
+    body = getattr(exc, "body", None)
+    try:
+        return str(json.loads(body)["message"]) if body else ""
+    except (ValueError, KeyError, TypeError):
+        return str(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`optuna-operator ...`: the operator's commands and the user's."""
+    return _dispatch(_parser("optuna-operator", operator_commands=True), argv)
+
+
+def kubectl_main(argv: list[str] | None = None) -> int:
+    """`kubectl optuna ...` (the executable kubectl-optuna on PATH): the user's commands."""
+    return _dispatch(_parser("kubectl optuna", operator_commands=False), argv)
 
 
 if __name__ == "__main__":

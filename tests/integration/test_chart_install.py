@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 import subprocess
 import textwrap
 import urllib.request
@@ -118,8 +119,28 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     custom = client.CustomObjectsApi(kube_api)
     ext = client.ApiextensionsV1Api(kube_api)
     pg = f"{RELEASE}-postgresql"
+    # The GitOps way: the credentials are the user's Secret; the chart renders no password.
+    credentials = "pg-credentials"
+    password = secrets.token_hex(16)
+    core.create_namespaced_secret(
+        release_ns,
+        {
+            "metadata": {"name": credentials},
+            "stringData": {
+                "password": password,
+                "url": f"postgresql+psycopg2://optuna:{password}@{pg}.{release_ns}.svc:5432/optuna",
+            },
+        },
+    )
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"postgresql": {"enabled": True}, "watchNamespaces": [team]}))
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "postgresql": {"enabled": True, "auth": {"existingSecret": credentials}},
+                "watchNamespaces": [team],
+            }
+        )
+    )
 
     # The TuningStudy CRD exists already (crd_installed): Helm skips a crds/ CRD that exists.
     out = helm(bed, "install", RELEASE, CHART, "-n", release_ns, "-f", values)
@@ -192,7 +213,7 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         ("create", "events", team),
         ("list", "events", team),
         ("patch", "kopfpeerings.kopf.dev", team),
-        ("get", f"secrets/{pg}", release_ns),
+        ("get", f"secrets/{credentials}", release_ns),
         ("watch", "namespaces", None),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
     ]
@@ -219,10 +240,7 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     assert_access(bed, release_ns, allowed, allowed=True)
     assert_access(bed, release_ns, denied, allowed=False)
 
-    # Upgrades keep the generated password, even when a new one is asked for.
-    password = secret_value(core, release_ns, pg, "password")
-    url = secret_value(core, release_ns, pg, "url")
-    assert len(password) == 32 and f":{password}@{pg}.{release_ns}.svc:5432/" in url
+    # Upgrades never touch the password: the chart does not own it.
     helm(
         bed,
         "upgrade",
@@ -234,19 +252,11 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         "--set",
         "statusInterval=7",
     )
-    helm(
-        bed,
-        "upgrade",
-        RELEASE,
-        CHART,
-        "-n",
-        release_ns,
-        "--reuse-values",
-        "--set",
-        "postgresql.auth.password=SomethingElse1",
-    )
-    assert secret_value(core, release_ns, pg, "password") == password
-    assert secret_value(core, release_ns, pg, "url") == url
+    assert secret_value(core, release_ns, credentials, "password") == password
+    assert not exists(core.read_namespaced_secret, pg, release_ns)
+    statefulset: Any = apps.read_namespaced_stateful_set(pg, release_ns)
+    env = {e.name: e for e in statefulset.spec.template.spec.containers[0].env}
+    assert env["POSTGRES_PASSWORD"].value_from.secret_key_ref.name == credentials
     deployment: Any = apps.read_namespaced_deployment(RELEASE, release_ns)
     assert "--status-interval=7" in deployment.spec.template.spec.containers[0].args
 
@@ -268,16 +278,16 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     for crd in (CRD, "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
         assert exists(ext.read_custom_resource_definition, crd), crd
     assert studies.get("kept")["metadata"]["name"] == "kept"
-    assert secret_value(core, release_ns, pg, "password") == password
+    assert secret_value(core, release_ns, credentials, "password") == password
     assert exists(core.read_namespaced_persistent_volume_claim, f"data-{pg}-0", release_ns)
     assert not exists(apps.read_namespaced_stateful_set, pg, release_ns)
     assert not exists(rbac.read_namespaced_role, RELEASE, team)
     assert not exists(rbac.read_cluster_role, f"{RELEASE}-discovery")
     studies.delete("kept")  # no operator served it: no finalizer holds it
 
-    # A reinstall adopts the kept Secret and reuses its password.
+    # A reinstall finds the same Secret and volume.
     helm(bed, "install", RELEASE, CHART, "-n", release_ns, "-f", values)
-    assert secret_value(core, release_ns, pg, "password") == password
+    assert secret_value(core, release_ns, credentials, "password") == password
     helm(bed, "uninstall", RELEASE, "-n", release_ns, "--wait")
 
 

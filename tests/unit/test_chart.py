@@ -4,7 +4,9 @@ facts the operator relies on (its CLI accepts the chart's arguments, RBAC stays 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -244,6 +246,61 @@ def test_bundled_postgresql_is_the_default_storage() -> None:
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
+# ------------------------------------------------- the bundled PostgreSQL's password, GitOps
+
+
+def test_bundled_postgresql_without_a_password_source_fails_with_how_to_make_one() -> None:
+    out = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "postgresql.enabled=true")
+    assert out.returncode != 0
+    assert "postgresql.auth.existingSecret" in out.stderr, out.stderr
+    assert "kubectl create secret generic" in out.stderr
+    assert f"@{RELEASE}-postgresql.{NAMESPACE}.svc:5432/optuna" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "postgresql.auth.existingSecret=pg-credentials"],
+        ["--set", "postgresql.auth.password=chosen-by-me"],
+    ],
+    ids=["existingSecret", "password"],
+)
+def test_bundled_postgresql_renders_identically_every_time(args: list[str]) -> None:
+    """Argo CD renders with `helm template` on every sync (no cluster, no `lookup`): two
+    renders must be byte for byte the same, or each sync would write a new password."""
+    command = ["template", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "postgresql.enabled=true"]
+    first, second = helm(*command, *args), helm(*command, *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert "lookup" not in (CHART / "templates" / "postgresql.yaml").read_text()
+
+
+def test_existing_secret_is_the_one_every_part_uses() -> None:
+    docs = render(
+        "-f",
+        str(CHART / "ci" / "postgresql-values.yaml"),
+        "--set",
+        "postgresql.auth.existingSecret=pg-credentials",
+        "--set",
+        "watchNamespaces={team-a}",
+    )
+    # The user's Secret is the only one: the chart writes no password anywhere.
+    assert [d for d in docs if d["kind"] == "Secret"] == []
+    settings = parsed_settings(operator_container(docs), NAMESPACE)
+    assert (settings.default_storage.name, settings.default_storage.key) == (
+        "pg-credentials",
+        "url",
+    )
+    postgres = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in postgres["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "pg-credentials",
+        "key": "password",
+    }
+    storage_role = one(docs, "Role", "-storage")
+    assert storage_role["rules"][0]["resourceNames"] == ["pg-credentials"]
+
+
 # --------------------------------------------------------------------------- security
 
 
@@ -334,3 +391,92 @@ def test_network_policy_admits_only_operator_workers_and_dashboards() -> None:
         "app.kubernetes.io/component": ["worker", "dashboard"],
     }
     assert peers[2] == {"podSelector": {"matchLabels": {"app": "pg-backup"}}}
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def exported_series() -> set[str]:
+    """Every series name the operator's metrics module exports."""
+    from prometheus_client import REGISTRY
+
+    from optuna_operator import metrics
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    names = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith(metrics.__name__.split(".")[0]):
+            names |= {family.name + s for s in suffixes.get(family.type, [""])}
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b(optuna_operator_[a-z_]+)\b", expr))
+
+
+def balanced(expr: str) -> bool:
+    depth = {"(": 0, "{": 0, "[": 0}
+    closing = {")": "(", "}": "{", "]": "["}
+    for char in expr:
+        if char in depth:
+            depth[char] += 1
+        elif char in closing:
+            depth[closing[char]] -= 1
+            if depth[closing[char]] < 0:
+                return False
+    return not any(depth.values())
+
+
+def test_monitoring_is_off_by_default() -> None:
+    kinds = {d["kind"] for d in render()}
+    assert "PrometheusRule" not in kinds
+    assert not [d for d in render() if name(d).endswith("-grafana-dashboard")]
+
+
+def test_alerts_use_only_metrics_the_operator_exports() -> None:
+    docs = render(
+        "--set", "metrics.prometheusRule.enabled=true",
+        "--set", "metrics.prometheusRule.noProgressFor=2h",
+        "--set", "metrics.serviceMonitor.enabled=true",
+    )  # fmt: skip
+    rules = {r["alert"]: r for r in one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert set(rules) == {
+        "OptunaOperatorDown",
+        "OptunaOperatorReconcileErrors",
+        "OptunaStudyFailed",
+        "OptunaStudyNoProgress",
+    }
+    exported = exported_series()
+    assert {"optuna_operator_study_phase", "optuna_operator_reconcile_errors_total"} <= exported
+    job = f'job="{RELEASE}-metrics"'
+    for alert, rule in rules.items():
+        assert balanced(rule["expr"]), alert
+        assert metric_names(rule["expr"]) <= exported, alert
+        assert job in rule["expr"], alert
+        assert rule["labels"]["severity"] in ("critical", "warning")
+    # The rules' job is the metrics Service's name: the ServiceMonitor's default job label.
+    assert one(docs, "Service", "-metrics")["metadata"]["name"] == f"{RELEASE}-metrics"
+    assert "[2h]" in rules["OptunaStudyNoProgress"]["expr"]
+    # Study series keep the study's namespace label (honorLabels), which the alerts group by.
+    endpoint = one(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["honorLabels"] is True
+
+
+def test_grafana_dashboard_parses_and_queries_only_exported_metrics() -> None:
+    docs = render(
+        "--set", "metrics.grafanaDashboard.enabled=true",
+        "--set", "metrics.grafanaDashboard.namespace=monitoring",
+    )  # fmt: skip
+    config_map = one(docs, "ConfigMap", "-grafana-dashboard")
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["optuna-operator.json"])
+    assert dashboard["uid"] == "optuna-operator"
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 7
+    exported = exported_series()
+    for expr in exprs:
+        assert balanced(expr), expr
+        assert metric_names(expr) and metric_names(expr) <= exported, expr
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))

@@ -54,6 +54,28 @@ def test_every_spec_field_is_documented() -> None:
     assert undocumented == []
 
 
+def test_every_status_field_is_documented_for_kubectl_explain() -> None:
+    status = crd.openapi_schema()["properties"]["status"]
+    # Items of lists and maps are explained by the field that holds them.
+    fields = [
+        (path, node)
+        for path, node in _walk(status, "status")
+        if path != "status" and not path.endswith(("[]", "{}"))
+    ]
+    # Leaves too: `kubectl explain tuningstudy.status.bestTrial` lists each field's text.
+    undocumented = [path for path, node in fields if not node.get("description")]
+    assert undocumented == []
+    assert len(fields) > 30
+
+
+def test_status_conditions_are_a_map_keyed_by_type() -> None:
+    conditions = crd.openapi_schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    # The API server requires map keys to be required (or defaulted) in each item.
+    assert "type" in conditions["items"]["required"]
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_parse_into_models(path: Path) -> None:
     body = yaml.safe_load(path.read_text())

@@ -37,6 +37,23 @@ app.kubernetes.io/component: operator
 {{- printf "%s-postgresql" (include "optuna-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The bundled PostgreSQL's credentials Secret (keys `password` and `url`): the user's
+(auth.existingSecret), or the chart's own from auth.password. The chart never generates a
+password: one generated while rendering changes on every `helm template` (Argo CD), while the
+database keeps the first. */}}
+{{- define "optuna-operator.postgresql.secretName" -}}
+{{- $auth := .Values.postgresql.auth }}
+{{- if .Values.storage.existingSecret.name }}
+{{- fail "set either postgresql.enabled or storage.existingSecret.name, not both" }}
+{{- else if $auth.existingSecret }}
+{{- $auth.existingSecret }}
+{{- else if $auth.password }}
+{{- include "optuna-operator.postgresql.fullname" . }}
+{{- else }}
+{{- fail (printf "postgresql.enabled needs postgresql.auth.existingSecret, a Secret in the release namespace with keys `password` and `url` (e.g. PW=$(openssl rand -hex 24); kubectl create secret generic optuna-postgresql -n %s --from-literal=password=$PW --from-literal=url=postgresql+psycopg2://%s:$PW@%s.%s.svc:5432/%s), or postgresql.auth.password. The chart does not generate one: a password made while rendering would change on every helm template (Argo CD)." .Release.Namespace $auth.username (include "optuna-operator.postgresql.fullname" .) .Release.Namespace $auth.database) }}
+{{- end }}
+{{- end }}
+
 {{- define "optuna-operator.postgresql.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "optuna-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -66,7 +83,7 @@ app.kubernetes.io/component: postgresql
 {{- if and .Values.postgresql.enabled .Values.storage.existingSecret.name }}
 {{- fail "set either postgresql.enabled or storage.existingSecret.name, not both" }}
 {{- else if .Values.postgresql.enabled }}
-{{- printf "%s:url" (include "optuna-operator.postgresql.fullname" .) }}
+{{- printf "%s:url" (include "optuna-operator.postgresql.secretName" .) }}
 {{- else if .Values.storage.existingSecret.name }}
 {{- printf "%s:%s" .Values.storage.existingSecret.name .Values.storage.existingSecret.key }}
 {{- end }}

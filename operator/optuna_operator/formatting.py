@@ -1,0 +1,273 @@
+"""What the CLI prints: pure functions of a study's view, events and the time, unit-tested."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from optuna_operator.api import BestTrial
+from optuna_operator.client import EventLine, StudyView
+
+__all__ = [
+    "age",
+    "best_document",
+    "best_output",
+    "progress_line",
+    "status_text",
+    "study_table",
+    "table",
+    "trials_text",
+]
+
+TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")
+
+
+def age(then: datetime | None, now: datetime) -> str:
+    """kubectl's short age: 45s, 12m, 3h, 2d."""
+    if then is None:
+        return "-"
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by three spaces, as kubectl prints them."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _value(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _best_text(view: StudyView) -> str:
+    best = view.status.best_trial
+    if best is None:
+        return "-"
+    values = ", ".join(_value(v) for v in best.values)
+    return f"{values} (#{best.number})"
+
+
+def study_table(views: Sequence[StudyView], now: datetime, all_namespaces: bool = False) -> str:
+    """`list`: one row per study."""
+    header = ["NAME", "PHASE", "TRIALS", "RUNNING", "BEST", "AGE"]
+    rows = []
+    for v in views:
+        trials = v.status.trials
+        row = [
+            v.name,
+            v.phase,
+            v.status.progress or "0",
+            str(trials.running if trials else 0),
+            _best_text(v),
+            age(v.created, now),
+        ]
+        rows.append([v.namespace, *row] if all_namespaces else row)
+    if all_namespaces:
+        header = ["NAMESPACE", *header]
+    return table(header, rows)
+
+
+def _metric_names(view: StudyView) -> list[str]:
+    spec = view.study.spec
+    return list(spec.metric_names or [f"value{i}" for i in range(len(spec.directions))])
+
+
+def progress_line(view: StudyView) -> str:
+    """The live line of `--watch` and `wait(progress=True)`."""
+    trials = view.status.trials
+    counts = (
+        f"running {trials.running}  pruned {trials.pruned}  failed {trials.failed}"
+        if trials
+        else "running 0  pruned 0  failed 0"
+    )
+    best = view.status.best_trial
+    names = _metric_names(view)
+    best_text = (
+        "  best " + ", ".join(f"{n} {_value(v)}" for n, v in zip(names, best.values, strict=False))
+        if best
+        else ""
+    )
+    return (
+        f"{view.name}  {view.phase:<9} trials {view.status.progress or '0':>7}  {counts}{best_text}"
+    )
+
+
+def _event_lines(events: Sequence[EventLine], now: datetime, limit: int) -> list[str]:
+    rows = [
+        [age(e.time, now), e.type, e.reason, e.message + (f" (x{e.count})" if e.count > 1 else "")]
+        for e in events[-limit:]
+    ]
+    return table(["AGE", "TYPE", "REASON", "MESSAGE"], rows).splitlines() if rows else []
+
+
+def status_text(view: StudyView, events: Sequence[EventLine], now: datetime) -> str:
+    """`status NAME`: counts, best, conditions and recent events."""
+    s = view.status
+    spec = view.study.spec
+    directions = ", ".join(
+        f"{d.value} {n}" for d, n in zip(spec.directions, _metric_names(view), strict=False)
+    )
+    lines = [
+        f"Name:       {view.namespace}/{view.name}",
+        f"Phase:      {view.phase}",
+        f"Study:      {s.study_name or '-'}  ({directions})",
+        f"Progress:   {s.progress or '0'} finished",
+    ]
+    if s.trials:
+        t = s.trials
+        lines.append(
+            f"Trials:     complete {t.complete}, pruned {t.pruned}, failed {t.failed}, "
+            f"running {t.running}, waiting {t.waiting}"
+        )
+    if s.workers:
+        lines.append(
+            f"Workers:    active {s.workers.active}, succeeded {s.workers.succeeded}, "
+            f"failed {s.workers.failed}"
+        )
+    if s.best_trial:
+        values = ", ".join(
+            f"{n} {_value(v)}"
+            for n, v in zip(_metric_names(view), s.best_trial.values, strict=False)
+        )
+        lines.append(f"Best:       trial #{s.best_trial.number}: {values}")
+        lines += [f"              {k} = {v}" for k, v in sorted(s.best_trial.params.items())]
+    if s.pareto_front:
+        lines.append(f"Pareto:     {len(s.pareto_front)} trials (`trials {view.name}` lists them)")
+    if s.param_importances:
+        ranked = sorted(s.param_importances.items(), key=lambda kv: -kv[1])
+        lines.append("Importance: " + ", ".join(f"{k} {v:.2f}" for k, v in ranked))
+    if s.dashboard and s.dashboard.service:
+        lines.append(f"Dashboard:  Service {s.dashboard.service} (`dashboard {view.name}`)")
+    if s.start_time:
+        lines.append(f"Started:    {s.start_time.isoformat()}")
+    if s.completion_time:
+        lines.append(f"Completed:  {s.completion_time.isoformat()}")
+    if s.conditions:
+        lines.append("Conditions:")
+        rows = [[c.type, c.status, c.reason, c.message] for c in s.conditions]
+        lines += [
+            "  " + r for r in table(["TYPE", "STATUS", "REASON", "MESSAGE"], rows).splitlines()
+        ]
+    event_lines = _event_lines(events, now, 10)
+    if event_lines:
+        lines.append("Events:")
+        lines += ["  " + r for r in event_lines]
+    return "\n".join(lines)
+
+
+_BEST_EVENT = re.compile(r"Trial (\d+) is the best so far: (\S+)")
+
+
+def trials_text(
+    view: StudyView, events: Sequence[EventLine], k: int = 10, state: str | None = None
+) -> str:
+    """`trials NAME`: what the API holds about trials, and where the rest is.
+
+    Status keeps counts by state, the best trial and (several directions) the Pareto front;
+    NewBestTrial events give the recent history of improvements. Nothing else is in the API.
+    """
+    s = view.status
+    names = _metric_names(view)
+    trials = s.trials
+    lines: list[str] = []
+    if trials:
+        counts = ", ".join(f"{st} {getattr(trials, st)}" for st in TRIAL_STATES)
+        lines.append(f"Trials by state: {counts}")
+    if state not in (None, "complete"):
+        count = getattr(trials, state) if trials else 0
+        lines.append(
+            f"{count} {state} trials. Status keeps only their count; their details are in the "
+            f"database: the dashboard (`dashboard {view.name}`) or the SDK's load_optuna_study."
+        )
+        return "\n".join(lines)
+    front = list(s.pareto_front or [])
+    kept: list[BestTrial] = front or ([s.best_trial] if s.best_trial else [])
+    if len(view.study.spec.directions) == 1:
+        kept.sort(
+            key=lambda t: t.values[0], reverse=view.study.spec.directions[0].value == "maximize"
+        )
+    shown = kept[:k]
+    if shown:
+        param_names = sorted({p for t in shown for p in t.params})
+        rows = [
+            [
+                str(t.number),
+                *(_value(v) for v in t.values),
+                *(str(t.params.get(p, "-")) for p in param_names),
+            ]
+            for t in shown
+        ]
+        title = "Pareto front" if front else "Best trial"
+        lines.append(f"{title} (from status):")
+        lines += table(["TRIAL", *names, *param_names], rows).splitlines()
+    else:
+        lines.append("No finished trial yet.")
+    improvements = [
+        m for e in events if e.reason == "NewBestTrial" and (m := _BEST_EVENT.search(e.message))
+    ]
+    if improvements:
+        lines.append("Best-so-far history (NewBestTrial events, while the API server keeps them):")
+        lines += table(
+            ["TRIAL", names[0]], [[m.group(1), m.group(2)] for m in improvements[-k:]]
+        ).splitlines()
+    lines.append(
+        "Status holds only the best trial or the Pareto front (at most 10); every trial is in "
+        f"the database: `dashboard {view.name}`, or the SDK's load_optuna_study with a credential."
+    )
+    return "\n".join(lines)
+
+
+def best_document(view: StudyView) -> dict[str, Any]:
+    """The best trial as a plain document (json and yaml output)."""
+    best = view.status.best_trial
+    if best is None:
+        raise LookupError(f"TuningStudy {view.namespace}/{view.name} has no finished trial yet")
+    return {
+        "study": view.status.study_name,
+        "trial": best.number,
+        "values": dict(zip(_metric_names(view), best.values, strict=False)),
+        "params": best.params,
+    }
+
+
+def _env_name(name: str, prefix: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", f"{prefix}{name}")
+    return f"_{cleaned}" if cleaned[0].isdigit() else cleaned
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def best_output(view: StudyView, fmt: str, prefix: str = "") -> str:
+    """`best NAME -o json|yaml|env`. env: `export NAME=value` lines a shell can source (names
+    cleaned to letters, digits and underscores, with an optional prefix)."""
+    doc = best_document(view)
+    if fmt == "json":
+        return json.dumps(doc, indent=2, sort_keys=True)
+    if fmt == "yaml":
+        return yaml.safe_dump(doc, sort_keys=True).rstrip("\n")
+    if fmt == "env":
+        values = ", ".join(f"{k}={_value(v)}" for k, v in doc["values"].items())
+        lines = [f"# {view.namespace}/{view.name}: best trial #{doc['trial']} ({values})"]
+        lines += [
+            f"export {_env_name(k, prefix)}={shlex.quote(_env_value(v))}"
+            for k, v in sorted(doc["params"].items())
+        ]
+        return "\n".join(lines)
+    raise ValueError(f"unknown output format {fmt!r}: json, yaml or env")

@@ -1,0 +1,158 @@
+"""The user's side against the real bed and the operator: the SDK (submit, wait, best, Pareto
+front, the Optuna study behind it), the CLI run as the kubectl plugin `kubectl optuna`, and
+`kubectl explain` on the status."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from kubernetes import client
+from tests.integration.studies import OperatorProcess, Studies
+
+from optuna_operator.client import StudyClient, StudyFailedError, StudyView, quick_study
+from testbed import Bed
+
+QUADRATIC = "tests.integration.objectives:quadratic"
+
+
+def kubectl(bed: Bed, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """kubectl from the bed with kubectl-optuna (this venv's bin) on PATH: a real plugin."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(bed.kubeconfig),
+        "PATH": f"{bed.bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        ["kubectl", *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    if check:
+        assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done
+
+
+@pytest.fixture
+def sdk(kube_api: client.ApiClient, namespace: str, operator: OperatorProcess) -> StudyClient:
+    if not operator.alive():
+        operator.start()
+    return StudyClient(kube_api, namespace)
+
+
+def test_sdk_submits_waits_and_reads_the_best_trial(sdk: StudyClient, storage_url: str) -> None:
+    study = quick_study(
+        "sdk-quad",
+        function=QUADRATIC,
+        directions=["maximize"],
+        metric_names=["score"],
+        trials=8,
+        seed=1,
+        dashboard=False,
+    )
+    submitted = sdk.submit(study)
+    assert submitted.namespace == sdk.namespace
+    seen: list[StudyView] = []
+    done = sdk.wait("sdk-quad", timeout=240, poll_interval=0.5, on_update=seen.append)
+    assert done.phase == "Succeeded"
+    assert seen[-1].phase == "Succeeded" and len(seen) >= 2
+
+    best = sdk.best_trial("sdk-quad")
+    assert best is not None
+    loaded = sdk.load_optuna_study("sdk-quad", storage_url)
+    assert best.number == loaded.best_trial.number
+    assert best.params == loaded.best_trial.params
+    assert best.values == [pytest.approx(loaded.best_value)]
+    assert sdk.pareto_front("sdk-quad") == []
+    assert [v.name for v in sdk.list_studies()] == ["sdk-quad"]
+    assert any(e.reason == "Succeeded" for e in sdk.events("sdk-quad"))
+
+
+def test_sdk_reads_the_pareto_front_of_a_multi_objective_study(sdk: StudyClient) -> None:
+    sdk.submit(
+        quick_study(
+            "sdk-front",
+            function="examples.multi_objective:objective",
+            directions=["maximize", "minimize"],
+            trials=6,
+            seed=7,
+            sampler="NSGAII",
+            dashboard=False,
+        )
+    )
+    sdk.wait("sdk-front", timeout=240, poll_interval=0.5)
+    front = sdk.pareto_front("sdk-front")
+    assert 1 <= len(front) <= 6
+    assert all(len(t.values) == 2 for t in front)
+
+
+def test_sdk_wait_raises_with_the_failed_condition(sdk: StudyClient) -> None:
+    sdk.submit(quick_study("sdk-broken", function="no_such_module:f", trials=3, dashboard=False))
+    with pytest.raises(StudyFailedError, match="no_such_module"):
+        sdk.wait("sdk-broken", timeout=240, poll_interval=0.5)
+
+
+def test_kubectl_optuna_create_wait_list_status_best_trials(
+    bed: Bed, studies: Studies, storage_url: str
+) -> None:
+    ns = studies.namespace
+    created = kubectl(
+        bed, "optuna", "create", "cli-quad", "-n", ns,
+        "--command", "python3 -c \"print('optuna:result', -({x} - 2) ** 2)\"",
+        "--param", "x=float:-10:10", "--direction", "maximize", "--metric-name", "score",
+        "--trials", "6", "--seed", "3", "--no-dashboard", "--wait", "--timeout", "240",
+    )  # fmt: skip
+    assert f"cli-quad created in namespace {ns}" in created.stdout
+    # Not a terminal: the live line becomes one line per change, ending with Succeeded.
+    assert "Succeeded" in created.stdout and "best score" in created.stdout
+
+    listed = kubectl(bed, "optuna", "list", "-n", ns).stdout.splitlines()
+    assert listed[0].split()[:5] == ["NAME", "PHASE", "TRIALS", "RUNNING", "BEST"]
+    row = listed[1].split()
+    assert row[:2] == ["cli-quad", "Succeeded"] and row[2].endswith("/6")
+    everywhere = kubectl(bed, "optuna", "list", "-A").stdout.splitlines()
+    assert any(line.split()[:2] == [ns, "cli-quad"] for line in everywhere)
+
+    status = kubectl(bed, "optuna", "status", "cli-quad", "-n", ns).stdout
+    assert "Phase:      Succeeded" in status
+    assert re.search(r"Succeeded\s+True\s+TrialBudgetReached", status), status
+    assert "Events:" in status and "CreatedJob" in status
+
+    loaded = optuna.load_study(study_name=f"{ns}.cli-quad", storage=storage_url)
+    best = json.loads(kubectl(bed, "optuna", "best", "cli-quad", "-n", ns, "-o", "json").stdout)
+    assert best["trial"] == loaded.best_trial.number
+    assert best["params"] == loaded.best_trial.params
+    assert best["values"] == {"score": pytest.approx(loaded.best_value)}
+
+    # `best -o env` sourced in a shell sets the parameters.
+    env = kubectl(bed, "optuna", "best", "cli-quad", "-n", ns, "-o", "env").stdout
+    sourced = subprocess.run(
+        ["bash", "-c", f'{env}\necho "$x"'], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert float(sourced) == pytest.approx(loaded.best_trial.params["x"])
+
+    trials = kubectl(bed, "optuna", "trials", "cli-quad", "-n", ns).stdout
+    assert "Best trial (from status):" in trials
+    assert str(loaded.best_trial.number) in trials
+    assert "every trial is in the database" in trials
+
+    waited = kubectl(bed, "optuna", "wait", "cli-quad", "-n", ns, "--timeout", "30")
+    assert f"trial: {loaded.best_trial.number}" in waited.stdout
+
+
+def test_kubectl_optuna_names_what_is_missing(bed: Bed, namespace: str) -> None:
+    missing = kubectl(bed, "optuna", "status", "nope", "-n", namespace, check=False)
+    assert missing.returncode == 1
+    assert "TuningStudy 'nope' not found" in missing.stderr
+
+
+def test_kubectl_explain_describes_the_status(bed: Bed, crd_installed: None) -> None:
+    explained = kubectl(bed, "explain", "tuningstudy.status.bestTrial").stdout
+    assert "Best trial so far" in explained
+    assert "Optuna trial number" in explained
+    conditions = kubectl(bed, "explain", "tuningstudy.status.conditions").stdout
+    assert "one per type" in conditions

@@ -1,0 +1,269 @@
+"""What the CLI prints and what the SDK builds, without a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from optuna_operator import cli
+from optuna_operator.client import EventLine, StudyView, manifest, parse_parameter, quick_study
+from optuna_operator.formatting import (
+    age,
+    best_output,
+    progress_line,
+    status_text,
+    study_table,
+    trials_text,
+)
+
+NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+
+
+def view(name: str = "xgb", directions: list[str] | None = None, **status: Any) -> StudyView:
+    directions = directions or ["maximize"]
+    obj = {
+        "apiVersion": "tuning.optuna-operator.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {"name": name, "namespace": "team-a"},
+        "spec": {
+            "directions": directions,
+            "metricNames": ["neg_mse", "latency"][: len(directions)],
+            "objective": {"function": "examples.xgb_regression:objective"},
+            "budget": {"trials": 40},
+        },
+        "status": status,
+    }
+    return StudyView(StudyView.from_api(obj).study, NOW - timedelta(minutes=12))
+
+
+RUNNING = {
+    "phase": "Running",
+    "studyName": "team-a.xgb",
+    "progress": "8/40",
+    "trials": {"complete": 7, "pruned": 1, "failed": 0, "running": 2, "waiting": 0, "budget": 40},
+    "bestTrial": {
+        "number": 5,
+        "values": [-3414.97123],
+        "params": {"booster": "dart", "lr": 0.05, "rate_drop": 0.1, "use_gpu": True},
+    },
+    "conditions": [
+        {
+            "type": "WorkersReady",
+            "status": "True",
+            "reason": "WorkersRunning",
+            "message": "2 worker pods running",
+            "lastTransitionTime": "2026-11-29T07:50:00Z",
+        }
+    ],
+}
+
+
+def test_age_reads_like_kubectl() -> None:
+    assert age(NOW - timedelta(seconds=45), NOW) == "45s"
+    assert age(NOW - timedelta(minutes=12, seconds=5), NOW) == "12m"
+    assert age(NOW - timedelta(hours=3), NOW) == "3h"
+    assert age(NOW - timedelta(days=2, hours=5), NOW) == "2d"
+    assert age(None, NOW) == "-"
+
+
+def test_study_table_has_phase_progress_running_best_and_age() -> None:
+    text = study_table([view(**RUNNING), view("fresh")], NOW)
+    lines = text.splitlines()
+    assert lines[0].split() == ["NAME", "PHASE", "TRIALS", "RUNNING", "BEST", "AGE"]
+    assert lines[1].split() == ["xgb", "Running", "8/40", "2", "-3414.97", "(#5)", "12m"]
+    assert lines[2].split() == ["fresh", "Pending", "0", "0", "-", "12m"]
+    everywhere = study_table([view(**RUNNING)], NOW, all_namespaces=True)
+    assert everywhere.splitlines()[1].split()[:2] == ["team-a", "xgb"]
+
+
+def test_progress_line_names_the_metric() -> None:
+    line = progress_line(view(**RUNNING))
+    assert line == (
+        "xgb  Running   trials    8/40  running 2  pruned 1  failed 0  best neg_mse -3414.97"
+    )
+
+
+def test_status_text_has_counts_best_conditions_and_events() -> None:
+    events = [
+        EventLine(NOW - timedelta(minutes=11), "Normal", "CreatedJob", "Created Job xgb-workers"),
+        EventLine(NOW - timedelta(minutes=2), "Normal", "NewBestTrial", "Trial 5 is the best", 3),
+    ]
+    text = status_text(view(**RUNNING), events, NOW)
+    assert "Phase:      Running" in text
+    assert "Study:      team-a.xgb  (maximize neg_mse)" in text
+    assert "complete 7, pruned 1, failed 0, running 2, waiting 0" in text
+    assert "Best:       trial #5: neg_mse -3414.97" in text
+    assert "booster = dart" in text
+    assert "WorkersReady   True     WorkersRunning   2 worker pods running" in text
+    assert "2m    Normal   NewBestTrial   Trial 5 is the best (x3)" in text
+
+
+def test_trials_are_what_status_and_events_hold_and_say_where_the_rest_is() -> None:
+    events = [
+        EventLine(NOW, "Normal", "NewBestTrial", "Trial 1 is the best so far: -5000"),
+        EventLine(NOW, "Normal", "NewBestTrial", "Trial 5 is the best so far: -3414.97"),
+    ]
+    text = trials_text(view(**RUNNING), events)
+    assert "Trials by state: complete 7, pruned 1, failed 0, running 2, waiting 0" in text
+    assert "Best trial (from status):" in text
+    assert "5       -3414.97   dart      0.05   0.1         True" in text
+    assert "1       -5000" in text and "5       -3414.97" in text
+    assert "every trial is in the database" in text
+    pruned = trials_text(view(**RUNNING), events, state="pruned")
+    assert "1 pruned trials. Status keeps only their count" in pruned
+
+
+def test_trials_of_a_pareto_front_are_capped_at_k() -> None:
+    front = [{"number": n, "values": [0.9 - n / 100, n], "params": {"depth": n}} for n in range(6)]
+    v = view(directions=["maximize", "minimize"], paretoFront=front, bestTrial=front[0])
+    text = trials_text(v, [], k=3)
+    assert "Pareto front (from status):" in text
+    table = text.split("Pareto front (from status):\n")[1].splitlines()
+    assert table[0].split() == ["TRIAL", "neg_mse", "latency", "depth"]
+    assert [row.split()[0] for row in table[1:4]] == ["0", "1", "2"]
+    assert not table[4].startswith("3")
+
+
+def test_best_json_and_yaml_carry_trial_values_and_params() -> None:
+    doc = json.loads(best_output(view(**RUNNING), "json"))
+    assert doc == {
+        "study": "team-a.xgb",
+        "trial": 5,
+        "values": {"neg_mse": -3414.97123},
+        "params": {"booster": "dart", "lr": 0.05, "rate_drop": 0.1, "use_gpu": True},
+    }
+    assert yaml.safe_load(best_output(view(**RUNNING), "yaml")) == doc
+
+
+def test_best_env_sourced_in_a_shell_sets_the_parameters() -> None:
+    status = {
+        **RUNNING,
+        "bestTrial": {
+            **RUNNING["bestTrial"],
+            "params": {"booster": "dart", "lr": 0.05, "layer.width": 64, "note": "it's $HOME; `x`"},
+        },
+    }
+    env = best_output(view(**status), "env", prefix="HP_")
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'{env}\nprintf \'%s|%s|%s|%s\' "$HP_booster" "$HP_lr" "$HP_layer_width" "$HP_note"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == "dart|0.05|64|it's $HOME; `x`"
+
+
+def test_best_without_a_finished_trial_says_so() -> None:
+    with pytest.raises(LookupError, match="no finished trial yet"):
+        best_output(view(), "json")
+
+
+@pytest.mark.parametrize(
+    ("text", "wire"),
+    [
+        ("x=float:-10:10", {"name": "x", "float": {"low": -10.0, "high": 10.0, "log": False}}),
+        ("lr=float:1e-4:0.1:log", {"name": "lr", "float": {"low": 1e-4, "high": 0.1, "log": True}}),
+        (
+            "depth=int:2:10",
+            {"name": "depth", "int": {"low": 2, "high": 10, "log": False, "step": 1}},
+        ),
+        ("b=cat:gbtree,dart,3", {"name": "b", "categorical": {"choices": ["gbtree", "dart", 3]}}),
+    ],
+)
+def test_parameters_from_the_compact_cli_form(text: str, wire: dict[str, Any]) -> None:
+    assert parse_parameter(text).to_wire() == wire
+
+
+@pytest.mark.parametrize("text", ["x", "x=float:1", "x=float:1:2:3", "x=str:a", "1x=int:1:2"])
+def test_bad_parameters_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_parameter(text)
+
+
+def test_quick_study_is_validated_like_the_crd() -> None:
+    study = quick_study(
+        "quad",
+        namespace="team-a",
+        command=["python3", "obj.py", "{x}"],
+        search_space=[parse_parameter("x=float:-10:10")],
+        directions=["maximize"],
+        trials=30,
+        parallelism=2,
+        seed=3,
+        storage_secret="db:uri",
+    )
+    body = manifest(study)
+    assert body["metadata"] == {"name": "quad", "namespace": "team-a"}
+    assert "status" not in body
+    spec = body["spec"]
+    assert spec["budget"]["trials"] == 30 and spec["workers"]["parallelism"] == 2
+    assert spec["storage"] == {"secretRef": {"name": "db", "key": "uri"}}
+    with pytest.raises(ValidationError):
+        quick_study("bad", function="m:f", directions=["sideways"])
+    with pytest.raises(ValidationError):
+        quick_study("bad", function="m:f", parallelism=-1)
+
+
+def test_kubectl_plugin_has_the_user_commands_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.kubectl_main(["--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: kubectl optuna")
+    for command in ("list", "status", "trials", "best", "logs", "dashboard", "create", "wait"):
+        assert command in usage
+    assert "run" not in usage.split("{")[1].split("}")[0].split(",")
+
+
+def test_create_dry_run_prints_an_appliable_study(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(
+        [
+            "create",
+            "quad",
+            "--command",
+            "python3 obj.py {x}",
+            "--param",
+            "x=float:-1:1",
+            "--trials",
+            "5",
+            "--direction",
+            "maximize",
+            "--dry-run",
+        ]
+    )
+    assert code == 0
+    body = yaml.safe_load(capsys.readouterr().out)
+    assert body["kind"] == "TuningStudy" and "namespace" not in body["metadata"]
+    assert body["spec"]["objective"]["command"] == ["python3", "obj.py", "{x}"]
+    assert body["spec"]["directions"] == ["maximize"]
+
+
+def test_create_refuses_a_bad_parameter_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["create", "q", "--command", "x", "--param", "x=float:1", "--dry-run"]) == 2
+    assert "create: 'x=float:1': expected" in capsys.readouterr().err
+
+
+def test_dashboard_port_forwards_the_service_through_the_api_server() -> None:
+    args = argparse.Namespace(port=9000, kubeconfig="/k", context="ctx")
+    assert cli.dashboard_command(args, "xgb-dashboard", "team-a") == [
+        "kubectl",
+        "port-forward",
+        "-n",
+        "team-a",
+        "svc/xgb-dashboard",
+        "9000:8080",
+        "--kubeconfig",
+        "/k",
+        "--context",
+        "ctx",
+    ]
