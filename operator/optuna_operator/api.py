@@ -676,6 +676,32 @@ class DashboardSpec(Model):
     resources: Resources | None = Field(None, description="Dashboard container resources.")
 
 
+class ExportSpec(Model):
+    """Where the best trial is written for GitOps tools and training Jobs."""
+
+    config_map_name: str = Field(
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="ConfigMap (in the study's namespace, created and owned by the operator) "
+        "that receives the best trial's parameters, one key each, plus optuna_best_value, "
+        "optuna_best_trial and optuna_study; updated whenever the best trial changes. Use it "
+        "with envFrom, or let Argo CD/Flux read it.",
+    )
+
+
+class WarmStartSpec(Model):
+    """Finished trials of another study, copied into this one before its workers start."""
+
+    study_name: str = Field(
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
+        max_length=128,
+        description="Optuna study name (status.studyName of another TuningStudy) in the same "
+        "storage. Its COMPLETE trials are copied once, when this study is created; their "
+        "parameter distributions must be compatible with this study's search space, and they "
+        "count towards budget.trials.",
+    )
+
+
 # ----------------------------------------------------------------------------- spec
 
 
@@ -717,6 +743,11 @@ class TuningStudySpec(Model):
             cel(
                 "oldSelf.directions == self.directions",
                 "directions cannot change: the Optuna study was created with them",
+            ),
+            cel(
+                "!has(self.warmStart) || !has(self.studyName) "
+                "|| self.warmStart.studyName != self.studyName",
+                "warmStart.studyName must name another study, not this one",
             ),
         )
     )
@@ -765,6 +796,12 @@ class TuningStudySpec(Model):
         DeletionPolicy.RETAIN,
         description="Retain keeps the Optuna study when the TuningStudy is deleted; Delete "
         "removes it from the database.",
+    )
+    export: ExportSpec | None = Field(
+        None, description="Write the best trial to a ConfigMap (opt-in)."
+    )
+    warm_start: WarmStartSpec | None = Field(
+        None, description="Start from the finished trials of another study."
     )
 
     def effective_study_name(self, namespace: str, name: str) -> str:

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     NO_STORAGE_CONFIGURED = "NoStorageConfigured"
     STORAGE_UNREACHABLE = "StorageUnreachable"
     DIRECTIONS_MISMATCH = "DirectionsMismatch"
+    WARM_START_FAILED = "WarmStartFailed"
     INVALID_SPEC = "InvalidSpec"
     # workers
     WORKERS_RUNNING = "WorkersRunning"

@@ -37,6 +37,7 @@ __all__ = [
     "STORAGE_ENV_NAMES",
     "STUDY_ATTR_PREFIX",
     "STUDY_START_TIME_ATTR",
+    "WARM_START_ATTR",
     "WORKER_ATTR",
     "ExitCode",
     "describe_url",
@@ -84,6 +85,8 @@ INTERRUPTED_ATTR = "interrupted"
 RETRY_OF_ATTR = "retry_of"
 # pod/process that ran the trial, to find its logs.
 WORKER_ATTR = "worker"
+# On a trial copied by spec.warmStart: "<source study>#<trial number>".
+WARM_START_ATTR = "warm_start_from"
 
 # A trial whose worker keeps dying (OOM, a crashing CUDA kernel) is retried this often, not
 # forever; preemptions rarely hit the same parameters more than twice.

@@ -24,6 +24,7 @@ _PATHS = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
     "Secret": ("/api/v1", "secrets"),
+    "ConfigMap": ("/api/v1", "configmaps"),
     "TuningStudy": (f"/apis/{API_VERSION}", PLURAL),
 }
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from optuna_operator.api import API_VERSION, KIND, TuningStudy, WorkerConfig
+from optuna_operator.api import API_VERSION, KIND, BestTrial, TuningStudy, WorkerConfig
 from optuna_operator.contract import (
     CONFIG_ENV,
     POD_NAME_ENV,
@@ -23,6 +24,7 @@ __all__ = [
     "dashboard_deployment",
     "dashboard_name",
     "dashboard_service",
+    "export_config_map",
     "labels",
     "owner_reference",
     "storage_secret_copy",
@@ -277,4 +279,27 @@ def storage_secret_copy(study: TuningStudy, key: str, url: str) -> dict[str, Any
         "metadata": _metadata(study, f"{study.metadata.name}-storage", "storage"),
         "type": "Opaque",
         "stringData": {key: url},
+    }
+
+
+def _config_map_key(name: str) -> str:
+    """A parameter name as a ConfigMap key ([-._a-zA-Z0-9]+)."""
+    return re.sub(r"[^-._a-zA-Z0-9]", "_", name) or "_"
+
+
+def export_config_map(study: TuningStudy, best: BestTrial) -> dict[str, Any]:
+    """spec.export: the best trial's parameters, one key each, and what they scored."""
+    assert study.spec.export is not None
+    data = {
+        _config_map_key(name): value if isinstance(value, str) else json.dumps(value)
+        for name, value in best.params.items()
+    }
+    data["optuna_best_value"] = json.dumps(best.values[0] if len(best.values) == 1 else best.values)
+    data["optuna_best_trial"] = str(best.number)
+    data["optuna_study"] = study.study_name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(study, study.spec.export.config_map_name, "export"),
+        "data": data,
     }

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from optuna_operator import manifests
 from optuna_operator.api import (
     PARETO_FRONT_LIMIT,
+    BestTrial,
     DashboardStatus,
     Direction,
     TrialCounts,
@@ -44,6 +45,7 @@ from optuna_operator.study_store import (
     StoreRegistry,
     StudyHandle,
     StudySummary,
+    WarmStartError,
 )
 
 __all__ = [
@@ -581,6 +583,8 @@ class Reconciler:
         self._secrets: dict[tuple[str, str, str], tuple[str | None, float]] = {}
         # (namespace, secret name) -> digest of the storage Secret copy last applied
         self._secret_copies: dict[tuple[str, str], str] = {}
+        # (namespace, ConfigMap name) -> digest of the spec.export ConfigMap last applied
+        self._exports: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ storage
 
@@ -632,6 +636,8 @@ class Reconciler:
         """Drop what is cached for a deleted study."""
         ns = study.metadata.namespace
         self._secret_copies.pop((ns, f"{study.metadata.name}-storage"), None)
+        if study.spec.export is not None:
+            self._exports.pop((ns, study.spec.export.config_map_name), None)
         self.stores.forget(study.study_name)
 
     # ------------------------------------------------------------------ the four steps
@@ -643,7 +649,7 @@ class Reconciler:
         now = now or datetime.now(UTC)
         try:
             observed = self.observe(study, children, now)
-        except (StorageProblem, StorageError, DirectionsMismatchError) as exc:
+        except (StorageProblem, StorageError, DirectionsMismatchError, WarmStartError) as exc:
             reason, message = _storage_failure(exc)
             status, events = storage_failure_status(study, reason, message)
             return Outcome(status, events, retry=True)
@@ -673,6 +679,7 @@ class Reconciler:
                 "operator_version": OPERATOR_VERSION,
                 "optuna_version": optuna.__version__,
             },
+            warm_start=study.spec.warm_start.study_name if study.spec.warm_start else None,
         )
         summary = self.stores.summarize(storage.url, handle)
         ctx = self._child_context(study, storage, handle)
@@ -768,6 +775,8 @@ class Reconciler:
             except StorageError as exc:  # the next refresh tries again
                 log.warning("Could not fail stale trials of %s: %s", observed.handle.name, exc)
         importances = self._importances(observed.storage, study) if plan.importances else None
+        if study.spec.export is not None and observed.summary.best is not None:
+            self._export(study, observed.summary.best)
         return Acted(
             job=job,
             job_created=job_created,
@@ -805,6 +814,15 @@ class Reconciler:
             self.cluster.apply(secret)
             self._secret_copies[key] = digest
 
+    def _export(self, study: TuningStudy, best: BestTrial) -> None:
+        """Write the best trial to the spec.export ConfigMap when it changed."""
+        config_map = manifests.export_config_map(study, best)
+        digest = manifest_hash(config_map)
+        key = (study.metadata.namespace, config_map["metadata"]["name"])
+        if self._exports.get(key) != digest:
+            self.cluster.apply(config_map)
+            self._exports[key] = digest
+
     def _importances(self, storage: StorageRef, study: TuningStudy) -> dict[str, float] | None:
         try:
             return self.stores.param_importances(storage.url, study.study_name) or None
@@ -839,4 +857,6 @@ def _storage_failure(exc: Exception) -> tuple[str, str]:
         return exc.reason, exc.message
     if isinstance(exc, DirectionsMismatchError):
         return Reason.DIRECTIONS_MISMATCH, str(exc)
+    if isinstance(exc, WarmStartError):
+        return Reason.WARM_START_FAILED, str(exc)
     return Reason.STORAGE_UNREACHABLE, f"Cannot use the storage: {exc}"

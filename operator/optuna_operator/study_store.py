@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 from optuna.distributions import json_to_distribution
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,6 +27,7 @@ from optuna_operator.contract import (
     ERROR_ATTR,
     STUDY_ATTR_PREFIX,
     STUDY_START_TIME_ATTR,
+    WARM_START_ATTR,
     engine_kwargs,
     from_optuna_direction,
     heartbeat_storage,
@@ -39,6 +41,7 @@ __all__ = [
     "StoreRegistry",
     "StudyHandle",
     "StudySummary",
+    "WarmStartError",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,11 @@ class StorageError(Exception):
 
 
 class DirectionsMismatchError(Exception):
-    pass
+    """The spec's directions differ from those the Optuna study was created with."""
+
+
+class WarmStartError(Exception):
+    """The study named by spec.warmStart cannot be copied from."""
 
 
 @dataclass
@@ -155,6 +162,32 @@ def _trial_params(conn: Connection, trial_ids: list[int]) -> dict[int, dict[str,
     return params
 
 
+def _warm_start_trials(
+    storage: RDBStorage, source_name: str, n_objectives: int
+) -> list[FrozenTrial]:
+    """The COMPLETE trials of another study, as new trials marked with where they came from."""
+    try:
+        source = optuna.load_study(study_name=source_name, storage=storage)
+    except KeyError:
+        raise WarmStartError(
+            f"spec.warmStart.studyName {source_name!r} does not exist in this storage"
+        ) from None
+    if len(source.directions) != n_objectives:
+        raise WarmStartError(
+            f"spec.warmStart.studyName {source_name!r} has {len(source.directions)} objectives, "
+            f"this study {n_objectives}"
+        )
+    return [
+        optuna.trial.create_trial(
+            params=t.params,
+            distributions=t.distributions,
+            values=t.values,
+            user_attrs={**t.user_attrs, WARM_START_ATTR: f"{source_name}#{t.number}"},
+        )
+        for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
+
+
 def _state_name(state: object) -> str:
     return str(state).rsplit(".", 1)[-1].lower()
 
@@ -248,8 +281,11 @@ class StoreRegistry:
         metric_names: list[str] | None,
         enqueue: list[dict[str, Any]] | None,
         attrs: dict[str, Any],
+        *,
+        warm_start: str | None = None,
     ) -> StudyHandle:
-        """Create the study once, or resume it; refuse one whose directions differ."""
+        """Create the study once (copying the finished trials of `warm_start` into it), or
+        resume it; refuse one whose directions differ."""
         cached = self._handles.get((url, name))
         if cached is not None and cached[0].directions == tuple(directions) and cached[1] == attrs:
             return replace(cached[0], created=False)
@@ -259,7 +295,9 @@ class StoreRegistry:
             try:
                 study_id = storage.get_study_id_from_name(name)
             except KeyError:
-                study_id = self._create(storage, name, directions, metric_names, enqueue)
+                study_id = self._create(
+                    storage, name, directions, metric_names, enqueue, warm_start
+                )
                 created = True
             stored = tuple(from_optuna_direction(d) for d in storage.get_study_directions(study_id))
             if stored != tuple(directions):
@@ -292,7 +330,9 @@ class StoreRegistry:
         directions: list[Direction],
         metric_names: list[str] | None,
         enqueue: list[dict[str, Any]] | None,
+        warm_start: str | None,
     ) -> int:
+        history = _warm_start_trials(storage, warm_start, len(directions)) if warm_start else []
         study = optuna.create_study(
             storage=storage,
             study_name=name,
@@ -304,9 +344,11 @@ class StoreRegistry:
                 # Experimental since Optuna 3.2 and unchanged since; the dashboard uses it.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(metric_names)
+        # Copied before anything is enqueued: the sampler sees the history from trial one.
+        study.add_trials(history)
         for params in enqueue or []:
             study.enqueue_trial(params, skip_if_exists=True)
-        log.info("Created Optuna study %s", name)
+        log.info("Created Optuna study %s (%d trials copied)", name, len(history))
         return study._study_id
 
     def delete_study(self, url: str, name: str) -> bool:

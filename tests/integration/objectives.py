@@ -17,3 +17,11 @@ def quadratic(trial: optuna.Trial) -> float:
 def slow_quadratic(trial: optuna.Trial) -> float:
     time.sleep(0.4)
     return quadratic(trial)
+
+
+def improving(trial: optuna.Trial) -> float:
+    """Every trial beats the ones before it (minimize): the best trial keeps changing."""
+    trial.suggest_float("x", 0, 1)
+    trial.suggest_int("depth", 1, 8)
+    time.sleep(0.3)
+    return -float(trial.number)

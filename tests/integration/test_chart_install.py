@@ -210,6 +210,8 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         ("create", "secrets", team),
         ("patch", "secrets", team),
         ("list", "pods", team),
+        ("create", "configmaps", team),
+        ("patch", "configmaps", team),
         ("create", "events", team),
         ("list", "events", team),
         ("patch", "kopfpeerings.kopf.dev", team),
