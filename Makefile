@@ -61,13 +61,17 @@ demo-down: venv ## Stop what `DEMO_KEEP=1 make demo` left running (bed, operator
 bench: venv postgres ## Benchmarks: status refresh and worker throughput, as ratios to baselines
 	PYTHONPATH=hack:. $(BIN)/python -u hack/bench.py
 
-crds: venv ## Regenerate crds/ from the API models (operator/optuna_operator/api.py)
+crds: venv ## Regenerate crds/ (api.py) and the admission policy in deploy/ and the chart (admission.py)
 	$(BIN)/optuna-operator crds --output-dir crds
 	$(BIN)/optuna-operator crds --output-dir charts/optuna-operator/crds
+	$(BIN)/optuna-operator admission-policy --output-dir deploy
+	$(BIN)/optuna-operator admission-policy --output-dir charts/optuna-operator/files --chart
 
-crds-check: venv ## Fail when crds/ differs from what the models generate
+crds-check: venv ## Fail when crds/ or the admission policy differ from what the code generates
 	$(BIN)/optuna-operator crds --output-dir crds --check
 	$(BIN)/optuna-operator crds --output-dir charts/optuna-operator/crds --check
+	$(BIN)/optuna-operator admission-policy --output-dir deploy --check
+	$(BIN)/optuna-operator admission-policy --output-dir charts/optuna-operator/files --chart --check
 
 # --------------------------------------------------------------------------- images and chart
 IMAGE_TAG ?= 0.1.0

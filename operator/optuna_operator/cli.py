@@ -1,6 +1,6 @@
-"""`optuna-operator run | worker | crds` for the operator, and the user's commands (`list`,
-`status`, `trials`, `best`, `logs`, `dashboard`, `create`, `wait`), also installed as the kubectl
-plugin `kubectl optuna`.
+"""`optuna-operator run | worker | crds | admission-policy` for the operator, and the user's
+commands (`list`, `status`, `trials`, `best`, `logs`, `dashboard`, `create`, `wait`), also
+installed as the kubectl plugin `kubectl optuna`.
 
 Imports are per command so a worker image needs neither kopf nor the Kubernetes client. The
 user's commands are thin: the work is in `client` (the SDK) and `formatting` (what is printed).
@@ -68,6 +68,22 @@ def _crds(args: argparse.Namespace) -> int:
             return 1
         return 0
     print(write_crd(directory))
+    return 0
+
+
+def _admission_policy(args: argparse.Namespace) -> int:
+    from optuna_operator.admission import POLICY_FILE, chart_policy_yaml, deploy_yaml
+
+    path = Path(args.output_dir) / POLICY_FILE
+    text = chart_policy_yaml() if args.chart else deploy_yaml()
+    if args.check:
+        if not path.exists() or path.read_text() != text:
+            print(f"{path} is out of date: run `make crds`", file=sys.stderr)
+            return 1
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(path)
     return 0
 
 
@@ -395,6 +411,16 @@ def _parser(prog: str, operator_commands: bool) -> argparse.ArgumentParser:
         crds.add_argument("--output-dir", default="crds")
         crds.add_argument("--check", action="store_true", help="Fail if the file differs.")
         crds.set_defaults(func=_crds)
+        policy = sub.add_parser(
+            "admission-policy",
+            help="Write the ValidatingAdmissionPolicy (and binding) generated from admission.py.",
+        )
+        policy.add_argument("--output-dir", default="deploy")
+        policy.add_argument(
+            "--chart", action="store_true", help="The policy alone, for the chart's files/."
+        )
+        policy.add_argument("--check", action="store_true", help="Fail if the file differs.")
+        policy.set_defaults(func=_admission_policy)
     _add_user_commands(sub)
     return parser
 

@@ -74,6 +74,11 @@ def name(obj: Manifest) -> str:
     return str(obj["metadata"]["name"])
 
 
+def labels(obj: Manifest) -> dict[str, str]:
+    found: dict[str, str] = obj["metadata"].get("labels") or {}
+    return found
+
+
 def one(docs: list[Manifest], kind: str, suffix: str = "") -> Manifest:
     found = [d for d in docs if d["kind"] == kind and name(d).endswith(suffix)]
     assert len(found) == 1, f"expected one {kind} *{suffix}, got {[name(d) for d in found]}"
@@ -352,8 +357,13 @@ def test_rbac_has_no_wildcards_and_never_lists_secrets(case: str) -> None:
 
 def test_namespaced_mode_has_no_cluster_wide_study_rules() -> None:
     docs = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
-    # rbac.clusterDiscovery is false there: nothing cluster-scoped at all.
-    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    # rbac.clusterDiscovery is false there: nothing cluster-scoped is bound to the operator.
+    # The only ClusterRoles are the ones aggregated into the built-in user roles.
+    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert {name(d) for d in cluster_roles} == {"optuna-operator-edit", "optuna-operator-view"}
+    for role in cluster_roles:
+        assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels(role))
     roles = {(d["metadata"]["namespace"], name(d)) for d in docs if d["kind"] == "Role"}
     assert roles == {
         ("team-a", "optuna-operator"),
@@ -480,3 +490,60 @@ def test_grafana_dashboard_parses_and_queries_only_exported_metrics() -> None:
         assert metric_names(expr) and metric_names(expr) <= exported, expr
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+# --------------------------------------------------------------------------- who may do what
+
+
+def test_user_roles_aggregate_into_admin_edit_and_view() -> None:
+    docs = render()
+    edit, view = one(docs, "ClusterRole", "-edit"), one(docs, "ClusterRole", "-view")
+    assert labels(edit)["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert labels(edit)["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels(view)["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in labels(view)
+    edit_verbs = {v for r in edit["rules"] if "tuningstudies" in r["resources"] for v in r["verbs"]}
+    assert {"create", "update", "patch", "delete", "get", "list", "watch"} <= edit_verbs
+    for rule in edit["rules"] + view["rules"]:
+        # Users never write status: that is the operator's.
+        if "tuningstudies/status" in rule["resources"]:
+            assert set(rule["verbs"]) == {"get", "list", "watch"}
+    assert {v for r in view["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+    off = render("--set", "rbac.aggregateToDefaultRoles=false")
+    assert not [d for d in off if name(d).endswith(("-edit", "-view"))]
+
+
+def test_admission_policy_is_the_generated_one() -> None:
+    from optuna_operator.admission import POLICY_FILE, chart_policy_yaml, policy_manifest
+
+    assert (CHART / "files" / POLICY_FILE).read_text() == chart_policy_yaml(), (
+        "charts/optuna-operator/files/admission-policy.yaml is out of date: run `make crds`"
+    )
+    docs = render()
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert policy["spec"] == policy_manifest()["spec"]
+    assert binding["spec"] == {"policyName": name(policy), "validationActions": ["Deny"]}
+
+
+def test_admission_policy_values_tune_it() -> None:
+    docs = render(
+        "--set",
+        "admissionPolicy.exemptGroups={system:serviceaccounts:argocd}",
+        "--set",
+        "admissionPolicy.validationActions={Warn,Audit}",
+    )
+    conditions = one(docs, "ValidatingAdmissionPolicy")["spec"]["matchConditions"]
+    assert conditions[-1] == {
+        "name": "not-exempt",
+        "expression": '!request.userInfo.groups.exists(g, g in ["system:serviceaccounts:argocd"])',
+    }
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["validationActions"] == ["Warn", "Audit"]
+    namespaced = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    selector = one(namespaced, "ValidatingAdmissionPolicyBinding")["spec"]["matchResources"]
+    assert selector["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+    off = render("--set", "admissionPolicy.enabled=false")
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]

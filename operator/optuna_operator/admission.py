@@ -1,0 +1,253 @@
+"""The ValidatingAdmissionPolicy that keeps a TuningStudy from lending its author the
+operator's rights: the single source of `deploy/admission-policy.yaml` and of the chart's
+`files/admission-policy.yaml` (`make crds` writes both, `make crds-check` fails on drift).
+
+The operator creates worker pods with its own ServiceAccount, so without this policy anyone
+who may create a TuningStudy could run pods, mount Secrets and use ServiceAccounts of the
+namespace that they may not touch themselves. The policy asks the API server's authorizer
+(the same RBAC that would judge the author's own pod) before the study is stored:
+
+- `create` on pods in the namespace: a study is a way of creating pods;
+- `impersonate` on the ServiceAccount named by spec.workers.serviceAccountName: what the
+  built-in `edit` and `admin` roles grant precisely because running a pod as an account is
+  acting as it (kubernetes bootstrap policy, `system:aggregate-to-edit`);
+- `get` on every Secret the workers would read: env/envFrom, secret and projected volumes,
+  spec.storage.secretRef;
+- `use` on the PriorityClass of spec.workers.priorityClassName: the verb PodSecurityPolicy
+  used for cluster-scoped objects a pod selects; nobody holds it until an admin grants it;
+- volumes only of the kinds the restricted Pod Security Standard allows (no hostPath, nfs...).
+
+Only writes that change `spec` are checked, so the operator's own writes (status, its
+annotations and finalizer) never are, and neither are label edits by other tools.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from optuna_operator import api
+
+__all__ = [
+    "ALLOWED_VOLUME_KINDS",
+    "POLICY_FILE",
+    "POLICY_NAME",
+    "binding_manifest",
+    "chart_policy_yaml",
+    "deploy_yaml",
+    "policy_manifest",
+]
+
+POLICY_NAME = "tuningstudy-author-permissions.optuna-operator.io"
+# deploy/admission-policy.yaml and charts/optuna-operator/files/admission-policy.yaml.
+POLICY_FILE = "admission-policy.yaml"
+
+# The volume sources the restricted Pod Security Standard admits (plus the name field).
+ALLOWED_VOLUME_KINDS = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+)
+
+_WORKERS = "object.spec.workers"
+
+
+def _list(field: str) -> str:
+    """A workers list field, or an empty list (the CRD defaults `workers`, not its lists)."""
+    return f"(has({_WORKERS}.{field}) ? {_WORKERS}.{field} : [])"
+
+
+def _can(resource: str, verb: str, name: str | None = None, group: str = "") -> str:
+    check = f"authorizer.group('{group}').resource('{resource}')"
+    if resource != "priorityclasses":
+        check += ".namespace(request.namespace)"
+    if name is not None:
+        check += f".name({name})"
+    return f"{check}.check('{verb}').allowed()"
+
+
+def _who() -> str:
+    return "request.userInfo.username"
+
+
+_SECRET_NAMES = "\n+ ".join(
+    [
+        _list("env") + ".filter(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef)"
+        " && has(e.valueFrom.secretKeyRef.name)).map(e, e.valueFrom.secretKeyRef.name)",
+        _list("envFrom")
+        + ".filter(e, has(e.secretRef) && has(e.secretRef.name)).map(e, e.secretRef.name)",
+        _list("volumes")
+        + ".filter(v, has(v.secret) && has(v.secret.secretName)).map(v, v.secret.secretName)",
+        "(has(object.spec.storage) ? [object.spec.storage.secretRef.name] : [])",
+    ]
+)
+
+_ALLOWED_KINDS_CEL = "[" + ", ".join(f"'{k}'" for k in ("name", *ALLOWED_VOLUME_KINDS)) + "]"
+
+VARIABLES: list[dict[str, str]] = [
+    {
+        "name": "secretNames",
+        "expression": _SECRET_NAMES,
+    },
+    {
+        "name": "deniedSecrets",
+        "expression": f"variables.secretNames.filter(n, !{_can('secrets', 'get', 'n')})",
+    },
+    {
+        "name": "deniedProjected",
+        "expression": _list("volumes") + ".filter(v, has(v.projected) && has(v.projected.sources)"
+        " && v.projected.sources.exists(s, has(s.secret) && has(s.secret.name)"
+        f" && !{_can('secrets', 'get', 's.secret.name')})).map(v, v.name)",
+    },
+    {
+        "name": "hostVolumes",
+        "expression": _list("volumes") + f".filter(v, v.exists(k, !(k in {_ALLOWED_KINDS_CEL})))"
+        f".map(v, v.name + ' (' + v.filter(k, !(k in {_ALLOWED_KINDS_CEL}))[0] + ')')",
+    },
+]
+
+
+def _denied(rest: str) -> str:
+    """A messageExpression naming the requester; `rest` continues the CEL string literal."""
+    return "'TuningStudy refused: ' + " + _who() + " + ' may not " + rest
+
+
+_SA = f"{_WORKERS}.serviceAccountName"
+_PRIORITY = f"{_WORKERS}.priorityClassName"
+
+VALIDATIONS: list[dict[str, str]] = [
+    {
+        "expression": _can("pods", "create"),
+        "messageExpression": _denied(
+            "create pods in namespace ' + request.namespace + '. A TuningStudy runs worker "
+            "pods for its author, so its author needs the create verb on pods there (the edit "
+            "and admin roles have it).'"
+        ),
+        "reason": "Forbidden",
+    },
+    {
+        "expression": f"!has({_SA}) || " + _can("serviceaccounts", "impersonate", _SA),
+        "messageExpression": _denied(
+            f"impersonate serviceaccount ' + {_SA} + ' in namespace ' + request.namespace + "
+            "'. spec.workers.serviceAccountName runs the workers as that account, which needs "
+            "the impersonate verb on it (the edit and admin roles have it).'"
+        ),
+        "reason": "Forbidden",
+    },
+    {
+        "expression": "size(variables.deniedSecrets) == 0",
+        "messageExpression": _denied(
+            "get secret ' + variables.deniedSecrets[0] + ' in namespace ' + request.namespace "
+            "+ '. spec.workers.env, envFrom, volumes and spec.storage hand the Secrets they "
+            "name to the worker pods, so their author needs the get verb on each.'"
+        ),
+        "reason": "Forbidden",
+    },
+    {
+        "expression": "size(variables.deniedProjected) == 0",
+        "messageExpression": _denied(
+            "get a secret projected into volume ' + variables.deniedProjected[0] + ' in "
+            "namespace ' + request.namespace + '. The author of a TuningStudy needs the get "
+            "verb on every Secret its worker pods mount.'"
+        ),
+        "reason": "Forbidden",
+    },
+    {
+        "expression": f"!has({_PRIORITY}) || "
+        + _can("priorityclasses", "use", _PRIORITY, group="scheduling.k8s.io"),
+        "messageExpression": _denied(
+            f"use priorityclass ' + {_PRIORITY} + '. spec.workers.priorityClassName needs the "
+            "use verb on that PriorityClass (apiGroup scheduling.k8s.io); ask an admin to "
+            "grant it.'"
+        ),
+        "reason": "Forbidden",
+    },
+    {
+        "expression": "size(variables.hostVolumes) == 0",
+        "messageExpression": "'TuningStudy refused: spec.workers.volumes: volume ' + "
+        "variables.hostVolumes[0] + ' is not allowed. Worker pods may use only the volume "
+        "kinds of the restricted Pod Security Standard: " + ", ".join(ALLOWED_VOLUME_KINDS) + ".'",
+        "reason": "Forbidden",
+    },
+]
+
+
+def policy_manifest(name: str = POLICY_NAME) -> dict[str, Any]:
+    """The ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1, Kubernetes 1.30+)."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            # An authorizer that cannot answer must not let a study through.
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [api.GROUP],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE", "UPDATE"],
+                        # The main resource only: status and finalizer writes are the
+                        # operator's and never reach this policy.
+                        "resources": [api.PLURAL],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {
+                    # kopf writes annotations and a finalizer on the main resource; only a
+                    # write that changes what the workers run needs the author's rights.
+                    "name": "spec-written",
+                    "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
+                }
+            ],
+            "variables": VARIABLES,
+            "validations": VALIDATIONS,
+        },
+    }
+
+
+def binding_manifest(name: str = POLICY_NAME, policy_name: str = POLICY_NAME) -> dict[str, Any]:
+    """The binding that turns the policy on, in every namespace, refusing what it fails."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": policy_name, "validationActions": ["Deny"]},
+    }
+
+
+HEADER = "# Generated by `make crds` from operator/optuna_operator/admission.py. Do not edit.\n"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Long CEL as literal blocks, short CEL (full of single quotes) double-quoted: both read
+    as written."""
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if len(text) > 80 else '"' if "'" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def deploy_yaml() -> str:
+    """deploy/admission-policy.yaml: the policy and its binding, for `kubectl apply`."""
+    return HEADER + _dump(policy_manifest()) + "---\n" + _dump(binding_manifest())
+
+
+def chart_policy_yaml() -> str:
+    """The policy alone; the chart names it per release and binds it from its values."""
+    return HEADER + _dump(policy_manifest())
