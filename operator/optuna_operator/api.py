@@ -19,6 +19,9 @@ __all__ = [
     "KIND",
     "PLURAL",
     "VERSION",
+    "WORKER_ENV_NAMES",
+    "WORKER_MOUNT_PATHS",
+    "WORKER_VOLUME_NAMES",
     "BestTrial",
     "Budget",
     "CategoricalRange",
@@ -57,6 +60,17 @@ MAX_DIRECTIONS = 8
 PARETO_FRONT_LIMIT = 10
 # "<name>-workers-<hash8>" must fit the 63-character label value limit.
 MAX_NAME_LENGTH = 45
+# What the operator gives every worker pod (manifests.py); a study cannot take these names,
+# and an env entry of the same name would silently override the operator's.
+WORKER_VOLUME_NAMES = ("optuna-tmp", "optuna-shm")
+WORKER_MOUNT_PATHS = ("/tmp", "/dev/shm")
+WORKER_ENV_NAMES = (
+    "OPTUNA_OPERATOR_WORKER_CONFIG",
+    "OPTUNA_STORAGE_URL",
+    "OPTUNA_OPERATOR_WORKER_INDEX",
+    "POD_NAME",
+    "POD_NAMESPACE",
+)
 
 
 def cel(rule: str, message: str) -> dict[str, str]:
@@ -659,6 +673,24 @@ class WorkersSpec(Model):
     priority_class_name: str | None = Field(None, max_length=253)
     pod_labels: dict[str, str] | None = None
     pod_annotations: dict[str, str] | None = None
+    shm_size: Quantity = Field(
+        "64Mi",
+        description="Size of the memory-backed /dev/shm (counts against the pod's memory); "
+        "raise it for PyTorch DataLoader workers, e.g. 2Gi.",
+    )
+    run_as_user: int | None = Field(
+        None,
+        ge=1,
+        le=2147483647,
+        description="User id of the worker container (default 65532, the worker image's "
+        "user); for images built around another non-root user.",
+    )
+    run_as_group: int | None = Field(
+        None,
+        ge=0,
+        le=2147483647,
+        description="Group id of the worker container and of its volumes (default 65532).",
+    )
     heartbeat_interval_seconds: int = Field(
         30,
         ge=5,

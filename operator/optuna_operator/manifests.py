@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from optuna_operator.api import API_VERSION, KIND, BestTrial, TuningStudy, WorkerConfig
+from optuna_operator.api import (
+    API_VERSION,
+    KIND,
+    WORKER_MOUNT_PATHS,
+    WORKER_VOLUME_NAMES,
+    BestTrial,
+    TuningStudy,
+    WorkerConfig,
+)
 from optuna_operator.contract import (
     CONFIG_ENV,
     POD_NAME_ENV,
@@ -53,6 +61,12 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
     "capabilities": {"drop": ["ALL"]},
     "runAsNonRoot": True,
 }
+# Worker containers get a read-only root filesystem; what Python, pip caches, matplotlib and
+# objectives write goes to emptyDirs. HOME lives inside the /tmp volume so that it is also a
+# path that exists (or can be made) where no volume is mounted, e.g. the test bed's executor;
+# the worker creates it at start.
+WORKER_TMP, WORKER_SHM = WORKER_MOUNT_PATHS
+WORKER_HOME = f"{WORKER_TMP}/home"
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,9 @@ def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
         _storage_env(ctx),
         {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": POD_NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # Before the user's env, so a study can point HOME elsewhere (with a volume there).
+        {"name": "HOME", "value": WORKER_HOME},
+        {"name": "TMPDIR", "value": WORKER_TMP},
         *(workers.env or []),
     ]
     container: dict[str, Any] = {
@@ -138,21 +155,39 @@ def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
         "image": workers.image or ctx.worker_image,
         "command": ["optuna-operator", "worker"],
         "env": env,
-        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "securityContext": {**CONTAINER_SECURITY_CONTEXT, "readOnlyRootFilesystem": True},
         # The worker prints its fatal error last; kubelet copies it into the pod status.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": WORKER_VOLUME_NAMES[0], "mountPath": WORKER_TMP},
+            {"name": WORKER_VOLUME_NAMES[1], "mountPath": WORKER_SHM},
+            *(workers.volume_mounts or []),
+        ],
     }
     optional_container = {
         "imagePullPolicy": workers.image_pull_policy,
         "envFrom": workers.env_from,
-        "volumeMounts": workers.volume_mounts,
         "resources": workers.resources.to_wire() if workers.resources else None,
     }
     container.update({k: v for k, v in optional_container.items() if v})
+    security = dict(POD_SECURITY_CONTEXT)
+    if workers.run_as_user is not None:
+        security["runAsUser"] = workers.run_as_user
+    if workers.run_as_group is not None:
+        security["runAsGroup"] = security["fsGroup"] = workers.run_as_group
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "securityContext": POD_SECURITY_CONTEXT,
+        "securityContext": security,
         "containers": [container],
+        "volumes": [
+            {"name": WORKER_VOLUME_NAMES[0], "emptyDir": {}},
+            # Memory-backed: the runtime's default 64Mi /dev/shm starves PyTorch DataLoaders.
+            {
+                "name": WORKER_VOLUME_NAMES[1],
+                "emptyDir": {"medium": "Memory", "sizeLimit": str(workers.shm_size)},
+            },
+            *(workers.volumes or []),
+        ],
         # Workers do not talk to the Kubernetes API unless the user gives them an account.
         "automountServiceAccountToken": workers.service_account_name is not None,
         "terminationGracePeriodSeconds": 60,
@@ -163,7 +198,6 @@ def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
         "tolerations": workers.tolerations,
         "affinity": workers.affinity,
         "priorityClassName": workers.priority_class_name,
-        "volumes": workers.volumes,
         "imagePullSecrets": [{"name": n} for n in workers.image_pull_secrets or []],
     }
     pod_spec.update({k: v for k, v in optional_pod.items() if v})

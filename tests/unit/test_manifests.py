@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from optuna_operator import manifests
+from optuna_operator import api, manifests
 from optuna_operator.api import TuningStudy, WorkerConfig
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -135,3 +135,49 @@ def test_children_are_owned_and_labelled() -> None:
         owner = obj["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["uid"], owner["controller"]) == ("TuningStudy", "uid-1", True)
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "optuna-operator"
+
+
+def test_workers_write_only_to_their_emptydirs() -> None:
+    pod = _pods(manifests.worker_job(study(), CTX))
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Mi"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # HOME inside the /tmp volume: writable in a pod, and a path the test bed can create.
+    assert env["HOME"].startswith("/tmp/") and env["TMPDIR"] == "/tmp"
+    assert set(env) - {"HOME", "TMPDIR"} == set(api.WORKER_ENV_NAMES) - {
+        "OPTUNA_OPERATOR_WORKER_INDEX"
+    }
+    assert set(volumes) == set(api.WORKER_VOLUME_NAMES)
+
+
+def test_shm_size_run_as_user_and_user_volumes_reach_the_pod() -> None:
+    pod = _pods(
+        manifests.worker_job(
+            study(
+                workers={
+                    "shmSize": "2Gi",
+                    "runAsUser": 1000,
+                    "runAsGroup": 100,
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "d"}}],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    "env": [{"name": "HOME", "value": "/data"}],
+                }
+            ),
+            CTX,
+        )
+    )
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["runAsGroup"] == pod["securityContext"]["fsGroup"] == 100
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["optuna-shm"]["emptyDir"]["sizeLimit"] == "2Gi"
+    assert "data" in volumes
+    container = pod["containers"][0]
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    # The study's HOME comes after the operator's, so kubelet lets it win.
+    homes = [e["value"] for e in container["env"] if e["name"] == "HOME"]
+    assert homes[-1] == "/data"

@@ -31,12 +31,26 @@ _PRECEDENCE = (ExitCode.CONFIG, ExitCode.TOO_MANY_FAILURES, ExitCode.ERROR)
 def main() -> int:
     """Run the worker; the return value is the process exit code (see ExitCode)."""
     _configure_logging("worker")
+    _ensure_home()
     stop = StopSignal()
     stop.install()
     code, message = _guarded(lambda: _run(stop))
     if code != ExitCode.DONE:
         report_exit(message)
     return int(code)
+
+
+def _ensure_home() -> None:
+    """Create $HOME when missing: the operator points it into the pod's /tmp emptyDir (the
+    root filesystem is read-only), which starts empty; tools expect their home to exist."""
+    home = os.environ.get("HOME")
+    if not home:
+        return
+    try:
+        os.makedirs(home, exist_ok=True)
+    except OSError as err:
+        # Not fatal: most objectives never touch HOME.
+        log.warning("Cannot create HOME %s: %s", home, err)
 
 
 def _run(stop: StopSignal) -> tuple[ExitCode, str]:
