@@ -64,9 +64,9 @@ def _list(field: str) -> str:
 
 
 def _can(resource: str, verb: str, name: str | None = None, group: str = "") -> str:
-    check = f"authorizer.group('{group}').resource('{resource}')"
-    if resource != "priorityclasses":
-        check += ".namespace(request.namespace)"
+    # Always in the study's namespace, even for cluster-scoped PriorityClasses: RBAC then
+    # accepts a RoleBinding there (this namespace may use it) as well as a ClusterRoleBinding.
+    check = f"authorizer.group('{group}').resource('{resource}').namespace(request.namespace)"
     if name is not None:
         check += f".name({name})"
     return f"{check}.check('{verb}').allowed()"
@@ -90,20 +90,17 @@ _SECRET_NAMES = "\n+ ".join(
 
 _ALLOWED_KINDS_CEL = "[" + ", ".join(f"'{k}'" for k in ("name", *ALLOWED_VOLUME_KINDS)) + "]"
 
+# messageExpression cannot call the authorizer (Kubernetes leaves it out of that
+# environment), so messages list what the study names; only expressions ask RBAC.
 VARIABLES: list[dict[str, str]] = [
     {
         "name": "secretNames",
         "expression": _SECRET_NAMES,
     },
     {
-        "name": "deniedSecrets",
-        "expression": f"variables.secretNames.filter(n, !{_can('secrets', 'get', 'n')})",
-    },
-    {
-        "name": "deniedProjected",
+        "name": "projectedSecretVolumes",
         "expression": _list("volumes") + ".filter(v, has(v.projected) && has(v.projected.sources)"
-        " && v.projected.sources.exists(s, has(s.secret) && has(s.secret.name)"
-        f" && !{_can('secrets', 'get', 's.secret.name')})).map(v, v.name)",
+        " && v.projected.sources.exists(s, has(s.secret) && has(s.secret.name)))",
     },
     {
         "name": "hostVolumes",
@@ -141,20 +138,23 @@ VALIDATIONS: list[dict[str, str]] = [
         "reason": "Forbidden",
     },
     {
-        "expression": "size(variables.deniedSecrets) == 0",
+        "expression": f"variables.secretNames.all(n, {_can('secrets', 'get', 'n')})",
         "messageExpression": _denied(
-            "get secret ' + variables.deniedSecrets[0] + ' in namespace ' + request.namespace "
-            "+ '. spec.workers.env, envFrom, volumes and spec.storage hand the Secrets they "
-            "name to the worker pods, so their author needs the get verb on each.'"
+            "get every secret this study hands its workers (' + "
+            "variables.secretNames.join(', ') + ') in namespace ' + request.namespace + '. "
+            "spec.workers.env, envFrom, volumes and spec.storage pass the Secrets they name to "
+            "the worker pods, so their author needs the get verb on each.'"
         ),
         "reason": "Forbidden",
     },
     {
-        "expression": "size(variables.deniedProjected) == 0",
+        "expression": "variables.projectedSecretVolumes.all(v, v.projected.sources.all(s, "
+        f"!has(s.secret) || !has(s.secret.name) || {_can('secrets', 'get', 's.secret.name')}))",
         "messageExpression": _denied(
-            "get a secret projected into volume ' + variables.deniedProjected[0] + ' in "
-            "namespace ' + request.namespace + '. The author of a TuningStudy needs the get "
-            "verb on every Secret its worker pods mount.'"
+            "get every secret projected into volume(s) ' + "
+            "variables.projectedSecretVolumes.map(v, v.name).join(', ') + ' in namespace ' + "
+            "request.namespace + '. The author of a TuningStudy needs the get verb on every "
+            "Secret its worker pods mount.'"
         ),
         "reason": "Forbidden",
     },

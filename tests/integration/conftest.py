@@ -36,8 +36,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def crd_installed(bed: Bed, kube_api: client.ApiClient) -> None:
     """The generated CRD from crds/ and kopf's peering CRDs from the chart, applied with the
-    pinned kubectl and Established (early: kopf discovers peering resources at start-up)."""
-    for path in (ROOT / "crds", ROOT / "charts" / "optuna-operator" / "crds" / "kopf-peering.yaml"):
+    pinned kubectl and Established (early: kopf discovers peering resources at start-up); and
+    the admission policy from deploy/, so every test runs with the guard a cluster would have."""
+    for path in (
+        ROOT / "crds",
+        ROOT / "charts" / "optuna-operator" / "crds" / "kopf-peering.yaml",
+        ROOT / "deploy",
+    ):
         subprocess.run(
             [
                 str(bed.bin_dir / "kubectl"),
