@@ -178,6 +178,70 @@ VALIDATIONS: list[dict[str, str]] = [
 ]
 
 
+_SPEC = "object.spec"
+_SPACE = f"{_SPEC}.objective.searchSpace"
+_GRID = f"{_SPEC}.sampler.grid.searchSpace"
+_HAS_SPACE = f"has({_SPEC}.objective.searchSpace)"
+_HAS_GRID = f"has({_SPEC}.sampler.grid) && has({_SPEC}.sampler.grid.searchSpace)"
+_IS_GRID = f"has({_SPEC}.sampler.type) && {_SPEC}.sampler.type == 'Grid'"
+_ENQUEUED = f"(has({_SPEC}.enqueueTrials) ? {_SPEC}.enqueueTrials : [])"
+# A fixed value v fits parameter p of a command objective's declarative search space.
+_FITS = (
+    "(!has(p.categorical) || v in p.categorical.choices)"
+    " && (!has(p.int) || type(v) == int && v >= p.int.low && v <= p.int.high)"
+    " && (!has(p.float) || (type(v) == int || type(v) == double)"
+    " && double(v) >= p.float.low && double(v) <= p.float.high)"
+)
+
+# Spec rules the CRD's own CEL cannot express: enqueueTrials and grid values mix numbers,
+# strings and booleans, which a structural schema cannot type for CEL. What Optuna would do
+# with them at run time: ignore an enqueued parameter the objective never suggests, use an
+# out-of-range fixed or grid value with only a warning, fail every trial whose parameter is
+# missing from the grid or whose grid trial was enqueued with some parameters unset.
+CONSISTENCY: list[dict[str, str]] = [
+    {
+        "expression": f"!{_HAS_SPACE} || {_ENQUEUED}.all(t, t.all(k, "
+        f"{_SPACE}.exists(p, p.name == k)))",
+        "messageExpression": "'spec.enqueueTrials: parameter(s) ' + "
+        f"{_ENQUEUED}.map(t, t.filter(k, !{_SPACE}.exists(p, p.name == k)))"
+        ".filter(ks, size(ks) > 0)[0].join(', ') + ' are not declared in "
+        "spec.objective.searchSpace; a command objective would ignore them'",
+    },
+    {
+        "expression": f"!{_HAS_SPACE} || {_ENQUEUED}.all(t, {_SPACE}.all(p, "
+        f"!(p.name in t) || [t[p.name]].all(v, {_FITS})))",
+        "messageExpression": "'spec.enqueueTrials: the value of ' + "
+        f"{_SPACE}.filter(p, {_ENQUEUED}.exists(t, p.name in t && "
+        f"![t[p.name]].all(v, {_FITS})))[0].name + ' does not fit its parameter in "
+        "spec.objective.searchSpace (one of the choices; an integer or number between low "
+        "and high)'",
+    },
+    {
+        "expression": f"!({_IS_GRID}) || !{_HAS_GRID} || !{_HAS_SPACE} || "
+        f"{_GRID}.all(k, {_SPACE}.exists(p, p.name == k)) && {_SPACE}.all(p, p.name in {_GRID})",
+        "message": "spec.sampler.grid.searchSpace must list exactly the parameters of "
+        "spec.objective.searchSpace: Optuna's GridSampler fails a trial whose parameter it "
+        "has no values for",
+    },
+    {
+        "expression": f"!({_IS_GRID}) || !{_HAS_GRID} || !{_HAS_SPACE} || {_SPACE}.all(p, "
+        f"!(p.name in {_GRID}) || {_GRID}[p.name].all(v, {_FITS}))",
+        "messageExpression": "'spec.sampler.grid.searchSpace: a value of ' + "
+        f"{_SPACE}.filter(p, p.name in {_GRID} && !{_GRID}[p.name].all(v, {_FITS}))[0].name "
+        "+ ' does not fit its parameter in spec.objective.searchSpace (one of the choices; an "
+        "integer or number between low and high)'",
+    },
+    {
+        "expression": f"!({_IS_GRID}) || ({_HAS_GRID} ? {_ENQUEUED}.all(t, {_GRID}.all(k, k in t)) "
+        f": !{_HAS_SPACE} || {_ENQUEUED}.all(t, {_SPACE}.all(p, has(p.when) || p.name in t)))",
+        "message": "with spec.sampler.type Grid every spec.enqueueTrials entry must set every "
+        "grid parameter: Optuna's GridSampler fails a partly fixed trial",
+    },
+]
+for _rule in CONSISTENCY:
+    _rule["reason"] = "Invalid"
+
+
 def policy_manifest(name: str = POLICY_NAME) -> dict[str, Any]:
     """The ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1, Kubernetes 1.30+)."""
     return {
@@ -208,7 +272,7 @@ def policy_manifest(name: str = POLICY_NAME) -> dict[str, Any]:
                 }
             ],
             "variables": VARIABLES,
-            "validations": VALIDATIONS,
+            "validations": VALIDATIONS + CONSISTENCY,
         },
     }
 

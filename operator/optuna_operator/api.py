@@ -96,11 +96,51 @@ FreeObject = Annotated[
     dict[str, Any],
     WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
 ]
+
+
+def _open_object(kind: str, **properties: dict[str, Any]) -> Any:
+    """A core/v1 object passed through as a dict, with the fields CEL rules read declared
+    (a rule cannot name a field of an object that declares none)."""
+    return WithJsonSchema(
+        {
+            "type": "object",
+            "description": f"A core/v1 {kind}; every field of it is passed on.",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": properties,
+        }
+    )
+
+
+_STRING: dict[str, Any] = {"type": "string", "maxLength": 253}
+_NAME: dict[str, Any] = {"type": "string", "maxLength": 63}
+_OPEN: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+EnvVarObject = Annotated[
+    dict[str, Any],
+    _open_object(
+        "EnvVar", name=_STRING, value={"type": "string", "maxLength": 32768}, valueFrom=_OPEN
+    ),
+]
+VolumeObject = Annotated[dict[str, Any], _open_object("Volume", name=_NAME)]
+VolumeMountObject = Annotated[
+    dict[str, Any], _open_object("VolumeMount", name=_NAME, mountPath=_STRING)
+]
+TolerationObject = Annotated[
+    dict[str, Any],
+    _open_object(
+        "Toleration",
+        key=_STRING,
+        operator=_STRING,
+        value=_STRING,
+        effect=_STRING,
+        tolerationSeconds={"type": "integer", "format": "int64"},
+    ),
+]
 Quantity = Annotated[
     int | str,
     WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
+            "maxLength": 64,
             "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",  # noqa: E501
         }
     ),
@@ -119,6 +159,41 @@ IntOrAuto = Annotated[
         }
     ),
 ]
+# Kubernetes object names (RFC 1123 subdomain), as the API server checks them in pod specs.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ObjectName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of an object in the study's namespace (lowercase RFC 1123 subdomain).",
+    ),
+]
+ImageRef = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")]
+LabelValue = Annotated[
+    str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+]
+# Label and annotation keys: an optional DNS-subdomain prefix and a 63-character name.
+QUALIFIED_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+# Resource names the API server accepts in a container: the standard ones, hugepages-<size>
+# and domain-qualified extended resources.
+RESOURCE_NAME = (
+    r"^(cpu|memory|ephemeral-storage|hugepages-[0-9A-Za-z.]+|"
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$"
+)
+# The API server keeps Job.activeDeadlineSeconds (timeout + 600) and the operator a deadline
+# datetime; ten years bounds both far from overflow.
+MAX_TIMEOUT_SECONDS = 10 * 365 * 24 * 3600
+# Largest grid per parameter the worker enumerates (worker.factory).
+MAX_GRID_VALUES_PER_PARAMETER = 10_000
+# Values listed by hand in sampler.grid.searchSpace; bounded for the cost of CEL rules.
+MAX_LISTED_GRID_VALUES = 1000
+
 ParamName = Annotated[
     str,
     Field(
@@ -302,6 +377,11 @@ class Objective(Model):
                 "objective.searchSpace is only used with command: a function objective "
                 "defines its parameters with trial.suggest_*",
             ),
+            cel(
+                "!has(self.function) || !has(self.trialTimeoutSeconds)",
+                "objective.trialTimeoutSeconds is only enforced for command objectives: a "
+                "function objective must stop itself (or use budget.timeoutSeconds)",
+            ),
         )
     )
     function: str | None = Field(
@@ -355,7 +435,10 @@ class Budget(Model):
         description="Finished (complete or pruned) trials across all workers.",
     )
     timeout_seconds: int | None = Field(
-        None, ge=1, description="Wall-clock limit from the start of the study."
+        None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Wall-clock limit from the start of the study (at most ten years).",
     )
     max_failed_trials: int = Field(
         20, ge=0, description="Mark the study Failed when more trials than this have failed."
@@ -384,6 +467,15 @@ class SamplerType(StrEnum):
 class TPEOptions(Model):
     """Options of optuna.samplers.TPESampler."""
 
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!self.group || self.multivariate",
+                "sampler.tpe.group needs sampler.tpe.multivariate: true",
+            ),
+        )
+    )
+
     n_startup_trials: int = Field(10, ge=0, description="Random trials before TPE starts.")
     n_ei_candidates: int = Field(24, ge=1, description="Candidates scored per suggestion.")
     multivariate: bool = Field(True, description="Model parameters jointly.")
@@ -399,6 +491,19 @@ class TPEOptions(Model):
 class CMAESOptions(Model):
     """Options of optuna.samplers.CmaEsSampler (sigma0 and restart strategies are deprecated
     in Optuna 5 and left out)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!(self.useSeparableCma && self.withMargin)",
+                "sampler.cmaes: useSeparableCma and withMargin cannot be combined",
+            ),
+            cel(
+                "!self.lrAdapt || !(self.useSeparableCma || self.withMargin)",
+                "sampler.cmaes.lrAdapt cannot be combined with useSeparableCma or withMargin",
+            ),
+        )
+    )
 
     n_startup_trials: int = Field(0, ge=0, description="Random trials before CMA-ES starts.")
     popsize: int | None = Field(None, ge=2, description="Population size.")
@@ -426,17 +531,25 @@ class GPOptions(Model):
 class QMCOptions(Model):
     """Options of optuna.samplers.QMCSampler."""
 
-    qmc_type: Literal["sobol", "halton", "lhs"] = Field("sobol", description="Sequence.")
+    # Optuna's QMCSampler accepts only these two.
+    qmc_type: Literal["sobol", "halton"] = Field("sobol", description="Sequence.")
     scramble: bool = Field(True, description="Scramble the sequence.")
 
 
 class GridOptions(Model):
     """Options of optuna.samplers.GridSampler."""
 
-    search_space: dict[str, list[Scalar]] | None = Field(
+    search_space: (
+        dict[
+            str,
+            Annotated[list[Scalar], Field(min_length=1, max_length=MAX_LISTED_GRID_VALUES)],
+        ]
+        | None
+    ) = Field(
         None,
         description="Values per parameter. Needed for function objectives; derived from "
-        "objective.searchSpace for command objectives (int and categorical only).",
+        "objective.searchSpace for command objectives (int, categorical and float with step); "
+        "set it for a command objective to list exactly its parameters' values.",
         json_schema_extra={"maxProperties": MAX_PARAMETERS},
     )
 
@@ -468,6 +581,8 @@ class SamplerSpec(Model):
     seed: int | None = Field(
         None,
         ge=0,
+        # numpy's RandomState, which the samplers use, takes seeds below 2**32.
+        le=2**32 - 1,
         description="Base seed; worker i uses seed + i so workers do not repeat each other.",
     )
     tpe: TPEOptions | None = None
@@ -510,6 +625,15 @@ class PercentileOptions(MedianOptions):
 class SuccessiveHalvingOptions(Model):
     """Options of optuna.pruners.SuccessiveHalvingPruner."""
 
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.bootstrapCount == 0 || self.minResource != 'auto'",
+                "pruner.successiveHalving.bootstrapCount > 0 needs an integer minResource",
+            ),
+        )
+    )
+
     min_resource: IntOrAuto = Field("auto", description="Steps in the first rung.")
     reduction_factor: int = Field(4, ge=2, description="Keep 1/reductionFactor per rung.")
     min_early_stopping_rate: int = Field(0, ge=0, description="Rung offset.")
@@ -518,6 +642,19 @@ class SuccessiveHalvingOptions(Model):
 
 class HyperbandOptions(Model):
     """Options of optuna.pruners.HyperbandPruner."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.bootstrapCount == 0 || self.maxResource != 'auto'",
+                "pruner.hyperband.bootstrapCount > 0 needs an integer maxResource",
+            ),
+            cel(
+                "self.maxResource == 'auto' || int(self.maxResource) >= self.minResource",
+                "pruner.hyperband.maxResource must be at least minResource",
+            ),
+        )
+    )
 
     min_resource: int = Field(1, ge=1, description="Smallest number of steps.")
     max_resource: IntOrAuto = Field("auto", description="Largest number of steps.")
@@ -619,19 +756,84 @@ class PrunerSpec(BasePrunerSpec):
 
 # ----------------------------------------------------------------------------- workers
 
+# Quantity kinds the API server only takes in some forms (extended resources as integers).
+_EXTENDED = "k.contains('/') && !k.startsWith('kubernetes.io/')"
+# Labels the operator sets on worker pods; the same key in podLabels would be dropped.
+OPERATOR_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+)
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+def _quantities(field: str) -> list[dict[str, str]]:
+    """What the API server checks of one resource map in a pod."""
+    return [
+        cel(
+            f"!has(self.{field}) || self.{field}.all(k, k.matches('{RESOURCE_NAME}'))",
+            f"resources.{field}: names are cpu, memory, ephemeral-storage, hugepages-<size> or "
+            "a domain-qualified extended resource such as nvidia.com/gpu",
+        ),
+        cel(
+            f"!has(self.{field}) || self.{field}.all(k, "
+            f"!quantity(string(self.{field}[k])).isLessThan(quantity('0')))",
+            f"resources.{field}: quantities cannot be negative",
+        ),
+        cel(
+            f"!has(self.{field}) || self.{field}.all(k, !({_EXTENDED}) "
+            f"|| quantity(string(self.{field}[k])).isInteger())",
+            f"resources.{field}: extended resources such as nvidia.com/gpu take whole numbers",
+        ),
+    ]
+
 
 class Resources(Model):
     """Container resources (core/v1 ResourceRequirements without claims)."""
 
-    limits: dict[str, Quantity] | None = Field(
-        None, description="Upper bounds, e.g. {cpu: 2, memory: 4Gi, nvidia.com/gpu: 1}."
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            *_quantities("limits"),
+            *_quantities("requests"),
+            cel(
+                "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
+                "!(k in self.limits) || quantity(string(self.requests[k]))"
+                ".compareTo(quantity(string(self.limits[k]))) <= 0)",
+                "resources: a request cannot exceed the limit of the same resource",
+            ),
+            cel(
+                f"!has(self.requests) || self.requests.all(k, !({_EXTENDED}) "
+                "|| has(self.limits) && k in self.limits && quantity(string(self.requests[k]))"
+                ".compareTo(quantity(string(self.limits[k]))) == 0)",
+                "resources: extended resources such as nvidia.com/gpu cannot be overcommitted; "
+                "set the limit, equal to the request (or only the limit)",
+            ),
+        )
     )
-    requests: dict[str, Quantity] | None = Field(None, description="Scheduling requests.")
+    limits: dict[str, Quantity] | None = Field(
+        None,
+        description="Upper bounds, e.g. {cpu: 2, memory: 4Gi, nvidia.com/gpu: 1}.",
+        json_schema_extra={"maxProperties": 32},
+    )
+    requests: dict[str, Quantity] | None = Field(
+        None, description="Scheduling requests.", json_schema_extra={"maxProperties": 32}
+    )
 
 
 class SecretKeyRef(Model):
-    name: str = Field(min_length=1, max_length=253, description="Secret name.")
-    key: str = Field("url", min_length=1, max_length=253, description="Key in the Secret.")
+    name: ObjectName = Field(description="Secret name.")
+    key: str = Field(
+        "url",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in the Secret (letters, digits, '-', '_' and '.').",
+    )
 
 
 class StorageSpec(Model):
@@ -646,6 +848,88 @@ class StorageSpec(Model):
 class WorkersSpec(Model):
     """The worker Job: pods that pull trials from the shared study until the budget is met."""
 
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!has(self.env) || self.env.all(e, has(e.name) && e.name.matches('^[ -<>-~]+$'))",
+                "workers.env: every entry needs a name of printable characters without '='",
+            ),
+            cel(
+                f"!has(self.env) || self.env.all(e, !has(e.name) || !(e.name in "
+                f"{_cel_list(WORKER_ENV_NAMES)}))",
+                "workers.env: "
+                + ", ".join(WORKER_ENV_NAMES)
+                + " are set by the operator and cannot be overridden",
+            ),
+            cel(
+                "!has(self.env) || self.env.all(e, !has(e.valueFrom) "
+                "|| !has(e.value) || size(e.value) == 0)",
+                "workers.env: an entry takes value or valueFrom, not both",
+            ),
+            cel(
+                "!has(self.volumes) || self.volumes.all(v, has(v.name) "
+                "&& v.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(v.name) <= 63)",
+                "workers.volumes: every volume needs a name that is a DNS label "
+                "(lowercase letters, digits and '-', at most 63 characters)",
+            ),
+            cel(
+                f"!has(self.volumes) || self.volumes.all(v, !has(v.name) || !(v.name in "
+                f"{_cel_list(WORKER_VOLUME_NAMES)}))",
+                "workers.volumes: "
+                + " and ".join(WORKER_VOLUME_NAMES)
+                + " are the operator's own volumes; pick another name",
+            ),
+            cel(
+                "!has(self.volumeMounts) || self.volumeMounts.all(m, has(m.name) "
+                "&& has(self.volumes) && self.volumes.exists(v, has(v.name) && v.name == m.name))",
+                "workers.volumeMounts: every mount must name a volume of workers.volumes",
+            ),
+            cel(
+                "!has(self.volumeMounts) || self.volumeMounts.all(m, has(m.mountPath) "
+                f"&& !(m.mountPath in {_cel_list(WORKER_MOUNT_PATHS)}))",
+                "workers.volumeMounts: every mount needs a mountPath, and "
+                + " and ".join(WORKER_MOUNT_PATHS)
+                + " are the operator's writable emptyDirs (size /dev/shm with workers.shmSize)",
+            ),
+            cel(
+                "!has(self.tolerations) || self.tolerations.all(t, "
+                "(!has(t.operator) || t.operator in ['Exists', 'Equal']) "
+                "&& (!has(t.effect) || t.effect in ['NoSchedule', 'PreferNoSchedule', "
+                "'NoExecute']) && (!has(t.tolerationSeconds) || has(t.effect) "
+                "&& t.effect == 'NoExecute'))",
+                "workers.tolerations: operator is Exists or Equal, effect NoSchedule, "
+                "PreferNoSchedule or NoExecute, and tolerationSeconds needs effect NoExecute",
+            ),
+            cel(
+                "!has(self.tolerations) || self.tolerations.all(t, !has(t.operator) "
+                "|| t.operator != 'Exists' || !has(t.value) || size(t.value) == 0)",
+                "workers.tolerations: a toleration with operator Exists takes no value",
+            ),
+            cel(
+                f"!has(self.podLabels) || self.podLabels.all(k, k.matches('{QUALIFIED_KEY}') "
+                f"&& !(k in {_cel_list(OPERATOR_LABELS)}) "
+                "&& !k.startsWith('optuna-operator.io/'))",
+                "workers.podLabels: keys must be valid label keys, and the operator's own "
+                "labels (app.kubernetes.io/name, instance, component, part-of, managed-by, "
+                "optuna-operator.io/*) cannot be set",
+            ),
+            cel(
+                f"!has(self.nodeSelector) || self.nodeSelector.all(k, "
+                f"k.matches('{QUALIFIED_KEY}'))",
+                "workers.nodeSelector: keys must be valid label keys ([prefix/]name)",
+            ),
+            cel(
+                f"!has(self.podAnnotations) || self.podAnnotations.all(k, "
+                f"k.matches('{QUALIFIED_KEY}'))",
+                "workers.podAnnotations: keys must be valid annotation keys ([prefix/]name)",
+            ),
+            cel(
+                "quantity(string(self.shmSize)).isGreaterThan(quantity('0'))",
+                "workers.shmSize must be a positive quantity, e.g. 1Gi",
+            ),
+        )
+    )
+
     parallelism: int = Field(1, ge=0, le=1000, description="Worker pods running at once.")
     processes_per_pod: int = Field(
         1,
@@ -654,25 +938,43 @@ class WorkersSpec(Model):
         description="Trial processes per pod; with N GPUs per pod set N to run one trial "
         "per GPU (each process sees one GPU through CUDA_VISIBLE_DEVICES).",
     )
-    image: str | None = Field(
-        None, max_length=512, description="Image with the objective's code and the worker."
+    image: ImageRef | None = Field(
+        None, description="Image with the objective's code and the worker."
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     resources: Resources | None = Field(
         None, description="Worker container resources, e.g. limits: {nvidia.com/gpu: 1}."
     )
-    env: list[FreeObject] | None = Field(None, description="Extra environment (core/v1 EnvVar).")
-    env_from: list[FreeObject] | None = Field(None, description="core/v1 EnvFromSource list.")
-    volumes: list[FreeObject] | None = Field(None, description="core/v1 Volume list.")
-    volume_mounts: list[FreeObject] | None = Field(None, description="core/v1 VolumeMount list.")
-    node_selector: dict[str, str] | None = None
-    tolerations: list[FreeObject] | None = Field(None, description="core/v1 Toleration list.")
+    # Bounded so the API server can afford the CEL rules over them.
+    env: list[EnvVarObject] | None = Field(
+        None,
+        max_length=256,
+        description="Extra environment (core/v1 EnvVar). HOME (default /tmp/home) may be "
+        "overridden; the operator's own variables may not.",
+    )
+    env_from: list[FreeObject] | None = Field(
+        None, max_length=64, description="core/v1 EnvFromSource list."
+    )
+    volumes: list[VolumeObject] | None = Field(
+        None, max_length=64, description="core/v1 Volume list."
+    )
+    volume_mounts: list[VolumeMountObject] | None = Field(
+        None, max_length=64, description="core/v1 VolumeMount list."
+    )
+    node_selector: dict[str, LabelValue] | None = Field(
+        None, json_schema_extra={"maxProperties": 64}
+    )
+    tolerations: list[TolerationObject] | None = Field(
+        None, max_length=64, description="core/v1 Toleration list."
+    )
     affinity: FreeObject | None = Field(None, description="core/v1 Affinity.")
-    service_account_name: str | None = Field(None, max_length=253)
-    image_pull_secrets: list[str] | None = Field(None, description="Names of pull Secrets.")
-    priority_class_name: str | None = Field(None, max_length=253)
-    pod_labels: dict[str, str] | None = None
-    pod_annotations: dict[str, str] | None = None
+    service_account_name: ObjectName | None = None
+    image_pull_secrets: list[ObjectName] | None = Field(
+        None, max_length=16, description="Names of pull Secrets."
+    )
+    priority_class_name: ObjectName | None = None
+    pod_labels: dict[str, LabelValue] | None = Field(None, json_schema_extra={"maxProperties": 64})
+    pod_annotations: dict[str, str] | None = Field(None, json_schema_extra={"maxProperties": 64})
     shm_size: Quantity = Field(
         "64Mi",
         description="Size of the memory-backed /dev/shm (counts against the pod's memory); "
@@ -704,7 +1006,7 @@ class DashboardSpec(Model):
     """An optuna-dashboard Deployment and Service reading the study's storage."""
 
     enabled: bool = Field(True, description="Run the dashboard.")
-    image: str | None = Field(None, max_length=512, description="optuna-dashboard image.")
+    image: ImageRef | None = Field(None, description="optuna-dashboard image.")
     resources: Resources | None = Field(None, description="Dashboard container resources.")
 
 
@@ -735,6 +1037,38 @@ class WarmStartSpec(Model):
 
 
 # ----------------------------------------------------------------------------- spec
+
+
+_SPACE = "self.objective.searchSpace"
+# grid.searchSpace itself cannot be named in CEL (its values mix types); grid holds nothing else.
+_HAS_GRID = "has(self.sampler.grid)"
+
+# What the worker would refuse at run time about a command objective's sampler, checked
+# against the declared search space. (Rules over enqueueTrials and grid values live in the
+# admission policy, admission.py: their values mix numbers, strings and booleans, a type the
+# CRD's CEL cannot declare.)
+COMMAND_SPACE_RULES = (
+    cel(
+        f"!(self.sampler.type in ['Grid', 'BruteForce']) || {_HAS_GRID} || !has({_SPACE}) "
+        f"|| {_SPACE}.all(p, !has(p.float) || has(p.float.step))",
+        "sampler.type Grid and BruteForce enumerate every value: give each float parameter "
+        "a step (or list grid values in sampler.grid.searchSpace)",
+    ),
+    cel(
+        f"!(self.sampler.type in ['Grid', 'BruteForce']) || {_HAS_GRID} || !has({_SPACE}) "
+        f"|| {_SPACE}.all(p, (!has(p.int) || (p.int.high - p.int.low) / p.int.step "
+        f"< {MAX_GRID_VALUES_PER_PARAMETER}) && (!has(p.float) || !has(p.float.step) "
+        f"|| (p.float.high - p.float.low) / p.float.step < {MAX_GRID_VALUES_PER_PARAMETER}.0))",
+        f"sampler.type Grid and BruteForce: a parameter has more than "
+        f"{MAX_GRID_VALUES_PER_PARAMETER} values; raise its step",
+    ),
+    cel(
+        f"self.sampler.type != 'CMAES' || !has({_SPACE}) "
+        f"|| {_SPACE}.exists(p, has(p.float) || has(p.int))",
+        "the CMAES sampler needs a float or int parameter: it samples categorical ones at "
+        "random; use TPE",
+    ),
+)
 
 
 class TuningStudySpec(Model):
@@ -781,6 +1115,7 @@ class TuningStudySpec(Model):
                 "|| self.warmStart.studyName != self.studyName",
                 "warmStart.studyName must name another study, not this one",
             ),
+            *COMMAND_SPACE_RULES,
         )
     )
     study_name: str | None = Field(

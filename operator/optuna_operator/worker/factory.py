@@ -40,6 +40,9 @@ from optuna.samplers import (
 from pydantic.alias_generators import to_camel
 
 from optuna_operator.api import (
+    # Grids larger than this are a typo, not a plan; GridSampler would hold them all in memory.
+    # The API server refuses them at apply time; the check here guards older objects.
+    MAX_GRID_VALUES_PER_PARAMETER,
     BasePrunerSpec,
     CMAESOptions,
     GPOptions,
@@ -63,8 +66,6 @@ from optuna_operator.worker.errors import ConfigError
 __all__ = ["build_pruner", "build_sampler", "describe", "grid_from_search_space"]
 
 GridValue = str | bool | int | float | None
-# Grids larger than this are a typo, not a plan; GridSampler would hold them all in memory.
-MAX_GRID_VALUES_PER_PARAMETER = 10_000
 
 
 def build_sampler(spec: SamplerSpec, objective: Objective, seed: int | None) -> BaseSampler:
