@@ -164,6 +164,16 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     assert exists(rbac.read_namespaced_role, f"{RELEASE}-storage", release_ns)
     assert exists(rbac.read_cluster_role, f"{RELEASE}-discovery")
     assert not exists(rbac.read_cluster_role, RELEASE)
+    # Users' roles and the admission policy, bound to the watched namespace only.
+    admission = client.AdmissionregistrationV1Api(kube_api)
+    for role in (f"{RELEASE}-edit", f"{RELEASE}-view"):
+        assert exists(rbac.read_cluster_role, role), role
+    policy = f"{RELEASE}-author-permissions"
+    assert exists(admission.read_validating_admission_policy, policy)
+    selector = admission.read_validating_admission_policy_binding(
+        policy
+    ).spec.match_resources.namespace_selector
+    assert selector.match_expressions[0].values == [team]
     assert not exists(rbac.read_namespaced_role, RELEASE, other)
     assert exists(
         custom.get_namespaced_custom_object,
@@ -285,6 +295,7 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     assert not exists(apps.read_namespaced_stateful_set, pg, release_ns)
     assert not exists(rbac.read_namespaced_role, RELEASE, team)
     assert not exists(rbac.read_cluster_role, f"{RELEASE}-discovery")
+    assert not exists(admission.read_validating_admission_policy, policy)
     studies.delete("kept")  # no operator served it: no finalizer holds it
 
     # A reinstall finds the same Secret and volume.
