@@ -181,3 +181,17 @@ def test_shm_size_run_as_user_and_user_volumes_reach_the_pod() -> None:
     # The study's HOME comes after the operator's, so kubelet lets it win.
     homes = [e["value"] for e in container["env"] if e["name"] == "HOME"]
     assert homes[-1] == "/data"
+
+
+def test_reserved_env_names_are_the_contracts() -> None:
+    # api.py cannot import contract (contract imports api and Optuna); the CRD's rule that
+    # keeps studies from overriding these names must still list exactly the contract's.
+    from optuna_operator import contract
+
+    assert set(api.WORKER_ENV_NAMES) == {
+        contract.CONFIG_ENV,
+        contract.STORAGE_ENV,
+        contract.INDEX_ENV,
+        contract.POD_NAME_ENV,
+        contract.POD_NAMESPACE_ENV,
+    }
