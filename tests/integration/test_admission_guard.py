@@ -25,6 +25,7 @@ from testbed import Bed
 CHART = ROOT / "charts" / "optuna-operator"
 POLICY = ROOT / "deploy" / POLICY_FILE
 REFUSED = "TuningStudy refused"
+ROLES_RELEASE = "guard-test"
 DB_DENIED = "may not get every secret this study hands its workers (db)"
 
 UserApi = Callable[[str], client.CustomObjectsApi]
@@ -48,7 +49,8 @@ def users(bed: Bed, kube_api: client.ApiClient, crd_installed: None) -> Iterator
         [
             str(bed.bin_dir / "helm"),
             "template",
-            "optuna-operator",
+            # Not the chart tests' release name: Helm refuses to adopt objects it did not make.
+            ROLES_RELEASE,
             str(CHART),
             "--show-only",
             "templates/user-roles.yaml",
@@ -91,6 +93,8 @@ def users(bed: Bed, kube_api: client.ApiClient, crd_installed: None) -> Iterator
     yield as_user
     for api in clients:
         api.close()
+    for role in (f"{ROLES_RELEASE}-optuna-operator-edit", f"{ROLES_RELEASE}-optuna-operator-view"):
+        rbac.delete_cluster_role(role)
 
 
 def _bind(kube_api: client.ApiClient, namespace: str, user: str, role: str, kind: str) -> None:
