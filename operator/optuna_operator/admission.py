@@ -18,7 +18,7 @@ namespace that they may not touch themselves. The policy asks the API server's a
 - volumes only of the kinds the restricted Pod Security Standard allows (no hostPath, nfs...).
 
 Only writes that change `spec` are checked, so the operator's own writes (status, its
-annotations and finalizer) never are, and neither are label edits by other tools.
+finalizer, any metadata) never are, and neither are label edits by other tools.
 """
 
 from __future__ import annotations
@@ -265,8 +265,8 @@ def policy_manifest(name: str = POLICY_NAME) -> dict[str, Any]:
             },
             "matchConditions": [
                 {
-                    # kopf writes annotations and a finalizer on the main resource; only a
-                    # write that changes what the workers run needs the author's rights.
+                    # The operator writes metadata (its finalizer) on the main resource; only
+                    # a write that changes what the workers run needs the author's rights.
                     "name": "spec-written",
                     "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
                 }

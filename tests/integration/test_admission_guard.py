@@ -326,7 +326,7 @@ def test_priority_class_needs_the_use_verb(
 def test_writes_that_leave_the_spec_alone_are_not_checked(
     users: UserApi, kube_api: client.ApiClient, namespace: str
 ) -> None:
-    """What the operator writes (status, its annotations and finalizer) passes without the
+    """What the operator writes (status, its finalizer, metadata) passes without the
     rights to create pods; a spec change by the same user does not."""
     writer_rules = [
         {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "patch"]},
