@@ -117,6 +117,7 @@ def _denied(rest: str) -> str:
 
 _SA = f"{_WORKERS}.serviceAccountName"
 _PRIORITY = f"{_WORKERS}.priorityClassName"
+_EXPORT = "object.spec.export"
 
 VALIDATIONS: list[dict[str, str]] = [
     {
@@ -165,6 +166,16 @@ VALIDATIONS: list[dict[str, str]] = [
             f"use priorityclass ' + {_PRIORITY} + '. spec.workers.priorityClassName needs the "
             "use verb on that PriorityClass (apiGroup scheduling.k8s.io); ask an admin to "
             "grant it.'"
+        ),
+        "reason": "Forbidden",
+    },
+    {
+        "expression": f"!has({_EXPORT}) || "
+        + _can("configmaps", "update", f"{_EXPORT}.configMapName"),
+        "messageExpression": _denied(
+            f"update configmap ' + {_EXPORT}.configMapName + ' in namespace ' + "
+            "request.namespace + '. spec.export has the operator write that ConfigMap, so its "
+            "author needs the update verb on it (the edit and admin roles have it).'"
         ),
         "reason": "Forbidden",
     },

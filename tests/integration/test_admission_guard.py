@@ -247,6 +247,10 @@ def test_service_accounts_and_secrets_the_author_may_not_use_stay_out_of_reach(
             DB_DENIED,
         ),
         (_study(priorityClassName="high"), "may not use priorityclass high"),
+        (
+            study_body("s", suspend=True, export={"configMapName": "app-config"}),
+            "may not update configmap app-config",
+        ),
     ]
     for body, expected in cases:
         status, message = _refused(dave, namespace, body)
