@@ -973,6 +973,15 @@ class WorkersSpec(Model):
         None, max_length=16, description="Names of pull Secrets."
     )
     priority_class_name: ObjectName | None = None
+    queue_name: str | None = Field(
+        None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="Kueue LocalQueue (in the study's namespace) the worker Job waits in: the "
+        "Job gets the kueue.x-k8s.io/queue-name label and is created suspended; Kueue starts "
+        "it when its ClusterQueue has quota and may suspend it again to preempt it. Defaults "
+        "to the operator's --default-queue-name.",
+    )
     pod_labels: dict[str, LabelValue] | None = Field(None, json_schema_extra={"maxProperties": 64})
     pod_annotations: dict[str, str] | None = Field(None, json_schema_extra={"maxProperties": 64})
     shm_size: Quantity = Field(
@@ -1253,10 +1262,13 @@ class TuningStudyStatus(Model):
     observed_generation: int | None = Field(
         None, description="metadata.generation of the spec this status describes."
     )
-    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] | None = Field(
-        None,
-        description="Summary: Pending (no workers yet), Running, Suspended (spec.suspend), "
-        "Succeeded (a budget or the goal was reached) or Failed (see the Failed condition).",
+    phase: Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"] | None = (
+        Field(
+            None,
+            description="Summary: Pending (no workers yet), Queued (the worker Job waits for "
+            "admission by Kueue), Running, Suspended (spec.suspend), "
+            "Succeeded (a budget or the goal was reached) or Failed (see the Failed condition).",
+        )
     )
     conditions: list[Condition] = Field(
         default_factory=list,

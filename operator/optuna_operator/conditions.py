@@ -16,6 +16,8 @@ class ConditionType(StrEnum):
     WORKERS_READY = "WorkersReady"
     DASHBOARD_AVAILABLE = "DashboardAvailable"
     SUSPENDED = "Suspended"
+    # Only for studies whose worker Job waits in a Kueue queue.
+    WORKERS_ADMITTED = "WorkersAdmitted"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
@@ -39,6 +41,10 @@ class Reason(StrEnum):
     WORKER_PODS_REFUSED = "WorkerPodsRefused"
     JOB_FAILED = "JobFailed"
     CHILD_REJECTED = "ChildRejected"
+    # Kueue
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"
+    ADMITTED = "Admitted"
+    NO_WORKER_JOB = "NoWorkerJob"
     # dashboard
     DASHBOARD_READY = "DashboardReady"
     DASHBOARD_PENDING = "DashboardPending"

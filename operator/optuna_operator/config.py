@@ -50,6 +50,8 @@ class OperatorSettings:
     peering_priority: int = 0
     liveness_endpoint: str | None = None
     metrics_port: int | None = None
+    # Kueue LocalQueue for studies that set no spec.workers.queueName; None: no queue.
+    default_queue_name: str | None = None
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -99,6 +101,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(_env("METRICS_PORT", "0") or 0) or None,
         help="Serve Prometheus metrics on this port.",
     )
+    parser.add_argument(
+        "--default-queue-name",
+        default=_env("DEFAULT_QUEUE_NAME"),
+        help="Kueue LocalQueue name for worker Jobs of studies without "
+        "spec.workers.queueName (the LocalQueue must exist in each study's namespace).",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -120,4 +128,5 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         peering=None if args.peering in (None, "", "none") else args.peering,
         liveness_endpoint=args.liveness,
         metrics_port=args.metrics_port,
+        default_queue_name=args.default_queue_name or None,
     )

@@ -83,6 +83,35 @@ class Cluster:
         )
         return result, status == 201
 
+    def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create once and never patch (worker Jobs Kueue manages: Kueue owns `suspend` and
+        the scheduling fields it injects, and an apply that stops sending a field would
+        remove it). An existing object is returned as stored; the bool says whether this
+        call created it."""
+        meta = obj["metadata"]
+        try:
+            result = self._call(
+                "POST",
+                self._path(obj["kind"], meta["namespace"]),
+                body=obj,
+                query=[("fieldManager", FIELD_MANAGER)],
+            )
+        except ApiException as exc:
+            # A watch cache that has not seen the object yet: what is stored wins.
+            if exc.status != 409:
+                raise
+            existing = self.get(obj["kind"], meta["namespace"], meta["name"])
+            if existing is None:
+                raise
+            return existing, False
+        return result, True
+
+    def list_path(self, path: str, selector: str) -> list[dict[str, Any]]:
+        """The items of a collection at an API path (custom resources of other projects)."""
+        result = self._call("GET", path, query=[("labelSelector", selector)])
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch a TuningStudy's status subresource; returns the stored object."""
         result: dict[str, Any] = self._call(

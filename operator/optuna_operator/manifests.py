@@ -27,6 +27,7 @@ from optuna_operator.contract import (
 )
 
 __all__ = [
+    "QUEUE_LABEL",
     "TEMPLATE_HASH_LABEL",
     "ChildContext",
     "dashboard_deployment",
@@ -44,6 +45,8 @@ __all__ = [
 MANAGED_BY = "optuna-operator"
 TEMPLATE_HASH_LABEL = "optuna-operator.io/template-hash"
 STUDY_LABEL = "optuna-operator.io/study"
+# Kueue's label naming the LocalQueue a Job waits in (sigs.k8s.io/kueue constants.QueueLabel).
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DASHBOARD_PORT = 8080
 
 # Restricted Pod Security Standard, satisfied by default for every pod the operator makes.
@@ -78,6 +81,8 @@ class ChildContext:
     worker_image: str
     dashboard_image: str
     deadline: datetime | None = None
+    # Kueue LocalQueue of the worker Job (spec.workers.queueName or the operator's default).
+    queue_name: str | None = None
 
 
 def labels(study: TuningStudy, component: str) -> dict[str, str]:
@@ -223,11 +228,15 @@ def worker_job(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
     digest = template_hash(template)
     metadata = _metadata(study, f"{workers_job_prefix(study)}-{digest}", "worker")
     metadata["labels"][TEMPLATE_HASH_LABEL] = digest
+    if ctx.queue_name:
+        metadata["labels"][QUEUE_LABEL] = ctx.queue_name
     spec: dict[str, Any] = {
         "parallelism": workers.parallelism,
         # Work queue: no completions; each worker pulls trials until the global budget is met.
         "backoffLimit": max(6, 2 * workers.parallelism),
-        "suspend": study.spec.suspend,
+        # A queued Job starts suspended and Kueue unsuspends it on admission; the operator
+        # creates it and never sends it again (spec.suspend deletes it instead).
+        "suspend": True if ctx.queue_name else study.spec.suspend,
         "podFailurePolicy": {
             "rules": [
                 {

@@ -11,7 +11,7 @@ from optuna_operator.config import OPERATOR_VERSION
 
 __all__ = ["forget", "observe", "observe_reconcile", "serve"]
 
-PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed")
 TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")
 
 STUDY_PHASE = Gauge(

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import optuna
 from kubernetes.client.exceptions import ApiException
 
-from optuna_operator import manifests
+from optuna_operator import kueue, manifests
 from optuna_operator.api import (
     PARETO_FRONT_LIMIT,
     BestTrial,
@@ -72,8 +72,9 @@ APPLIED_HASH_ANNOTATION = "optuna-operator.io/applied-hash"
 # workers within a minute, and running studies do not GET a Secret on every refresh.
 SECRET_TTL_SECONDS = 60.0
 
-PhaseName = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
-JobAction = Literal["none", "apply", "restart"]
+PhaseName = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+# requeue/stop delete a queued (Kueue) Job instead of patching it: see `decide`.
+JobAction = Literal["none", "apply", "restart", "requeue", "stop"]
 DashboardAction = Literal["none", "apply", "delete"]
 
 
@@ -99,6 +100,9 @@ class JobState:
     failed_reason: str | None = None
     failed_message: str | None = None
     applied_hash: str | None = None
+    suspended: bool = False
+    uid: str = ""
+    queue: str | None = None  # the Job's Kueue queue label
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,8 @@ class Observed:
     # The children as they should be, each carrying APPLIED_HASH_ANNOTATION.
     desired_job: dict[str, Any] = field(default_factory=dict)
     desired_dashboard: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None  # Kueue LocalQueue of the worker Job
+    admission: kueue.Admission | None = None  # read while a queued Job is suspended
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,7 @@ def decide_phase(
     job: JobState | None,
     now: datetime,
     start: datetime,
+    queue: str | None = None,
 ) -> Phase:
     """The study's phase from its budget, the database and the worker Job."""
     budget = study.spec.budget
@@ -253,6 +260,12 @@ def decide_phase(
         return Phase("Succeeded", done[0], done[1])
     if study.spec.suspend:
         return Phase("Suspended", Reason.SUSPENDED, "spec.suspend is true: workers are stopped")
+    if queue is not None and job is not None and job.suspended:
+        return Phase(
+            "Queued",
+            Reason.WAITING_FOR_ADMISSION,
+            f"The worker Job waits for admission by Kueue in LocalQueue {queue}",
+        )
     if job is None or job.ready == 0:
         return Phase("Pending", Reason.WORKERS_PENDING, "Waiting for worker pods to start")
     return Phase("Running", Reason.RUNNING, f"{job.ready} workers running")
@@ -263,17 +276,32 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     cluster. Called only when the storage and the study are usable."""
     assert observed.handle is not None
     job = observed.job
-    phase = decide_phase(study, observed.summary, job, observed.now, observed.handle.start_time)
+    phase = decide_phase(
+        study, observed.summary, job, observed.now, observed.handle.start_time, observed.queue
+    )
     finished = phase.phase in ("Succeeded", "Failed")
+    # A queued Job is created and never patched: Kueue owns `suspend` and what it injects
+    # on admission, and every re-apply would fight it. spec.suspend and spec changes delete
+    # it instead (deletion is how Kueue releases a Job's quota at once); the next pass
+    # creates the new one, suspended, at the back of its queue.
+    queued = observed.queue is not None
+    changed = job is not None and job.applied_hash != _applied_hash(observed.desired_job)
 
     action: JobAction
     if job is not None and job.failed_reason:
         action = "none"  # the failure is the result; a spec change makes a new template
     elif finished and (job is None or job.active == 0):
-        action = "none"  # bounded work is done: no new workers
+        # Bounded work is done: no new workers, and no queued Job left to be admitted later.
+        action = "stop" if queued and job is not None and job.suspended else "none"
     elif job is not None and job.complete:
         action = "restart"  # workers exited but the study is not done (e.g. budget raised)
-    elif job is None or job.applied_hash != _applied_hash(observed.desired_job):
+    elif queued and study.spec.suspend:
+        action = "stop" if job is not None else "none"
+    elif job is not None and changed and (queued or job.queue is not None):
+        # Also a Job that had a queue and should have none: an apply would leave the label
+        # (the operator created it, it never applied it) and fight Kueue over `suspend`.
+        action = "requeue"
+    elif job is None or changed:
         action = "apply"
     else:
         action = "none"
@@ -289,7 +317,7 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     # Periodic refresh only while something moves: workers run or are expected, or trials
     # of killed workers still need failing. Idle studies wake only on changes (a child that
     # is created or deleted wakes its study through the watch).
-    busy = phase.phase in ("Running", "Pending") or bool(summary.running and workers_gone)
+    busy = phase.phase in ("Running", "Pending", "Queued") or bool(summary.running and workers_gone)
     return Plan(
         phase=phase,
         job=action,
@@ -341,6 +369,17 @@ def build_status(
         events.append(
             Event("Normal", "RestartingWorkers", f"Deleted completed Job {observed.job.name}")
         )
+    if plan.job in ("requeue", "stop") and observed.job is not None:
+        why = (
+            "the worker spec changed; its replacement waits for admission"
+            if plan.job == "requeue"
+            else "spec.suspend is true"
+            if study.spec.suspend
+            else "the study is done"
+        )
+        events.append(
+            Event("Normal", "DeletedQueuedJob", f"Deleted Job {observed.job.name}: {why}")
+        )
     if acted.job_created and job is not None:
         events.append(Event("Normal", "CreatedJob", f"Created Job {job.name}"))
     _dashboard_status(study, acted, set_, status, events)
@@ -368,6 +407,9 @@ def build_status(
     phase = plan.phase
     if acted.rejected is not None:
         phase = Phase("Failed", Reason.CHILD_REJECTED, acted.rejected)
+    elif phase.phase == "Queued" and observed.admission is not None:
+        phase = replace(phase, message=observed.admission.sentence())
+    _admission_condition(study, observed, job, status, set_)
     status.phase = phase.phase
     suspend = study.spec.suspend
     set_(
@@ -385,6 +427,8 @@ def build_status(
         workers_reason = Reason.WORKERS_RUNNING
     elif phase.phase in ("Succeeded", "Failed", "Suspended"):
         workers_reason = Reason.WORKERS_STOPPED
+    elif phase.phase == "Queued":
+        workers_reason, workers_message = phase.reason, phase.message
     elif observed.pods_refused is not None:
         workers_reason = Reason.WORKER_PODS_REFUSED
         workers_message = f"The Job cannot create worker pods: {observed.pods_refused}"
@@ -493,6 +537,45 @@ def _dashboard_status(
         )
 
 
+def _admission_condition(
+    study: TuningStudy,
+    observed: Observed,
+    job: JobState | None,
+    status: TuningStudyStatus,
+    set_: Any,
+) -> None:
+    """WorkersAdmitted, for studies whose worker Job waits in a Kueue queue only."""
+    queue = observed.queue
+    if queue is None:
+        status.conditions = [
+            c for c in status.conditions if c.type != ConditionType.WORKERS_ADMITTED
+        ]
+        return
+    if job is None:
+        why = "spec.suspend is true" if study.spec.suspend else "there is no worker Job"
+        set_(
+            ConditionType.WORKERS_ADMITTED,
+            False,
+            Reason.NO_WORKER_JOB,
+            f"Nothing waits in LocalQueue {queue}: {why}",
+        )
+    elif not job.suspended:
+        set_(
+            ConditionType.WORKERS_ADMITTED,
+            True,
+            Reason.ADMITTED,
+            f"Job {job.name} was admitted by Kueue from LocalQueue {queue}",
+        )
+    else:
+        admission = observed.admission or kueue.admission(queue, None, None)
+        set_(
+            ConditionType.WORKERS_ADMITTED,
+            admission.admitted,
+            Reason.ADMITTED if admission.admitted else Reason.WAITING_FOR_ADMISSION,
+            admission.sentence(),
+        )
+
+
 def _reason_changed(
     status: TuningStudyStatus, type_: str, reason: str, expected_status: str = "True"
 ) -> bool:
@@ -538,6 +621,9 @@ def job_state(job: dict[str, Any]) -> JobState:
         failed_reason=failed.get("reason", "Failed") if failed else None,
         failed_message=failed.get("message", "") if failed else None,
         applied_hash=_applied_hash(job),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        uid=str(job["metadata"].get("uid") or ""),
+        queue=(job["metadata"].get("labels") or {}).get(manifests.QUEUE_LABEL),
     )
 
 
@@ -585,6 +671,8 @@ class Reconciler:
         self._secret_copies: dict[tuple[str, str], str] = {}
         # (namespace, ConfigMap name) -> digest of the spec.export ConfigMap last applied
         self._exports: dict[tuple[str, str], str] = {}
+        # (namespace, LocalQueue) -> (its ClusterQueue, read at monotonic time)
+        self._cluster_queues: dict[tuple[str, str], tuple[str | None, float]] = {}
 
     # ------------------------------------------------------------------ storage
 
@@ -706,12 +794,17 @@ class Reconciler:
         if (
             current is not None
             and current.active == 0
-            and not (current.complete or current.failed_reason or study.spec.suspend)
+            and not (
+                current.complete or current.failed_reason or current.suspended or study.spec.suspend
+            )
         ):
             # Quota, LimitRange or admission refusals reach only the Job's events.
             pods_refused = self.cluster.last_event_message(
                 study.metadata.namespace, "Job", current.name, "FailedCreate"
             )
+        admission = None
+        if ctx.queue_name is not None and current is not None and current.suspended:
+            admission = self._admission(study.metadata.namespace, ctx.queue_name, current)
         return Observed(
             now=now,
             storage=storage,
@@ -724,6 +817,8 @@ class Reconciler:
             pods_refused=pods_refused,
             desired_job=desired_job,
             desired_dashboard=_with_hash(manifests.dashboard_deployment(study, ctx)),
+            queue=ctx.queue_name,
+            admission=admission,
         )
 
     def act(self, study: TuningStudy, observed: Observed, plan: Plan) -> Acted:
@@ -738,14 +833,15 @@ class Reconciler:
             self.cluster.delete("Job", ns, name)
             deleted.append(("Job", name))
         job, job_created, rejected = observed.job, False, None
-        if plan.job == "restart" and job is not None:
+        if plan.job in ("restart", "requeue", "stop") and job is not None:
             self.cluster.delete("Job", ns, job.name)
             deleted.append(("Job", job.name))
             job = None
         elif plan.job == "apply":
             try:
                 self._apply_storage_copy(study, observed.storage)
-                stored, job_created = self.cluster.apply(desired_job)
+                send = self.cluster.create if observed.queue else self.cluster.apply
+                stored, job_created = send(desired_job)
                 applied.append(stored)
                 job = job_state(stored)
             except ApiException as exc:
@@ -801,7 +897,57 @@ class Reconciler:
             worker_image=self.settings.worker_image,
             dashboard_image=self.settings.dashboard_image,
             deadline=start + timedelta(seconds=timeout) if timeout else None,
+            queue_name=study.spec.workers.queue_name or self.settings.default_queue_name,
         )
+
+    def _admission(self, namespace: str, queue: str, job: JobState) -> kueue.Admission:
+        """Kueue's view of a suspended queued Job: its Workload, and the LocalQueue's
+        ClusterQueue while the Workload has none. Read only while the Job is suspended."""
+        for version in kueue.VERSIONS:
+            try:
+                workloads = self.cluster.list_path(
+                    kueue.workloads_path(version, namespace), f"{kueue.JOB_UID_LABEL}={job.uid}"
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue  # this version is not served; try the older one
+                if exc.status == 403:
+                    return kueue.Admission(
+                        queue,
+                        None,
+                        False,
+                        "the operator may not list Kueue Workloads (grant get/list on "
+                        "workloads.kueue.x-k8s.io)",
+                    )
+                raise
+            workload = workloads[0] if workloads else None
+            return kueue.admission(queue, workload, self._cluster_queue(version, namespace, queue))
+        return kueue.Admission(
+            queue,
+            None,
+            False,
+            "Kueue is not installed (the API server serves no workloads.kueue.x-k8s.io); "
+            "the worker Job stays suspended",
+        )
+
+    def _cluster_queue(self, version: str, namespace: str, queue: str) -> str | None:
+        """spec.clusterQueue of a LocalQueue, cached like Secrets: queues are rarely
+        rewired, and a waiting study is refreshed every status interval."""
+        key = (namespace, queue)
+        cached = self._cluster_queues.get(key)
+        if cached is not None and time.monotonic() - cached[1] < SECRET_TTL_SECONDS:
+            return cached[0]
+        try:
+            local_queue = self.cluster.get_cluster_object(
+                kueue.local_queue_path(version, namespace, queue)
+            )
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            local_queue = None
+        name = ((local_queue or {}).get("spec") or {}).get("clusterQueue")
+        self._cluster_queues[key] = (str(name) if name else None, time.monotonic())
+        return str(name) if name else None
 
     def _apply_storage_copy(self, study: TuningStudy, storage: StorageRef) -> None:
         """Copy the default storage URL into the study's namespace, when it changed."""

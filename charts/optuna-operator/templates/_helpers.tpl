@@ -140,4 +140,9 @@ their termination messages, post events. Nothing else: no pods/exec, no Secret l
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
+# Kueue, for studies whose workers wait in a queue: why a Job waits (its Workload) and the
+# ClusterQueue behind a LocalQueue. Harmless where Kueue is not installed.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads, localqueues]
+  verbs: [get, list]
 {{- end }}
