@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["ClientCert", "Pki", "generate_pki"]
+__all__ = ["ClientCert", "Pki", "generate_pki", "issue_serving_cert"]
 
 # The first address of --service-cluster-ip-range: the `kubernetes` Service's ClusterIP.
 SERVICE_IP = "10.0.0.1"
@@ -199,4 +199,29 @@ def generate_pki(directory: Path) -> Pki:
     )
     return Pki(
         ca_cert_path, ca_key_path, serving, admin, kcm, scheduler, front_proxy, sa_key, sa_pub
+    )
+
+
+def issue_serving_cert(
+    ca_cert_path: Path, ca_key_path: Path, directory: Path, stem: str, common_name: str
+) -> ClientCert:
+    """A serving certificate for 127.0.0.1 and localhost signed by the bed's CA: for
+    webhook servers the API server calls on loopback (a webhook `url` plus the CA bundle)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"the bed's CA key {ca_key_path} is not an EC key")
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    return _leaf(
+        directory,
+        stem,
+        _name(common_name),
+        ca_cert.subject,
+        ca_key,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        sans,
     )

@@ -18,7 +18,8 @@ from tests.integration.studies import (
 )
 
 from optuna_operator.api import GROUP, PLURAL, VERSION
-from testbed import Bed
+from testbed import Bed, BedError
+from testbed.kueue import Kueue, start_kueue
 
 HERE = Path(__file__).parent
 
@@ -116,6 +117,17 @@ def studies(kube_api: client.ApiClient, namespace: str, operator: OperatorProces
     if not operator.alive():
         operator.start()
     return Studies(kube_api, namespace)
+
+
+@pytest.fixture(scope="session")
+def kueue(bed: Bed) -> Kueue:
+    """Kueue running on the bed (built from the Go module proxy when missing: minutes), its
+    CRDs and webhooks installed; stopped with the bed. Opt-in: from the first test that asks
+    for it on, every Job created in the session passes Kueue's webhooks."""
+    try:
+        return start_kueue(bed)
+    except BedError as err:
+        pytest.fail(f"Kueue could not start on the test bed:\n{err}")
 
 
 @pytest.fixture(scope="module")
