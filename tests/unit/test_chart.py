@@ -226,6 +226,21 @@ def test_operator_cli_accepts_the_default_arguments() -> None:
     assert name(peering) == settings.peering
 
 
+def test_default_queue_name_reaches_the_operator_and_it_may_read_kueue() -> None:
+    assert parsed_settings(operator_container(render()), NAMESPACE).default_queue_name is None
+    docs = render("--set", "defaultQueueName=gpu")
+    assert parsed_settings(operator_container(docs), NAMESPACE).default_queue_name == "gpu"
+    role = next(d for d in docs if d["kind"] == "ClusterRole" and name(d) == "optuna-operator")
+    kueue_rules = [r for r in role["rules"] if "kueue.x-k8s.io" in r["apiGroups"]]
+    assert kueue_rules == [
+        {
+            "apiGroups": ["kueue.x-k8s.io"],
+            "resources": ["workloads", "localqueues"],
+            "verbs": ["get", "list"],
+        }
+    ]
+
+
 def test_operator_cli_accepts_namespaced_arguments() -> None:
     docs = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
     settings = parsed_settings(operator_container(docs), NAMESPACE)
