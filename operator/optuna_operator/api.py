@@ -851,6 +851,10 @@ class WorkersSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
+                "!has(self.minParallelism) || self.minParallelism < self.parallelism",
+                "workers.minParallelism must be less than workers.parallelism",
+            ),
+            cel(
                 "!has(self.env) || self.env.all(e, has(e.name) && e.name.matches('^[ -<>-~]+$'))",
                 "workers.env: every entry needs a name of printable characters without '='",
             ),
@@ -981,6 +985,14 @@ class WorkersSpec(Model):
         "Job gets the kueue.x-k8s.io/queue-name label and is created suspended; Kueue starts "
         "it when its ClusterQueue has quota and may suspend it again to preempt it. Defaults "
         "to the operator's --default-queue-name.",
+    )
+    min_parallelism: int | None = Field(
+        None,
+        ge=1,
+        le=999,
+        description="With a Kueue queue: let Kueue admit the worker Job with as few as this "
+        "many workers when the quota does not fit parallelism (partial admission, the "
+        "kueue.x-k8s.io/job-min-parallelism annotation). Ignored without a queue.",
     )
     pod_labels: dict[str, LabelValue] | None = Field(None, json_schema_extra={"maxProperties": 64})
     pod_annotations: dict[str, str] | None = Field(None, json_schema_extra={"maxProperties": 64})

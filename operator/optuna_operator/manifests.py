@@ -47,6 +47,8 @@ TEMPLATE_HASH_LABEL = "optuna-operator.io/template-hash"
 STUDY_LABEL = "optuna-operator.io/study"
 # Kueue's label naming the LocalQueue a Job waits in (sigs.k8s.io/kueue constants.QueueLabel).
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Kueue's partial admission of a batch Job: the fewest pods it may start it with.
+MIN_PARALLELISM_ANNOTATION = "kueue.x-k8s.io/job-min-parallelism"
 DASHBOARD_PORT = 8080
 
 # Restricted Pod Security Standard, satisfied by default for every pod the operator makes.
@@ -230,6 +232,10 @@ def worker_job(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
     metadata["labels"][TEMPLATE_HASH_LABEL] = digest
     if ctx.queue_name:
         metadata["labels"][QUEUE_LABEL] = ctx.queue_name
+        if workers.min_parallelism is not None:
+            # Kueue lowers spec.parallelism on admission; the operator never patches a
+            # queued Job, so it does not put it back.
+            metadata["annotations"] = {MIN_PARALLELISM_ANNOTATION: str(workers.min_parallelism)}
     spec: dict[str, Any] = {
         "parallelism": workers.parallelism,
         # Work queue: no completions; each worker pulls trials until the global budget is met.

@@ -234,6 +234,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("negative parallelism", _with("workers", {"parallelism": -1}), "parallelism"),
     (
+        "minParallelism not below parallelism",
+        _with("workers", {"parallelism": 2, "minParallelism": 2}),
+        "workers.minParallelism must be less than workers.parallelism",
+    ),
+    (
+        "queue name not a DNS subdomain",
+        _with("workers", {"queueName": "GPU_queue"}),
+        "queueName",
+    ),
+    (
         "bad resource quantity",
         _with("workers", {"resources": {"limits": {"cpu": "lots"}}}),
         "limits",

@@ -327,3 +327,17 @@ def test_a_parallelism_change_requeues_the_job_with_the_new_size(
     assert not operator_owns_suspend(after), after.metadata.managed_fields
     assert any("DeletedQueuedJob" in e for e in studies.events("scale")), studies.events("scale")
     studies.wait_phase("scale", "Succeeded", timeout=240)
+
+
+def test_partial_admission_starts_fewer_workers_within_the_quota(
+    studies: Studies, queues: Queues
+) -> None:
+    # Three one-CPU workers do not fit the one-CPU quota; minParallelism lets Kueue start one.
+    studies.create(queued_study("partial", 12, parallelism=3, minParallelism=1))
+    status = studies.wait_phase("partial", "Succeeded", timeout=240)
+    assert status["trials"]["complete"] >= 12
+    [job] = studies.jobs("partial")
+    assert job.metadata.annotations["kueue.x-k8s.io/job-min-parallelism"] == "1"
+    # Kueue admitted one pod's worth and set parallelism to it; the operator left it so.
+    assert job.spec.parallelism == 1
+    assert not operator_owns_suspend(job), job.metadata.managed_fields

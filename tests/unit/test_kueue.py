@@ -13,7 +13,12 @@ import pytest
 from optuna_operator import kueue
 from optuna_operator.api import TuningStudy
 from optuna_operator.config import add_run_arguments, settings_from_args
-from optuna_operator.manifests import QUEUE_LABEL, ChildContext, worker_job
+from optuna_operator.manifests import (
+    MIN_PARALLELISM_ANNOTATION,
+    QUEUE_LABEL,
+    ChildContext,
+    worker_job,
+)
 from optuna_operator.reconcile import (
     APPLIED_HASH_ANNOTATION,
     Acted,
@@ -95,6 +100,13 @@ def test_without_a_queue_the_job_is_unchanged() -> None:
     assert QUEUE_LABEL not in manifest["metadata"]["labels"]
     assert manifest["spec"]["suspend"] is False
     assert worker_job(study(suspend=True), CTX)["spec"]["suspend"] is True
+
+
+def test_min_parallelism_asks_kueue_for_partial_admission_only_with_a_queue() -> None:
+    s = study(workers={"parallelism": 4, "minParallelism": 2})
+    queued = worker_job(s, replace(CTX, queue_name=QUEUE))
+    assert queued["metadata"]["annotations"] == {MIN_PARALLELISM_ANNOTATION: "2"}
+    assert "annotations" not in worker_job(s, CTX)["metadata"]
 
 
 def test_the_queue_does_not_change_the_pod_template_or_the_job_name() -> None:
