@@ -14,7 +14,7 @@ TESTBED := PYTHONPATH=hack $(BIN)/python -m testbed
 # (test_chart.py), which the default rootdir-relative import mode refuses to collect.
 PYTEST := $(BIN)/pytest --import-mode=importlib
 
-.PHONY: help venv binaries postgres lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench
+.PHONY: help venv binaries kueue postgres lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ $(VENV_STAMP): pyproject.toml
 
 binaries: ## Build etcd, Kubernetes and helm into the versioned cache (slow only the first time)
 	hack/build-binaries.sh
+
+kueue: ## Build Kueue for the opt-in `kueue` test fixture (10-20 minutes cold, then cached)
+	hack/build-kueue.sh
 
 postgres: ## Install PostgreSQL from Debian's packages when it is missing
 	hack/install-postgres.sh
