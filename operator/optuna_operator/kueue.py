@@ -23,8 +23,8 @@ __all__ = [
 ]
 
 GROUP = "kueue.x-k8s.io"
-# v1beta2 since Kueue 0.15 (v1beta1 still served); older releases serve only v1beta1. The
-# fields read here are the same in both.
+# v1beta2 is Kueue 0.17's storage version (v1beta1 is still served); older releases serve
+# only v1beta1. The fields read here are the same in both.
 VERSIONS = ("v1beta2", "v1beta1")
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
