@@ -43,10 +43,10 @@ lint: venv ## ruff check, ruff format --check, mypy (strict)
 unit: venv ## Unit tests; no test bed needed
 	$(PYTEST) tests/unit
 
-integration: venv binaries postgres ## Integration tests against a real test bed (one per session)
+integration: venv binaries kueue postgres ## Integration tests against a real test bed (one per session)
 	$(PYTEST) tests/integration
 
-test: venv binaries postgres lint crds-check ## What CI runs: lint, CRD drift, unit and integration tests
+test: venv binaries kueue postgres lint crds-check ## What CI runs: lint, CRD drift, unit and integration tests
 	$(PYTEST) tests/unit tests/integration
 
 dev-cluster: venv binaries postgres ## Start the test bed in the background and write .dev/env
