@@ -8,6 +8,7 @@
 #
 # Usage: hack/build-binaries.sh          # build what is missing, print the bin dir
 #        hack/build-binaries.sh --print  # only print the bin dir
+#        hack/build-binaries.sh --node   # also kubelet and kube-proxy (the node bed)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,6 +22,8 @@ if [[ "${1:-}" == "--print" ]]; then
   echo "$bin_dir"
   exit 0
 fi
+with_node=0
+[[ "${1:-}" == "--node" ]] && with_node=1
 
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
 
@@ -88,7 +91,9 @@ build_helm() {
 # with its published v0.X.Y tag (kubernetes/kubernetes#79384).
 build_kubernetes() {
   local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-  all_present "${cmds[@]}" && { log "kubernetes $K8S_VERSION: cached"; return; }
+  # The node bed's kubelet and kube-proxy come from the same wrapper module.
+  ((with_node)) && cmds+=(kubelet kube-proxy)
+  all_present "${cmds[@]}" && { log "kubernetes $K8S_VERSION: cached (${cmds[*]})"; return; }
   local t0; t0=$(date +%s)
   log "kubernetes $K8S_VERSION: building ${cmds[*]} (a cold build takes 20-40 minutes on 2 cores)"
   mkdir -p "$work/k8s" && cd "$work/k8s"
@@ -114,6 +119,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 EOF
   log "kubernetes: resolving modules"

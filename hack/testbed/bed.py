@@ -49,6 +49,8 @@ class BedOptions:
     # Added to every container's environment (the pod's own env wins).
     extra_env: dict[str, str] = field(default_factory=dict)
     start_timeout_s: float = 180.0
+    # Appended to kube-apiserver's flags (the node bed adds its egress and kubelet client).
+    apiserver_args: list[str] = field(default_factory=list)
 
 
 class Bed:
@@ -101,7 +103,12 @@ class Bed:
             self.storage_url = pg.url
             self._save_state()
             cp = start_control_plane(
-                self._sup, self.directory / "controlplane", self.logs_dir, self.bin_dir, timeout
+                self._sup,
+                self.directory / "controlplane",
+                self.logs_dir,
+                self.bin_dir,
+                timeout,
+                self.options.apiserver_args,
             )
             self.server = cp.server
             self._save_state()

@@ -12,6 +12,7 @@ import json
 import signal
 import ssl
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,12 @@ def _etcd_healthy(port: int) -> bool:
 
 
 def start_control_plane(
-    sup: Supervisor, directory: Path, logs: Path, bin_dir: Path, timeout_s: float = 180.0
+    sup: Supervisor,
+    directory: Path,
+    logs: Path,
+    bin_dir: Path,
+    timeout_s: float = 180.0,
+    extra_apiserver_args: Sequence[str] = (),
 ) -> ControlPlane:
     directory.mkdir(parents=True, exist_ok=True)
     pki = generate_pki(directory / "pki")
@@ -116,6 +122,7 @@ def start_control_plane(
             f"--proxy-client-cert-file={pki.front_proxy.cert}",
             f"--proxy-client-key-file={pki.front_proxy.key}",
             "--profiling=false",
+            *extra_apiserver_args,
         ],
         logs / "kube-apiserver.log",
         death_signal=ORPHANED,

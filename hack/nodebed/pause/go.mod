@@ -1,0 +1,3 @@
+module optuna-operator.local/pause
+
+go 1.22
