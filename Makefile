@@ -85,11 +85,12 @@ CHART := charts/optuna-operator
 
 .PHONY: images kind-demo chart-lint
 
-images: ## Build the operator, worker and worker-examples images (needs a Docker engine)
-	@command -v docker >/dev/null 2>&1 || { echo "make images: docker is not installed; it needs a Docker engine (this target cannot run here)" >&2; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "make images: docker is installed but no Docker engine answers (docker info failed)" >&2; exit 1; }
-	docker build -f Dockerfile -t $(OPERATOR_IMAGE) .
-	docker build -f worker_image/Dockerfile -t $(WORKER_IMAGE) .
+images: ## Build the operator, worker and worker-examples images (Docker if an engine answers, else buildah)
+	@if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then \
+	  echo "make images: no Docker engine; building with buildah (make images-buildah)" >&2; \
+	  $(MAKE) images-buildah; exit 0; fi; \
+	docker build -f Dockerfile -t $(OPERATOR_IMAGE) . && \
+	docker build -f worker_image/Dockerfile -t $(WORKER_IMAGE) . && \
 	docker build -f worker_image/Dockerfile --target examples -t $(EXAMPLES_IMAGE) .
 
 kind-demo: ## kind cluster, images, chart with bundled PostgreSQL, the XGBoost study (needs Docker, kind)
@@ -101,3 +102,28 @@ chart-lint: binaries ## helm lint the chart with default and ci/ values; chart C
 	for values in $(CHART)/ci/*-values.yaml; do "$$helm" lint --strict $(CHART) -f "$$values"; done
 	@diff -u crds/tuning.optuna-operator.io_tuningstudies.yaml $(CHART)/crds/tuning.optuna-operator.io_tuningstudies.yaml \
 	  || { echo "$(CHART)/crds differs from crds/: run make crds" >&2; exit 1; }
+
+# --------------------------------------------------------------------------- the node bed
+# A real kubelet, containerd + runc, CNI and kube-proxy instead of the pod executor
+# (hack/testbed/nodebed.py); images from the project's Dockerfiles built by buildah.
+# BUILD_CA_BUNDLE: a CA bundle for pip inside image builds (machines behind a TLS proxy);
+# empty to build without one.
+BUILD_CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt))
+
+.PHONY: node-packages node-binaries images-buildah node-bed node-bed-down
+
+node-packages: ## Debian packages of the node bed (containerd, runc, CNI plugins, iptables, buildah, debootstrap)
+	hack/nodebed/install-packages.sh
+
+node-binaries: ## kubelet and kube-proxy (plus the control plane) into the versioned cache
+	hack/build-binaries.sh --node
+
+images-buildah: node-packages ## Operator, worker, worker-examples and dashboard images with buildah, no Docker
+	BUILD_CA_BUNDLE=$(BUILD_CA_BUNDLE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) WORKER_IMAGE=$(WORKER_IMAGE) \
+	  EXAMPLES_IMAGE=$(EXAMPLES_IMAGE) hack/nodebed/build-images.sh
+
+node-bed: venv node-packages node-binaries postgres ## Start the node bed in the background (.dev/node-bed) and write .dev/env
+	$(TESTBED) up --node
+
+node-bed-down: venv ## Stop every process node-bed started, its containers and cgroups
+	$(TESTBED) down --node
