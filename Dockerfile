@@ -28,9 +28,11 @@ ENV PATH=/opt/optuna-operator/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 COPY --from=build /opt/optuna-operator /opt/optuna-operator
-# Same uid as the chart's podSecurityContext.runAsUser; no home, no shell.
+# Same uid as the chart's podSecurityContext.runAsUser; no home, no shell. Not named
+# "operator": Debian (and so python:*-bookworm) already has a group of that name (gid 37),
+# and useradd --user-group refuses to reuse it.
 RUN useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin operator
+        --shell /usr/sbin/nologin optuna-operator
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["optuna-operator"]
