@@ -110,7 +110,7 @@ chart-lint: binaries ## helm lint the chart with default and ci/ values; chart C
 # empty to build without one.
 BUILD_CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt))
 
-.PHONY: node-packages node-binaries images-buildah node-bed node-bed-down
+.PHONY: node-packages node-binaries images-buildah node-bed node-bed-down node-demo test-node
 
 node-packages: ## Debian packages of the node bed (containerd, runc, CNI plugins, iptables, buildah, debootstrap)
 	hack/nodebed/install-packages.sh
@@ -127,3 +127,9 @@ node-bed: venv node-packages node-binaries postgres ## Start the node bed in the
 
 node-bed-down: venv ## Stop every process node-bed started, its containers and cgroups
 	$(TESTBED) down --node
+
+node-demo: venv node-packages node-binaries postgres images-buildah ## Node bed, images, helm install, the XGBoost study to Succeeded in real containers
+	PYTHONPATH=hack:. $(BIN)/python -u hack/node_demo.py
+
+test-node: venv node-packages node-binaries postgres images-buildah ## Node-bed tests: chart install, real containers, SIGKILL, restricted, Services
+	$(PYTEST) tests/node

@@ -32,10 +32,12 @@ declare -A dockerfiles=(
 )
 declare -A targets=([operator]="" [worker]=worker [examples]=examples [dashboard]="")
 # What each image copies from the repository: its digest decides whether to rebuild.
+# README.md is copied too (pyproject's readme) but only feeds package metadata: editing the
+# docs should not cost minutes of image builds.
 declare -A inputs=(
-  [operator]="Dockerfile pyproject.toml README.md operator"
-  [worker]="worker_image/Dockerfile pyproject.toml README.md operator"
-  [examples]="worker_image/Dockerfile pyproject.toml README.md operator examples"
+  [operator]="Dockerfile pyproject.toml operator"
+  [worker]="worker_image/Dockerfile pyproject.toml operator"
+  [examples]="worker_image/Dockerfile pyproject.toml operator examples"
   [dashboard]="hack/nodebed/dashboard.Dockerfile"
 )
 
@@ -50,7 +52,7 @@ digest_of() {
     cd "$repo_root"
     echo "base=$base ca=${BUILD_CA_BUNDLE:+yes} name=${names[$key]}"
     # shellcheck disable=SC2086
-    git ls-files -co --exclude-standard -- ${inputs[$key]} | LC_ALL=C sort | while read -r f; do
+    git ls-files -co --exclude-standard -- ${inputs[$key]} | grep -v '/__pycache__/' | LC_ALL=C sort | while read -r f; do
       [[ -f "$f" ]] && sha256sum "$f"
     done
   ) | sha256sum | cut -c1-16
