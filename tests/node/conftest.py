@@ -1,0 +1,132 @@
+"""Fixtures of the node-bed tests (`make test-node`): a real kubelet, containerd, CNI and
+kube-proxy running the project's own images, the chart installed with helm.
+
+One node bed per session. It needs root, Debian's containerd/runc/CNI plugins and the image
+archives from `make images-buildah`; without them the tests fail saying so, never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import BedError
+from testbed.nodebed import NodeBed, NodeBedOptions, image_archives
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "optuna-operator"
+IMAGES = ("pause", "busybox", "operator", "worker", "examples", "dashboard")
+TAG = "0.1.0"
+EXAMPLES_IMAGE = f"ghcr.io/optuna-operator/worker-examples:{TAG}"
+BUSYBOX_IMAGE = "localhost/optuna-operator/busybox:1.35"
+RELEASE_NS = "optuna-system"
+
+
+@dataclass
+class Kube:
+    """kubectl and helm against the node bed, as a user runs them."""
+
+    bed: NodeBed
+
+    def run(self, tool: str, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        res = subprocess.run(
+            [str(self.bed.bin_dir / tool), "--kubeconfig", str(self.bed.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
+        return res.stdout + ("" if check else res.stderr)
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        return self.run("kubectl", *args, stdin=stdin, check=check)
+
+    def get(self, *args: str) -> dict[str, Any]:
+        return dict(json.loads(self.kubectl("get", *args, "-o", "json")))
+
+    def wait_for(self, check: Callable[[], Any], what: str, timeout_s: float) -> Any:
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = check()
+            if last:
+                return last
+            time.sleep(1)
+        raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}: {last!r}")
+
+    def namespace(self, restricted: bool = True) -> str:
+        name = f"t-node-{uuid.uuid4().hex[:6]}"
+        self.kubectl("create", "namespace", name)
+        if restricted:
+            self.kubectl(
+                "label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted"
+            )
+        return name
+
+
+@pytest.fixture(scope="session")
+def node_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeBed]:
+    archives = image_archives(*IMAGES)
+    missing = [str(a) for a in archives if not a.is_file()]
+    if missing:
+        pytest.fail(f"image archives missing ({', '.join(missing)}): run `make images-buildah`")
+    bed = NodeBed(tmp_path_factory.mktemp("node-bed"), NodeBedOptions(images=archives))
+    try:
+        bed.start()
+    except BedError as err:
+        pytest.fail(f"the node bed could not start:\n{err}")
+    try:
+        yield bed
+    finally:
+        bed.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(node_bed: NodeBed) -> Kube:
+    return Kube(node_bed)
+
+
+@pytest.fixture(scope="session")
+def chart(kube: Kube) -> str:
+    """The chart installed by helm into optuna-system, the bed's PostgreSQL as default
+    storage; the operator's pod is Ready. Returns the release namespace."""
+    kube.kubectl("create", "namespace", RELEASE_NS)
+    kube.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "optuna-db",
+        "-n",
+        RELEASE_NS,
+        f"--from-literal=url={kube.bed.storage_url_for_pods}",
+    )
+    kube.run(
+        "helm",
+        "install",
+        "optuna-operator",
+        str(CHART),
+        "-n",
+        RELEASE_NS,
+        "--set",
+        "storage.existingSecret.name=optuna-db",
+        "--set",
+        "dashboardImage.repository=ghcr.io/optuna-operator/dashboard",
+        "--set",
+        f"dashboardImage.tag={TAG}",
+        "--set",
+        "statusInterval=3",
+        "--wait",
+        "--timeout",
+        "5m",
+    )
+    return RELEASE_NS

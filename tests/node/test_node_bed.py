@@ -1,0 +1,250 @@
+"""What only a real node can show: images, containers, users, read-only root filesystems,
+kill signals inside containers, pod networking, Services and kubelet's streaming API.
+
+The study below runs once for the module (one chart install, one TuningStudy); each test
+checks one thing about it. A command objective keeps trials short on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from typing import Any
+
+import pytest
+from tests.node.conftest import BUSYBOX_IMAGE, EXAMPLES_IMAGE, Kube
+
+STUDY = "node-shell"
+TRIALS = 16
+
+
+def study_manifest() -> str:
+    return textwrap.dedent(
+        f"""\
+        apiVersion: tuning.optuna-operator.io/v1alpha1
+        kind: TuningStudy
+        metadata:
+          name: {STUDY}
+        spec:
+          directions: [minimize]
+          objective:
+            command: [bash, examples/command/objective.sh, "--optimizer", "{{optimizer}}",
+                      "--lr", "{{lr}}"]
+            searchSpace:
+              - name: optimizer
+                categorical: {{choices: [sgd, adam]}}
+              - name: lr
+                float: {{low: 1.0e-4, high: 1.0, log: true}}
+              - name: momentum
+                float: {{low: 0.0, high: 0.99}}
+                when: {{param: optimizer, in: [sgd]}}
+              - name: layers
+                int: {{low: 1, high: 8}}
+            trialTimeoutSeconds: 60
+          budget: {{trials: {TRIALS}, maxFailedTrials: 5}}
+          sampler: {{type: TPE, seed: 1}}
+          workers:
+            parallelism: 2
+            image: {EXAMPLES_IMAGE}
+            env:
+              - {{name: EPOCH_SECONDS, value: "0.3"}}
+          dashboard:
+            enabled: true
+        """
+    )
+
+
+def status(kube: Kube, ns: str) -> dict[str, Any]:
+    return dict(kube.get("ts", STUDY, "-n", ns).get("status") or {})
+
+
+def worker_pods(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    items = kube.get("pods", "-n", ns, "-l", "app.kubernetes.io/component=worker")["items"]
+    return list(items)
+
+
+def running_worker(kube: Kube, ns: str) -> dict[str, Any] | None:
+    for pod in worker_pods(kube, ns):
+        for cs in pod.get("status", {}).get("containerStatuses", []):
+            if "running" in cs.get("state", {}):
+                return pod
+    return None
+
+
+@pytest.fixture(scope="module")
+def study_ns(kube: Kube, chart: str) -> str:
+    ns = kube.namespace(restricted=True)
+    kube.kubectl("apply", "-n", ns, "-f", "-", stdin=study_manifest())
+    return ns
+
+
+@pytest.fixture(scope="module")
+def killed(kube: Kube, study_ns: str) -> dict[str, Any]:
+    """SIGKILL a worker's main process inside its container while it runs trials."""
+    pod = kube.wait_for(lambda: running_worker(kube, study_ns), "a running worker", 240)
+    kube.wait_for(
+        lambda: (status(kube, study_ns).get("trials") or {}).get("complete", 0) >= 2,
+        "two complete trials",
+        240,
+    )
+    cid = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    res = subprocess.run(
+        [
+            "ctr",
+            "--address",
+            str(kube.bed.containerd_socket),
+            "-n",
+            "k8s.io",
+            "tasks",
+            "kill",
+            "--signal",
+            "SIGKILL",
+            cid,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return dict(pod)
+
+
+@pytest.fixture(scope="module")
+def finished(kube: Kube, study_ns: str, killed: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        kube.wait_for(
+            lambda: (s := status(kube, study_ns)).get("phase") in ("Succeeded", "Failed") and s,
+            f"study {STUDY} to finish",
+            600,
+        )
+    )
+
+
+def test_plain_pod_runs_in_a_container(kube: Kube) -> None:
+    ns = kube.namespace(restricted=False)
+    kube.kubectl(
+        "run",
+        "hello",
+        "-n",
+        ns,
+        f"--image={BUSYBOX_IMAGE}",
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        # $$ is Kubernetes' escape for a literal $ in command and args.
+        "echo pid $$$$ on $(hostname)",
+    )
+    kube.wait_for(
+        lambda: kube.get("pod", "hello", "-n", ns)["status"].get("phase") == "Succeeded",
+        "pod hello to succeed",
+        120,
+    )
+    # Its own PID namespace (pid 1) and UTS namespace (hostname = pod name); logs through
+    # the API server from kubelet.
+    assert kube.kubectl("logs", "-n", ns, "hello").strip() == "pid 1 on hello"
+
+
+def test_chart_operator_runs_in_cluster_as_its_user_with_a_read_only_root(
+    kube: Kube, chart: str
+) -> None:
+    pod = kube.get("pods", "-n", chart, "-l", "app.kubernetes.io/component=operator")["items"][0]
+    name = pod["metadata"]["name"]
+    probe = (
+        "import os, pathlib\n"
+        "print(os.getuid(), os.getgid())\n"
+        "try:\n"
+        "    pathlib.Path('/probe').write_text('x')\n"
+        "except OSError as e:\n"
+        "    print(e.strerror)\n"
+        "print(pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount/token').exists())\n"
+    )
+    out = kube.kubectl("exec", "-n", chart, name, "--", "python", "-c", probe).split("\n")
+    assert out[0] == "65532 65532"
+    assert out[1] == "Read-only file system"
+    assert out[2] == "True"  # in-cluster config from the mounted ServiceAccount token
+
+
+def test_study_succeeds_in_real_containers_despite_a_sigkilled_worker(
+    kube: Kube, study_ns: str, killed: dict[str, Any], finished: dict[str, Any]
+) -> None:
+    assert finished["phase"] == "Succeeded", finished.get("conditions")
+    trials = finished["trials"]
+    assert trials["complete"] + trials.get("pruned", 0) >= TRIALS
+    # The killed container really died of SIGKILL (137) and kubelet reported it.
+    name = killed["metadata"]["name"]
+    pods = {p["metadata"]["name"]: p for p in worker_pods(kube, study_ns)}
+    assert name in pods, f"the killed worker pod {name} is gone: {sorted(pods)}"
+    cs = pods[name]["status"]["containerStatuses"][0]
+    term = cs.get("lastState", {}).get("terminated") or cs["state"].get("terminated")
+    assert term is not None and term["exitCode"] == 137, cs
+
+
+def test_worker_runs_as_the_image_user_and_logs_stream_from_kubelet(
+    kube: Kube, study_ns: str, finished: dict[str, Any]
+) -> None:
+    pods = worker_pods(kube, study_ns)
+    assert pods
+    ctx = pods[0]["spec"]["securityContext"]
+    assert ctx["runAsUser"] == 65532 and ctx["runAsNonRoot"] is True
+    logs = "".join(
+        kube.kubectl("logs", "-n", study_ns, p["metadata"]["name"], check=False) for p in pods
+    )
+    assert "trial" in logs, logs[-2000:]
+
+
+def test_dashboard_answers_through_its_service_from_another_pod(
+    kube: Kube, study_ns: str, finished: dict[str, Any]
+) -> None:
+    svc = kube.get("svc", f"{STUDY}-dashboard", "-n", study_ns)
+    ip = svc["spec"]["clusterIP"]
+    kube.wait_for(
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for p in kube.get(
+                "pods", "-n", study_ns, "-l", "app.kubernetes.io/component=dashboard"
+            )["items"]
+            for c in p.get("status", {}).get("conditions", [])
+        ),
+        "the dashboard pod to be Ready (its readiness probe, run by kubelet)",
+        180,
+    )
+    client_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "dash-client"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65534,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "wget",
+                    "image": BUSYBOX_IMAGE,
+                    "command": ["wget", "-qO-", f"http://{ip}:8080/api/studies"],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    kube.kubectl("apply", "-n", study_ns, "-f", "-", stdin=json.dumps(client_pod))
+    phase = kube.wait_for(
+        lambda: (
+            kube.get("pod", "dash-client", "-n", study_ns)["status"].get("phase")
+            in ("Succeeded", "Failed")
+            and kube.get("pod", "dash-client", "-n", study_ns)["status"]["phase"]
+        ),
+        "the client pod to finish",
+        120,
+    )
+    body = kube.kubectl("logs", "-n", study_ns, "dash-client")
+    assert phase == "Succeeded", body
+    names = [s["study_name"] for s in json.loads(body)["study_summaries"]]
+    assert any(STUDY in n for n in names), names
