@@ -627,6 +627,11 @@ state = "{self.run_dir / "state"}"
                 with contextlib.suppress(OSError):
                     os.rmdir(dirpath)
         shutil.rmtree(state.run_dir, ignore_errors=True)
+        if not self._netns_pids(state.netns_inode):
+            # Unpacked images and pod volumes: gigabytes per bed. The mounts on them lived
+            # in the node's mount namespace, gone with its last process.
+            for heavy in ("containerd", "kubelet"):
+                shutil.rmtree(self.node_dir / heavy, ignore_errors=True)
         (self.node_dir / "state.json").unlink(missing_ok=True)
 
     # --- what tests use -----------------------------------------------------------------
