@@ -13,8 +13,8 @@ The node lives in network and mount namespaces of its own, held by one `sleep` p
   kernel.panic, kernel.panic_on_oops) are shown to it with the values it wants instead,
   so a shared machine keeps its own.
 
-Pods run in cgroups under /optuna-bed-<id> (cgroupfs driver, cgroup v1 or v2), so several
-beds coexist and stop() finds every container of this one.
+Pods run in cgroups under /optuna-bed-<id> (cgroupfs driver; tried on cgroup v1), so
+several beds coexist and stop() finds every container of this one.
 """
 
 from __future__ import annotations
@@ -635,6 +635,35 @@ state = "{self.run_dir / "state"}"
         (self.node_dir / "state.json").unlink(missing_ok=True)
 
     # --- what tests use -----------------------------------------------------------------
+    def pod_log(
+        self, namespace: str, pod: str, container: str | None = None, previous: bool = False
+    ) -> str:
+        """A container's log from kubelet's files (CRI format, the message part only).
+
+        container defaults to the only (or first alphabetical) one; `kubectl logs` reads the
+        same files through the API server.
+        """
+        dirs = sorted(
+            self.pod_logs_dir.glob(f"{namespace}_{pod}_*"), key=lambda d: d.stat().st_mtime
+        )
+        if not dirs:
+            raise FileNotFoundError(f"no logs for pod {namespace}/{pod} on this node")
+        names = sorted(d.name for d in dirs[-1].iterdir() if d.is_dir())
+        name = container or names[0]
+        attempts = sorted(int(p.stem) for p in (dirs[-1] / name).glob("*.log"))
+        if previous:
+            attempts = attempts[:-1]
+        if not attempts:
+            return ""
+        lines = (dirs[-1] / name / f"{attempts[-1]}.log").read_text(errors="replace").splitlines()
+        # <time> <stream> <P|F> <message>: P marks a line kubelet split.
+        out = []
+        for line in lines:
+            parts = line.split(" ", 3)
+            if len(parts) == 4:
+                out.append(parts[3] + ("" if parts[2] == "P" else "\n"))
+        return "".join(out)
+
     def env(self) -> dict[str, str]:
         out = super().env()
         out["STORAGE_URL_FOR_PODS"] = self.storage_url_for_pods

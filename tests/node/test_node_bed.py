@@ -144,6 +144,7 @@ def test_plain_pod_runs_in_a_container(kube: Kube) -> None:
     # Its own PID namespace (pid 1) and UTS namespace (hostname = pod name); logs through
     # the API server from kubelet.
     assert kube.kubectl("logs", "-n", ns, "hello").strip() == "pid 1 on hello"
+    assert kube.bed.pod_log(ns, "hello") == "pid 1 on hello\n"
 
 
 def test_chart_operator_runs_in_cluster_as_its_user_with_a_read_only_root(
