@@ -117,7 +117,9 @@ def start_postgres(sup: Supervisor, logs: Path, timeout_s: float = 60.0) -> Post
     password = secrets.token_hex(16)
     psql = [str(pg_bin / "psql"), "--set=ON_ERROR_STOP=1", "--quiet"]
     psql += [f"--host={root}", f"--port={port}", "--username=postgres", "--dbname=postgres"]
-    _run_as(user, [*psql, "-c", f"CREATE ROLE {ROLE} LOGIN PASSWORD '{password}'"], "CREATE ROLE")
+    # CREATEROLE: the operator makes a role and schema per namespace with this one.
+    role = f"CREATE ROLE {ROLE} LOGIN CREATEROLE PASSWORD '{password}'"
+    _run_as(user, [*psql, "-c", role], "CREATE ROLE")
     _run_as(user, [*psql, "-c", f"CREATE DATABASE {DATABASE} OWNER {ROLE}"], "CREATE DATABASE")
     url = f"postgresql+psycopg2://{ROLE}:{password}@127.0.0.1:{port}/{DATABASE}"
     return Postgres(port, url, root)

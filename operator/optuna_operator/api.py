@@ -1180,6 +1180,12 @@ class TuningStudySpec(Model):
     suspend: bool = Field(
         False, description="Stop the workers; set back to false to continue the study."
     )
+    adopt_existing_study: bool = Field(
+        False,
+        description="Resume an Optuna study named studyName that exists but was not created "
+        "by a TuningStudy (e.g. made with Optuna directly). A study of another TuningStudy "
+        "is never taken over.",
+    )
     deletion_policy: DeletionPolicy = Field(
         DeletionPolicy.RETAIN,
         description="Retain keeps the Optuna study when the TuningStudy is deleted; Delete "

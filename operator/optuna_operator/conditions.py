@@ -32,6 +32,11 @@ class Reason(StrEnum):
     STORAGE_UNREACHABLE = "StorageUnreachable"
     DIRECTIONS_MISMATCH = "DirectionsMismatch"
     WARM_START_FAILED = "WarmStartFailed"
+    STUDY_NOT_OWNED = "StudyNotOwned"
+    LEGACY_STUDY_NOT_MIGRATED = "LegacyStudyNotMigrated"
+    SECRET_CONFLICT = "SecretConflict"
+    TENANT_PROVISIONING_FAILED = "TenantProvisioningFailed"
+    TENANT_ROLE_CONFLICT = "TenantRoleConflict"
     INVALID_SPEC = "InvalidSpec"
     # workers
     WORKERS_RUNNING = "WorkersRunning"
@@ -45,6 +50,7 @@ class Reason(StrEnum):
     WAITING_FOR_ADMISSION = "WaitingForAdmission"
     ADMITTED = "Admitted"
     NO_WORKER_JOB = "NoWorkerJob"
+    CHILD_CONFLICT = "ChildConflict"
     # dashboard
     DASHBOARD_READY = "DashboardReady"
     DASHBOARD_PENDING = "DashboardPending"

@@ -19,6 +19,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
 
 from optuna_operator.api import Direction
 
@@ -100,24 +101,29 @@ CONNECT_TIMEOUT_SECONDS = 10
 def engine_kwargs(
     url: str,
     application_name: str,
-    pool_size: int = 2,
+    pool_size: int | None = 2,
     statement_timeout_ms: int | None = None,
 ) -> dict[str, Any]:
     """SQLAlchemy engine settings for one process: a small pool, liveness checks, timeouts.
 
     Sized so workers x processes x (pool_size + 2) stays far below max_connections. A
     connect timeout and TCP keepalives make a database that stops answering an error within
-    seconds instead of a thread blocked for minutes.
+    seconds instead of a thread blocked for minutes. `pool_size=None` keeps no connection
+    open between uses (NullPool): for a process that talks to many credentials rarely.
     """
-    kwargs: dict[str, Any] = {
-        # Postgres and the proxies in front of it drop idle connections during long trials.
-        "pool_pre_ping": True,
-        "pool_recycle": POOL_RECYCLE_SECONDS,
-        "pool_size": pool_size,
-        "max_overflow": 2,
-        # Waiting for a free pooled connection is bounded too.
-        "pool_timeout": 30,
-    }
+    kwargs: dict[str, Any]
+    if pool_size is None:
+        kwargs = {"poolclass": NullPool}
+    else:
+        kwargs = {
+            # Postgres and the proxies in front of it drop idle connections during long trials.
+            "pool_pre_ping": True,
+            "pool_recycle": POOL_RECYCLE_SECONDS,
+            "pool_size": pool_size,
+            "max_overflow": 2,
+            # Waiting for a free pooled connection is bounded too.
+            "pool_timeout": 30,
+        }
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
         kwargs["connect_args"] = {
@@ -134,7 +140,9 @@ def engine_kwargs(
     return kwargs
 
 
-def heartbeat_storage(url: str, heartbeat_interval: int, application_name: str) -> RDBStorage:
+def heartbeat_storage(
+    url: str, heartbeat_interval: int, application_name: str, pool_size: int | None = 2
+) -> RDBStorage:
     """The RDBStorage workers run trials with, and the operator fails stale trials with:
     heartbeats on, a trial whose heartbeat stopped retried up to MAX_RETRIES times."""
     with warnings.catch_warnings():
@@ -143,7 +151,7 @@ def heartbeat_storage(url: str, heartbeat_interval: int, application_name: str) 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RDBStorage(
             url,
-            engine_kwargs=engine_kwargs(url, application_name),
+            engine_kwargs=engine_kwargs(url, application_name, pool_size),
             # The operator created the schema with the study; workers racing to create
             # tables only add lock contention.
             skip_table_creation=True,

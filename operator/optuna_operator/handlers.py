@@ -74,7 +74,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         controller = Controller(
             reconciler, operator_settings.status_interval, RECONCILE_WORKERS, peering
         )
-        state.update(stores=stores, cluster=cluster, controller=controller)
+        state.update(stores=stores, cluster=cluster, controller=controller, reconciler=reconciler)
         state["loop"] = asyncio.create_task(controller.run(), name="reconcile loop")
         if operator_settings.metrics_port:
             metrics.serve(operator_settings.metrics_port)
@@ -84,6 +84,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         loop: asyncio.Task[None] | None = state.get("loop")
         if loop is not None:
             loop.cancel()
+        reconciler: Reconciler | None = state.get("reconciler")
+        if reconciler is not None:
+            reconciler.close()
         stores: StoreRegistry | None = state.get("stores")
         if stores is not None:
             stores.close()

@@ -36,7 +36,6 @@ __all__ = [
     "export_config_map",
     "labels",
     "owner_reference",
-    "storage_secret_copy",
     "worker_config",
     "worker_job",
     "workers_job_prefix",
@@ -85,6 +84,11 @@ class ChildContext:
     deadline: datetime | None = None
     # Kueue LocalQueue of the worker Job (spec.workers.queueName or the operator's default).
     queue_name: str | None = None
+    # The namespace's read-only role: its URL carries no password, which reaches the
+    # dashboard as PGPASSWORD (libpq reads it) from this key of `storage_secret`. None for
+    # a user's own storage Secret, which holds a URL only.
+    dashboard_url: str | None = None
+    dashboard_password_key: str | None = None
 
 
 def labels(study: TuningStudy, component: str) -> dict[str, str]:
@@ -272,13 +276,25 @@ def dashboard_name(study: TuningStudy) -> str:
 def dashboard_deployment(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
     dash = study.spec.dashboard
     pod_labels = labels(study, "dashboard")
+    args = ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT)]
+    if ctx.dashboard_url is not None and ctx.dashboard_password_key is not None:
+        # Read-only role; no password in the process arguments (`ps` shows those).
+        args.append(ctx.dashboard_url)
+        secret_ref = {"name": ctx.storage_secret, "key": ctx.dashboard_password_key}
+        env: list[dict[str, Any]] = [
+            {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": secret_ref}}
+        ]
+    else:
+        # A user's Secret holds only a URL: $(VAR) is expanded by the kubelet, so the URL
+        # stays out of every API object (though not out of the process arguments).
+        args.append(f"$({STORAGE_ENV})")
+        env = [_storage_env(ctx)]
     container: dict[str, Any] = {
         "name": "dashboard",
         "image": dash.image or ctx.dashboard_image,
         "command": ["optuna-dashboard"],
-        # $(VAR) is expanded by the kubelet: the URL stays out of every API object.
-        "args": ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT), f"$({STORAGE_ENV})"],
-        "env": [_storage_env(ctx)],
+        "args": args,
+        "env": env,
         "ports": [{"name": "http", "containerPort": DASHBOARD_PORT}],
         "readinessProbe": {
             "httpGet": {"path": "/", "port": "http"},
@@ -317,17 +333,6 @@ def dashboard_service(study: TuningStudy) -> dict[str, Any]:
             "selector": labels(study, "dashboard"),
             "ports": [{"name": "http", "port": DASHBOARD_PORT, "targetPort": "http"}],
         },
-    }
-
-
-def storage_secret_copy(study: TuningStudy, key: str, url: str) -> dict[str, Any]:
-    """The operator's default storage URL, copied into the study's namespace for its pods."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _metadata(study, f"{study.metadata.name}-storage", "storage"),
-        "type": "Opaque",
-        "stringData": {key: url},
     }
 
 

@@ -13,6 +13,7 @@ it runs: on changes of the study or its children, and periodically only while wo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,19 +38,23 @@ from optuna_operator.api import (
 )
 from optuna_operator.conditions import ConditionType, Reason, find, set_condition
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
-from optuna_operator.contract import ExitCode
+from optuna_operator.contract import ExitCode, redact
 from optuna_operator.kube import Cluster
 from optuna_operator.study_store import (
     DirectionsMismatchError,
+    NotOwnedError,
+    Owner,
     StorageError,
     StoreRegistry,
     StudyHandle,
     StudySummary,
     WarmStartError,
 )
+from optuna_operator.tenancy import Tenancy, TenancyError, TenantCredentials
 
 __all__ = [
     "APPLIED_HASH_ANNOTATION",
+    "ChildConflict",
     "Children",
     "Event",
     "JobState",
@@ -116,12 +121,13 @@ class Phase:
 
 @dataclass(frozen=True)
 class StorageRef:
-    """Where the URL came from; `copy_from_default` means the pods need a copied Secret."""
+    """The URL the operator connects with and the Secret the pods read it from; `tenant` is
+    set when it is the namespace's own role (no spec.storage)."""
 
     secret: str
     key: str
     url: str
-    copy_from_default: bool
+    tenant: TenantCredentials | None = None
 
 
 class StorageProblem(Exception):
@@ -184,7 +190,9 @@ class Acted:
     job_created: bool = False
     dashboard: dict[str, Any] | None = None
     dashboard_created: bool = False
-    rejected: str | None = None  # the API server's message when it refused a child
+    # (reason, message) when a child could not be applied: the API server refused it, or
+    # an object of that name belongs to someone else.
+    rejected: tuple[str, str] | None = None
     importances: dict[str, float] | None = None
     applied: tuple[dict[str, Any], ...] = ()  # objects as stored, for the watch caches
     deleted: tuple[tuple[str, str], ...] = ()  # (kind, name)
@@ -406,7 +414,7 @@ def build_status(
     # Phase and its conditions
     phase = plan.phase
     if acted.rejected is not None:
-        phase = Phase("Failed", Reason.CHILD_REJECTED, acted.rejected)
+        phase = Phase("Failed", *acted.rejected)
     elif phase.phase == "Queued" and observed.admission is not None:
         phase = replace(phase, message=observed.admission.sentence())
     _admission_condition(study, observed, job, status, set_)
@@ -422,7 +430,7 @@ def build_status(
     workers_reason: str = Reason.WORKERS_PENDING
     workers_message = f"{ready} of {study.spec.workers.parallelism} workers ready"
     if acted.rejected is not None:
-        workers_reason, workers_message = Reason.CHILD_REJECTED, acted.rejected
+        workers_reason, workers_message = acted.rejected
     elif ready > 0:
         workers_reason = Reason.WORKERS_RUNNING
     elif phase.phase in ("Succeeded", "Failed", "Suspended"):
@@ -486,6 +494,7 @@ def storage_failure_status(
 ) -> tuple[TuningStudyStatus, list[Event]]:
     """Status when the storage or the study cannot be used: everything else is kept."""
     generation = study.metadata.generation
+    message = redact(message)
     status = study.status.model_copy(deep=True)
     status.conditions = set_condition(
         status.conditions, ConditionType.STORAGE_READY, False, reason, message, generation
@@ -657,6 +666,18 @@ def termination_message(pods: list[dict[str, Any]]) -> str | None:
 # ---------------------------------------------------------------------- the reconciler
 
 
+class ChildConflict(Exception):
+    """An object with a child's name exists and is not controlled by this TuningStudy."""
+
+
+def controller_uid(obj: dict[str, Any] | None) -> str | None:
+    """The uid of the object's controlling owner, if any."""
+    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
 class Reconciler:
     """Runs observe -> decide -> act -> status for one study at a time; holds the clients
     and the small caches shared across studies (safe under concurrent reconciles)."""
@@ -665,24 +686,31 @@ class Reconciler:
         self.cluster = cluster
         self.stores = stores
         self.settings = settings
+        # A rotated password leaves its old URL behind: drop its storage and caches.
+        self.tenancy = Tenancy(cluster, on_rotate=lambda url: self.stores.drop_url(url))
         # (namespace, name, key) -> (value, read at monotonic time)
         self._secrets: dict[tuple[str, str, str], tuple[str | None, float]] = {}
-        # (namespace, secret name) -> digest of the storage Secret copy last applied
-        self._secret_copies: dict[tuple[str, str], str] = {}
         # (namespace, ConfigMap name) -> digest of the spec.export ConfigMap last applied
         self._exports: dict[tuple[str, str], str] = {}
         # (namespace, LocalQueue) -> (its ClusterQueue, read at monotonic time)
         self._cluster_queues: dict[tuple[str, str], tuple[str | None, float]] = {}
+        # uids of studies whose 0.1.0 `<study>-storage` copy was looked at by this process
+        self._scrubbed: set[str] = set()
+
+    def close(self) -> None:
+        """Close what the reconciler opened itself (the admin engines)."""
+        self.tenancy.close()
 
     # ------------------------------------------------------------------ storage
 
     def resolve_storage(self, study: TuningStudy) -> StorageRef:
-        """The storage URL of a study and the Secret its pods read it from."""
+        """The storage URL of a study and the Secret its pods read it from: the user's
+        Secret (spec.storage), or the namespace's own role, set up with the admin URL."""
         namespace = study.metadata.namespace
         if study.spec.storage is not None:
             ref = study.spec.storage.secret_ref
             url = self._read_secret(namespace, ref.name, ref.key)
-            return StorageRef(ref.name, ref.key, url, copy_from_default=False)
+            return StorageRef(ref.name, ref.key, url)
         default = self.settings.default_storage
         if default is None:
             raise StorageProblem(
@@ -690,8 +718,40 @@ class Reconciler:
                 "spec.storage is unset and the operator has no default storage; set "
                 "spec.storage.secretRef to a Secret holding a postgresql+psycopg2:// URL",
             )
-        url = self._read_secret(default.namespace, default.name, default.key)
-        return StorageRef(f"{study.metadata.name}-storage", default.key, url, True)
+        admin_url = self._read_secret(default.namespace, default.name, default.key)
+        try:
+            creds = self.tenancy.ensure(namespace, admin_url)
+        except TenancyError as exc:
+            raise StorageProblem(Reason(exc.reason), exc.message) from None
+        self._scrub_legacy_copy(study)
+        return StorageRef(creds.secret, creds.url_key, creds.url, tenant=creds)
+
+    def _scrub_legacy_copy(self, study: TuningStudy) -> None:
+        """Operator 0.1.0 copied the admin URL into `<study>-storage`; empty that copy once
+        per study and process. Applying it without data drops the field this field manager
+        set (server-side apply), with the `patch` the operator already has (no `delete`)."""
+        uid = study.metadata.uid or ""
+        if uid in self._scrubbed:
+            return
+        name = f"{study.metadata.name}-storage"
+        current = self.cluster.get("Secret", study.metadata.namespace, name)
+        if current is not None and controller_uid(current) == uid and current.get("data"):
+            meta = current["metadata"]
+            self.cluster.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {
+                        "name": name,
+                        "namespace": study.metadata.namespace,
+                        "labels": meta.get("labels") or {},
+                        "ownerReferences": meta.get("ownerReferences") or [],
+                    },
+                    "type": current.get("type", "Opaque"),
+                }
+            )
+            log.info("Emptied Secret %s/%s of operator 0.1.0", study.metadata.namespace, name)
+        self._scrubbed.add(uid)
 
     def _read_secret(self, namespace: str, name: str, key: str) -> str:
         cache_key = (namespace, name, key)
@@ -723,7 +783,7 @@ class Reconciler:
     def forget(self, study: TuningStudy) -> None:
         """Drop what is cached for a deleted study."""
         ns = study.metadata.namespace
-        self._secret_copies.pop((ns, f"{study.metadata.name}-storage"), None)
+        self._scrubbed.discard(study.metadata.uid or "")
         if study.spec.export is not None:
             self._exports.pop((ns, study.spec.export.config_map_name), None)
         self.stores.forget(study.study_name)
@@ -737,13 +797,22 @@ class Reconciler:
         now = now or datetime.now(UTC)
         try:
             observed = self.observe(study, children, now)
-        except (StorageProblem, StorageError, DirectionsMismatchError, WarmStartError) as exc:
+        except (
+            StorageProblem,
+            StorageError,
+            DirectionsMismatchError,
+            WarmStartError,
+            NotOwnedError,
+        ) as exc:
             reason, message = _storage_failure(exc)
             status, events = storage_failure_status(study, reason, message)
             return Outcome(status, events, retry=True)
         plan = decide(study, observed, self.settings.status_interval)
         acted = self.act(study, observed, plan)
         status, events = build_status(study, observed, plan, acted)
+        status, events = redact_status(
+            status, events, observed.storage.url if observed.storage else None
+        )
         return Outcome(
             status,
             events,
@@ -768,6 +837,9 @@ class Reconciler:
                 "optuna_version": optuna.__version__,
             },
             warm_start=study.spec.warm_start.study_name if study.spec.warm_start else None,
+            owner=owner_of(study),
+            adopt=study.spec.adopt_existing_study,
+            before_create=(lambda: self._refuse_legacy(study)) if storage.tenant else None,
         )
         summary = self.stores.summarize(storage.url, handle)
         ctx = self._child_context(study, storage, handle)
@@ -777,6 +849,10 @@ class Reconciler:
         stale = []
         for job in children.jobs:
             if job["metadata"].get("deletionTimestamp"):
+                continue
+            if controller_uid(job) != study.metadata.uid:
+                # Not this resource's (e.g. of an earlier one of the same name): never
+                # counted or deleted here; applying its name reports the conflict.
                 continue
             if job["metadata"]["name"] == desired_name:
                 current = job_state(job)
@@ -822,8 +898,8 @@ class Reconciler:
         )
 
     def act(self, study: TuningStudy, observed: Observed, plan: Plan) -> Acted:
-        """Apply or delete what the plan names; a child the API server refuses is reported,
-        not raised, so the status can say why at once."""
+        """Apply or delete what the plan names; a child the API server refuses, or whose
+        name another owner holds, is reported, not raised, so the status can say why."""
         ns = study.metadata.namespace
         assert observed.storage is not None and observed.handle is not None
         desired_job, desired_dashboard = observed.desired_job, observed.desired_dashboard
@@ -832,35 +908,49 @@ class Reconciler:
         for name in plan.delete_jobs:
             self.cluster.delete("Job", ns, name)
             deleted.append(("Job", name))
-        job, job_created, rejected = observed.job, False, None
+        job, job_created = observed.job, False
+        rejected: tuple[str, str] | None = None
         if plan.job in ("restart", "requeue", "stop") and job is not None:
             self.cluster.delete("Job", ns, job.name)
             deleted.append(("Job", job.name))
             job = None
         elif plan.job == "apply":
             try:
-                self._apply_storage_copy(study, observed.storage)
+                if job is None:  # not in the cache: a Job of that name may be someone else's
+                    self._check_controlled(study, desired_job)
                 send = self.cluster.create if observed.queue else self.cluster.apply
                 stored, job_created = send(desired_job)
                 applied.append(stored)
                 job = job_state(stored)
             except ApiException as exc:
-                rejected = _refusal(exc, desired_job)
+                rejected = (Reason.CHILD_REJECTED, _refusal(exc, desired_job))
+            except ChildConflict as exc:
+                rejected = (Reason.CHILD_CONFLICT, str(exc))
         dashboard, dashboard_created = observed.dashboard, False
         name = manifests.dashboard_name(study)
+        service = manifests.dashboard_service(study)
         if plan.dashboard == "delete":
-            self.cluster.delete("Deployment", ns, name)
-            self.cluster.delete("Service", ns, name)
-            deleted.append(("Deployment", name))
-            dashboard = None
+            try:
+                self._check_controlled(study, desired_dashboard, observed.dashboard)
+                self.cluster.delete("Deployment", ns, name)
+                deleted.append(("Deployment", name))
+                dashboard = None
+            except ChildConflict:
+                pass  # not ours: nothing of ours to delete
+            with contextlib.suppress(ChildConflict):
+                self._check_controlled(study, service)
+                self.cluster.delete("Service", ns, name)
         elif plan.dashboard == "apply" and rejected is None:
             try:
-                self._apply_storage_copy(study, observed.storage)
+                self._check_controlled(study, desired_dashboard, observed.dashboard)
+                self._check_controlled(study, service)
                 dashboard, dashboard_created = self.cluster.apply(desired_dashboard)
-                self.cluster.apply(manifests.dashboard_service(study))
+                self.cluster.apply(service)
                 applied.append(dashboard)
             except ApiException as exc:
-                rejected = _refusal(exc, desired_dashboard)
+                rejected = (Reason.CHILD_REJECTED, _refusal(exc, desired_dashboard))
+            except ChildConflict as exc:
+                rejected = (Reason.CHILD_CONFLICT, str(exc))
         if plan.fail_stale_trials:
             try:
                 self.stores.fail_stale_trials(
@@ -872,7 +962,10 @@ class Reconciler:
                 log.warning("Could not fail stale trials of %s: %s", observed.handle.name, exc)
         importances = self._importances(observed.storage, study) if plan.importances else None
         if study.spec.export is not None and observed.summary.best is not None:
-            self._export(study, observed.summary.best)
+            try:
+                self._export(study, observed.summary.best)
+            except ChildConflict as exc:
+                rejected = rejected or (Reason.CHILD_CONFLICT, str(exc))
         return Acted(
             job=job,
             job_created=job_created,
@@ -886,11 +979,41 @@ class Reconciler:
 
     # ------------------------------------------------------------------ helpers
 
+    def _refuse_legacy(self, study: TuningStudy) -> None:
+        """A study of operator 0.1.0 still under the admin role is not shadowed by a new,
+        empty one: the user is told to migrate it."""
+        default = self.settings.default_storage
+        assert default is not None  # tenant storage exists only with a default storage
+        admin_url = self._read_secret(default.namespace, default.name, default.key)
+        try:
+            legacy = self.tenancy.legacy_study_exists(admin_url, study.study_name)
+        except TenancyError as exc:
+            raise StorageProblem(Reason(exc.reason), exc.message) from None
+        if not legacy:
+            return
+        raise StorageProblem(
+            Reason.LEGACY_STUDY_NOT_MIGRATED,
+            f"Optuna study {study.study_name} was made by operator 0.1.0 in the shared schema; "
+            f"move it into namespace {study.metadata.namespace}'s schema with `optuna-operator "
+            f"migrate --namespace {study.metadata.namespace}` (README: Upgrading from 0.1.0)",
+        )
+
+    def _check_controlled(
+        self, study: TuningStudy, desired: dict[str, Any], cached: dict[str, Any] | None = None
+    ) -> None:
+        """Raise ChildConflict when an object of the child's name exists and is not
+        controlled by this TuningStudy (uid): it is never taken over or deleted."""
+        meta = desired["metadata"]
+        current = cached or self.cluster.get(desired["kind"], meta["namespace"], meta["name"])
+        if current is not None and controller_uid(current) != study.metadata.uid:
+            raise ChildConflict(_conflict_message(desired["kind"], meta["name"], current))
+
     def _child_context(
         self, study: TuningStudy, storage: StorageRef, handle: StudyHandle
     ) -> manifests.ChildContext:
         timeout = study.spec.budget.timeout_seconds
         start = handle.start_time
+        tenant = storage.tenant
         return manifests.ChildContext(
             storage_secret=storage.secret,
             storage_key=storage.key,
@@ -898,6 +1021,8 @@ class Reconciler:
             dashboard_image=self.settings.dashboard_image,
             deadline=start + timedelta(seconds=timeout) if timeout else None,
             queue_name=study.spec.workers.queue_name or self.settings.default_queue_name,
+            dashboard_url=tenant.readonly_url if tenant else None,
+            dashboard_password_key=tenant.readonly_password_key if tenant else None,
         )
 
     def _admission(self, namespace: str, queue: str, job: JobState) -> kueue.Admission:
@@ -949,23 +1074,14 @@ class Reconciler:
         self._cluster_queues[key] = (str(name) if name else None, time.monotonic())
         return str(name) if name else None
 
-    def _apply_storage_copy(self, study: TuningStudy, storage: StorageRef) -> None:
-        """Copy the default storage URL into the study's namespace, when it changed."""
-        if not storage.copy_from_default:
-            return
-        secret = manifests.storage_secret_copy(study, storage.key, storage.url)
-        digest = manifest_hash(secret)
-        key = (study.metadata.namespace, storage.secret)
-        if self._secret_copies.get(key) != digest:
-            self.cluster.apply(secret)
-            self._secret_copies[key] = digest
-
     def _export(self, study: TuningStudy, best: BestTrial) -> None:
-        """Write the best trial to the spec.export ConfigMap when it changed."""
+        """Write the best trial to the spec.export ConfigMap when it changed; one this
+        study does not control is never written (ChildConflict)."""
         config_map = manifests.export_config_map(study, best)
         digest = manifest_hash(config_map)
         key = (study.metadata.namespace, config_map["metadata"]["name"])
         if self._exports.get(key) != digest:
+            self._check_controlled(study, config_map)
             self.cluster.apply(config_map)
             self._exports[key] = digest
 
@@ -981,9 +1097,39 @@ class Reconciler:
             return None
 
     def delete_study(self, study: TuningStudy) -> bool:
-        """Delete the Optuna study (deletionPolicy Delete); False when it did not exist."""
+        """Delete the Optuna study (deletionPolicy Delete) when this resource owns it; False
+        when it did not exist or belongs to someone else."""
         storage = self.resolve_storage(study)
-        return self.stores.delete_study(storage.url, study.study_name)
+        return self.stores.delete_study(storage.url, study.study_name, owner_of(study))
+
+
+def owner_of(study: TuningStudy) -> Owner:
+    """The owner record of a TuningStudy."""
+    meta = study.metadata
+    return Owner(meta.namespace, meta.name, meta.uid or "")
+
+
+def _conflict_message(kind: str, name: str, current: dict[str, Any]) -> str:
+    owners = [
+        f"{r.get('kind')} {r.get('name')}"
+        for r in (current.get("metadata") or {}).get("ownerReferences") or []
+        if r.get("controller")
+    ]
+    held = f"is controlled by {owners[0]}" if owners else "was not created by this TuningStudy"
+    return (
+        f"{kind} {name} already exists and {held}; the operator does not take it over: "
+        "delete or rename it"
+    )
+
+
+def redact_status(
+    status: TuningStudyStatus, events: list[Event], url: str | None
+) -> tuple[TuningStudyStatus, list[Event]]:
+    """Condition and event messages with credentials removed: trial errors and refusals
+    quote text the operator does not control."""
+    for condition in status.conditions:
+        condition.message = redact(condition.message, url)
+    return status, [replace(e, message=redact(e.message, url)) for e in events]
 
 
 def _refusal(exc: ApiException, obj: dict[str, Any]) -> str:
@@ -1005,4 +1151,6 @@ def _storage_failure(exc: Exception) -> tuple[str, str]:
         return Reason.DIRECTIONS_MISMATCH, str(exc)
     if isinstance(exc, WarmStartError):
         return Reason.WARM_START_FAILED, str(exc)
+    if isinstance(exc, NotOwnedError):
+        return Reason.STUDY_NOT_OWNED, str(exc)
     return Reason.STORAGE_UNREACHABLE, f"Cannot use the storage: {exc}"

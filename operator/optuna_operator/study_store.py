@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,10 @@ from optuna_operator.contract import (
 )
 
 __all__ = [
+    "OWNER_ATTR",
     "DirectionsMismatchError",
+    "NotOwnedError",
+    "Owner",
     "StorageError",
     "StoreRegistry",
     "StudyHandle",
@@ -46,9 +50,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The TuningStudy (namespace, name, uid) that created or adopted the study.
+OWNER_ATTR = f"{STUDY_ATTR_PREFIX}owner"
+# Written by every operator version since 0.1.0, which recorded no owner.
+LEGACY_ATTR = f"{STUDY_ATTR_PREFIX}operator_version"
 
-# Reconciles run on a thread pool; each holds at most one connection at a time.
-OPERATOR_POOL_SIZE = 4
+
+# No pool: each namespace has its own credential, so pooled engines would keep idle
+# connections per namespace for as long as the operator runs (1,000 namespaces would
+# exhaust max_connections). Unpooled, the operator holds at most one connection per
+# running reconcile (8 threads), and pays one connect per refresh.
+OPERATOR_POOL_SIZE: int | None = None
 # A statement that takes longer is a database in trouble: fail the refresh, not hang it.
 STATEMENT_TIMEOUT_MS = 30_000
 
@@ -63,6 +75,31 @@ class DirectionsMismatchError(Exception):
 
 class WarmStartError(Exception):
     """The study named by spec.warmStart cannot be copied from."""
+
+
+class NotOwnedError(Exception):
+    """The study belongs to another TuningStudy, or was made outside the operator and the
+    spec does not opt into adopting it; the message says which."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The TuningStudy an Optuna study belongs to, as recorded in its system attrs."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def to_attr(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
+
+    def same_resource(self, attr: object) -> bool:
+        """Whether `attr` names this namespace/name (a re-created resource has a new uid)."""
+        return (
+            isinstance(attr, dict)
+            and attr.get("namespace") == self.namespace
+            and attr.get("name") == self.name
+        )
 
 
 @dataclass
@@ -192,6 +229,23 @@ def _state_name(state: object) -> str:
     return str(state).rsplit(".", 1)[-1].lower()
 
 
+def _check_owner(name: str, owner: Owner, recorded: object, adopt: bool) -> None:
+    """Raise NotOwnedError unless `owner` may resume the study that records `recorded`."""
+    if owner.same_resource(recorded):
+        return
+    if isinstance(recorded, dict):
+        raise NotOwnedError(
+            f"Optuna study {name!r} belongs to TuningStudy "
+            f"{recorded.get('namespace')}/{recorded.get('name')}; it is not resumed, changed "
+            "or deleted from here: set spec.studyName to a new name"
+        )
+    if not adopt:
+        raise NotOwnedError(
+            f"Optuna study {name!r} already exists and was not created by a TuningStudy; set "
+            "spec.adoptExistingStudy to true to take it over, or spec.studyName to a new name"
+        )
+
+
 class StoreRegistry:
     """One RDBStorage (and connection pool) per storage URL, shared by all studies on it.
 
@@ -263,6 +317,22 @@ class StoreRegistry:
         for storage in storages:
             storage.engine.dispose()
 
+    def drop_url(self, url: str) -> None:
+        """Forget a storage URL that is no longer used (a rotated password)."""
+        with self._lock:
+            storages = [self._storages.pop(url, None)]
+            storages += [
+                self._heartbeat_storages.pop(k) for k in [*self._heartbeat_storages] if k[0] == url
+            ]
+            for key in [k for k in self._handles if k[0] == url]:
+                del self._handles[key]
+            for scan_key in [k for k in self._scans if k[0] == url]:
+                del self._scans[scan_key]
+                self._scan_locks.pop(scan_key, None)
+        for storage in storages:
+            if storage is not None:
+                storage.engine.dispose()
+
     def forget(self, name: str) -> None:
         """Drop what is cached of a study (it was deleted in Kubernetes)."""
         with self._lock:
@@ -283,11 +353,21 @@ class StoreRegistry:
         attrs: dict[str, Any],
         *,
         warm_start: str | None = None,
+        owner: Owner | None = None,
+        adopt: bool = False,
+        before_create: Callable[[], None] | None = None,
     ) -> StudyHandle:
         """Create the study once (copying the finished trials of `warm_start` into it), or
-        resume it; refuse one whose directions differ."""
+        resume it; refuse one whose directions differ.
+
+        With an `owner`, an existing study is resumed only when it records the same
+        namespace/name (a new uid is a resource re-created after a Retain delete), or, with
+        `adopt`, when it records no owner at all (made outside the operator). A study of
+        another TuningStudy raises NotOwnedError and is not written to.
+        """
         cached = self._handles.get((url, name))
-        if cached is not None and cached[0].directions == tuple(directions) and cached[1] == attrs:
+        wanted = {**attrs, "owner": owner.to_attr()} if owner else dict(attrs)
+        if cached is not None and cached[0].directions == tuple(directions) and cached[1] == wanted:
             return replace(cached[0], created=False)
         storage = self.storage(url)
         try:
@@ -295,10 +375,18 @@ class StoreRegistry:
             try:
                 study_id = storage.get_study_id_from_name(name)
             except KeyError:
-                study_id = self._create(
-                    storage, name, directions, metric_names, enqueue, warm_start
-                )
-                created = True
+                if before_create is not None:
+                    before_create()  # may refuse (raises)
+                new_id = self._create(storage, name, directions, metric_names, enqueue, warm_start)
+                created = new_id is not None
+                # None: another reconcile created it meanwhile.
+                study_id = new_id if new_id is not None else storage.get_study_id_from_name(name)
+            system_attrs = storage.get_study_system_attrs(study_id)
+            if owner is not None and not created:
+                # Studies of operator 0.1.0 record no owner: the TuningStudy naming one
+                # claims it once, as 0.1.0 would have resumed it.
+                legacy = LEGACY_ATTR in system_attrs
+                _check_owner(name, owner, system_attrs.get(OWNER_ATTR), adopt or legacy)
             stored = tuple(from_optuna_direction(d) for d in storage.get_study_directions(study_id))
             if stored != tuple(directions):
                 raise DirectionsMismatchError(
@@ -306,7 +394,8 @@ class StoreRegistry:
                     f"{[d.value for d in stored]}, but the spec asks for "
                     f"{[d.value for d in directions]}; set spec.studyName to a new name"
                 )
-            system_attrs = storage.get_study_system_attrs(study_id)
+            if owner is not None and system_attrs.get(OWNER_ATTR) != owner.to_attr():
+                storage.set_study_system_attr(study_id, OWNER_ATTR, owner.to_attr())
             for key, value in attrs.items():
                 if system_attrs.get(STUDY_ATTR_PREFIX + key) != value:
                     storage.set_study_system_attr(study_id, STUDY_ATTR_PREFIX + key, value)
@@ -320,7 +409,7 @@ class StoreRegistry:
         except SQLAlchemyError as exc:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
         handle = StudyHandle(study_id, name, tuple(directions), start_time, created)
-        self._handles[(url, name)] = (handle, dict(attrs))
+        self._handles[(url, name)] = (handle, wanted)
         return handle
 
     @staticmethod
@@ -331,14 +420,18 @@ class StoreRegistry:
         metric_names: list[str] | None,
         enqueue: list[dict[str, Any]] | None,
         warm_start: str | None,
-    ) -> int:
+    ) -> int | None:
+        """The new study's id; None when another process created it first (only the
+        creator may record itself as the owner)."""
         history = _warm_start_trials(storage, warm_start, len(directions)) if warm_start else []
-        study = optuna.create_study(
-            storage=storage,
-            study_name=name,
-            directions=[to_optuna_direction(d) for d in directions],
-            load_if_exists=True,
-        )
+        try:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                directions=[to_optuna_direction(d) for d in directions],
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            return None
         if metric_names:
             with warnings.catch_warnings():
                 # Experimental since Optuna 3.2 and unchanged since; the dashboard uses it.
@@ -351,14 +444,25 @@ class StoreRegistry:
         log.info("Created Optuna study %s (%d trials copied)", name, len(history))
         return study._study_id
 
-    def delete_study(self, url: str, name: str) -> bool:
+    def delete_study(self, url: str, name: str, owner: Owner | None = None) -> bool:
+        """Delete the study; with an `owner`, only when it records exactly that owner
+        (uid included: a resource that never ran it does not drop it). False when
+        nothing was deleted."""
         self.forget(name)
         storage = self.storage(url)
         try:
-            study_id = storage.get_study_id_from_name(name)
-        except KeyError:
-            return False
-        storage.delete_study(study_id)
+            try:
+                study_id = storage.get_study_id_from_name(name)
+            except KeyError:
+                return False
+            if owner is not None:
+                recorded = storage.get_study_system_attrs(study_id).get(OWNER_ATTR)
+                if recorded != owner.to_attr():
+                    log.info("Kept Optuna study %s: it is not this resource's", name)
+                    return False
+            storage.delete_study(study_id)
+        except SQLAlchemyError as exc:
+            raise StorageError(redact(str(exc).splitlines()[0], url)) from None
         log.info("Deleted Optuna study %s", name)
         return True
 
@@ -446,7 +550,9 @@ class StoreRegistry:
             ),
             {"tid": last_id, "key": ERROR_ATTR},
         ).scalar()
-        return int(count), str(json.loads(raw))[:500] if raw else None
+        # The worker redacts too; a worker of another version or a study written by hand
+        # may not have, and this text reaches status and events.
+        return int(count), redact(str(json.loads(raw)))[:500] if raw else None
 
     @staticmethod
     def _pareto_front(conn: Connection, cache: _ScanCache, handle: StudyHandle) -> list[BestTrial]:
@@ -503,7 +609,10 @@ class StoreRegistry:
             key = (url, heartbeat_interval)
             if key not in self._heartbeat_storages:
                 self._heartbeat_storages[key] = heartbeat_storage(
-                    url, heartbeat_interval, application_name="optuna-operator"
+                    url,
+                    heartbeat_interval,
+                    application_name="optuna-operator",
+                    pool_size=OPERATOR_POOL_SIZE,
                 )
             storage = self._heartbeat_storages[key]
         try:

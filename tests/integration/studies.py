@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "optuna-system"
 DEFAULT_SECRET = "optuna-db"
+# The namespace's own credentials, made by the operator (optuna_operator.tenancy).
+TENANT_SECRET = "optuna-storage"
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
@@ -50,12 +53,37 @@ def study_body(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def secret_value(api: client.ApiClient, namespace: str, name: str, key: str) -> str | None:
+    """A Secret's decoded value, None when the Secret or the key is missing."""
+    try:
+        secret = client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    raw = (secret.data or {}).get(key)
+    return base64.b64decode(raw).decode() if raw is not None else None
+
+
+def tenant_url(api: client.ApiClient, namespace: str, timeout: float = 60) -> str:
+    """The URL of the namespace's own PostgreSQL role, as its workers get it."""
+    return wait_for(
+        lambda: secret_value(api, namespace, TENANT_SECRET, "url"),
+        timeout,
+        f"Secret {TENANT_SECRET} in {namespace}",
+    )
+
+
 class Studies:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
+
+    def storage_url(self) -> str:
+        """The namespace's own credential: its studies live in its schema."""
+        return tenant_url(self.core.api_client, self.namespace)
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.custom.create_namespaced_custom_object(

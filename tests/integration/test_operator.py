@@ -11,19 +11,18 @@ from tests.integration.studies import OperatorProcess, Studies, study_body, wait
 SLOW = {"function": "tests.integration.objectives:slow_quadratic"}
 
 
-def _load(storage_url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage_url)
+def _load(studies: Studies, name: str) -> optuna.Study:
+    """The study as its namespace's own role sees it (its schema, not the admin's)."""
+    return optuna.load_study(study_name=name, storage=studies.storage_url())
 
 
-def test_apply_runs_the_study_to_success_with_results_in_status(
-    studies: Studies, storage_url: str
-) -> None:
+def test_apply_runs_the_study_to_success_with_results_in_status(studies: Studies) -> None:
     studies.create(study_body("quad", budget={"trials": 12}))
     status = studies.wait_phase("quad", "Succeeded")
 
     trials = status["trials"]
     assert trials["complete"] + trials["pruned"] == 12
-    study = _load(storage_url, f"{studies.namespace}.quad")
+    study = _load(studies, f"{studies.namespace}.quad")
     assert status["bestTrial"]["number"] == study.best_trial.number
     assert status["bestTrial"]["values"] == [pytest.approx(study.best_value)]
     assert status["bestTrial"]["params"] == study.best_trial.params
@@ -56,9 +55,7 @@ def test_parallelism_change_is_reflected_in_the_job(studies: Studies) -> None:
     )
 
 
-def test_suspend_stops_workers_and_resume_continues_the_study(
-    studies: Studies, storage_url: str
-) -> None:
+def test_suspend_stops_workers_and_resume_continues_the_study(studies: Studies) -> None:
     studies.create(study_body("pause", objective=SLOW, budget={"trials": 30}))
     wait_for(
         lambda: (studies.status("pause").get("trials") or {}).get("complete", 0) >= 3,
@@ -69,17 +66,17 @@ def test_suspend_stops_workers_and_resume_continues_the_study(
     studies.wait_phase("pause", "Suspended", timeout=120)
     studies.wait_condition("pause", "Suspended", "True")
     wait_for(lambda: studies.jobs("pause")[0].status.active in (None, 0), 60, "workers to stop")
-    done_while_suspended = len(_load(storage_url, f"{studies.namespace}.pause").trials)
+    done_while_suspended = len(_load(studies, f"{studies.namespace}.pause").trials)
 
     studies.patch_spec("pause", {"suspend": False})
     status = studies.wait_phase("pause", "Succeeded", timeout=240)
     assert status["trials"]["complete"] >= 30
-    assert len(_load(storage_url, f"{studies.namespace}.pause").trials) > done_while_suspended
+    assert len(_load(studies, f"{studies.namespace}.pause").trials) > done_while_suspended
     assert len(studies.jobs("pause")) == 1
 
 
 def test_operator_restart_mid_study_duplicates_nothing(
-    studies: Studies, operator: OperatorProcess, storage_url: str
+    studies: Studies, operator: OperatorProcess
 ) -> None:
     studies.create(study_body("restart", objective=SLOW, budget={"trials": 25}))
     wait_for(
@@ -91,12 +88,12 @@ def test_operator_restart_mid_study_duplicates_nothing(
     operator.start()
     status = studies.wait_phase("restart", "Succeeded", timeout=240)
     assert len(studies.jobs("restart")) == 1
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
+    names = [s.study_name for s in optuna.get_all_study_summaries(studies.storage_url())]
     assert names.count(f"{studies.namespace}.restart") == 1
     assert status["trials"]["complete"] == len(
         [
             t
-            for t in _load(storage_url, f"{studies.namespace}.restart").trials
+            for t in _load(studies, f"{studies.namespace}.restart").trials
             if t.state == optuna.trial.TrialState.COMPLETE
         ]
     )
@@ -167,18 +164,28 @@ def test_objective_errors_beyond_the_limit_fail_the_study(studies: Studies) -> N
 
 
 def test_directions_that_differ_from_the_existing_study_are_refused(studies: Studies) -> None:
-    studies.create(study_body("first", studyName=f"{studies.namespace}-shared"))
+    # A study of another TuningStudy is never resumed (test_tenancy.py); one made with
+    # Optuna directly may be adopted, and its directions must still match.
+    studies.create(study_body("first"))
     studies.wait_phase("first", "Succeeded")
+    optuna.create_study(
+        study_name=f"{studies.namespace}-shared",
+        storage=studies.storage_url(),
+        direction="maximize",
+    )
     studies.create(
-        study_body("second", studyName=f"{studies.namespace}-shared", directions=["minimize"])
+        study_body(
+            "second",
+            studyName=f"{studies.namespace}-shared",
+            directions=["minimize"],
+            adoptExistingStudy=True,
+        )
     )
     cond = studies.wait_condition("second", "StorageReady", "False", "DirectionsMismatch")
     assert "maximize" in cond["message"] and "minimize" in cond["message"]
 
 
-def test_deletion_retain_keeps_the_study_and_delete_removes_it(
-    studies: Studies, storage_url: str
-) -> None:
+def test_deletion_retain_keeps_the_study_and_delete_removes_it(studies: Studies) -> None:
     studies.create(study_body("keep", budget={"trials": 3}))
     studies.create(study_body("drop", budget={"trials": 3}, deletionPolicy="Delete"))
     studies.wait_phase("keep", "Succeeded")
@@ -194,7 +201,7 @@ def test_deletion_retain_keeps_the_study_and_delete_removes_it(
         return False
 
     wait_for(lambda: gone("keep") and gone("drop"), 60, "both TuningStudies to be deleted")
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage_url)}
+    names = {s.study_name for s in optuna.get_all_study_summaries(studies.storage_url())}
     assert f"{studies.namespace}.keep" in names
     assert f"{studies.namespace}.drop" not in names
     wait_for(lambda: not studies.jobs("keep"), 60, "owned Jobs to be garbage-collected")
@@ -233,7 +240,7 @@ def test_restricted_namespace_accepts_worker_and_dashboard_pods(studies: Studies
 
 
 def test_changing_the_objective_replaces_the_workers_and_the_study_continues(
-    studies: Studies, storage_url: str
+    studies: Studies,
 ) -> None:
     studies.create(study_body("swap", objective=SLOW, budget={"trials": 30}))
     first = wait_for(lambda: studies.jobs("swap"), 60, "the first worker Job")[0].metadata.name
@@ -253,7 +260,7 @@ def test_changing_the_objective_replaces_the_workers_and_the_study_continues(
     status = studies.wait_phase("swap", "Succeeded", timeout=240)
     assert [j.metadata.name for j in studies.jobs("swap")] != [first]
     assert status["trials"]["complete"] >= 30
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
+    names = [s.study_name for s in optuna.get_all_study_summaries(studies.storage_url())]
     assert names.count(f"{studies.namespace}.swap") == 1
     assert any(e.startswith("ReplacingWorkers") for e in studies.events("swap"))
 

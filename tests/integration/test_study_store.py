@@ -157,8 +157,18 @@ def test_one_refresh_uses_one_connection(storage_url: str) -> None:
         x = trial.suggest_float("x", 0, 1)
         study.tell(trial, [x, float(i)])
     engine = stores.storage(storage_url).engine
-    checked_out = []
-    event.listen(engine, "checkout", lambda *_: checked_out.append(engine.pool.checkedout()))
+    # The operator's engines are unpooled: count connections held at once.
+    held, checked_out = [0], []
+
+    def checkout(*_: object) -> None:
+        held[0] += 1
+        checked_out.append(held[0])
+
+    def checkin(*_: object) -> None:
+        held[0] -= 1
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
     summary = stores.summarize(storage_url, handle)
     assert summary.pareto_front and all("x" in t.params for t in summary.pareto_front)
     assert max(checked_out) == 1, checked_out

@@ -33,7 +33,7 @@ from optuna_operator.study_store import StudyHandle, StudySummary
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 HANDLE = StudyHandle(1, "ns.s", (), NOW, created=False)
-STORAGE = StorageRef("s-storage", "url", "postgresql+psycopg2://u:p@h/db", True)
+STORAGE = StorageRef("s-storage", "url", "postgresql+psycopg2://u:p@h/db")
 CTX = ChildContext("s-storage", "url", "worker:1", "dash:1")
 QUEUE = "gpu"
 PENDING_MESSAGE = (

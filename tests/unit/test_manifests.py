@@ -195,3 +195,22 @@ def test_reserved_env_names_are_the_contracts() -> None:
         contract.POD_NAME_ENV,
         contract.POD_NAMESPACE_ENV,
     }
+
+
+def test_tenant_dashboard_reads_as_the_read_only_role_with_no_password_in_its_args() -> None:
+    ctx = manifests.ChildContext(
+        storage_secret="optuna-storage",
+        storage_key="url",
+        worker_image="worker:test",
+        dashboard_image="dashboard:test",
+        dashboard_url="postgresql+psycopg2://optuna_ro_t_ml@db:5432/optuna",
+        dashboard_password_key="readonly-password",
+    )
+    container = _pods(manifests.dashboard_deployment(study(), ctx))["containers"][0]
+    assert container["args"][-1] == "postgresql+psycopg2://optuna_ro_t_ml@db:5432/optuna"
+    assert container["env"] == [
+        {
+            "name": "PGPASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "optuna-storage", "key": "readonly-password"}},
+        }
+    ]

@@ -24,7 +24,7 @@ from optuna_operator.study_store import StudyHandle, StudySummary
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 HANDLE = StudyHandle(1, "ns.s", (), NOW, created=False)
-STORAGE = StorageRef("s-storage", "url", "postgresql+psycopg2://u:p@h/db", True)
+STORAGE = StorageRef("s-storage", "url", "postgresql+psycopg2://u:p@h/db")
 INTERVAL = 10.0
 
 
@@ -138,7 +138,9 @@ def test_a_refused_job_fails_the_study_with_the_api_servers_reason() -> None:
     s = study()
     o = observed()
     message = "The API server refused Job s-workers-1: spec.template: Invalid value"
-    status, events = build_status(s, o, plan_for(s, o), Acted(job=None, rejected=message))
+    status, events = build_status(
+        s, o, plan_for(s, o), Acted(job=None, rejected=("ChildRejected", message))
+    )
     assert status.phase == "Failed"
     failed = next(c for c in status.conditions if c.type == "Failed")
     assert (failed.reason, failed.message) == ("ChildRejected", message)

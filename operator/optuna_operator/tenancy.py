@@ -1,0 +1,377 @@
+"""One PostgreSQL role and schema per namespace, so no tenant can read another's studies.
+
+With the operator's admin credential (its default storage Secret, which never leaves the
+operator's namespace) it creates, idempotently, for each namespace with TuningStudies:
+
+- a LOGIN role (NOSUPERUSER NOCREATEDB NOCREATEROLE) owning a schema of the same name, with
+  its `search_path` set to that schema, so Optuna's tables (and `alembic_version`) for the
+  namespace live there: the operator and the workers connect as this role;
+- a read-only role for dashboards: USAGE on the schema, SELECT on its tables, present and
+  future (default privileges).
+
+The namespace receives one Secret, `optuna-storage`, holding only its own role's URL (`url`)
+and the read-only role's password (`readonly-password`). Passwords are generated once and
+read back from that Secret, so a restarted operator needs no state; deleting the Secret
+rotates both passwords.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from optuna_operator.contract import engine_kwargs, redact
+from optuna_operator.kube import Cluster
+from optuna_operator.manifests import MANAGED_BY
+
+__all__ = [
+    "READONLY_PASSWORD_KEY",
+    "TENANT_LABEL",
+    "TENANT_SECRET",
+    "URL_KEY",
+    "Tenancy",
+    "TenancyError",
+    "TenantCredentials",
+    "TenantNames",
+    "tenant_names",
+    "tenant_secret",
+]
+
+log = logging.getLogger(__name__)
+
+TENANT_SECRET = "optuna-storage"
+URL_KEY = "url"
+READONLY_PASSWORD_KEY = "readonly-password"
+# Marks the Secret as the operator's: one without it is a user's and is never overwritten.
+TENANT_LABEL = "optuna-operator.io/tenant-credentials"
+# The Secret is read again at most this often: a deleted Secret (a rotation) or a changed
+# admin URL is noticed within a minute, and a refresh does not GET it every time.
+CHECK_TTL_SECONDS = 60.0
+# PostgreSQL truncates identifiers to 63 bytes; longer names would silently collide.
+MAX_IDENTIFIER = 63
+# Generated passwords are URL-safe base64. Passwords read back from the Secret (which the
+# namespace's users may edit) must match this before they reach SQL.
+_PASSWORD = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+STATEMENT_TIMEOUT_MS = 30_000
+
+
+class TenancyError(Exception):
+    """The namespace's credentials cannot be set up for a reason a user can act on."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TenantNames:
+    """PostgreSQL names of one namespace: its role (owning the schema of the same name)
+    and its read-only role."""
+
+    role: str
+    readonly_role: str
+
+    @property
+    def schema(self) -> str:
+        return self.role
+
+
+def tenant_names(namespace: str) -> TenantNames:
+    """Role and schema names derived injectively from a namespace name.
+
+    Namespace names are DNS labels (`[a-z0-9-]`, at most 63 characters), so `-` -> `_`
+    is one-to-one. Names that would pass 63 characters keep a readable prefix plus a hash
+    of the whole name, under another marker (`h_` instead of `t_`), so a hashed name never
+    equals a plain one. The role prefixes `rw_`/`ro_` keep the two roles of a namespace
+    apart from each other and from every other namespace's.
+    """
+    base = namespace.replace("-", "_")
+    key = f"t_{base}"
+    if len("optuna_rw_") + len(key) > MAX_IDENTIFIER:
+        digest = hashlib.sha256(namespace.encode()).hexdigest()[:16]
+        key = f"h_{base[: MAX_IDENTIFIER - len('optuna_rw_') - 2 - 17]}_{digest}"
+    return TenantNames(role=f"optuna_rw_{key}", readonly_role=f"optuna_ro_{key}")
+
+
+@dataclass(frozen=True)
+class TenantCredentials:
+    """What a namespace's studies and dashboards connect with."""
+
+    namespace: str
+    url: str  # the namespace role's URL, password included: never logged
+    readonly_url: str  # the read-only role's URL without a password (libpq reads PGPASSWORD)
+    secret: str = TENANT_SECRET
+    url_key: str = URL_KEY
+    readonly_password_key: str = READONLY_PASSWORD_KEY
+
+
+def _with_user(admin_url: str, user: str, password: str | None) -> str:
+    """The admin URL with another user; no password at all when `password` is None
+    (URL.set would keep the admin's)."""
+    admin = make_url(admin_url)
+    url = URL.create(
+        admin.drivername,
+        username=user,
+        password=password,
+        host=admin.host,
+        port=admin.port,
+        database=admin.database,
+        query=admin.query,
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def tenant_secret(
+    namespace: str, names: TenantNames, url: str, readonly_password: str
+) -> dict[str, Any]:
+    """The namespace's Secret: its own role's URL and the read-only role's password only."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": TENANT_SECRET,
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/name": "optuna-storage",
+                "app.kubernetes.io/component": "storage",
+                "app.kubernetes.io/part-of": "optuna-operator",
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+                TENANT_LABEL: "true",
+            },
+            "annotations": {
+                # For people, not for the operator: which roles these credentials are.
+                "optuna-operator.io/role": names.role,
+                "optuna-operator.io/readonly-role": names.readonly_role,
+                "optuna-operator.io/rotate": "delete this Secret to rotate both passwords",
+            },
+        },
+        "type": "Opaque",
+        "data": {
+            URL_KEY: base64.b64encode(url.encode()).decode(),
+            READONLY_PASSWORD_KEY: base64.b64encode(readonly_password.encode()).decode(),
+        },
+    }
+
+
+def _decode(secret: dict[str, Any], key: str) -> str | None:
+    raw = (secret.get("data") or {}).get(key)
+    return base64.b64decode(raw).decode() if raw is not None else None
+
+
+def _new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def provision(conn: Connection, names: TenantNames, password: str, readonly_password: str) -> None:
+    """Create or update the namespace's roles, schema and grants on an admin connection;
+    idempotent. The admin needs CREATEROLE (or superuser) and CREATE on the database."""
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    role, reader, schema = (quote(n) for n in (names.role, names.readonly_role, names.schema))
+    for name, quoted, secret in (
+        (names.role, role, password),
+        (names.readonly_role, reader, readonly_password),
+    ):
+        existing = conn.execute(
+            text(
+                "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = :n"
+            ),
+            {"n": name},
+        ).scalar()
+        if existing:
+            # Never hand a privileged role's password to a namespace.
+            raise TenancyError(
+                "TenantRoleConflict",
+                f"PostgreSQL role {name} exists with privileges the operator never grants; "
+                "a database administrator must rename or drop it",
+            )
+        # The password is a bind parameter (psycopg2 quotes it client-side) and matches
+        # _PASSWORD; it is never part of a logged statement text here.
+        if existing is None:
+            conn.execute(
+                text(
+                    f"CREATE ROLE {quoted} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :pw"
+                ),
+                {"pw": secret},
+            )
+        else:
+            conn.execute(text(f"ALTER ROLE {quoted} LOGIN PASSWORD :pw"), {"pw": secret})
+        conn.execute(text(f"ALTER ROLE {quoted} SET search_path = {schema}"))
+    # A CREATEROLE admin (not a superuser) must be a member of the role to create a schema
+    # it owns and to set default privileges for it (PostgreSQL 15).
+    conn.execute(text(f"GRANT {role} TO CURRENT_USER"))
+    conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}"))
+    conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {reader}"))
+    conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {reader}"))
+    conn.execute(
+        text(
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {role} IN SCHEMA {schema} "
+            f"GRANT SELECT ON TABLES TO {reader}"
+        )
+    )
+
+
+class Tenancy:
+    """Ensures each namespace's roles, schema and Secret; safe under concurrent reconciles
+    (one namespace is set up by one thread at a time)."""
+
+    def __init__(self, cluster: Cluster, on_rotate: Callable[[str], None] | None = None) -> None:
+        self.cluster = cluster
+        self.on_rotate = on_rotate
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        # namespace -> (credentials, digest of what was provisioned, checked at)
+        self._cache: dict[str, tuple[TenantCredentials, str, float]] = {}
+        self._engines: dict[str, Engine] = {}
+
+    def close(self) -> None:
+        """Dispose of the admin engines."""
+        with self._lock:
+            engines = list(self._engines.values())
+            self._engines.clear()
+        for engine in engines:
+            engine.dispose()
+
+    def _engine(self, admin_url: str) -> Engine:
+        with self._lock:
+            engine = self._engines.get(admin_url)
+            if engine is None:
+                # Unpooled: namespaces are set up rarely; no admin connection idles.
+                engine = create_engine(
+                    admin_url,
+                    **engine_kwargs(
+                        admin_url,
+                        "optuna-operator-admin",
+                        None,
+                        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                    ),
+                )
+                self._engines[admin_url] = engine
+            return engine
+
+    def ensure(self, namespace: str, admin_url: str) -> TenantCredentials:
+        """The namespace's credentials, creating or repairing roles, schema and Secret."""
+        with self._lock:
+            lock = self._locks.setdefault(namespace, threading.Lock())
+        with lock:
+            cached = self._cache.get(namespace)
+            if cached is not None and time.monotonic() - cached[2] < CHECK_TTL_SECONDS:
+                return cached[0]
+            creds, digest = self._ensure(namespace, admin_url, cached[1] if cached else None)
+            if cached is not None and cached[0].url != creds.url and self.on_rotate is not None:
+                self.on_rotate(cached[0].url)
+            self._cache[namespace] = (creds, digest, time.monotonic())
+            return creds
+
+    def legacy_study_exists(self, admin_url: str, study_name: str) -> bool:
+        """Whether operator 0.1.0 left a study of that name under the admin role (its
+        search_path, usually `public`): such a study must be moved with `optuna-operator
+        migrate`, not shadowed by a new empty one in the namespace's schema."""
+        try:
+            with self._engine(admin_url).connect() as conn:
+                if conn.execute(text("SELECT to_regclass('studies')")).scalar() is None:
+                    return False
+                found = conn.execute(
+                    text("SELECT 1 FROM studies WHERE study_name = :n"), {"n": study_name}
+                ).first()
+        except SQLAlchemyError as exc:
+            raise TenancyError(
+                "StorageUnreachable",
+                f"Cannot use the storage: {redact(str(exc).splitlines()[0], admin_url)}",
+            ) from None
+        return found is not None
+
+    def forget(self, namespace: str) -> None:
+        """Drop what is cached of a namespace."""
+        with self._lock:
+            self._cache.pop(namespace, None)
+
+    def _ensure(
+        self, namespace: str, admin_url: str, provisioned: str | None
+    ) -> tuple[TenantCredentials, str]:
+        names = tenant_names(namespace)
+        try:
+            make_url(admin_url)
+        except ArgumentError:
+            raise TenancyError(
+                "StorageUnreachable", "The operator's default storage URL cannot be parsed"
+            ) from None
+        secret = self.cluster.get("Secret", namespace, TENANT_SECRET)
+        if secret is None:
+            password, readonly_password = _new_password(), _new_password()
+            url = _with_user(admin_url, names.role, password)
+            body = tenant_secret(namespace, names, url, readonly_password)
+            # Create only: another replica or reconcile that made it first wins, and its
+            # passwords are used.
+            stored, created = self.cluster.create(body)
+            if created:
+                log.info("Created Secret %s/%s", namespace, TENANT_SECRET)
+            else:
+                secret = stored
+        if secret is not None:
+            password, readonly_password = self._read_back(namespace, secret)
+            url = _with_user(admin_url, names.role, password)
+            if _decode(secret, URL_KEY) != url:
+                # The admin URL moved (host, port, database) or the URL was edited.
+                self.cluster.apply(tenant_secret(namespace, names, url, readonly_password))
+        digest = hashlib.sha256(
+            "\0".join((admin_url, names.role, password, readonly_password)).encode()
+        ).hexdigest()
+        if digest != provisioned:
+            try:
+                with self._engine(admin_url).begin() as conn:
+                    provision(conn, names, password, readonly_password)
+            except SQLAlchemyError as exc:
+                message = redact(str(exc).splitlines()[0], admin_url)
+                for secret_value in (password, readonly_password):
+                    message = message.replace(secret_value, "***")
+                raise TenancyError(
+                    "TenantProvisioningFailed",
+                    f"Could not set up PostgreSQL role {names.role} for namespace {namespace} "
+                    f"(the operator's storage role needs CREATEROLE): {message}",
+                ) from None
+            log.info(
+                "Ensured PostgreSQL role and schema %s for namespace %s", names.role, namespace
+            )
+        creds = TenantCredentials(
+            namespace=namespace,
+            url=url,
+            readonly_url=_with_user(admin_url, names.readonly_role, None),
+        )
+        return creds, digest
+
+    @staticmethod
+    def _read_back(namespace: str, secret: dict[str, Any]) -> tuple[str, str]:
+        labels = (secret.get("metadata") or {}).get("labels") or {}
+        if labels.get(TENANT_LABEL) != "true":
+            raise TenancyError(
+                "SecretConflict",
+                f"Secret {TENANT_SECRET} in namespace {namespace} was not created by the "
+                f"operator (no label {TENANT_LABEL}); rename or delete it so the operator can "
+                "create the namespace's storage credentials",
+            )
+        raw_url = _decode(secret, URL_KEY) or ""
+        readonly_password = _decode(secret, READONLY_PASSWORD_KEY) or ""
+        try:
+            password = make_url(raw_url).password or ""
+        except ArgumentError:
+            password = ""
+        if not (_PASSWORD.match(str(password)) and _PASSWORD.match(readonly_password)):
+            raise TenancyError(
+                "SecretConflict",
+                f"Secret {TENANT_SECRET} in namespace {namespace} holds credentials the "
+                "operator did not generate; delete it to generate new ones",
+            )
+        return str(password), readonly_password

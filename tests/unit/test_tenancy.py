@@ -1,0 +1,72 @@
+"""Names of each namespace's PostgreSQL role and schema, and the Secret it receives."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+
+from optuna_operator.tenancy import (
+    READONLY_PASSWORD_KEY,
+    TENANT_LABEL,
+    URL_KEY,
+    tenant_names,
+    tenant_secret,
+)
+
+
+def test_names_are_distinct_bounded_and_keep_the_namespace_readable() -> None:
+    short = tenant_names("team-a")
+    assert (short.role, short.readonly_role, short.schema) == (
+        "optuna_rw_t_team_a",
+        "optuna_ro_t_team_a",
+        "optuna_rw_t_team_a",
+    )
+    long_ns = "a" * 63
+    assert len(tenant_names(long_ns).role) <= 63
+    assert len(tenant_names(long_ns).readonly_role) <= 63
+    assert tenant_names(long_ns).role.startswith("optuna_rw_h_aaaa")
+
+
+def test_names_never_collide() -> None:
+    namespaces = [
+        "a",
+        "a-ro",
+        "ro-a",
+        "rw-a",
+        "t-a",
+        "h-a",
+        "a" * 51,
+        "a" * 52,
+        "a" * 53,
+        "a" * 62 + "b",
+        "a" * 62 + "c",
+        "x" * 40 + "-" + "y" * 22,
+        "x" * 40 + "-" + "y" * 21 + "z",
+    ]
+    roles = [
+        n for ns in namespaces for n in (tenant_names(ns).role, tenant_names(ns).readonly_role)
+    ]
+    assert len(set(roles)) == len(roles)
+    assert all(len(r) <= 63 for r in roles)
+    for a, b in itertools.combinations(namespaces, 2):
+        assert tenant_names(a) != tenant_names(b)
+
+
+def test_the_secret_holds_only_the_namespace_role_url_and_the_read_only_password() -> None:
+    names = tenant_names("team-a")
+    url = "postgresql+psycopg2://optuna_rw_t_team_a:pw@db:5432/optuna"
+    secret = tenant_secret("team-a", names, url, "ro-pw")
+    assert set(secret["data"]) == {URL_KEY, READONLY_PASSWORD_KEY}
+    assert base64.b64decode(secret["data"][URL_KEY]).decode() == url
+    assert secret["metadata"]["labels"][TENANT_LABEL] == "true"
+    assert "ownerReferences" not in secret["metadata"]
+
+
+def test_the_read_only_url_carries_no_password_at_all() -> None:
+    from optuna_operator.tenancy import _with_user
+
+    admin = "postgresql+psycopg2://optuna:admin-secret@db:5432/optuna?sslmode=require"
+    assert _with_user(admin, "optuna_ro_t_a", None) == (
+        "postgresql+psycopg2://optuna_ro_t_a@db:5432/optuna?sslmode=require"
+    )
+    assert "admin-secret" not in _with_user(admin, "optuna_rw_t_a", "pw")
