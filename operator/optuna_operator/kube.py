@@ -112,6 +112,15 @@ class Cluster:
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
+    def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """JSON merge patch (RFC 7386) of an object: `None` removes a key."""
+        self._call(
+            "PATCH",
+            self._path(kind, namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch a TuningStudy's status subresource; returns the stored object."""
         result: dict[str, Any] = self._call(

@@ -728,28 +728,16 @@ class Reconciler:
 
     def _scrub_legacy_copy(self, study: TuningStudy) -> None:
         """Operator 0.1.0 copied the admin URL into `<study>-storage`; empty that copy once
-        per study and process. Applying it without data drops the field this field manager
-        set (server-side apply), with the `patch` the operator already has (no `delete`)."""
+        per study and process, with the `patch` the operator already has (no `delete`;
+        server-side apply cannot drop it: 0.1.0 wrote it as stringData). The empty Secret
+        goes with its TuningStudy."""
         uid = study.metadata.uid or ""
         if uid in self._scrubbed:
             return
         name = f"{study.metadata.name}-storage"
         current = self.cluster.get("Secret", study.metadata.namespace, name)
         if current is not None and controller_uid(current) == uid and current.get("data"):
-            meta = current["metadata"]
-            self.cluster.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {
-                        "name": name,
-                        "namespace": study.metadata.namespace,
-                        "labels": meta.get("labels") or {},
-                        "ownerReferences": meta.get("ownerReferences") or [],
-                    },
-                    "type": current.get("type", "Opaque"),
-                }
-            )
+            self.cluster.merge_patch("Secret", study.metadata.namespace, name, {"data": None})
             log.info("Emptied Secret %s/%s of operator 0.1.0", study.metadata.namespace, name)
         self._scrubbed.add(uid)
 
