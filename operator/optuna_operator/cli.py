@@ -1,5 +1,5 @@
-"""`optuna-operator run | worker | crds | admission-policy` for the operator, and the user's
-commands (`list`, `status`, `trials`, `best`, `logs`, `dashboard`, `create`, `wait`), also
+"""`optuna-operator run | worker | crds | admission-policy | migrate` for the operator, and
+the user's commands (`list`, `status`, `trials`, `best`, `logs`, `dashboard`, `create`, `wait`), also
 installed as the kubectl plugin `kubectl optuna`.
 
 Imports are per command so a worker image needs neither kopf nor the Kubernetes client. The
@@ -69,6 +69,12 @@ def _crds(args: argparse.Namespace) -> int:
         return 0
     print(write_crd(directory))
     return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from optuna_operator.migrate import run_migrate
+
+    return run_migrate(args)
 
 
 def _admission_policy(args: argparse.Namespace) -> int:
@@ -421,6 +427,28 @@ def _parser(prog: str, operator_commands: bool) -> argparse.ArgumentParser:
         )
         policy.add_argument("--check", action="store_true", help="Fail if the file differs.")
         policy.set_defaults(func=_admission_policy)
+        migrate = sub.add_parser(
+            "migrate",
+            help="Move studies of operator 0.1.0 from the shared schema into their namespace's.",
+        )
+        migrate.add_argument("--namespace", action="append", required=True, help="Repeatable.")
+        migrate.add_argument(
+            "--default-storage-secret",
+            required=True,
+            help="namespace/name[:key] of the operator's default storage Secret (admin URL).",
+        )
+        migrate.add_argument(
+            "--include-custom-names",
+            action="store_true",
+            help="Also move studies whose TuningStudy sets spec.studyName (you vouch that the "
+            "study in the shared schema is that namespace's).",
+        )
+        migrate.add_argument(
+            "--delete-source",
+            action="store_true",
+            help="Delete each study from the shared schema once its copy has every trial.",
+        )
+        migrate.set_defaults(func=_migrate)
     _add_user_commands(sub)
     return parser
 

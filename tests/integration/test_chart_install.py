@@ -22,10 +22,12 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from sqlalchemy.engine import make_url
 from tests.conftest import NamespaceFactory
 from tests.integration.studies import Studies, wait_for
 
 from optuna_operator.api import GROUP, PLURAL, VERSION
+from optuna_operator.tenancy import tenant_names
 from testbed import Bed
 from testbed.ports import free_port
 
@@ -412,8 +414,11 @@ def test_operator_from_the_chart_runs_a_study(
         kubectl(
             bed, "wait", "-n", study_ns, f"ts/{name}", "--for=condition=Succeeded", "--timeout=10s"
         )
-        # The default storage URL was copied into the study's namespace for its pods.
-        assert secret_value(core, study_ns, f"{name}-storage", "url") == bed.storage_url
+        # The study's namespace got its own role's URL, never the admin URL of the chart.
+        tenant_url = secret_value(core, study_ns, "optuna-storage", "url")
+        assert tenant_url and tenant_url != bed.storage_url
+        assert make_url(tenant_url).username == tenant_names(study_ns).role
+        assert str(make_url(bed.storage_url).password) not in tenant_url
         assert exists(apps.read_namespaced_deployment, f"{name}-dashboard", study_ns)
 
         # Not one request the chart's RBAC refused (other 403s, e.g. a namespace being

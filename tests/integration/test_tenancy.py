@@ -8,6 +8,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 import wsgiref.util
 from typing import Any
 
@@ -20,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 from tests.conftest import NamespaceFactory
 from tests.integration.studies import (
+    DEFAULT_SECRET,
     OPERATOR_NAMESPACE,
     TENANT_SECRET,
     OperatorProcess,
@@ -29,8 +33,10 @@ from tests.integration.studies import (
     wait_for,
 )
 
+from optuna_operator.kube import Cluster
 from optuna_operator.study_store import OWNER_ATTR
 from optuna_operator.tenancy import tenant_names
+from testbed import Bed
 
 INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -339,3 +345,82 @@ def test_deleting_the_namespace_secret_rotates_both_passwords(studies: Studies) 
     assert _trial_count(new, f"{studies.namespace}.first") == 1
     with pytest.raises(Exception, match="password authentication failed"):
         _trial_count(old, f"{studies.namespace}.first")
+
+
+def test_a_study_of_operator_0_1_0_is_migrated_into_its_namespace_schema(
+    studies: Studies,
+    storage_url: str,
+    bed: Bed,
+    operator: OperatorProcess,
+    kube_api: client.ApiClient,
+) -> None:
+    # What 0.1.0 left behind, with no operator running: the study under the admin role
+    # (public schema), no owner; the admin URL copied into `<study>-storage`.
+    operator.stop()
+    try:
+        name = f"{studies.namespace}.legacy"
+        legacy = optuna.create_study(study_name=name, storage=storage_url, direction="maximize")
+        legacy.optimize(lambda t: -((t.suggest_float("x", -10, 10) - 2) ** 2), n_trials=3)
+        legacy._storage.set_study_system_attr(
+            legacy._study_id, "optuna_operator:operator_version", "0.1.0"
+        )
+        body = studies.create(study_body("legacy", budget={"trials": 5}))
+        owner = {
+            "apiVersion": body["apiVersion"],
+            "kind": "TuningStudy",
+            "name": "legacy",
+            "uid": body["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        copy = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "legacy-storage",
+                "namespace": studies.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "optuna-operator"},
+                "ownerReferences": [owner],
+            },
+            "type": "Opaque",
+            "stringData": {"url": storage_url},
+        }
+        Cluster(kube_api).apply(copy)  # as 0.1.0 wrote it
+    finally:
+        operator.start()
+    cond = studies.wait_condition("legacy", "StorageReady", "False", "LegacyStudyNotMigrated")
+    assert f"optuna-operator migrate --namespace {studies.namespace}" in cond["message"]
+    assert not studies.jobs("legacy")
+    wait_for(
+        lambda: secret_value(kube_api, studies.namespace, "legacy-storage", "url") is None,
+        60,
+        "the 0.1.0 copy of the admin URL to be emptied",
+    )
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optuna_operator.cli",
+            "migrate",
+            "--namespace",
+            studies.namespace,
+            "--default-storage-secret",
+            f"{OPERATOR_NAMESPACE}/{DEFAULT_SECRET}",
+            "--delete-source",
+        ],
+        env={**os.environ, "KUBECONFIG": str(bed.kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{studies.namespace}/legacy: {name}: moved (3 trials)" in result.stdout
+    assert make_url(storage_url).password not in result.stdout + result.stderr
+
+    status = studies.wait_phase("legacy", "Succeeded", timeout=240)
+    assert status["trials"]["complete"] == 5  # the 3 moved trials count
+    assert _trial_count(studies.storage_url(), name) == 5
+    assert _owner(studies.storage_url(), name)["name"] == "legacy"
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name=name, storage=storage_url)
