@@ -1,6 +1,6 @@
 """`optuna-operator run | worker | crds | admission-policy | migrate` for the operator, and
-the user's commands (`list`, `status`, `trials`, `best`, `logs`, `dashboard`, `create`, `wait`), also
-installed as the kubectl plugin `kubectl optuna`.
+the user's commands (`list`, `status`, `trials`, `best`, `logs`, `dashboard`, `create`,
+`wait`), also installed as the kubectl plugin `kubectl optuna`.
 
 Imports are per command so a worker image needs neither kopf nor the Kubernetes client. The
 user's commands are thin: the work is in `client` (the SDK) and `formatting` (what is printed).
