@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 from kubernetes import client
-from tests.integration.studies import OperatorProcess, Studies
+from tests.integration.studies import OperatorProcess, Studies, tenant_url
 
 from optuna_operator.client import StudyClient, StudyFailedError, StudyView, quick_study
 from testbed import Bed
@@ -44,7 +44,9 @@ def sdk(kube_api: client.ApiClient, namespace: str, operator: OperatorProcess) -
     return StudyClient(kube_api, namespace)
 
 
-def test_sdk_submits_waits_and_reads_the_best_trial(sdk: StudyClient, storage_url: str) -> None:
+def test_sdk_submits_waits_and_reads_the_best_trial(
+    sdk: StudyClient, kube_api: client.ApiClient
+) -> None:
     study = quick_study(
         "sdk-quad",
         function=QUADRATIC,
@@ -63,7 +65,8 @@ def test_sdk_submits_waits_and_reads_the_best_trial(sdk: StudyClient, storage_ur
 
     best = sdk.best_trial("sdk-quad")
     assert best is not None
-    loaded = sdk.load_optuna_study("sdk-quad", storage_url)
+    # The namespace's own credential: its studies live in its schema.
+    loaded = sdk.load_optuna_study("sdk-quad", tenant_url(kube_api, sdk.namespace))
     assert best.number == loaded.best_trial.number
     assert best.params == loaded.best_trial.params
     assert best.values == [pytest.approx(loaded.best_value)]
@@ -96,9 +99,7 @@ def test_sdk_wait_raises_with_the_failed_condition(sdk: StudyClient) -> None:
         sdk.wait("sdk-broken", timeout=240, poll_interval=0.5)
 
 
-def test_kubectl_optuna_create_wait_list_status_best_trials(
-    bed: Bed, studies: Studies, storage_url: str
-) -> None:
+def test_kubectl_optuna_create_wait_list_status_best_trials(bed: Bed, studies: Studies) -> None:
     ns = studies.namespace
     created = kubectl(
         bed, "optuna", "create", "cli-quad", "-n", ns,
@@ -122,7 +123,7 @@ def test_kubectl_optuna_create_wait_list_status_best_trials(
     assert re.search(r"Succeeded\s+True\s+TrialBudgetReached", status), status
     assert "Events:" in status and "CreatedJob" in status
 
-    loaded = optuna.load_study(study_name=f"{ns}.cli-quad", storage=storage_url)
+    loaded = optuna.load_study(study_name=f"{ns}.cli-quad", storage=studies.storage_url())
     best = json.loads(kubectl(bed, "optuna", "best", "cli-quad", "-n", ns, "-o", "json").stdout)
     assert best["trial"] == loaded.best_trial.number
     assert best["params"] == loaded.best_trial.params

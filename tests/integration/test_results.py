@@ -46,7 +46,7 @@ def test_export_writes_the_best_trial_and_follows_it(
     assert owner.owner_references[0].kind == "TuningStudy"
 
 
-def test_warm_start_copies_the_finished_trials_first(studies: Studies, storage_url: str) -> None:
+def test_warm_start_copies_the_finished_trials_first(studies: Studies) -> None:
     studies.create(study_body("source", budget={"trials": 6}))
     studies.wait_phase("source", "Succeeded")
     studies.create(
@@ -58,6 +58,7 @@ def test_warm_start_copies_the_finished_trials_first(studies: Studies, storage_u
         )
     )
     status = studies.wait_phase("warm", "Succeeded")
+    storage_url = studies.storage_url()  # the namespace's own schema
     source = optuna.load_study(study_name=f"{studies.namespace}.source", storage=storage_url)
     warm = optuna.load_study(study_name=f"{studies.namespace}.warm", storage=storage_url)
     copied = [t for t in warm.trials if "warm_start_from" in t.user_attrs]
