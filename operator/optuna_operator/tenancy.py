@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -45,6 +46,7 @@ __all__ = [
     "TenancyError",
     "TenantCredentials",
     "TenantNames",
+    "scram_verifier",
     "tenant_names",
     "tenant_secret",
 ]
@@ -171,6 +173,21 @@ def _decode(secret: dict[str, Any], key: str) -> str | None:
     return base64.b64decode(raw).decode() if raw is not None else None
 
 
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier of a password, computed here so the plaintext is
+    never part of a statement the server might log (log_statement, errors)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
 def _new_password() -> str:
     return secrets.token_urlsafe(24)
 
@@ -197,17 +214,19 @@ def provision(conn: Connection, names: TenantNames, password: str, readonly_pass
                 f"PostgreSQL role {name} exists with privileges the operator never grants; "
                 "a database administrator must rename or drop it",
             )
-        # The password is a bind parameter (psycopg2 quotes it client-side) and matches
-        # _PASSWORD; it is never part of a logged statement text here.
+        # Only the SCRAM verifier reaches the server, never the password: statements may be
+        # logged (log_statement, errors). It is a bind parameter (psycopg2 quotes it).
         if existing is None:
             conn.execute(
                 text(
                     f"CREATE ROLE {quoted} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :pw"
                 ),
-                {"pw": secret},
+                {"pw": scram_verifier(secret)},
             )
         else:
-            conn.execute(text(f"ALTER ROLE {quoted} LOGIN PASSWORD :pw"), {"pw": secret})
+            conn.execute(
+                text(f"ALTER ROLE {quoted} LOGIN PASSWORD :pw"), {"pw": scram_verifier(secret)}
+            )
         conn.execute(text(f"ALTER ROLE {quoted} SET search_path = {schema}"))
     # A CREATEROLE admin (not a superuser) must be a member of the role to create a schema
     # it owns and to set default privileges for it (PostgreSQL 15).

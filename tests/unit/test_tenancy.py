@@ -70,3 +70,12 @@ def test_the_read_only_url_carries_no_password_at_all() -> None:
         "postgresql+psycopg2://optuna_ro_t_a@db:5432/optuna?sslmode=require"
     )
     assert "admin-secret" not in _with_user(admin, "optuna_rw_t_a", "pw")
+
+
+def test_only_a_scram_verifier_of_the_password_is_sent() -> None:
+    from optuna_operator.tenancy import scram_verifier
+
+    verifier = scram_verifier("s3cret-password-value")
+    assert verifier.startswith("SCRAM-SHA-256$4096:")
+    assert "s3cret" not in verifier
+    assert scram_verifier("s3cret-password-value") != verifier  # salted
