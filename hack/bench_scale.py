@@ -35,6 +35,7 @@ import optuna
 from kubernetes import client, config, watch
 from sqlalchemy import create_engine, text
 
+from optuna_operator.tenancy import tenant_names
 from testbed import Bed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +195,10 @@ class Scale:
                     storage=self.idle_url, study_name=f"{ns}.{name}", direction="minimize"
                 )
                 study.add_trial(optuna.trial.create_trial(value=1.0))
-                body = study_body(name, budget={"trials": 1}, storage=storage)
+                # Made outside the operator: resumed only on request (ownership).
+                body = study_body(
+                    name, budget={"trials": 1}, storage=storage, adoptExistingStudy=True
+                )
             else:
                 body = study_body(name, suspend=True, storage=storage)
             self._create(ns, body)
@@ -247,6 +251,10 @@ class Scale:
 
         def poll_database() -> None:
             with engine.connect() as conn:
+                # The running studies live in their namespace's schema; the admin role is a
+                # member of its owner (tenancy), so it may read there.
+                schema = tenant_names(RUNNING_NAMESPACE).schema
+                conn.execute(text(f'SET search_path TO "{schema}"'))
                 while not stop.is_set():
                     rows = conn.execute(
                         text(
