@@ -133,7 +133,7 @@ their termination messages, post events. Nothing else: no pods/exec, no Secret l
   verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [create, patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
