@@ -233,7 +233,7 @@ def test_a_study_waits_for_quota_held_by_another_study_then_succeeds(
 
 
 def test_a_preempted_study_loses_no_completed_trial_and_finishes_after_readmission(
-    studies: Studies, queues: Queues, storage_url: str
+    studies: Studies, queues: Queues
 ) -> None:
     low = queues.priority_class("low", 100)
     high = queues.priority_class("high", 1000)
@@ -249,7 +249,7 @@ def test_a_preempted_study_loses_no_completed_trial_and_finishes_after_readmissi
     name = f"{studies.namespace}.victim"
 
     def completed() -> dict[int, float]:
-        trials = optuna.load_study(study_name=name, storage=storage_url).get_trials(
+        trials = optuna.load_study(study_name=name, storage=studies.storage_url()).get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
         )
         return {t.number: float(t.value or 0.0) for t in trials}
@@ -269,7 +269,7 @@ def test_a_preempted_study_loses_no_completed_trial_and_finishes_after_readmissi
     lost = {n: v for n, v in before.items() if after.get(n) != v}
     assert not lost, f"completed trials changed or vanished after preemption: {lost}"
     assert len(after) >= 40 - status["trials"]["pruned"]
-    running = optuna.load_study(study_name=name, storage=storage_url).get_trials(
+    running = optuna.load_study(study_name=name, storage=studies.storage_url()).get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
     )
     assert not running, [t.number for t in running]
@@ -278,7 +278,7 @@ def test_a_preempted_study_loses_no_completed_trial_and_finishes_after_readmissi
 
 
 def test_spec_suspend_deletes_the_queued_job_and_resume_requeues_it(
-    studies: Studies, queues: Queues, storage_url: str
+    studies: Studies, queues: Queues
 ) -> None:
     studies.create(queued_study("pause", 25, objective="slow_quadratic"))
     studies.wait_phase("pause", "Running", timeout=180)
@@ -293,11 +293,14 @@ def test_spec_suspend_deletes_the_queued_job_and_resume_requeues_it(
     wait_for(lambda: queues.job_complete("meanwhile"), 120, "a Job to use the released quota")
 
     name = f"{studies.namespace}.pause"
-    done_while_suspended = len(optuna.load_study(study_name=name, storage=storage_url).trials)
+    done_while_suspended = len(
+        optuna.load_study(study_name=name, storage=studies.storage_url()).trials
+    )
     studies.patch_spec("pause", {"suspend": False})
     studies.wait_phase("pause", "Succeeded", timeout=240)
     assert (
-        len(optuna.load_study(study_name=name, storage=storage_url).trials) > done_while_suspended
+        len(optuna.load_study(study_name=name, storage=studies.storage_url()).trials)
+        > done_while_suspended
     )
     [job] = studies.jobs("pause")
     assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == QUEUE
