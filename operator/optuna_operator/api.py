@@ -423,7 +423,10 @@ class Objective(Model):
         "`when` is sampled only when its parent has one of the listed values.",
     )
     trial_timeout_seconds: int | None = Field(
-        None, ge=1, description="Fail a trial that runs longer than this."
+        None,
+        ge=1,
+        description="Fail a trial that runs longer than this. A command is stopped; a "
+        "function's worker process is ended and replaced (Python cannot interrupt native code).",
     )
 
 
