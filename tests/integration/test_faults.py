@@ -138,10 +138,8 @@ def test_an_api_server_restart_mid_study_leaves_nothing_running(
     studies: Studies, storage_url: str, bed: Bed
 ) -> None:
     budget = 40
-    studies.create(
-        study_body(
-            "apirestart", objective=SLOW, budget={"trials": budget}, workers={"parallelism": 2}
-        )
+    _create(
+        studies, "apirestart", objective=SLOW, budget={"trials": budget}, workers={"parallelism": 2}
     )
     wait_for(lambda: _finished(_trials(storage_url, studies, "apirestart")) >= 4, 120, "4 trials")
     pods = [p.metadata.name for p in _worker_pods(studies, "apirestart")]
