@@ -4,6 +4,7 @@ mid-study. Each study must still reach Succeeded with counts equal to the databa
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections import Counter
 from typing import Any
@@ -73,7 +74,7 @@ def test_an_infinite_objective_value_is_shown_and_the_study_finishes(
     _assert_counts_match(status, _trials(storage_url, studies, "inf"))
     shown = subprocess.run(
         [str(bed.bin_dir / "kubectl"), "get", "ts", "inf", "-n", studies.namespace],
-        env=bed.env(),
+        env={**os.environ, **bed.env()},
         capture_output=True,
         text=True,
         check=True,
