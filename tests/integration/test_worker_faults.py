@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 from tests.integration.test_worker_runtime import (
@@ -149,6 +150,28 @@ def test_trials_failed_as_stale_during_an_outage_do_not_stop_their_workers(
     for trial in (t for t in trials if t.state == TrialState.FAIL):
         retries = [r for r in trials if r.system_attrs.get("failed_trial") == trial.number]
         assert [r.state for r in retries] == [TrialState.COMPLETE], trial.number
+
+
+def test_a_worker_whose_trial_was_failed_elsewhere_goes_on(shared_bench: Bench) -> None:
+    """What a long outage leads to, made deterministic: while the objective runs, another
+    process fails its trial (as the stale-trial check does); the worker's tell then finds it
+    finished, and Optuna reports that as an AssertionError. The worker must go on."""
+    shared_bench.create_study(["minimize"])
+    config = shared_bench.config(objective={"function": "objectives:quick"}, budget={"trials": 3})
+    worker = shared_bench.start(config, env={"TRIAL_SECONDS": "3"})
+    running = wait_for(
+        lambda: [t for t in shared_bench.trials() if t.state == TrialState.RUNNING and t.params],
+        30,
+        "a running trial",
+    )[0]
+    storage = optuna.storages.RDBStorage(shared_bench.storage_url)
+    assert storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
+
+    assert worker.wait(timeout=60) == 0
+    trials = shared_bench.trials()
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [running.number]
+    assert finished(trials) == 3
+    assert f"Trial {running.number} was finished by another process" in worker.log.read_text()
 
 
 def test_a_longer_outage_ends_the_worker_with_a_clear_message(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from optuna.exceptions import StorageInternalError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from optuna_operator.worker import outage
 from optuna_operator.worker.outage import OutageGuard, StorageUnavailable, is_connection_error
+from optuna_operator.worker.runner import _told_elsewhere
 
 URL = "postgresql+psycopg2://optuna:s3cret@db.example:5432/optuna"
 
@@ -106,3 +107,21 @@ def test_a_retried_write_that_had_committed_is_not_written_twice() -> None:
 def test_every_retried_method_exists_on_rdbstorage() -> None:
     missing = [name for name in outage.RETRIED_METHODS if not hasattr(RDBStorage, name)]
     assert missing == []
+
+
+def test_a_trial_failed_as_stale_is_recognised_behind_optunas_assertion() -> None:
+    # Optuna's _run_trial: the tell raises, then its `finally` asserts (the objective had
+    # returned a value, so no branch logs the failure) and that AssertionError is what
+    # leaves optimize().
+    def run_trial() -> None:
+        try:
+            raise UpdateFinishedTrialError("Trial#7 has already finished and can not be updated.")
+        finally:
+            raise AssertionError("Should not reach.")
+
+    with pytest.raises(AssertionError) as caught:
+        run_trial()
+    assert _told_elsewhere(caught.value)
+    assert _told_elsewhere(ValueError("Cannot tell a FAIL trial."))
+    assert not _told_elsewhere(AssertionError("Should not reach."))
+    assert not _told_elsewhere(ValueError("The value nan is not acceptable."))

@@ -151,7 +151,12 @@ def run_process(
                 # During a database outage longer than the heartbeat grace period, another
                 # process failed this worker's trial as stale and enqueued its retry; the
                 # worker's own tell then finds it finished. Nothing is lost: go on.
-                log.warning("%s: it was failed as stale while the database was unreachable", err)
+                trial = objective.current
+                log.warning(
+                    "Trial %s was finished by another process while this one ran it (failed "
+                    "as stale during a database outage, its retry enqueued); going on",
+                    trial.number if trial is not None else "?",
+                )
                 continue
             if storage.guard.gave_up is None:
                 raise
@@ -170,12 +175,23 @@ def run_process(
     return ExitCode.DONE
 
 
-def _told_elsewhere(err: Exception) -> bool:
-    """Whether a tell failed because the trial was already finished by someone else. Optuna
-    raises either error, depending on whether it saw the state before writing."""
-    if isinstance(err, UpdateFinishedTrialError):
-        return True
-    return isinstance(err, ValueError) and str(err).startswith("Cannot tell a ")
+def _told_elsewhere(err: BaseException) -> bool:
+    """Whether a tell failed because the trial was already finished by someone else.
+
+    Optuna raises either error, depending on whether it saw the state before writing, and
+    when the objective itself had succeeded its cleanup replaces that error with an
+    AssertionError ("Should not reach."), so the whole chain is searched.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, UpdateFinishedTrialError):
+            return True
+        if isinstance(current, ValueError) and str(current).startswith("Cannot tell a "):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _after_signal(checker: BudgetChecker) -> ExitCode:
