@@ -45,7 +45,8 @@ FIRST_DELAY_SECONDS = 0.5
 MAX_DELAY_SECONDS = 5.0
 
 # Every RDBStorage method a worker reaches during a study, directly or through Optuna
-# (ask, tell, report, user attributes, heartbeats, failing stale trials, samplers' reads).
+# (ask, tell, report, user attributes, heartbeats, failing stale trials, samplers' reads),
+# including the private ones Optuna's _CachedStorage calls instead of the public ones.
 RETRIED_METHODS = (
     "get_study_id_from_name",
     "get_study_name_from_id",
@@ -56,7 +57,9 @@ RETRIED_METHODS = (
     "set_study_system_attr",
     "get_all_studies",
     "create_new_trial",
+    "_create_new_trial",
     "set_trial_param",
+    "_set_trial_param",
     "get_trial_param",
     "set_trial_state_values",
     "set_trial_intermediate_value",
@@ -69,6 +72,7 @@ RETRIED_METHODS = (
     "get_all_trials",
     "_get_trials",
     "get_best_trial",
+    "_get_best_trial_id",
     "record_heartbeat",
     "_get_stale_trial_ids",
 )
@@ -92,6 +96,8 @@ class StorageUnavailable(Exception):
 def is_connection_error(err: BaseException) -> bool:
     """Whether the error, or one it was raised from, says the connection failed (refused,
     reset, closed by a restarting server), as opposed to a bad query or a constraint."""
+    if isinstance(err, StorageUnavailable):
+        return False  # already waited for; a caller up the stack must not wait again
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
