@@ -390,11 +390,6 @@ class Objective(Model):
                 "objective.searchSpace is only used with command: a function objective "
                 "defines its parameters with trial.suggest_*",
             ),
-            cel(
-                "!has(self.function) || !has(self.trialTimeoutSeconds)",
-                "objective.trialTimeoutSeconds is only enforced for command objectives: a "
-                "function objective must stop itself (or use budget.timeoutSeconds)",
-            ),
         )
     )
     function: str | None = Field(
