@@ -14,7 +14,7 @@ TESTBED := PYTHONPATH=hack $(BIN)/python -m testbed
 # (test_chart.py), which the default rootdir-relative import mode refuses to collect.
 PYTEST := $(BIN)/pytest --import-mode=importlib
 
-.PHONY: help venv binaries kueue postgres lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench
+.PHONY: help venv binaries kueue postgres lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench faults
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,6 +63,9 @@ demo-down: venv ## Stop what `DEMO_KEEP=1 make demo` left running (bed, operator
 
 bench: venv postgres ## Benchmarks: status refresh and worker throughput, as ratios to baselines
 	PYTHONPATH=hack:. $(BIN)/python -u hack/bench.py
+
+faults: venv binaries postgres ## Fault scenarios (db/API outage, pod deletion, inf, hung trial): recovery time, trials lost
+	PYTHONPATH=hack:. $(BIN)/python -u hack/faults.py
 
 crds: venv ## Regenerate crds/ (api.py) and the admission policy in deploy/ and the chart (admission.py)
 	$(BIN)/optuna-operator crds --output-dir crds

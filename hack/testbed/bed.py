@@ -14,9 +14,11 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from testbed import procs
 from testbed.binaries import ensure_binaries
@@ -29,6 +31,7 @@ from testbed.paths import HACK_DIR, REPO_ROOT, versions
 from testbed.postgres import (
     create_database,
     ensure_postgres_installed,
+    postgres_ready,
     remove_postgres_data,
     start_postgres,
 )
@@ -289,6 +292,34 @@ class Bed:
             state = "running" if procs.is_running(r) else "gone"
             lines.append(f"{r.name:<24} pid {r.pid:<8} {state:<8} log {r.log}")
         return lines
+
+    # --- fault injection ----------------------------------------------------------------
+    def stop_component(self, name: str) -> None:
+        """Stop one process of the bed (kube-apiserver, postgres, executor, ...), as an outage."""
+        self._sup.stop_one(name)
+
+    def start_component(self, name: str, timeout_s: float = 120.0) -> None:
+        """Start a stopped component again on its old ports and data; return once it serves."""
+        record = self._sup.start_again(name)
+        ready: dict[str, Callable[[], bool]] = {
+            "kube-apiserver": self._apiserver_ready,
+            "postgres": self._postgres_ready,
+        }
+        check = ready.get(name)
+        if check is not None:
+            self._sup.wait_until(check, f"{name} to serve again", timeout_s, [record])
+
+    def _apiserver_ready(self) -> bool:
+        api = KubeApi(read_kubeconfig(self.kubeconfig), timeout_s=5)
+        try:
+            return api.get_text("/readyz")[0] == 200
+        finally:
+            api.close()
+
+    def _postgres_ready(self) -> bool:
+        assert self._pg_root is not None
+        port = urlsplit(self.storage_url.replace("+psycopg2", "")).port
+        return port is not None and postgres_ready(self._pg_root, port)
 
     # --- what tests and developers use --------------------------------------------------
     def env(self) -> dict[str, str]:

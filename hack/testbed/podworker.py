@@ -35,6 +35,11 @@ TAIL_LINES = 80
 TAIL_BYTES = 2048
 SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 POLL_S = 0.1
+# A refused status write is sent again after this back-off, doubling up to the maximum, and
+# for as long as the pod exists: like kubelet's status manager, the executor owns the pod's
+# status until the API has it, however long the API server is away.
+STATUS_RETRY_S = 0.5
+STATUS_RETRY_MAX_S = 5.0
 
 
 def termination_log_tail(path: Path) -> str:
@@ -119,6 +124,9 @@ class PodWorker:
         self._start_time = now()
         self._started = time.monotonic()
         self._dirty = True
+        self._retry_at = 0.0
+        self._retry_s = STATUS_RETRY_S
+        self._publish_failing = False
         self._thread = threading.Thread(
             target=self._run_safely, name=f"pod {self.namespace}/{self.name}", daemon=True
         )
@@ -217,7 +225,7 @@ class PodWorker:
                     self._step(slot, current)
                 if all(s.done for s in self._main):
                     break
-            if self._dirty:
+            if self._dirty and time.monotonic() >= self._retry_at:
                 self._update_conditions()
                 self._publish()
             self._wake.wait(POLL_S)
@@ -242,18 +250,34 @@ class PodWorker:
         )
         phase = "Succeeded" if succeeded and stop != "deadline" else "Failed"
         self._update_conditions(terminal_phase=phase)
-        # The terminal status is what Job controllers count; a blip must not lose it.
-        self._dirty = True
-        for _ in range(10):
-            self._publish(phase, reason, message)
-            if not self._dirty or self._gone:
-                break
-            time.sleep(1)
-        if stop == "delete":
-            delete_now(self._api, self._pod)
         log.info(
             "pod %s/%s: %s%s", self.namespace, self.name, phase, f" ({reason})" if reason else ""
         )
+        # The terminal status is what Job controllers count: it is sent until the API server
+        # takes it (an outage of any length), the pod is gone, or the executor stops.
+        self._dirty = True
+        while self._dirty and not self._gone and not self._shutdown:
+            if time.monotonic() >= self._retry_at:
+                self._publish(phase, reason, message)
+            if self._dirty:
+                self._wake.wait(max(0.0, self._retry_at - time.monotonic()))
+                self._wake.clear()
+        if stop == "delete":
+            self._delete_after_status()
+
+    def _delete_after_status(self) -> None:
+        """Remove the deleted pod's object, as kubelet does, retrying through an outage."""
+        while not self._gone and not self._shutdown:
+            try:
+                delete_now(self._api, self._pod)
+                return
+            except Exception as err:
+                log.warning(
+                    "pod %s/%s: final delete failed, will retry: %s", self.namespace, self.name, err
+                )
+                self._wake.wait(self._retry_s)
+                self._wake.clear()
+                self._retry_s = min(self._retry_s * 2, STATUS_RETRY_MAX_S)
 
     # --- containers ------------------------------------------------------------------
     def _base_env(self) -> dict[str, str]:
@@ -496,7 +520,6 @@ class PodWorker:
         path = f"/api/v1/namespaces/{q(self.namespace)}/pods/{q(self.name)}/status"
         try:
             self._api.patch(path, body, STRATEGIC_MERGE_PATCH)
-            self._dirty = False
         except ApiError as err:
             if err.status in (404, 409):
                 self._gone = True
@@ -504,10 +527,24 @@ class PodWorker:
                 log.error("pod %s/%s: status rejected: %s", self.namespace, self.name, err)
                 self._dirty = False
             else:
-                log.warning(
-                    "pod %s/%s: status patch failed, will retry: %s", self.namespace, self.name, err
-                )
-        except Exception as err:  # network blip: retried on the next loop
+                self._publish_failed(err)
+            return
+        except Exception as err:  # API server down or restarting: connection refused
+            self._publish_failed(err)
+            return
+        self._dirty = False
+        self._retry_at = 0.0
+        self._retry_s = STATUS_RETRY_S
+        if self._publish_failing:
+            self._publish_failing = False
+            log.info("pod %s/%s: status accepted again", self.namespace, self.name)
+
+    def _publish_failed(self, err: Exception) -> None:
+        # The status stays dirty; the pod's loop sends the then-current status again later.
+        if not self._publish_failing:
             log.warning(
                 "pod %s/%s: status patch failed, will retry: %s", self.namespace, self.name, err
             )
+            self._publish_failing = True
+        self._retry_at = time.monotonic() + self._retry_s
+        self._retry_s = min(self._retry_s * 2, STATUS_RETRY_MAX_S)

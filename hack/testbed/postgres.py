@@ -21,7 +21,13 @@ from testbed.paths import HACK_DIR, versions
 from testbed.ports import free_port
 from testbed.supervisor import Supervisor
 
-__all__ = ["Postgres", "ensure_postgres_installed", "remove_postgres_data", "start_postgres"]
+__all__ = [
+    "Postgres",
+    "ensure_postgres_installed",
+    "postgres_ready",
+    "remove_postgres_data",
+    "start_postgres",
+]
 
 DATABASE = "optuna"
 ROLE = "optuna"
@@ -107,9 +113,8 @@ def start_postgres(sup: Supervisor, logs: Path, timeout_s: float = 60.0) -> Post
         # SIGTERM is "smart" shutdown, which waits for every client to disconnect.
         stop_signal=signal.SIGINT,
     )
-    isready = [str(pg_bin / "pg_isready"), "-q", f"--host={root}", f"--port={port}"]
     sup.wait_until(
-        lambda: subprocess.run(isready, check=False).returncode == 0,
+        lambda: postgres_ready(root, port),
         "PostgreSQL to accept connections",
         timeout_s,
         [server],
@@ -133,6 +138,12 @@ def create_database(root: Path, port: int, name: str) -> str:
     psql += [f"--host={root}", f"--port={port}", "--username=postgres", "--dbname=postgres"]
     _run_as(user, [*psql, "-c", f"CREATE DATABASE {name} OWNER {ROLE}"], "CREATE DATABASE")
     return name
+
+
+def postgres_ready(root: Path, port: int) -> bool:
+    """Whether the server in root accepts connections (after a start or a restart)."""
+    isready = [str(_pg_bin() / "pg_isready"), "-q", f"--host={root}", f"--port={port}"]
+    return subprocess.run(isready, check=False).returncode == 0
 
 
 def remove_postgres_data(root: Path) -> None:

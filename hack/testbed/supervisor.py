@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from testbed import procs
 from testbed.errors import BedError
@@ -36,6 +37,8 @@ class Supervisor:
         self.die_with_parent = die_with_parent
         self.records: list[ProcessRecord] = []
         self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        # How each process was started, to start it again after a fault test stopped it.
+        self._how: dict[str, tuple[Sequence[str], Path, dict[str, Any]]] = {}
 
     def spawn(
         self,
@@ -49,16 +52,16 @@ class Supervisor:
         stop_signal: int = signal.SIGTERM,
         death_signal: int | None = None,
     ) -> ProcessRecord:
+        how: dict[str, Any] = {
+            "env": env,
+            "cwd": cwd,
+            "user": user,
+            "stop_signal": stop_signal,
+            "death_signal": death_signal,
+        }
+        self._how[name] = (argv, log_path, how)
         popen, record = procs.spawn(
-            name,
-            argv,
-            log_path,
-            env=env,
-            cwd=cwd,
-            user=user,
-            stop_signal=stop_signal,
-            die_with_parent=self.die_with_parent,
-            death_signal=death_signal,
+            name, argv, log_path, die_with_parent=self.die_with_parent, **how
         )
         self.records.append(record)
         self._popens[record.pid] = popen
@@ -110,6 +113,21 @@ class Supervisor:
             time.sleep(0.25)
         logs = "\n".join(f"--- {r.name} ({r.log}):\n{log_tail(r.log, 15)}" for r in watch)
         raise BedError(f"timed out after {timeout_s:.0f}s waiting for {what}: {last_error}\n{logs}")
+
+    def stop_one(self, name: str, grace_s: float = 15.0) -> None:
+        """Stop one process by name (a fault test's outage); start_again brings it back."""
+        record = next(r for r in self.records if r.name == name)
+        procs.stop(record, grace_s, self._popens.pop(record.pid, None))
+        self.records.remove(record)
+        self.save()
+
+    def start_again(self, name: str) -> ProcessRecord:
+        """Start a process stopped by stop_one with the same command line, appending to its
+        log: same ports, same data directory, as a restarted service comes back."""
+        if any(r.name == name for r in self.records):
+            raise BedError(f"{name} is still running")
+        argv, log_path, how = self._how[name]
+        return self.spawn(name, argv, log_path, **how)
 
     def stop_all(self, grace_s: float = 15.0) -> None:
         """Stop everything, newest first, so dependants go before what they depend on."""

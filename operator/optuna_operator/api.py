@@ -6,11 +6,22 @@ next to the fields they check, so `make crds` can generate the whole schema from
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    field_serializer,
+    model_serializer,
+)
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -45,6 +56,8 @@ __all__ = [
     "TuningStudyStatus",
     "WorkerConfig",
     "WorkersSpec",
+    "json_safe",
+    "value_text",
 ]
 
 GROUP = "tuning.optuna-operator.io"
@@ -377,11 +390,6 @@ class Objective(Model):
                 "objective.searchSpace is only used with command: a function objective "
                 "defines its parameters with trial.suggest_*",
             ),
-            cel(
-                "!has(self.function) || !has(self.trialTimeoutSeconds)",
-                "objective.trialTimeoutSeconds is only enforced for command objectives: a "
-                "function objective must stop itself (or use budget.timeoutSeconds)",
-            ),
         )
     )
     function: str | None = Field(
@@ -410,7 +418,10 @@ class Objective(Model):
         "`when` is sampled only when its parent has one of the listed values.",
     )
     trial_timeout_seconds: int | None = Field(
-        None, ge=1, description="Fail a trial that runs longer than this."
+        None,
+        ge=1,
+        description="Fail a trial that runs longer than this. A command is stopped; a "
+        "function's worker process is ended and replaced (Python cannot interrupt native code).",
     )
 
 
@@ -1237,11 +1248,57 @@ class TrialCounts(Model):
     budget: int | None = Field(None, description="spec.budget.trials, when set.")
 
 
+# JSON has no Infinity or NaN: a status patch holding one is not JSON, the API server refuses
+# it, and every later status write with it. An objective may well return inf (Optuna keeps it
+# as COMPLETE), so such values travel as these strings, which float() and JavaScript's
+# Number() read back.
+NonFinite = Literal["Infinity", "-Infinity", "NaN"]
+
+
+def _non_finite_name(value: float) -> NonFinite:
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def json_safe(node: Any) -> Any:
+    """The same data with every non-finite float replaced by its NonFinite name."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return _non_finite_name(node)
+    if isinstance(node, dict):
+        return {key: json_safe(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [json_safe(value) for value in node]
+    return node
+
+
+def value_text(value: float) -> str:
+    """An objective value as kubectl shows it: repr of the float, or Infinity/-Infinity/NaN."""
+    return repr(value) if math.isfinite(value) else _non_finite_name(value)
+
+
+# A float in Python (the strings parse back to one); a JSON-safe value on the wire.
+ObjectiveValue = Annotated[
+    float,
+    PlainSerializer(json_safe, return_type=float | str),
+    # Structural schemas have no number-or-string type; like Scalar, the item is left open.
+    WithJsonSchema(
+        {
+            "x-kubernetes-preserve-unknown-fields": True,
+            "description": "A number, or the string Infinity, -Infinity or NaN.",
+        }
+    ),
+]
+
+
 class BestTrial(Model):
     """One finished trial: its number, objective values and parameters."""
 
     number: int = Field(description="Optuna trial number, unique within the study.")
-    values: list[float] = Field(description="Objective values, one per spec.directions entry.")
+    values: list[ObjectiveValue] = Field(
+        description="Objective values, one per spec.directions entry; a non-finite value as "
+        "the string Infinity, -Infinity or NaN."
+    )
     params: FreeObject = Field(
         default_factory=dict, description="Parameter values the trial used, by name."
     )
@@ -1302,6 +1359,11 @@ class TuningStudyStatus(Model):
         None,
         description="Best trial so far; with several directions, one trial of paretoFront.",
     )
+    best_value: str | None = Field(
+        None,
+        description="The best trial's first value as text, for kubectl get (Infinity when "
+        "infinite); written with bestTrial.",
+    )
     pareto_front: list[BestTrial] | None = Field(
         None,
         max_length=PARETO_FRONT_LIMIT,
@@ -1319,6 +1381,26 @@ class TuningStudyStatus(Model):
     completion_time: datetime | None = Field(
         None, description="When the study reached Succeeded or Failed."
     )
+
+    @field_serializer("param_importances")
+    def _finite_importances(self, value: dict[str, float] | None) -> dict[str, float] | None:
+        # An importance that is not a number (a constant objective) says nothing; it is left
+        # out rather than written as a string the schema's number type would refuse.
+        if value is None:
+            return None
+        return {name: v for name, v in value.items() if math.isfinite(v)}
+
+    @model_serializer(mode="wrap")
+    def _json_safe(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.best_trial is not None and self.best_trial.values:
+            data["bestValue" if info.by_alias else "best_value"] = value_text(
+                self.best_trial.values[0]
+            )
+        # Whatever else holds a float (free-form params) must not break the patch either.
+        return json_safe(data)  # type: ignore[no-any-return]
 
 
 class Metadata(Model):

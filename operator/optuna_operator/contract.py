@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import optuna
@@ -32,10 +32,12 @@ __all__ = [
     "MAX_RETRIES",
     "POD_NAMESPACE_ENV",
     "POD_NAME_ENV",
+    "REPLACE_EXIT_CODES",
     "RETRY_OF_ATTR",
     "STDERR_ATTR",
     "STORAGE_ENV",
     "STORAGE_ENV_NAMES",
+    "STORAGE_OUTAGE_ENV",
     "STUDY_ATTR_PREFIX",
     "STUDY_START_TIME_ATTR",
     "WARM_START_ATTR",
@@ -55,19 +57,34 @@ STORAGE_ENV = "OPTUNA_STORAGE_URL"
 INDEX_ENV = "OPTUNA_OPERATOR_WORKER_INDEX"
 POD_NAME_ENV = "POD_NAME"
 POD_NAMESPACE_ENV = "POD_NAMESPACE"
+# How long a worker rides out an unreachable database before it exits (seconds); users may
+# set it through spec.workers.env.
+STORAGE_OUTAGE_ENV = "OPTUNA_OPERATOR_STORAGE_OUTAGE_SECONDS"
 # Variables that may carry database credentials; objectives never see them.
 STORAGE_ENV_NAMES = frozenset({STORAGE_ENV})
 
 
 # ---------------------------------------------------------------------- exit codes
 class ExitCode(IntEnum):
-    """The worker's exit status; the Job's podFailurePolicy keys on CONFIG and
-    TOO_MANY_FAILURES (fail the Job at once: retrying cannot help)."""
+    """The worker's exit status. The Job's podFailurePolicy keys on it: CONFIG and
+    TOO_MANY_FAILURES fail the Job at once (retrying cannot help); the REPLACE codes are
+    ignored, so the pod is replaced without counting against backoffLimit."""
 
     DONE = 0  # budget, deadline or goal reached, or the study was already done
-    ERROR = 1  # unexpected or transient (database unreachable): the Job may retry the pod
+    ERROR = 1  # unexpected, or the database stayed unreachable: the Job may retry the pod
     CONFIG = 3  # permanent configuration error: FailJob
     TOO_MANY_FAILURES = 4  # more than budget.maxFailedTrials trials failed: FailJob
+    # Stopped by SIGTERM (pod deleted, preempted, evicted) while the study still has work;
+    # its trial was re-enqueued. Exiting 0 here would tell a Job without completions that
+    # the work is done, and it would never start a replacement.
+    INTERRUPTED = 5
+    # A function objective outlived trialTimeoutSeconds: the trial was failed and the
+    # process exits, because Python cannot stop a function stuck in native code.
+    TRIAL_TIMEOUT = 6
+
+
+# Exits that say "start another pod": the Job ignores them (podFailurePolicy action Ignore).
+REPLACE_EXIT_CODES = (ExitCode.INTERRUPTED, ExitCode.TRIAL_TIMEOUT)
 
 
 # ---------------------------------------------------------------------- study and trial attributes
@@ -140,16 +157,24 @@ def engine_kwargs(
     return kwargs
 
 
+StorageT = TypeVar("StorageT", bound=RDBStorage)
+
+
 def heartbeat_storage(
-    url: str, heartbeat_interval: int, application_name: str, pool_size: int | None = 2
-) -> RDBStorage:
+    url: str,
+    heartbeat_interval: int,
+    application_name: str,
+    pool_size: int | None = 2,
+    storage_class: type[StorageT] = RDBStorage,  # type: ignore[assignment]
+) -> StorageT:
     """The RDBStorage workers run trials with, and the operator fails stale trials with:
-    heartbeats on, a trial whose heartbeat stopped retried up to MAX_RETRIES times."""
+    heartbeats on, a trial whose heartbeat stopped retried up to MAX_RETRIES times. Workers
+    pass their subclass that outlasts a database outage."""
     with warnings.catch_warnings():
         # Heartbeats are the documented way to recover preempted trials; Optuna still labels
         # them experimental, which would only add noise to every log.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
+        return storage_class(
             url,
             engine_kwargs=engine_kwargs(url, application_name, pool_size),
             # The operator created the schema with the study; workers racing to create

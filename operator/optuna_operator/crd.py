@@ -30,9 +30,10 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Finished (complete + pruned) trials / budget",
     },
     {
+        # A string field: the column must also show an infinite best value.
         "name": "Best",
-        "type": "number",
-        "jsonPath": ".status.bestTrial.values[0]",
+        "type": "string",
+        "jsonPath": ".status.bestValue",
         "description": "Best objective value (first direction)",
     },
     {"name": "Workers", "type": "integer", "jsonPath": ".status.workers.active", "priority": 1},

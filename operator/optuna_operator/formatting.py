@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from optuna_operator.api import BestTrial
+from optuna_operator.api import BestTrial, json_safe
 from optuna_operator.client import EventLine, StudyView
 
 __all__ = [
@@ -259,7 +259,9 @@ def best_output(view: StudyView, fmt: str, prefix: str = "") -> str:
     cleaned to letters, digits and underscores, with an optional prefix)."""
     doc = best_document(view)
     if fmt == "json":
-        return json.dumps(doc, indent=2, sort_keys=True)
+        # An infinite best value as the status writes it ("Infinity"): json.dumps would
+        # print a bare Infinity, which strict JSON parsers (jq) refuse.
+        return json.dumps(json_safe(doc), indent=2, sort_keys=True, allow_nan=False)
     if fmt == "yaml":
         return yaml.safe_dump(doc, sort_keys=True).rstrip("\n")
     if fmt == "env":

@@ -22,6 +22,7 @@ from optuna_operator.contract import (
     CONFIG_ENV,
     POD_NAME_ENV,
     POD_NAMESPACE_ENV,
+    REPLACE_EXIT_CODES,
     STORAGE_ENV,
     ExitCode,
 )
@@ -259,6 +260,16 @@ def worker_job(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
                 },
                 # Preemption, eviction and scale-down are not the objective's fault.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                # A worker stopped before the study is done (a plain pod deletion carries no
+                # DisruptionTarget) or after a hung trial: replace it, count nothing.
+                {
+                    "action": "Ignore",
+                    "onExitCodes": {
+                        "containerName": "worker",
+                        "operator": "In",
+                        "values": [int(code) for code in REPLACE_EXIT_CODES],
+                    },
+                },
             ]
         },
         "template": template,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
 
 import optuna
@@ -25,3 +26,12 @@ def improving(trial: optuna.Trial) -> float:
     trial.suggest_int("depth", 1, 8)
     time.sleep(0.3)
     return -float(trial.number)
+
+
+def first_trial_hangs(trial: optuna.Trial) -> float:
+    """Trial 0 hangs in native code, as a stuck training loop does; no bytecode runs."""
+    x = trial.suggest_float("x", -10, 10)
+    if trial.number == 0:
+        ctypes.CDLL(None).sleep(600)
+    time.sleep(0.2)
+    return -(x**2)

@@ -259,12 +259,6 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 # the CRD.
 GPU = "nvidia.com/gpu"
 MOVED: list[tuple[str, dict[str, Any], str]] = [
-    # worker/function_objective.py never reads trialTimeoutSeconds.
-    (
-        "trial timeout for a function",
-        _with("objective", {**FUNCTION, "trialTimeoutSeconds": 60}),
-        "trialTimeoutSeconds is only enforced for command objectives",
-    ),
     # Optuna uses an enqueued parameter only if the objective suggests it, and an out-of-range
     # fixed value with nothing but a warning; a value outside the choices fails every trial.
     (

@@ -25,6 +25,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_operator.api import WorkerConfig
+from optuna_operator.contract import ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -471,7 +472,8 @@ def test_sigterm_stops_the_command_and_requeues_its_parameters(bench: Bench) -> 
     child = int(pid_file.read_text())
     stopped_at = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=20) == 0
+    # Not 0: the study is not done, so the Job must start a replacement (issue 12, item 4).
+    assert worker.wait(timeout=20) == ExitCode.INTERRUPTED
     assert time.monotonic() - stopped_at < 10  # inside a default 30 s grace period
     assert not alive(child)
     trials = {t.number: t for t in bench.trials()}
@@ -517,7 +519,7 @@ def test_sigterm_interrupts_function_trials_in_every_process(bench: Bench) -> No
     )
     stopped_at = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=20) == 0
+    assert worker.wait(timeout=20) == ExitCode.INTERRUPTED
     assert time.monotonic() - stopped_at < 10
     trials = {t.number: t for t in bench.trials()}
     for trial in running:

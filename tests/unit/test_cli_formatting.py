@@ -142,6 +142,12 @@ def test_best_json_and_yaml_carry_trial_values_and_params() -> None:
     assert yaml.safe_load(best_output(view(**RUNNING), "yaml")) == doc
 
 
+def test_best_json_with_an_infinite_value_is_strict_json() -> None:
+    status = {**RUNNING, "bestTrial": {**RUNNING["bestTrial"], "values": ["Infinity"]}}
+    doc = json.loads(best_output(view(**status), "json"), parse_constant=pytest.fail)
+    assert doc["values"] == {"neg_mse": "Infinity"}
+
+
 def test_best_env_sourced_in_a_shell_sets_the_parameters() -> None:
     status = {
         **RUNNING,

@@ -13,6 +13,7 @@ import yaml
 
 from optuna_operator import api, manifests
 from optuna_operator.api import TuningStudy, WorkerConfig
+from optuna_operator.contract import ExitCode
 
 GOLDEN = Path(__file__).parent / "golden"
 CTX = manifests.ChildContext(
@@ -122,6 +123,18 @@ def test_config_errors_fail_the_job_and_disruptions_do_not() -> None:
     assert rules[0]["action"] == "FailJob"
     assert set(rules[0]["onExitCodes"]["values"]) == {3, 4}
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+
+
+def test_interrupted_and_timed_out_workers_are_replaced_without_counting() -> None:
+    rules = manifests.worker_job(study(), CTX)["spec"]["podFailurePolicy"]["rules"]
+    ignored = [r["onExitCodes"] for r in rules if r["action"] == "Ignore" and "onExitCodes" in r]
+    assert ignored == [
+        {
+            "containerName": "worker",
+            "operator": "In",
+            "values": [int(ExitCode.INTERRUPTED), int(ExitCode.TRIAL_TIMEOUT)],
+        }
+    ]
 
 
 def test_gpu_limits_reach_the_worker_container() -> None:

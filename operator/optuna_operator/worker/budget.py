@@ -9,14 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
-from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from sqlalchemy import Engine, and_, exists, func, select
 
 from optuna_operator.api import Budget, Direction
 from optuna_operator.contract import ERROR_ATTR
+from optuna_operator.worker.outage import OutageTolerantStorage, guarded_engine_call
 
 __all__ = ["BudgetChecker", "StopReason", "TrialCounter"]
 
@@ -30,19 +31,23 @@ class StopReason(StrEnum):
 
 
 class TrialCounter:
-    """Counts on one study's rows, through the worker's own (small) connection pool."""
+    """Counts on one study's rows, through the worker's own (small) connection pool, retried
+    through a database outage like the storage's own calls."""
 
-    def __init__(self, storage: RDBStorage, study_id: int) -> None:
+    def __init__(self, storage: OutageTolerantStorage, study_id: int) -> None:
         self._engine: Engine = storage.engine
+        self._guard = storage.guard
         self._study_id = study_id
+
+    def _scalar(self, what: str, query: Any) -> Any:
+        return guarded_engine_call(self._guard, what, self._engine, query)
 
     def finished(self) -> int:
         trials = models.TrialModel
         query = select(func.count(trials.trial_id)).where(
             trials.study_id == self._study_id, trials.state.in_(_FINISHED)
         )
-        with self._engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+        return int(self._scalar("counting finished trials", query))
 
     def failed_by_objective(self) -> int:
         trials = models.TrialModel
@@ -56,8 +61,7 @@ class TrialCounter:
                 attrs.key == ERROR_ATTR,
             )
         )
-        with self._engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+        return int(self._scalar("counting failed trials", query))
 
     def reached(self, goal: float, direction: Direction) -> bool:
         """Whether any complete trial's first value is at least as good as the goal."""
@@ -75,8 +79,7 @@ class TrialCounter:
                 )
             )
         )
-        with self._engine.connect() as conn:
-            return bool(conn.execute(query).scalar_one())
+        return bool(self._scalar("checking the goal", query))
 
 
 @dataclass

@@ -7,16 +7,20 @@ import logging
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 
-from optuna_operator.contract import ERROR_ATTR, INTERRUPTED_ATTR, WORKER_ATTR
+from optuna_operator.contract import ERROR_ATTR, INTERRUPTED_ATTR, WORKER_ATTR, ExitCode
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
+from optuna_operator.worker.termination import report_exit
 
-__all__ = ["FunctionObjective", "check_values", "load_function"]
+__all__ = ["FunctionObjective", "TrialWatchdog", "check_values", "load_function"]
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +53,76 @@ def load_function(reference: str) -> Objective:
     return target  # type: ignore[no-any-return]
 
 
+class TrialWatchdog:
+    """Enforces trialTimeoutSeconds on a function running in this process.
+
+    Python cannot stop a function from outside: an exception raised by a signal handler waits
+    for the next bytecode, which a call into native code (a training loop in C++, a CUDA
+    kernel) may not reach for hours, and it would run inside the user's cleanup code. So at
+    the deadline this thread fails the trial with a clear error and ends the process with
+    ExitCode.TRIAL_TIMEOUT; the Job replaces such a pod without counting it, and a pool of
+    trial processes starts a fresh one.
+    """
+
+    def __init__(self, trial: optuna.Trial, timeout_seconds: float, worker_id: str) -> None:
+        self._trial = trial
+        self._timeout = timeout_seconds
+        self._worker_id = worker_id
+        # Held from expiry to exit: a trial that finishes at that moment must not be told.
+        self._lock = threading.Lock()
+        self._finished = False
+        self._timer = threading.Timer(timeout_seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.name = f"trial-{trial.number}-watchdog"
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def finish(self) -> None:
+        """The function returned or raised: stop watching (blocks for good once expired)."""
+        self._timer.cancel()
+        with self._lock:
+            self._finished = True
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            message = f"timed out after {self._timeout:g} s (trialTimeoutSeconds)"
+            trial = self._trial
+            try:
+                trial.set_user_attr(ERROR_ATTR, message)
+                trial.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                return  # it finished (or was failed as stale) just now
+            except Exception as err:
+                # The process ends all the same; the trial's heartbeat stops with it, so it is
+                # failed as stale and retried.
+                log.error("Trial %d: could not record the timeout: %s", trial.number, err)
+            log.error("Trial %d %s; ending this process", trial.number, message)
+            report_exit(
+                f"trial {trial.number} {message} in worker {self._worker_id}; "
+                "the trial is failed and a fresh worker process takes over"
+            )
+            os._exit(int(ExitCode.TRIAL_TIMEOUT))
+
+
 class FunctionObjective:
     """Calls the user's function and keeps the reason of a failure on the trial."""
 
     def __init__(
-        self, func: Objective, n_objectives: int, stop: StopSignal, worker_id: str
+        self,
+        func: Objective,
+        n_objectives: int,
+        stop: StopSignal,
+        worker_id: str,
+        timeout_seconds: float | None = None,
     ) -> None:
         self._func = func
         self._n_objectives = n_objectives
         self._stop = stop
         self._worker_id = worker_id
+        self._timeout = timeout_seconds
         self.current: optuna.Trial | None = None  # to re-enqueue it after an interruption
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
@@ -67,6 +131,10 @@ class FunctionObjective:
         if self._stop.requested:
             trial.set_user_attr(INTERRUPTED_ATTR, "stop requested before the trial started")
             raise WorkerInterrupted("stop requested before the trial started")
+        watchdog = None
+        if self._timeout is not None:
+            watchdog = TrialWatchdog(trial, self._timeout, self._worker_id)
+            watchdog.start()
         self._stop.interrupt_objective = True
         try:
             result = self._func(trial)
@@ -78,6 +146,8 @@ class FunctionObjective:
             raise
         finally:
             self._stop.interrupt_objective = False
+            if watchdog is not None:
+                watchdog.finish()
         problem = check_values(result, self._n_objectives)
         if problem:
             # Optuna fails such a trial by itself; the attribute makes it count and explains.

@@ -24,8 +24,16 @@ __all__ = ["main"]
 
 log = logging.getLogger("optuna_operator.worker")
 
-# Exit codes by precedence when several processes of one pod disagree.
-_PRECEDENCE = (ExitCode.CONFIG, ExitCode.TOO_MANY_FAILURES, ExitCode.ERROR)
+# Exit codes by precedence when several processes of one pod disagree; ERROR stands for
+# any code not in ExitCode (a crash, a signal).
+_PRECEDENCE = (
+    ExitCode.CONFIG,
+    ExitCode.TOO_MANY_FAILURES,
+    ExitCode.ERROR,
+    ExitCode.INTERRUPTED,
+    ExitCode.TRIAL_TIMEOUT,
+)
+_KNOWN = frozenset(int(code) for code in ExitCode) - {int(ExitCode.ERROR)}
 
 
 def main() -> int:
@@ -35,6 +43,8 @@ def main() -> int:
     stop = StopSignal()
     stop.install()
     code, message = _guarded(lambda: _run(stop))
+    if code == ExitCode.INTERRUPTED and not message:
+        message = "stopped by a signal before the study was done; the Job starts a replacement"
     if code != ExitCode.DONE:
         report_exit(message)
     return int(code)
@@ -83,8 +93,8 @@ def _run_pool(settings: WorkerSettings, processes: int, stop: StopSignal) -> tup
     ctx = multiprocessing.get_context("spawn")
     results: SimpleQueue[tuple[int, int, str]] = ctx.SimpleQueue()
     gpus = visible_gpus()
-    children = []
-    for index in range(processes):
+
+    def spawn(index: int) -> multiprocessing.process.BaseProcess:
         cuda = assign_gpus(gpus, index, processes)
         child = ctx.Process(
             target=_child_main, args=(index, cuda, results), name=f"trial-process-{index}"
@@ -96,9 +106,11 @@ def _run_pool(settings: WorkerSettings, processes: int, stop: StopSignal) -> tup
             child.pid,
             cuda if cuda is not None else "unchanged",
         )
-        children.append(child)
+        return child
+
+    children = [spawn(index) for index in range(processes)]
     forwarded = False
-    while any(c.is_alive() for c in children):
+    while True:
         stopping = stop.requested or any(
             c.exitcode in (ExitCode.CONFIG, ExitCode.TOO_MANY_FAILURES) for c in children
         )
@@ -108,6 +120,14 @@ def _run_pool(settings: WorkerSettings, processes: int, stop: StopSignal) -> tup
                 if child.is_alive():
                     child.terminate()  # SIGTERM: the child interrupts its trial and exits
             forwarded = True
+        if not stopping:
+            for index, child in enumerate(children):
+                if child.exitcode == ExitCode.TRIAL_TIMEOUT:
+                    # Its trial hung past trialTimeoutSeconds and is failed; the GPU share
+                    # gets a fresh process rather than sitting idle for the rest of the study.
+                    children[index] = spawn(index)
+        if not any(c.is_alive() for c in children):
+            break
         stop.wait(0.5)
     messages: dict[int, str] = {}
     while not results.empty():
@@ -116,11 +136,14 @@ def _run_pool(settings: WorkerSettings, processes: int, stop: StopSignal) -> tup
     codes = {i: c.exitcode for i, c in enumerate(children)}
     if forwarded:
         # A child still importing when SIGTERM came dies of it before it installs its
-        # handler; it had not started a trial, so nothing was lost.
-        codes = {i: 0 if code == -signal.SIGTERM else code for i, code in codes.items()}
+        # handler; it had not started a trial, so nothing was lost, but the study goes on.
+        codes = {
+            i: int(ExitCode.INTERRUPTED) if code == -signal.SIGTERM else code
+            for i, code in codes.items()
+        }
     for wanted in _PRECEDENCE:
         for index, code in codes.items():
-            if code == wanted or (wanted == ExitCode.ERROR and code not in (0, 3, 4)):
+            if code == wanted or (wanted == ExitCode.ERROR and code not in _KNOWN):
                 return wanted, messages.get(index) or f"trial process {index} exited with {code}"
     return ExitCode.DONE, ""
 

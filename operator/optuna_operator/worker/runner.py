@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_operator.api import WorkerConfig
@@ -32,7 +33,13 @@ def build_objective(
     objective = config.objective
     n_objectives = len(config.directions)
     if objective.function:
-        return FunctionObjective(load_function(objective.function), n_objectives, stop, worker_id)
+        return FunctionObjective(
+            load_function(objective.function),
+            n_objectives,
+            stop,
+            worker_id,
+            objective.trial_timeout_seconds,
+        )
     if objective.command:
         if not objective.search_space:
             raise ConfigError("objective.command needs objective.searchSpace")
@@ -126,17 +133,76 @@ def run_process(
         return ExitCode.DONE
 
     rules = _StopRules(checker, stop)
-    try:
-        # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
-        study.optimize(objective, catch=(Exception,), callbacks=[rules])
-    except WorkerInterrupted:
-        _requeue(study, objective.current)
-        return ExitCode.DONE
+    storage.guard.stop = stop.event
+    while True:
+        try:
+            # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
+            study.optimize(objective, catch=(Exception,), callbacks=[rules])
+        except WorkerInterrupted:
+            try:
+                _requeue(study, objective.current)
+            except Exception as err:
+                # The database is down and the pod is going: the trial's heartbeat stops, so
+                # another worker fails it as stale and retries it.
+                log.warning("Could not enqueue the interrupted trial again: %s", err)
+            return _after_signal(checker)
+        except Exception as err:
+            if _told_elsewhere(err):
+                # During a database outage longer than the heartbeat grace period, another
+                # process failed this worker's trial as stale and enqueued its retry; the
+                # worker's own tell then finds it finished. Nothing is lost: go on.
+                trial = objective.current
+                log.warning(
+                    "Trial %s was finished by another process while this one ran it (failed "
+                    "as stale during a database outage, its retry enqueued); going on",
+                    trial.number if trial is not None else "?",
+                )
+                continue
+            if storage.guard.gave_up is None:
+                raise
+            if stop.requested:
+                log.warning("Stopping during a database outage: %s", storage.guard.gave_up)
+                return ExitCode.INTERRUPTED
+            # Optuna's tell path turns a storage error into UnboundLocalError; the outage is
+            # the reason worth reporting.
+            raise storage.guard.gave_up from err
+        break
     if rules.failures is not None:
         raise TooManyFailures(_failure_message(rules.failures, config))
     if stop.requested:
         log.info("Stopped by signal between trials")
+        return _after_signal(checker)
     return ExitCode.DONE
+
+
+def _told_elsewhere(err: BaseException) -> bool:
+    """Whether a tell failed because the trial was already finished by someone else.
+
+    Optuna raises either error, depending on whether it saw the state before writing, and
+    when the objective itself had succeeded its cleanup replaces that error with an
+    AssertionError ("Should not reach."), so the whole chain is searched.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, UpdateFinishedTrialError):
+            return True
+        if isinstance(current, ValueError) and str(current).startswith("Cannot tell a "):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _after_signal(checker: BudgetChecker) -> ExitCode:
+    """DONE when the study needs no more trials, else INTERRUPTED so the Job replaces the pod
+    instead of counting it as the work queue's success."""
+    try:
+        done = checker.stop_reason() is not None
+    except Exception as err:  # the pod is going away; a replacement will find out
+        log.warning("Cannot tell whether the study is done (%s); exiting as interrupted", err)
+        done = False
+    return ExitCode.DONE if done else ExitCode.INTERRUPTED
 
 
 def _requeue(study: optuna.Study, trial: optuna.Trial | None) -> None:

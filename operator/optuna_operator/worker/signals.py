@@ -36,6 +36,11 @@ class StopSignal:
     def requested(self) -> bool:
         return self._event.is_set()
 
+    @property
+    def event(self) -> threading.Event:
+        """Set once a stop was requested; for waits that should end early then."""
+        return self._event
+
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)

@@ -6,24 +6,26 @@ import logging
 import time
 
 import optuna
-from optuna.storages import RDBStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from optuna_operator.contract import STORAGE_ENV, describe_url, heartbeat_storage
 from optuna_operator.worker.errors import ConfigError
+from optuna_operator.worker.outage import OutageTolerantStorage
 
 __all__ = ["load_study", "make_storage"]
 
 log = logging.getLogger(__name__)
 
 
-def make_storage(url: str, heartbeat_interval: int, application_name: str) -> RDBStorage:
+def make_storage(url: str, heartbeat_interval: int, application_name: str) -> OutageTolerantStorage:
     try:
         make_url(url)
     except ArgumentError:
         raise ConfigError(f"{STORAGE_ENV} is not a valid SQLAlchemy URL") from None
-    return heartbeat_storage(url, heartbeat_interval, application_name)
+    return heartbeat_storage(
+        url, heartbeat_interval, application_name, storage_class=OutageTolerantStorage
+    )
 
 
 def load_study(
@@ -35,7 +37,7 @@ def load_study(
     wait_seconds: float = 60.0,
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
-) -> tuple[optuna.Study, RDBStorage]:
+) -> tuple[optuna.Study, OutageTolerantStorage]:
     """Load (never create) the study; wait a while for a database that is still starting.
 
     A study that is missing once the database answers is a configuration error: the operator
