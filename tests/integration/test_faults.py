@@ -21,8 +21,11 @@ SLOW = {"function": "tests.integration.objectives:slow_quadratic"}
 WORKER_SELECTOR = "app.kubernetes.io/component=worker"
 
 
-def _trials(storage_url: str, studies: Studies, name: str) -> list[FrozenTrial]:
-    study = optuna.load_study(study_name=f"{studies.namespace}.{name}", storage=storage_url)
+def _trials(studies: Studies, name: str) -> list[FrozenTrial]:
+    # Through the namespace's own credential: its studies live in its schema.
+    study = optuna.load_study(
+        study_name=f"{studies.namespace}.{name}", storage=studies.storage_url()
+    )
     return study.get_trials(deepcopy=False)
 
 
@@ -53,7 +56,7 @@ def _worker_pods(studies: Studies, name: str) -> list[client.V1Pod]:
 
 
 def test_an_infinite_objective_value_is_shown_and_the_study_finishes(
-    studies: Studies, storage_url: str, bed: Bed
+    studies: Studies, bed: Bed
 ) -> None:
     command = [
         "bash",
@@ -71,7 +74,7 @@ def test_an_infinite_objective_value_is_shown_and_the_study_finishes(
     assert status["bestTrial"]["values"] == ["Infinity"]
     assert status["bestValue"] == "Infinity"
     assert status["progress"] == "4/4"
-    _assert_counts_match(status, _trials(storage_url, studies, "inf"))
+    _assert_counts_match(status, _trials(studies, "inf"))
     shown = subprocess.run(
         [str(bed.bin_dir / "kubectl"), "get", "ts", "inf", "-n", studies.namespace],
         env={**os.environ, **bed.env()},
@@ -83,7 +86,7 @@ def test_an_infinite_objective_value_is_shown_and_the_study_finishes(
 
 
 def test_a_deleted_worker_pod_is_replaced_without_counting_as_a_failure(
-    studies: Studies, storage_url: str, bed: Bed
+    studies: Studies, bed: Bed
 ) -> None:
     budget = 30
     _create(
@@ -93,8 +96,7 @@ def test_a_deleted_worker_pod_is_replaced_without_counting_as_a_failure(
     def busy_pods() -> list[str]:
         running = {p.metadata.name for p in _worker_pods(studies, "preempt")}
         on = {
-            str(t.user_attrs.get("worker", "")).split("/")[0]
-            for t in _trials(storage_url, studies, "preempt")
+            str(t.user_attrs.get("worker", "")).split("/")[0] for t in _trials(studies, "preempt")
         }
         return sorted(running & on) if len(running & on) == 2 else []
 
@@ -114,7 +116,7 @@ def test_a_deleted_worker_pod_is_replaced_without_counting_as_a_failure(
 
     log = bed.pod_log(studies.namespace, victim).splitlines()
     assert log[-1] == "stopped by a signal before the study was done; the Job starts a replacement"
-    trials = _trials(storage_url, studies, "preempt")
+    trials = _trials(studies, "preempt")
     # The trial it was running (none if the signal fell between two trials) ran again, if it
     # had sampled its parameters (slow_quadratic sleeps first).
     interrupted = [
@@ -135,14 +137,12 @@ def test_a_deleted_worker_pod_is_replaced_without_counting_as_a_failure(
     assert status["workers"]["failed"] == 0
 
 
-def test_an_api_server_restart_mid_study_leaves_nothing_running(
-    studies: Studies, storage_url: str, bed: Bed
-) -> None:
+def test_an_api_server_restart_mid_study_leaves_nothing_running(studies: Studies, bed: Bed) -> None:
     budget = 40
     _create(
         studies, "apirestart", objective=SLOW, budget={"trials": budget}, workers={"parallelism": 2}
     )
-    wait_for(lambda: _finished(_trials(storage_url, studies, "apirestart")) >= 4, 120, "4 trials")
+    wait_for(lambda: _finished(_trials(studies, "apirestart")) >= 4, 120, "4 trials")
     pods = [p.metadata.name for p in _worker_pods(studies, "apirestart")]
     assert len(pods) == 2
     executor_log = bed.logs_dir / "executor.log"
@@ -164,6 +164,6 @@ def test_an_api_server_restart_mid_study_leaves_nothing_running(
         assert pod.status.phase == "Succeeded", (pod.metadata.name, pod.status.phase)
         (container,) = pod.status.container_statuses
         assert container.state.terminated.exit_code == ExitCode.DONE
-    trials = _trials(storage_url, studies, "apirestart")
+    trials = _trials(studies, "apirestart")
     assert budget <= _finished(trials) <= budget + 1
     _assert_counts_match(status, trials)
