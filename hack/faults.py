@@ -74,9 +74,9 @@ class Run:
 
     def trials(self) -> list[FrozenTrial]:
         study_name = f"{self.studies.namespace}.{self.name}"
-        return optuna.load_study(study_name=study_name, storage=self.bed.storage_url).get_trials(
-            deepcopy=False
-        )
+        # Through the namespace's own credential: its studies live in its schema.
+        storage = self.studies.storage_url()
+        return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
 
     def finished(self) -> int:
         return sum(t.state in FINISHED for t in self.trials())
