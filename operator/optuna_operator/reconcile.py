@@ -38,7 +38,7 @@ from optuna_operator.api import (
 )
 from optuna_operator.conditions import ConditionType, Reason, find, set_condition
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
-from optuna_operator.contract import ExitCode, redact
+from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode, redact
 from optuna_operator.kube import Cluster
 from optuna_operator.study_store import (
     DirectionsMismatchError,
@@ -645,7 +645,8 @@ def termination_message(pods: list[dict[str, Any]]) -> str | None:
             for state in (cs.get("state") or {}, cs.get("lastState") or {}):
                 term = state.get("terminated") or {}
                 code = term.get("exitCode")
-                if not code:
+                # 0 is success; a replaced worker (SIGTERM, trial timeout) is not a failure.
+                if not code or code in REPLACE_EXIT_CODES:
                     continue
                 text = str(term.get("message") or "").strip()
                 last_line = text.splitlines()[-1] if text else ""

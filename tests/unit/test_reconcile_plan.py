@@ -19,6 +19,7 @@ from optuna_operator.reconcile import (
     StorageRef,
     build_status,
     decide,
+    termination_message,
 )
 from optuna_operator.study_store import StudyHandle, StudySummary
 
@@ -194,3 +195,16 @@ def test_work_queue_hands_a_key_to_one_worker_at_a_time() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["a", "b", "a"]
+
+
+def test_replaced_workers_are_not_reported_as_failures() -> None:
+    def pod(code: int, at: str, message: str) -> dict[str, Any]:
+        term = {"exitCode": code, "finishedAt": at, "message": message, "reason": "Error"}
+        return {"status": {"containerStatuses": [{"state": {"terminated": term}}]}}
+
+    pods = [
+        pod(1, "2030-01-01T00:00:01Z", "Traceback...\nRuntimeError: CUDA error"),
+        pod(5, "2030-01-01T00:00:09Z", "interrupted by SIGTERM"),
+    ]
+    message = termination_message(pods)
+    assert message == "exit code 1 (error, Error): RuntimeError: CUDA error"
