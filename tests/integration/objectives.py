@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 
 import optuna
@@ -35,3 +36,10 @@ def first_trial_hangs(trial: optuna.Trial) -> float:
         ctypes.CDLL(None).sleep(600)
     time.sleep(0.2)
     return -(x**2)
+
+
+def crash(trial: optuna.Trial) -> float:
+    """The worker process dies mid-trial (a segfaulting CUDA kernel, an OOM kill)."""
+    trial.suggest_float("x", 0, 1)
+    print("about to crash", flush=True)
+    os._exit(17)

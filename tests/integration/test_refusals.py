@@ -43,3 +43,15 @@ def test_worker_pods_the_job_cannot_create_are_named(
         30,
         "a WorkerPodsRefused event",
     )
+
+
+def test_crash_looping_workers_are_named_with_their_exit_code(studies: Studies) -> None:
+    studies.create(
+        study_body("crashy", objective={"function": "tests.integration.objectives:crash"})
+    )
+    cond = studies.wait_condition("crashy", "WorkersReady", "False", "WorkersCrashing", 120)
+    assert "exit code 17" in cond["message"], cond["message"]
+    # The Job restarts the pods: not Failed (a restarted pod may be up for a moment).
+    status = studies.status("crashy")
+    assert status["phase"] in ("Pending", "Running")
+    assert next(c for c in status["conditions"] if c["type"] == "Failed")["status"] == "False"
