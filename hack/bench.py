@@ -9,6 +9,10 @@ the same process on the same throwaway PostgreSQL. Prints numbers; asserts nothi
    budget checks, heartbeats and bookkeeping cost per trial.
 3. Scale (bench_scale.py): 100, 500 and 1,000 TuningStudies on one operator; what idle
    studies cost the API server and PostgreSQL, the operator's memory and CPU, status lag.
+4. Pool (bench_pool.py): the same 40-trial study with the worker pool and with one Job per
+   trial (the Katib / OptimizationJob way) on one bed: trials/s of each and the ratio.
+
+BENCH_SECTIONS (comma-separated, default all: status,worker,scale,pool) picks the sections.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy import create_engine, text
 
+from bench_pool import bench_pool
 from bench_scale import bench_scale
 from optuna_operator.api import Direction
 from optuna_operator.study_store import StoreRegistry
@@ -35,6 +40,8 @@ from testbed.supervisor import Supervisor
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1_000, 10_000, 100_000)
 WORKER_TRIALS = 200
+WORKER_PROCESSES = (1, 2, 4)
+SECTIONS = ("status", "worker", "scale", "pool")
 
 
 def fill(url: str, name: str, n: int, multi: bool) -> None:
@@ -179,26 +186,34 @@ def bench_worker(url: str, processes: int) -> None:
     )
     print(
         f"  {processes} process(es): optimize() {WORKER_TRIALS / baseline:6.1f} trials/s, "
-        f"worker {WORKER_TRIALS / ours:6.1f} trials/s, worker/baseline time "
-        f"{ours / baseline:4.2f}x"
+        f"worker {WORKER_TRIALS / ours:6.1f} trials/s, worker/optimize() time "
+        f"{ours / baseline:4.2f}x (target <= 1.05)"
     )
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        sup = Supervisor(Path(tmp) / "processes.json")
-        pg = start_postgres(sup, Path(tmp))
-        try:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            bench_status(pg.url)
-            print(f"Worker throughput, {WORKER_TRIALS} trials of a trivial objective, TPE:")
-            for processes in (1, 2):
-                bench_worker(pg.url, processes)
-        finally:
-            sup.stop_all()
-            remove_postgres_data(pg.root)
-    if "scale" in os.environ.get("BENCH_SECTIONS", "status,worker,scale"):
+    sections = set(os.environ.get("BENCH_SECTIONS", ",".join(SECTIONS)).split(","))
+    if sections - set(SECTIONS):
+        raise SystemExit(f"BENCH_SECTIONS: unknown {sorted(sections - set(SECTIONS))}")
+    if sections & {"status", "worker"}:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            sup = Supervisor(Path(tmp) / "processes.json")
+            pg = start_postgres(sup, Path(tmp))
+            try:
+                optuna.logging.set_verbosity(optuna.logging.WARNING)
+                if "status" in sections:
+                    bench_status(pg.url)
+                if "worker" in sections:
+                    print(f"Worker throughput, {WORKER_TRIALS} trials of a trivial objective, TPE:")
+                    for processes in WORKER_PROCESSES:
+                        bench_worker(pg.url, processes)
+            finally:
+                sup.stop_all()
+                remove_postgres_data(pg.root)
+    if "scale" in sections:
         bench_scale()
+    if "pool" in sections:
+        bench_pool()
     return 0
 
 
