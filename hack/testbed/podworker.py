@@ -71,6 +71,7 @@ def delete_now(api: KubeApi, pod: JSON) -> None:
 @dataclass
 class _Attempt:
     popen: subprocess.Popen[bytes]
+    start_ticks: int  # of the container's leader process: its group is signalled only while ours
     log_path: Path
     pid_file: Path
     env: dict[str, str]
@@ -377,10 +378,11 @@ class PodWorker:
             self._after_exit(slot)
             return
         pid_file = Path(self._config.pid_dir) / str(popen.pid)
-        pid_file.write_text(str(procs.start_ticks(popen.pid) or -1))
+        ticks = procs.start_ticks(popen.pid)
+        pid_file.write_text(str(ticks or -1))
         probe_spec = spec.get("readinessProbe")
         probe = ReadinessProbe(probe_spec, spec, time.monotonic()) if probe_spec else None
-        slot.attempt = _Attempt(popen, log_path, pid_file, env, cwd, probe)
+        slot.attempt = _Attempt(popen, ticks or -1, log_path, pid_file, env, cwd, probe)
         view.started_at = started_at
         view.terminated = None
         view.waiting_message = None
@@ -448,8 +450,11 @@ class PodWorker:
         running = [s for s in self._init + self._main if s.attempt is not None]
         for slot in running:
             assert slot.attempt is not None
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(slot.attempt.popen.pid, signal.SIGTERM)
+            if slot.attempt.popen.poll() is None or procs.group_is_ours(
+                slot.attempt.popen.pid, slot.attempt.start_ticks
+            ):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(slot.attempt.popen.pid, signal.SIGTERM)
         started = time.monotonic()
         while any(s.attempt is not None and s.attempt.popen.poll() is None for s in running):
             # A second delete may shorten the grace period (kubectl delete --force does).
@@ -461,8 +466,11 @@ class PodWorker:
         for slot in running:
             attempt = slot.attempt
             assert attempt is not None
-            # The group, not just the leader: children may outlive a leader that exited.
-            procs.stop_group(attempt.popen.pid, signal.SIGKILL, 0.0, attempt.popen)
+            # The group, not just the leader: children may outlive a leader that exited. A
+            # reaped leader's number may belong to a new session by now (a pid reused by
+            # the test's operator was SIGKILLed this way): only a group still ours.
+            if procs.group_is_ours(attempt.popen.pid, attempt.start_ticks):
+                procs.stop_group(attempt.popen.pid, signal.SIGKILL, 0.0, attempt.popen)
             rc = attempt.popen.poll()
             self._record_exit(slot, -signal.SIGKILL if rc is None else rc)
             slot.done = True

@@ -92,6 +92,23 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def group_is_ours(pgid: int, leader_ticks: int) -> bool:
+    """Whether process group `pgid` is still the one whose leader started at `leader_ticks`.
+
+    After the leader exits and is reaped, and the last member is gone, the number is free:
+    a new process (the operator of a test, say) can get that pid and, starting a session,
+    the same pgid. Signalling the group then would kill a stranger. While any member of the
+    old group lives the number cannot be taken, so a live process with pid == pgid that
+    leads its own group and started at another time means the group was re-created.
+    """
+    fields = _stat_fields(pgid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return True  # the leader is gone: members, if any, are the group's own
+    if int(fields[19]) == leader_ticks:
+        return True
+    return int(fields[2]) != pgid
+
+
 def _with_parent_death_signal(argv: Sequence[str], sig: int) -> list[str]:
     """argv run so the kernel sends sig when the spawning thread dies.
 
