@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from demo import progress  # one progress line for both demos
 from testbed.nodebed import NodeBed, NodeBedOptions, image_archives
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,17 +62,6 @@ class Cli:
     def status(self, name: str) -> dict[str, Any]:
         out = self.kubectl("get", "ts", name, "-n", NAMESPACE, "-o", "json")
         return dict(json.loads(out).get("status") or {})
-
-
-def progress(status: dict[str, Any]) -> str:
-    trials = status.get("trials") or {}
-    best = (status.get("bestTrial") or {}).get("values", [None])[0]
-    best_text = f"{best:.2f}" if isinstance(best, float) else "-"
-    return (
-        f"{status.get('phase', 'Pending'):<9} trials {status.get('progress', '0'):>6}  "
-        f"running {trials.get('running', 0)}  pruned {trials.get('pruned', 0)}  "
-        f"failed {trials.get('failed', 0)}  best neg_mse {best_text}"
-    )
 
 
 def install_chart(cli: Cli, bed: NodeBed) -> None:
