@@ -21,23 +21,18 @@ start-up per pod on top, which only widens the gap.
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
-from kubernetes import client, config
+from kubernetes import client
 from sqlalchemy import create_engine, text
 
+from bench_cluster import GROUP, PLURAL, VERSION, BenchCluster
 from testbed import Bed
 
-ROOT = Path(__file__).resolve().parents[1]
-GROUP, VERSION, PLURAL = "tuning.optuna-operator.io", "v1alpha1", "tuningstudies"
-OPERATOR_NAMESPACE = "optuna-system"
 NAMESPACE = "bench-pool"
 TRIALS = 40
 PARALLELISM = 4
@@ -75,49 +70,15 @@ def finished(url: str, study_name: str) -> int:
     return int(value or 0)
 
 
-class PoolBench:
-    def __init__(self, bed: Bed) -> None:
-        self.bed = bed
-        self.api = config.new_client_from_config(config_file=str(bed.kubeconfig))
-        self.core = client.CoreV1Api(self.api)
-        self.batch = client.BatchV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
-        self.operator: subprocess.Popen[bytes] | None = None
-        self.log = bed.directory / "operator.log"
+class PoolBench(BenchCluster):
+    """The bed and operator both ways of running the study share."""
 
-    def kubectl(self, *args: str) -> str:
-        command = [str(self.bed.bin_dir / "kubectl"), "--kubeconfig", str(self.bed.kubeconfig)]
-        result = subprocess.run([*command, *args], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
+    def __init__(self, bed: Bed) -> None:
+        super().__init__(bed)
+        self.batch = client.BatchV1Api(self.api)
 
     def setup(self) -> None:
-        self.kubectl("apply", "-f", str(ROOT / "crds"))
-        self.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
-        for ns in (OPERATOR_NAMESPACE, NAMESPACE):
-            self.core.create_namespace({"metadata": {"name": ns}})
-        self.core.create_namespaced_secret(
-            OPERATOR_NAMESPACE,
-            {"metadata": {"name": "optuna-db"}, "stringData": {"url": self.bed.storage_url}},
-        )
-        env = {**os.environ, "KUBECONFIG": str(self.bed.kubeconfig)}
-        self.operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "optuna_operator.cli",
-                "run",
-                "--default-storage-secret",
-                f"{OPERATOR_NAMESPACE}/optuna-db",
-                "--peering",
-                "none",
-            ],
-            env=env,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+        self.start_operator([NAMESPACE])
 
     def tenant_url(self) -> str:
         deadline = time.monotonic() + 120
@@ -218,11 +179,6 @@ class PoolBench:
                 break
             time.sleep(POLL_SECONDS)
         return self.wait_finished(url, study_name, t0)
-
-    def stop(self) -> None:
-        if self.operator is not None:
-            self.operator.terminate()
-            self.operator.wait(timeout=30)
 
 
 def bench_pool() -> None:

@@ -24,7 +24,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,15 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from kubernetes import client, config, watch
+from kubernetes import watch
 from sqlalchemy import create_engine, text
 
+from bench_cluster import GROUP, PLURAL, VERSION, BenchCluster
 from optuna_operator.tenancy import tenant_names
 from testbed import Bed
 
-ROOT = Path(__file__).resolve().parents[1]
-GROUP, VERSION, PLURAL = "tuning.optuna-operator.io", "v1alpha1", "tuningstudies"
-OPERATOR_NAMESPACE = "optuna-system"
 RUNNING_NAMESPACE = "scale-running"
 IDLE_NAMESPACES = 10  # idle studies are spread over several namespaces
 RUNNING = 10
@@ -120,58 +117,20 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-class Scale:
+class Scale(BenchCluster):
     """The bed, the operator and the studies made so far."""
 
     def __init__(self, bed: Bed) -> None:
-        self.bed = bed
-        self.api = config.new_client_from_config(config_file=str(bed.kubeconfig))
-        self.core = client.CoreV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
+        super().__init__(bed)
         self.idle_url = bed.create_database(IDLE_DATABASE)
         self.idle = 0
-        self.operator: subprocess.Popen[bytes] | None = None
-        self.log = bed.directory / "operator.log"
-
-    def kubectl(self, *args: str) -> str:
-        command = [str(self.bed.bin_dir / "kubectl"), "--kubeconfig", str(self.bed.kubeconfig)]
-        result = subprocess.run([*command, *args], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
 
     def setup(self) -> None:
-        self.kubectl("apply", "-f", str(ROOT / "crds"))
-        self.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
-        for ns in (OPERATOR_NAMESPACE, RUNNING_NAMESPACE, *self._idle_namespaces()):
-            self.core.create_namespace({"metadata": {"name": ns}})
-        self.core.create_namespaced_secret(
-            OPERATOR_NAMESPACE,
-            {"metadata": {"name": "optuna-db"}, "stringData": {"url": self.bed.storage_url}},
-        )
+        self.start_operator([RUNNING_NAMESPACE, *self._idle_namespaces()], INTERVAL)
         for ns in self._idle_namespaces():
             self.core.create_namespaced_secret(
                 ns, {"metadata": {"name": IDLE_SECRET}, "stringData": {"url": self.idle_url}}
             )
-        env = {**os.environ, "KUBECONFIG": str(self.bed.kubeconfig)}
-        self.operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "optuna_operator.cli",
-                "run",
-                "--default-storage-secret",
-                f"{OPERATOR_NAMESPACE}/optuna-db",
-                "--status-interval",
-                str(INTERVAL),
-                "--peering",
-                "none",
-            ],
-            env=env,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
         for i in range(RUNNING):
             self._create(RUNNING_NAMESPACE, study_body(f"running-{i}"))
 
@@ -301,11 +260,6 @@ class Scale:
             return float("nan"), float("nan")
         lags.sort()
         return statistics.median(lags), lags[min(len(lags) - 1, int(0.95 * len(lags)))]
-
-    def stop(self) -> None:
-        if self.operator is not None:
-            self.operator.terminate()
-            self.operator.wait(timeout=30)
 
 
 def bench_scale() -> None:
