@@ -432,9 +432,11 @@ class Controller:
                 return SyncResult(None)
             body = current
             outcome = self.reconciler.reconcile(study, children)
-            body = self._write_status(body, outcome.status.to_wire())
+            # Events first: whoever sees a new phase or condition can already read the
+            # event that explains it (a status written first leaves a window without one).
             for event in outcome.events:
                 self.recorder.record(body, event)
+            body = self._write_status(body, outcome.status.to_wire())
             metrics.observe(study, outcome.status)
             return SyncResult(
                 body,
@@ -477,9 +479,8 @@ class Controller:
             "observedGeneration": generation,
             "conditions": [c.to_wire() for c in conditions],
         }
-        body = self._write_status(body, status)
         self.recorder.record(body, Event("Warning", Reason.INVALID_SPEC, message))
-        return SyncResult(body)
+        return SyncResult(self._write_status(body, status))
 
     def _ensure_finalizer(self, body: dict[str, Any], study: TuningStudy) -> dict[str, Any] | None:
         """Our finalizer is on the study exactly when deletionPolicy is Delete."""

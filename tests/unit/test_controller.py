@@ -8,9 +8,9 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from optuna_operator import metrics
-from optuna_operator.api import TuningStudy
+from optuna_operator.api import TuningStudy, TuningStudyStatus
 from optuna_operator.controller import Controller, EventRecorder
-from optuna_operator.reconcile import Event, Reconciler
+from optuna_operator.reconcile import Children, Event, Outcome, Reconciler
 
 
 class RecordingCluster:
@@ -123,3 +123,47 @@ def test_events_are_not_repeated() -> None:
         ("CreatedJob", "Created Job s-workers-1"),
         ("NewBestTrial", "Trial 1 is the best so far: 3"),
     ]
+
+
+class OrderRecordingCluster(RecordingCluster):
+    """Records events and status writes in the order they reach the API server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.calls.append(f"event {reason}")
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(f"status {patch.get('phase')}")
+        return {**body(), "status": patch}
+
+
+class FixedOutcome:
+    """A reconciler whose outcome is given: the controller's part is under test."""
+
+    def __init__(self, cluster: OrderRecordingCluster, outcome: Outcome) -> None:
+        self.cluster = cluster
+        self.outcome = outcome
+
+    def reconcile(self, study: TuningStudy, children: Children) -> Outcome:
+        return self.outcome
+
+
+def test_the_event_explaining_a_status_is_posted_before_the_status() -> None:
+    cluster = OrderRecordingCluster()
+    failed = Outcome(
+        TuningStudyStatus(phase="Failed"),
+        events=[Event("Warning", "Failed", "The API server refused Job s-workers")],
+    )
+    c = Controller(FixedOutcome(cluster, failed), interval=10.0)  # type: ignore[arg-type]
+    c.sync(body(), Children())
+    assert cluster.calls == ["event Failed", "status Failed"]
+
+    # A spec the models refuse takes the same order.
+    cluster.calls.clear()
+    invalid = body()
+    del invalid["spec"]["objective"]
+    c.sync(invalid, Children())
+    assert cluster.calls == ["event InvalidSpec", "status Failed"]
