@@ -6,6 +6,7 @@ Optuna's MaxTrialsCallback loads every trial of the study to count them; studies
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -91,28 +92,48 @@ class BudgetChecker:
     directions: list[Direction]
     deadline: datetime | None
 
-    def too_many_failures(self) -> int | None:
-        """The failure count when it exceeds budget.maxFailedTrials, else None."""
-        failed = self.counter.failed_by_objective()
+    def too_many_failures(self, pending: int = 0) -> int | None:
+        """The failure count when it exceeds budget.maxFailedTrials, else None. `pending`:
+        failed trials of this process not recorded yet."""
+        failed = self.counter.failed_by_objective() + pending
         return failed if failed > self.budget.max_failed_trials else None
 
-    def stop_reason(self) -> StopReason | None:
+    def stop_reason(
+        self, count_trials: bool = True, latest: float | Sequence[float] | None = None
+    ) -> StopReason | None:
+        """Why the study needs no more trials, or None. `count_trials=False` leaves out the
+        trial count: after each trial the worker storage's slot claim answers that. `latest`:
+        the values of this process's trial that is not recorded yet."""
         if self.deadline is not None and datetime.now(UTC) >= _aware(self.deadline):
             return StopReason.DEADLINE
-        if self.budget.trials is not None and self.counter.finished() >= self.budget.trials:
-            return StopReason.BUDGET
         if (
-            self.budget.goal is not None
-            and len(self.directions) == 1
-            and self.counter.reached(self.budget.goal, self.directions[0])
+            count_trials
+            and self.budget.trials is not None
+            and self.counter.finished() >= self.budget.trials
         ):
-            return StopReason.GOAL
+            return StopReason.BUDGET
+        goal = self.budget.goal
+        if goal is not None and len(self.directions) == 1:
+            direction = self.directions[0]
+            if _meets(latest, goal, direction) or self.counter.reached(goal, direction):
+                return StopReason.GOAL
         return None
 
     def seconds_left(self) -> float | None:
         if self.deadline is None:
             return None
         return max(0.0, (_aware(self.deadline) - datetime.now(UTC)).total_seconds())
+
+
+def _meets(value: float | Sequence[float] | None, goal: float, direction: Direction) -> bool:
+    """Whether a single-objective result is at least as good as the goal."""
+    if value is None or isinstance(value, Sequence):
+        return False
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return number <= goal if direction == Direction.MINIMIZE else number >= goal
 
 
 def _aware(moment: datetime) -> datetime:

@@ -27,7 +27,6 @@ from optuna_operator.contract import (
     INTERRUPTED_ATTR,
     STDERR_ATTR,
     STORAGE_ENV_NAMES,
-    WORKER_ATTR,
 )
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.protocol import (
@@ -99,7 +98,6 @@ class CommandObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
         self.current = trial
-        trial.set_user_attr(WORKER_ATTR, self._worker_id)
         params = sample(trial, self._space)
         with tempfile.TemporaryDirectory(prefix=f"optuna-trial-{trial.number}-") as tmp:
             trial_dir = Path(tmp)

@@ -15,7 +15,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from optuna_operator.contract import ERROR_ATTR, INTERRUPTED_ATTR, WORKER_ATTR, ExitCode
+from optuna_operator.contract import ERROR_ATTR, INTERRUPTED_ATTR, ExitCode
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
 from optuna_operator.worker.termination import report_exit
@@ -127,7 +127,6 @@ class FunctionObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
         self.current = trial
-        trial.set_user_attr(WORKER_ATTR, self._worker_id)
         if self._stop.requested:
             trial.set_user_attr(INTERRUPTED_ATTR, "stop requested before the trial started")
             raise WorkerInterrupted("stop requested before the trial started")

@@ -174,9 +174,11 @@ def _configure_logging(tag: str) -> None:
         format=f"%(asctime)s %(levelname)s [{tag}] %(name)s: %(message)s",
         force=True,
     )
-    # One format for Optuna's messages ("Trial 3 finished ...") and ours.
+    # One format for Optuna's messages and ours. Optuna's INFO line per finished trial looks
+    # up the best trial (a query per trial); the worker logs its trials itself.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(max(logging.WARNING, logging.getLogger().level))
 
 
 def _redact(text: str) -> str:

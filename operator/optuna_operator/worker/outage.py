@@ -23,7 +23,12 @@ from optuna.trial import TrialState
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from optuna_operator.contract import STORAGE_OUTAGE_ENV, describe_url, redact
+from optuna_operator.contract import (
+    STORAGE_OUTAGE_ENV,
+    HeartbeatStorage,
+    describe_url,
+    redact,
+)
 
 __all__ = [
     "OUTAGE_SECONDS",
@@ -195,8 +200,9 @@ class OutageGuard:
         return redact(f"{type(cause).__name__}: {detail}", self._url)
 
 
-class OutageTolerantStorage(RDBStorage):
-    """An RDBStorage whose calls outlast a database outage of up to OUTAGE_SECONDS."""
+class OutageTolerantStorage(HeartbeatStorage):
+    """The operator's and workers' HeartbeatStorage, with calls that outlast a database
+    outage of up to OUTAGE_SECONDS."""
 
     guard: OutageGuard
 
@@ -217,7 +223,7 @@ class OutageTolerantStorage(RDBStorage):
 
 
 def _retrying(name: str) -> Callable[..., Any]:
-    method = getattr(RDBStorage, name)
+    method = getattr(HeartbeatStorage, name)
 
     @functools.wraps(method)
     def call(self: OutageTolerantStorage, *args: Any, **kwargs: Any) -> Any:

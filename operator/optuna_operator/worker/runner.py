@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
 
 from optuna_operator.api import WorkerConfig
 from optuna_operator.contract import ERROR_ATTR, RETRY_OF_ATTR, ExitCode, describe_url
@@ -18,13 +18,17 @@ from optuna_operator.worker.function_objective import FunctionObjective, load_fu
 from optuna_operator.worker.seeding import process_seed
 from optuna_operator.worker.settings import WorkerSettings
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
-from optuna_operator.worker.storage import load_study
+from optuna_operator.worker.storage import TrialSlotsTaken, load_study
 
 __all__ = ["build_objective", "run_process"]
 
 log = logging.getLogger(__name__)
 
 TrialObjective = FunctionObjective | CommandObjective
+
+# How often a worker that found every trial slot held asks again. Slots free up when a
+# running trial fails (by its objective, or as stale after its worker died).
+SLOT_WAIT_SECONDS = 2.0
 
 
 def build_objective(
@@ -57,24 +61,59 @@ def build_objective(
     raise ConfigError("objective: set function or command")
 
 
-class _StopRules:
-    """Checked after every trial; stops this process's optimize() loop."""
+class _CheckedObjective:
+    """The objective, then the study-wide rules that may stop this process's optimize() loop,
+    and a log line for the trial.
 
-    def __init__(self, checker: BudgetChecker, stop: StopSignal) -> None:
+    They run at the end of the objective rather than as an Optuna callback: with any callback
+    optimize() reads each finished trial back from the database (several queries per trial).
+    The trial is not told yet, so the rules count it from what the objective saw. The trial
+    budget needs no check here: the next trial's slot claim (worker/storage.py) answers it.
+    """
+
+    def __init__(self, objective: TrialObjective, checker: BudgetChecker, stop: StopSignal) -> None:
+        self._objective = objective
         self._checker = checker
         self._stop = stop
         self.failures: int | None = None
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    @property
+    def current(self) -> optuna.Trial | None:
+        return self._objective.current
+
+    def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
+        try:
+            result = self._objective(trial)
+        except optuna.TrialPruned:
+            log.info("Trial %d pruned", trial.number)
+            self._after(trial, None)
+            raise
+        except WorkerInterrupted:
+            raise
+        except Exception:
+            self._after(trial, None)
+            raise
+        self._after(trial, result)
+        return result
+
+    def _after(self, trial: optuna.Trial, result: float | Sequence[float] | None) -> None:
+        study = trial.study
         if self._stop.requested:
             study.stop()
             return
-        if trial.state == TrialState.FAIL and ERROR_ATTR in trial.user_attrs:
-            self.failures = self._checker.too_many_failures()
+        if ERROR_ATTR in trial.user_attrs:  # Optuna is about to record it as FAIL
+            self.failures = self._checker.too_many_failures(pending=1)
             if self.failures is not None:
                 study.stop()
                 return
-        reason = self._checker.stop_reason()
+        elif result is not None:
+            log.info(
+                "Trial %d finished with value %s and parameters %s",
+                trial.number,
+                result,
+                trial.params,
+            )
+        reason = self._checker.stop_reason(count_trials=False, latest=result)
         if reason is not None:
             log.info("Stopping: %s", reason)
             study.stop()
@@ -100,7 +139,8 @@ def run_process(
         config.study_name,
         settings.storage_url,
         config.heartbeat_interval_seconds,
-        application_name=f"optuna-worker {worker_id}",
+        worker_id,
+        config.budget.trials,
         sampler=sampler,
         pruner=pruner,
     )
@@ -132,12 +172,23 @@ def run_process(
         log.info("Nothing to do: %s", reason)
         return ExitCode.DONE
 
-    rules = _StopRules(checker, stop)
+    checked = _CheckedObjective(objective, checker, stop)
     storage.guard.stop = stop.event
+    told_waiting = False
     while True:
         try:
             # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
-            study.optimize(objective, catch=(Exception,), callbacks=[rules])
+            study.optimize(checked, catch=(Exception,))
+        except TrialSlotsTaken as taken:
+            if taken.waiting_trial_may_start and not stop.requested:
+                continue  # ask again: it starts a waiting trial first
+            if _study_done(checker, stop):
+                break
+            if not told_waiting:
+                told_waiting = True
+                log.info("%s; waiting for one to free up (a running trial may fail)", taken)
+            stop.event.wait(SLOT_WAIT_SECONDS)
+            continue
         except WorkerInterrupted:
             try:
                 _requeue(study, objective.current)
@@ -167,12 +218,23 @@ def run_process(
             # the reason worth reporting.
             raise storage.guard.gave_up from err
         break
-    if rules.failures is not None:
-        raise TooManyFailures(_failure_message(rules.failures, config))
+    if checked.failures is not None:
+        raise TooManyFailures(_failure_message(checked.failures, config))
     if stop.requested:
         log.info("Stopped by signal between trials")
         return _after_signal(checker)
     return ExitCode.DONE
+
+
+def _study_done(checker: BudgetChecker, stop: StopSignal) -> bool:
+    """Whether a worker that found every trial slot held should stop rather than wait."""
+    if stop.requested:
+        return True
+    reason = checker.stop_reason()
+    if reason is not None:
+        log.info("Stopping: %s", reason)
+        return True
+    return False
 
 
 def _told_elsewhere(err: BaseException) -> bool:

@@ -1,43 +1,224 @@
-"""The worker's connection to the study: a small, self-healing RDBStorage."""
+"""The worker's connection to the study: a small, self-healing RDBStorage that starts trials
+only within the trial budget.
+
+The exact budget (issue 14). `budget.trials` counts COMPLETE and PRUNED trials. A trial that
+is RUNNING holds one of those slots until it finishes; if it fails (its objective raised, or
+its worker died and its heartbeat went stale) the slot is free again. A worker may start a
+trial only while RUNNING + COMPLETE + PRUNED < budget.trials, and that check is made in the
+same transaction that makes the trial RUNNING, under the study row's lock:
+
+- a new trial: Optuna's own trial creation already locks the study row (`SELECT ... FOR
+  UPDATE`) to number the trial; the count runs inside that transaction, before the insert;
+- a waiting trial (enqueued: a retry, a warm start): the same lock, the count, then WAITING ->
+  RUNNING, in one transaction.
+
+So, however many workers ask at once, COMPLETE + PRUNED never exceeds the budget. The same
+transaction writes the trial's first heartbeat, so a worker killed right after it has no
+trial that stays RUNNING without a heartbeat (Optuna never fails those as stale, and such a
+trial would hold its slot for ever), and the trial's `worker` attribute, which saves a
+transaction per trial. When every slot is held, `ask` raises `TrialSlotsTaken`: the worker
+waits while running trials may still fail and free one, and stops once finished trials fill
+the budget.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from datetime import datetime
+from typing import Any
 
 import optuna
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session
 
-from optuna_operator.contract import STORAGE_ENV, describe_url, heartbeat_storage
+from optuna_operator.contract import STORAGE_ENV, WORKER_ATTR, describe_url, heartbeat_storage
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.outage import OutageTolerantStorage
 
-__all__ = ["load_study", "make_storage"]
+__all__ = ["TrialSlotsTaken", "WorkerStorage", "load_study", "make_storage"]
 
 log = logging.getLogger(__name__)
 
+# The states that hold one of budget.trials' slots, and those a slot claim counts.
+_HOLDING = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+_COUNTED = (*_HOLDING, TrialState.WAITING)
 
-def make_storage(url: str, heartbeat_interval: int, application_name: str) -> OutageTolerantStorage:
+
+class TrialSlotsTaken(Exception):
+    """No slot of the trial budget for this trial: running and finished trials hold them
+    all, or (for a new trial) the free ones go to trials already waiting."""
+
+    def __init__(self, held: int, waiting: int, budget: int) -> None:
+        text = f"{held} of {budget} trial slots are running or finished"
+        super().__init__(text + (f", {waiting} waiting trials go first" if waiting else ""))
+        self.held = held
+        self.waiting = waiting
+        self.budget = budget
+
+    @property
+    def waiting_trial_may_start(self) -> bool:
+        """A slot is free for a waiting trial: asking again starts one."""
+        return self.waiting > 0 and self.held < self.budget
+
+
+class WorkerStorage(OutageTolerantStorage):
+    """The storage one worker process runs trials with (see the module docstring).
+
+    `configure` must be called before the first trial; the stale-trial scan Optuna runs
+    before every trial runs at most once per heartbeat interval (a trial becomes stale only
+    after two intervals without a heartbeat, so a scan per trial finds nothing new).
+    """
+
+    worker_id: str = ""
+    trial_budget: int | None = None
+    _next_stale_scan: float = 0.0
+    # The trial whose first heartbeat was written with its start: Optuna's heartbeat thread
+    # writes one again as the trial starts, which can be skipped once.
+    _fresh_heartbeat: int | None = None
+
+    def configure(self, worker_id: str, trial_budget: int | None) -> None:
+        self.worker_id = worker_id
+        self.trial_budget = trial_budget
+
+    # ------------------------------------------------------------------ a new trial
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        trial: FrozenTrial = super()._create_new_trial(study_id, template_trial)
+        if template_trial is None:
+            # What _get_prepared_new_trial wrote, so that Optuna's cache of the trial has it.
+            trial.user_attrs = {WORKER_ATTR: self.worker_id}
+        return trial
+
+    def _get_prepared_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None, session: Session
+    ) -> models.TrialModel:
+        # Runs inside Optuna's trial creation, which holds the study row's lock.
+        starts = template_trial is None or template_trial.state == TrialState.RUNNING
+        if starts:
+            self._claim_slot(session, study_id, new_trial=True)
+        trial: models.TrialModel = super()._get_prepared_new_trial(
+            study_id, template_trial, session
+        )
+        if template_trial is None:
+            # A bare new trial: plain inserts, no look-up of what cannot exist yet.
+            trial_id = int(trial.trial_id)
+            self._fresh_heartbeat = trial_id
+            session.add(models.TrialHeartbeatModel(trial_id=trial_id, heartbeat=func.now()))
+            session.add(
+                models.TrialUserAttributeModel(
+                    trial_id=trial_id, key=WORKER_ATTR, value_json=json.dumps(self.worker_id)
+                )
+            )
+        elif starts:
+            _first_heartbeat(session, int(trial.trial_id))
+        return trial
+
+    # ------------------------------------------------------------------ a waiting trial
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state != TrialState.RUNNING:
+            started: bool = super().set_trial_state_values(trial_id, state, values)
+            return started
+        # A retry after a lost connection that had committed finds the trial RUNNING and
+        # returns False; the trial then has a heartbeat, so it is failed as stale and retried.
+        return self.guard.call(
+            "starting a waiting trial", lambda: self._start_waiting(trial_id), lambda: None
+        )
+
+    def _start_waiting(self, trial_id: int) -> bool:
+        with _create_scoped_session(self.scoped_session) as session:
+            study_id = session.execute(
+                select(models.TrialModel.study_id).where(models.TrialModel.trial_id == trial_id)
+            ).scalar_one()
+            # The same lock order as a new trial: the study row, then the trial row.
+            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+            self._claim_slot(session, study_id, new_trial=False)
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            if trial.state != TrialState.WAITING:
+                return False  # another worker started (or finished) it first
+            trial.state = TrialState.RUNNING
+            trial.datetime_start = datetime.now()  # local time, as Optuna writes it
+            _first_heartbeat(session, trial_id)
+            self._set_trial_attr_without_commit(
+                session, models.TrialUserAttributeModel, trial_id, WORKER_ATTR, self.worker_id
+            )
+        self._fresh_heartbeat = trial_id
+        return True
+
+    # ------------------------------------------------------------------ slots
+    def _claim_slot(self, session: Session, study_id: int, new_trial: bool) -> None:
+        """Raise TrialSlotsTaken unless a slot is free; the caller holds the study row lock.
+
+        Waiting trials (retries of failed ones, warm starts) go before new ones: a new trial
+        needs a slot that is free after every waiting trial has one. Otherwise a worker that
+        listed the waiting trials just before a retry was enqueued could take its slot with
+        a new trial, and the retry would never run.
+        """
+        if self.trial_budget is None:
+            return
+        trials = models.TrialModel
+        rows = session.execute(
+            select(trials.state, func.count(trials.trial_id))
+            .where(trials.study_id == study_id, trials.state.in_(_COUNTED))
+            .group_by(trials.state)
+        ).all()
+        counts: dict[TrialState, int] = {state: int(n) for state, n in rows}
+        held = sum(counts.get(state, 0) for state in _HOLDING)
+        waiting = counts.get(TrialState.WAITING, 0) if new_trial else 0
+        if held + waiting >= self.trial_budget:
+            raise TrialSlotsTaken(held, waiting, self.trial_budget)
+
+    # ------------------------------------------------------------------ heartbeats
+    def record_heartbeat(self, trial_id: int) -> None:
+        if trial_id == self._fresh_heartbeat:
+            self._fresh_heartbeat = None
+            return
+        super().record_heartbeat(trial_id)
+
+    # ------------------------------------------------------------------ stale trials
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.monotonic()
+        if now < self._next_stale_scan:
+            return []
+        self._next_stale_scan = now + float(self.heartbeat_interval or 0)
+        stale: list[int] = super()._get_stale_trial_ids(study_id)
+        return stale
+
+
+def _first_heartbeat(session: Session, trial_id: int) -> None:
+    heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session)
+    if heartbeat is None:
+        session.add(models.TrialHeartbeatModel(trial_id=trial_id, heartbeat=func.now()))
+    else:
+        heartbeat.heartbeat = func.now()
+
+
+def make_storage(url: str, heartbeat_interval: int, application_name: str) -> WorkerStorage:
     try:
         make_url(url)
     except ArgumentError:
         raise ConfigError(f"{STORAGE_ENV} is not a valid SQLAlchemy URL") from None
-    return heartbeat_storage(
-        url, heartbeat_interval, application_name, storage_class=OutageTolerantStorage
-    )
+    return heartbeat_storage(url, heartbeat_interval, application_name, storage_class=WorkerStorage)
 
 
 def load_study(
     name: str,
     url: str,
     heartbeat_interval: int,
-    application_name: str,
+    worker_id: str,
+    trial_budget: int | None,
     *,
     wait_seconds: float = 60.0,
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
-) -> tuple[optuna.Study, OutageTolerantStorage]:
+) -> tuple[optuna.Study, WorkerStorage]:
     """Load (never create) the study; wait a while for a database that is still starting.
 
     A study that is missing once the database answers is a configuration error: the operator
@@ -47,7 +228,8 @@ def load_study(
     delay = 1.0
     while True:
         try:
-            storage = make_storage(url, heartbeat_interval, application_name)
+            storage = make_storage(url, heartbeat_interval, f"optuna-worker {worker_id}")
+            storage.configure(worker_id, trial_budget)
             study = optuna.load_study(
                 study_name=name, storage=storage, sampler=sampler, pruner=pruner
             )
