@@ -20,19 +20,21 @@ from pathlib import Path
 
 import optuna
 
-from bench import BASELINE, ROOT, WORKER_TRIALS
-from optuna_operator.api import WorkerConfig
+from bench import BASELINE, ROOT, WORKER_TRIALS, worker_env
 from testbed.postgres import remove_postgres_data, start_postgres
 from testbed.supervisor import Supervisor
 
 PROFILE = [sys.executable, "-m", "cProfile", "-o"]
-# (label, pstats function pattern) of what the worker adds around each trial.
+# (label, pstats function pattern) of what the worker adds around each trial. cProfile sees
+# only the main thread: the heartbeat thread's writes are not in it.
 COSTS = (
     ("trial loop (optimize)", r"_optimize\.py.*\(_optimize_sequential\)"),
     ("trial attributes", r"\(_set_trial_attr_without_commit\)"),
-    ("pool_pre_ping", r"\(do_ping\)"),
+    ("connection pings", r"\(do_ping\)"),
     ("stale-trial check (heartbeats)", r"\(fail_stale_trials\)"),
-    ("budget check", r"budget\.py.*\(stop_reason\)"),
+    ("trial slot claim", r"worker/storage\.py.*\(_claim_slot\)"),
+    ("budget, deadline, goal checks", r"budget\.py.*\(stop_reason\)"),
+    ("best-trial lookup for log lines", r"\(_log_completed_trial\)"),
     ("commits", r"method 'commit' of 'psycopg2"),
     ("statements", r"method 'execute' of 'psycopg2"),
 )
@@ -56,25 +58,10 @@ def profile(out: Path) -> None:
                 check=True,
                 cwd=ROOT,
             )
-            config = WorkerConfig.model_validate(
-                {
-                    "studyName": "worker",
-                    "directions": ["minimize"],
-                    "objective": {"function": "bench_objective:objective"},
-                    "budget": {"trials": WORKER_TRIALS},
-                    "sampler": {"type": "TPE"},
-                    "pruner": {"type": "None"},
-                }
-            )
-            worker_env = {
-                **env,
-                "OPTUNA_OPERATOR_WORKER_CONFIG": config.model_dump_json(by_alias=True),
-                "OPTUNA_STORAGE_URL": pg.url,
-                "POD_NAME": "profile",
-            }
+            worker = {**worker_env(pg.url, "worker", WORKER_TRIALS), "POD_NAME": "profile"}
             subprocess.run(
                 [*PROFILE, str(out / "worker.prof"), "-m", "optuna_operator.cli", "worker"],
-                env=worker_env,
+                env=worker,
                 check=True,
                 cwd=ROOT,
                 stderr=subprocess.DEVNULL,

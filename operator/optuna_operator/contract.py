@@ -60,6 +60,7 @@ __all__ = [
     "heartbeat_storage",
     "ping_after_idle",
     "redact",
+    "retry_of_stale_trial",
     "to_optuna_direction",
 ]
 
@@ -225,7 +226,7 @@ class HeartbeatStorage(RDBStorage):
             if trial.state != TrialState.RUNNING:
                 return  # finished meanwhile, or failed by another process
             number = int(trial.number)
-            retry = _retry_of(self._build_frozen_trial_from_trial_model(trial))
+            retry = retry_of_stale_trial(self._build_frozen_trial_from_trial_model(trial))
             trial.state = TrialState.FAIL
             trial.datetime_complete = datetime.now()  # local time, as Optuna writes it
             if retry is not None:
@@ -237,7 +238,7 @@ class HeartbeatStorage(RDBStorage):
         )
 
 
-def _retry_of(failed: FrozenTrial) -> FrozenTrial | None:
+def retry_of_stale_trial(failed: FrozenTrial) -> FrozenTrial | None:
     """The waiting copy of a stale trial, as Optuna's RetryFailedTrialCallback makes it (the
     same system attributes), or None after MAX_RETRIES retries of the same parameters."""
     history = [*failed.system_attrs.get("retry_history", []), failed.number]

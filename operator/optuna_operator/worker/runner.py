@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 TrialObjective = FunctionObjective | CommandObjective
 
-# How often a worker that found every trial slot held asks again. Slots free up when a
-# running trial fails (by its objective, or as stale after its worker died).
+# How often a worker that found every trial slot held asks again: soon at first (the last
+# trials of a study usually finish within moments), then every SLOT_WAIT_SECONDS (a slot held
+# by a dead worker's trial frees only when its heartbeat goes stale).
+FIRST_SLOT_WAIT_SECONDS = 0.05
 SLOT_WAIT_SECONDS = 2.0
 
 
@@ -76,12 +78,14 @@ class _CheckedObjective:
         self._checker = checker
         self._stop = stop
         self.failures: int | None = None
+        self.trials_run = 0
 
     @property
     def current(self) -> optuna.Trial | None:
         return self._objective.current
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
+        self.trials_run += 1
         try:
             result = self._objective(trial)
         except optuna.TrialPruned:
@@ -175,6 +179,8 @@ def run_process(
     checked = _CheckedObjective(objective, checker, stop)
     storage.guard.stop = stop.event
     told_waiting = False
+    wait = FIRST_SLOT_WAIT_SECONDS
+    trials_at_last_wait = -1
     while True:
         try:
             # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
@@ -184,10 +190,13 @@ def run_process(
                 continue  # ask again: it starts a waiting trial first
             if _study_done(checker, stop):
                 break
+            if checked.trials_run != trials_at_last_wait:  # ran trials since: wait anew
+                trials_at_last_wait, wait = checked.trials_run, FIRST_SLOT_WAIT_SECONDS
             if not told_waiting:
                 told_waiting = True
                 log.info("%s; waiting for one to free up (a running trial may fail)", taken)
-            stop.event.wait(SLOT_WAIT_SECONDS)
+            stop.event.wait(wait)
+            wait = min(wait * 2, SLOT_WAIT_SECONDS)
             continue
         except WorkerInterrupted:
             try:
