@@ -70,7 +70,8 @@ def test_suspend_stops_workers_and_resume_continues_the_study(studies: Studies) 
 
     studies.patch_spec("pause", {"suspend": False})
     status = studies.wait_phase("pause", "Succeeded", timeout=240)
-    assert status["trials"]["complete"] >= 30
+    # Exact, though trials interrupted by the suspension were enqueued again.
+    assert status["trials"]["complete"] + status["trials"]["pruned"] == 30
     assert len(_load(studies, f"{studies.namespace}.pause").trials) > done_while_suspended
     assert len(studies.jobs("pause")) == 1
 
