@@ -177,27 +177,16 @@ def run_process(
         return ExitCode.DONE
 
     checked = _CheckedObjective(objective, checker, stop)
+    slots = _SlotWaiter(checker, stop, checked)
     storage.guard.stop = stop.event
-    told_waiting = False
-    wait = FIRST_SLOT_WAIT_SECONDS
-    trials_at_last_wait = -1
     while True:
         try:
             # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
             study.optimize(checked, catch=(Exception,))
         except TrialSlotsTaken as taken:
-            if taken.waiting_trial_may_start and not stop.requested:
-                continue  # ask again: it starts a waiting trial first
-            if _study_done(checker, stop):
-                break
-            if checked.trials_run != trials_at_last_wait:  # ran trials since: wait anew
-                trials_at_last_wait, wait = checked.trials_run, FIRST_SLOT_WAIT_SECONDS
-            if not told_waiting:
-                told_waiting = True
-                log.info("%s; waiting for one to free up (a running trial may fail)", taken)
-            stop.event.wait(wait)
-            wait = min(wait * 2, SLOT_WAIT_SECONDS)
-            continue
+            if slots.ask_again(taken):
+                continue
+            break
         except WorkerInterrupted:
             try:
                 _requeue(study, objective.current)
@@ -235,15 +224,38 @@ def run_process(
     return ExitCode.DONE
 
 
-def _study_done(checker: BudgetChecker, stop: StopSignal) -> bool:
-    """Whether a worker that found every trial slot held should stop rather than wait."""
-    if stop.requested:
-        return True
-    reason = checker.stop_reason()
-    if reason is not None:
-        log.info("Stopping: %s", reason)
-        return True
-    return False
+class _SlotWaiter:
+    """What a worker does when ask() finds no trial slot for it (worker/storage.py)."""
+
+    def __init__(
+        self, checker: BudgetChecker, stop: StopSignal, checked: _CheckedObjective
+    ) -> None:
+        self._checker = checker
+        self._stop = stop
+        self._checked = checked
+        self._told = False
+        self._wait = FIRST_SLOT_WAIT_SECONDS
+        self._trials_at_last_wait = -1
+
+    def ask_again(self, taken: TrialSlotsTaken) -> bool:
+        """True to ask for a trial again (at once, or after a wait), False to stop."""
+        if self._stop.requested:
+            return False
+        if taken.waiting_trial_may_start:
+            return True  # the next ask starts a waiting trial first
+        reason = self._checker.stop_reason()
+        if reason is not None:
+            log.info("Stopping: %s", reason)
+            return False
+        if self._checked.trials_run != self._trials_at_last_wait:  # ran trials: wait anew
+            self._trials_at_last_wait = self._checked.trials_run
+            self._wait = FIRST_SLOT_WAIT_SECONDS
+        if not self._told:
+            self._told = True
+            log.info("%s; waiting for one to free up (a running trial may fail)", taken)
+        self._stop.event.wait(self._wait)
+        self._wait = min(self._wait * 2, SLOT_WAIT_SECONDS)
+        return not self._stop.requested
 
 
 def _told_elsewhere(err: BaseException) -> bool:
