@@ -14,7 +14,7 @@ TESTBED := PYTHONPATH=hack $(BIN)/python -m testbed
 # (test_chart.py), which the default rootdir-relative import mode refuses to collect.
 PYTEST := $(BIN)/pytest --import-mode=importlib
 
-.PHONY: help venv binaries kueue postgres lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench faults
+.PHONY: help venv binaries kueue postgres pgbouncer lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench faults
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,9 @@ kueue: ## Build Kueue for the opt-in `kueue` test fixture (10-20 minutes cold, t
 postgres: ## Install PostgreSQL from Debian's packages when it is missing
 	hack/install-postgres.sh
 
+pgbouncer: ## Install PgBouncer from Debian's packages when it is missing (tests and bench run it)
+	hack/install-pgbouncer.sh
+
 lint: venv ## ruff check, ruff format --check, mypy (strict)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -43,10 +46,10 @@ lint: venv ## ruff check, ruff format --check, mypy (strict)
 unit: venv ## Unit tests; no test bed needed
 	$(PYTEST) tests/unit
 
-integration: venv binaries kueue postgres ## Integration tests against a real test bed (one per session)
+integration: venv binaries kueue postgres pgbouncer ## Integration tests against a real test bed (one per session)
 	$(PYTEST) tests/integration
 
-test: venv binaries kueue postgres lint crds-check ## What CI runs: lint, CRD drift, unit and integration tests
+test: venv binaries kueue postgres pgbouncer lint crds-check ## What CI runs: lint, CRD drift, unit and integration tests
 	$(PYTEST) tests/unit tests/integration
 
 dev-cluster: venv binaries postgres ## Start the test bed in the background and write .dev/env
@@ -61,7 +64,7 @@ demo: venv binaries postgres ## The main job end to end: bed, operator, the XGBo
 demo-down: venv ## Stop what `DEMO_KEEP=1 make demo` left running (bed, operator, dashboard)
 	$(TESTBED) down --dir .dev/demo-bed
 
-bench: venv postgres ## Benchmarks: status refresh, worker throughput, scale, pool vs Job per trial (BENCH_SECTIONS)
+bench: venv postgres pgbouncer ## Benchmarks: status refresh, worker throughput, scale, pool vs Job per trial (BENCH_SECTIONS)
 	PYTHONPATH=hack:. $(BIN)/python -u hack/bench.py
 
 faults: venv binaries postgres ## Fault scenarios (db/API outage, pod deletion, inf, hung trial): recovery time, trials lost
