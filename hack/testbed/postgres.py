@@ -26,6 +26,7 @@ __all__ = [
     "ensure_postgres_installed",
     "postgres_ready",
     "remove_postgres_data",
+    "run_sql",
     "start_postgres",
 ]
 
@@ -75,7 +76,15 @@ def _run_as(user: str | None, argv: list[str], what: str) -> None:
         )
 
 
-def start_postgres(sup: Supervisor, logs: Path, timeout_s: float = 60.0) -> Postgres:
+def start_postgres(
+    sup: Supervisor,
+    logs: Path,
+    timeout_s: float = 60.0,
+    *,
+    max_connections: int = 200,
+    name: str = "postgres",
+) -> Postgres:
+    """A new cluster; `name` names its process and log (a second cluster beside the bed's)."""
     pg_bin = ensure_postgres_installed()
     user = "postgres" if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="testbed-pg-"))
@@ -92,21 +101,21 @@ def start_postgres(sup: Supervisor, logs: Path, timeout_s: float = 60.0) -> Post
         "listen_addresses": "127.0.0.1",
         "unix_socket_directories": str(root),
         # Dozens of worker pods, each with a connection pool, share one server.
-        "max_connections": "200",
+        "max_connections": str(max_connections),
         # Throwaway data: durability only costs time.
         "fsync": "off",
         "synchronous_commit": "off",
         "full_page_writes": "off",
     }
     server = sup.spawn(
-        "postgres",
+        name,
         [
             str(pg_bin / "postgres"),
             f"-D{data}",
             f"-p{port}",
             *(f"--{key}={value}" for key, value in settings.items()),
         ],
-        logs / "postgres.log",
+        logs / f"{name}.log",
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
         cwd=root,
         user=user,
@@ -128,6 +137,15 @@ def start_postgres(sup: Supervisor, logs: Path, timeout_s: float = 60.0) -> Post
     _run_as(user, [*psql, "-c", f"CREATE DATABASE {DATABASE} OWNER {ROLE}"], "CREATE DATABASE")
     url = f"postgresql+psycopg2://{ROLE}:{password}@127.0.0.1:{port}/{DATABASE}"
     return Postgres(port, url, root)
+
+
+def run_sql(root: Path, port: int, sql: str, database: str = "postgres") -> None:
+    """Statements as the cluster's superuser, over its private socket."""
+    pg_bin = ensure_postgres_installed()
+    user = "postgres" if os.geteuid() == 0 else None
+    psql = [str(pg_bin / "psql"), "--set=ON_ERROR_STOP=1", "--quiet"]
+    psql += [f"--host={root}", f"--port={port}", "--username=postgres", f"--dbname={database}"]
+    _run_as(user, [*psql, "-c", sql], "psql")
 
 
 def create_database(root: Path, port: int, name: str) -> str:
