@@ -52,6 +52,9 @@ class OperatorSettings:
     metrics_port: int | None = None
     # Kueue LocalQueue for studies that set no spec.workers.queueName; None: no queue.
     default_queue_name: str | None = None
+    # `host:port` of a connection pooler (PgBouncer) the worker pods of default-storage
+    # studies connect through; the operator and dashboards connect directly. None: direct.
+    worker_pooler: str | None = None
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -107,6 +110,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kueue LocalQueue name for worker Jobs of studies without "
         "spec.workers.queueName (the LocalQueue must exist in each study's namespace).",
     )
+    parser.add_argument(
+        "--worker-pooler",
+        default=_env("WORKER_POOLER"),
+        help="host:port of a connection pooler (PgBouncer, transaction mode) that worker pods "
+        "of studies without spec.storage connect through, with their namespace's role "
+        "(key pooled-url of the optuna-storage Secret). The operator connects directly.",
+    )
+
+
+def _pooler(value: str | None) -> str | None:
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"--worker-pooler must be host:port, not {value!r}")
+    return value
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -129,4 +148,5 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         liveness_endpoint=args.liveness,
         metrics_port=args.metrics_port,
         default_queue_name=args.default_queue_name or None,
+        worker_pooler=_pooler(args.worker_pooler),
     )

@@ -688,7 +688,11 @@ class Reconciler:
         self.stores = stores
         self.settings = settings
         # A rotated password leaves its old URL behind: drop its storage and caches.
-        self.tenancy = Tenancy(cluster, on_rotate=lambda url: self.stores.drop_url(url))
+        self.tenancy = Tenancy(
+            cluster,
+            on_rotate=lambda url: self.stores.drop_url(url),
+            pooler=settings.worker_pooler,
+        )
         # (namespace, name, key) -> (value, read at monotonic time)
         self._secrets: dict[tuple[str, str, str], tuple[str | None, float]] = {}
         # (namespace, ConfigMap name) -> digest of the spec.export ConfigMap last applied

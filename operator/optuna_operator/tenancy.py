@@ -10,7 +10,9 @@ operator's namespace) it creates, idempotently, for each namespace with TuningSt
   future (default privileges).
 
 The namespace receives one Secret, `optuna-storage`, holding only its own role's URL (`url`)
-and the read-only role's password (`readonly-password`). Passwords are generated once and
+and the read-only role's password (`readonly-password`); with a connection pooler for workers
+(`--worker-pooler host:port`, the chart's PgBouncer) also the same role's URL through the
+pooler (`pooled-url`), which the worker pods then read. Passwords are generated once and
 read back from that Secret, so a restarted operator needs no state; deleting the Secret
 rotates both passwords.
 """
@@ -38,6 +40,7 @@ from optuna_operator.kube import Cluster
 from optuna_operator.manifests import MANAGED_BY
 
 __all__ = [
+    "POOLED_URL_KEY",
     "READONLY_PASSWORD_KEY",
     "TENANT_LABEL",
     "TENANT_SECRET",
@@ -46,6 +49,7 @@ __all__ = [
     "TenancyError",
     "TenantCredentials",
     "TenantNames",
+    "pooled_url",
     "scram_verifier",
     "tenant_names",
     "tenant_secret",
@@ -56,6 +60,8 @@ log = logging.getLogger(__name__)
 TENANT_SECRET = "optuna-storage"
 URL_KEY = "url"
 READONLY_PASSWORD_KEY = "readonly-password"
+# The namespace role's URL through the workers' pooler (PgBouncer), when there is one.
+POOLED_URL_KEY = "pooled-url"
 # Marks the Secret as the operator's: one without it is a user's and is never overwritten.
 TENANT_LABEL = "optuna-operator.io/tenant-credentials"
 # The Secret is read again at most this often: a deleted Secret (a rotation) or a changed
@@ -116,6 +122,7 @@ class TenantCredentials:
     url: str  # the namespace role's URL, password included: never logged
     readonly_url: str  # the read-only role's URL without a password (libpq reads PGPASSWORD)
     secret: str = TENANT_SECRET
+    # The key worker pods read: the pooled URL when workers go through a pooler.
     url_key: str = URL_KEY
     readonly_password_key: str = READONLY_PASSWORD_KEY
 
@@ -136,10 +143,27 @@ def _with_user(admin_url: str, user: str, password: str | None) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def pooled_url(url: str, pooler: str) -> str:
+    """The same URL (role, password, database, options) with the pooler's `host:port`."""
+    host, _, port = pooler.rpartition(":")
+    return make_url(url).set(host=host, port=int(port)).render_as_string(hide_password=False)
+
+
 def tenant_secret(
-    namespace: str, names: TenantNames, url: str, readonly_password: str
+    namespace: str,
+    names: TenantNames,
+    url: str,
+    readonly_password: str,
+    pooled: str | None = None,
 ) -> dict[str, Any]:
-    """The namespace's Secret: its own role's URL and the read-only role's password only."""
+    """The namespace's Secret: its own role's URL (direct and, with a pooler, pooled) and
+    the read-only role's password only."""
+    data = {
+        URL_KEY: base64.b64encode(url.encode()).decode(),
+        READONLY_PASSWORD_KEY: base64.b64encode(readonly_password.encode()).decode(),
+    }
+    if pooled is not None:
+        data[POOLED_URL_KEY] = base64.b64encode(pooled.encode()).decode()
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -161,10 +185,7 @@ def tenant_secret(
             },
         },
         "type": "Opaque",
-        "data": {
-            URL_KEY: base64.b64encode(url.encode()).decode(),
-            READONLY_PASSWORD_KEY: base64.b64encode(readonly_password.encode()).decode(),
-        },
+        "data": data,
     }
 
 
@@ -246,9 +267,16 @@ class Tenancy:
     """Ensures each namespace's roles, schema and Secret; safe under concurrent reconciles
     (one namespace is set up by one thread at a time)."""
 
-    def __init__(self, cluster: Cluster, on_rotate: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        on_rotate: Callable[[str], None] | None = None,
+        pooler: str | None = None,
+    ) -> None:
         self.cluster = cluster
         self.on_rotate = on_rotate
+        # `host:port` of the workers' connection pooler; None: workers connect directly.
+        self.pooler = pooler
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         # namespace -> (credentials, digest of what was provisioned, checked at)
@@ -331,7 +359,7 @@ class Tenancy:
         if secret is None:
             password, readonly_password = _new_password(), _new_password()
             url = _with_user(admin_url, names.role, password)
-            body = tenant_secret(namespace, names, url, readonly_password)
+            body = tenant_secret(namespace, names, url, readonly_password, self._pooled(url))
             # Create only: another replica or reconcile that made it first wins, and its
             # passwords are used.
             stored, created = self.cluster.create(body)
@@ -342,9 +370,12 @@ class Tenancy:
         if secret is not None:
             password, readonly_password = self._read_back(namespace, secret)
             url = _with_user(admin_url, names.role, password)
-            if _decode(secret, URL_KEY) != url:
-                # The admin URL moved (host, port, database) or the URL was edited.
-                self.cluster.apply(tenant_secret(namespace, names, url, readonly_password))
+            pooled = self._pooled(url)
+            if _decode(secret, URL_KEY) != url or (
+                pooled is not None and _decode(secret, POOLED_URL_KEY) != pooled
+            ):
+                # The admin URL or the pooler moved (host, port, database) or a URL was edited.
+                self.cluster.apply(tenant_secret(namespace, names, url, readonly_password, pooled))
         digest = hashlib.sha256(
             "\0".join((admin_url, names.role, password, readonly_password)).encode()
         ).hexdigest()
@@ -368,8 +399,12 @@ class Tenancy:
             namespace=namespace,
             url=url,
             readonly_url=_with_user(admin_url, names.readonly_role, None),
+            url_key=URL_KEY if self.pooler is None else POOLED_URL_KEY,
         )
         return creds, digest
+
+    def _pooled(self, url: str) -> str | None:
+        return None if self.pooler is None else pooled_url(url, self.pooler)
 
     @staticmethod
     def _read_back(namespace: str, secret: dict[str, Any]) -> tuple[str, str]:

@@ -9,6 +9,7 @@ from prometheus_client import REGISTRY
 
 from optuna_operator import metrics
 from optuna_operator.api import TuningStudy, TuningStudyStatus
+from optuna_operator.config import OperatorSettings
 from optuna_operator.controller import Controller, EventRecorder
 from optuna_operator.reconcile import Children, Event, Outcome, Reconciler
 
@@ -50,7 +51,7 @@ def body(generation: int = 1, **meta: Any) -> dict[str, Any]:
 
 
 def controller() -> Controller:
-    reconciler = Reconciler(RecordingCluster(), NoStores(), None)  # type: ignore[arg-type]
+    reconciler = Reconciler(RecordingCluster(), NoStores(), OperatorSettings())  # type: ignore[arg-type]
     return Controller(reconciler, interval=10.0)
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import base64
 import itertools
 
+import pytest
+
+from optuna_operator.config import _pooler
 from optuna_operator.tenancy import (
+    POOLED_URL_KEY,
     READONLY_PASSWORD_KEY,
     TENANT_LABEL,
     URL_KEY,
+    pooled_url,
     tenant_names,
     tenant_secret,
 )
@@ -60,6 +65,28 @@ def test_the_secret_holds_only_the_namespace_role_url_and_the_read_only_password
     assert base64.b64decode(secret["data"][URL_KEY]).decode() == url
     assert secret["metadata"]["labels"][TENANT_LABEL] == "true"
     assert "ownerReferences" not in secret["metadata"]
+
+
+def test_with_a_pooler_the_secret_adds_the_same_role_through_the_pooler() -> None:
+    names = tenant_names("team-a")
+    url = "postgresql+psycopg2://optuna_rw_t_team_a:pw@db:5432/optuna?sslmode=prefer"
+    pooled = pooled_url(url, "optuna-pgbouncer.optuna-system.svc:6432")
+    assert pooled == (
+        "postgresql+psycopg2://optuna_rw_t_team_a:pw@optuna-pgbouncer.optuna-system.svc:6432"
+        "/optuna?sslmode=prefer"
+    )
+    secret = tenant_secret("team-a", names, url, "ro-pw", pooled)
+    assert set(secret["data"]) == {URL_KEY, READONLY_PASSWORD_KEY, POOLED_URL_KEY}
+    assert base64.b64decode(secret["data"][URL_KEY]).decode() == url
+    assert base64.b64decode(secret["data"][POOLED_URL_KEY]).decode() == pooled
+
+
+@pytest.mark.parametrize("bad", ["pgbouncer", "pgbouncer:", ":6432", "pgbouncer:x", "h:70000"])
+def test_the_worker_pooler_must_be_host_and_port(bad: str) -> None:
+    assert _pooler("pgbouncer.ns.svc:6432") == "pgbouncer.ns.svc:6432"
+    assert _pooler("") is None
+    with pytest.raises(SystemExit, match="host:port"):
+        _pooler(bad)
 
 
 def test_the_read_only_url_carries_no_password_at_all() -> None:
