@@ -26,6 +26,7 @@ from testbed.supervisor import Supervisor
 __all__ = [
     "AUTH_ROLE",
     "AUTH_SQL",
+    "Console",
     "PgBouncer",
     "ensure_pgbouncer_installed",
     "pgbouncer_show",
@@ -69,15 +70,24 @@ def start_pgbouncer(
     database: str,
     *,
     pool_size: int = 20,
-    max_db_connections: int = 20,
+    max_db_connections: int = 0,
+    reserve_pool_size: int = 5,
+    reserve_pool_timeout: float = 2.0,
     max_client_conn: int = 1000,
     name: str = "pgbouncer",
     timeout_s: float = 30.0,
 ) -> PgBouncer:
     """Install the auth function in `database` of `pg` and start a pgbouncer on a free port.
 
-    `max_db_connections` caps the server connections to one database over all its pools
-    (one pool per database and role)."""
+    `pool_size` caps the server connections of each pool (one per database and role: a
+    namespace); `max_db_connections` (0: no cap) those of one database over all its pools,
+    the auth_query's own pool included: at that cap a login waits until some pool has an idle
+    connection to give up, so a cap at the pool size starves logins under full load.
+    `reserve_pool_size` more connections open for a pool whose clients waited
+    `reserve_pool_timeout` seconds: Optuna's RDBStorage opens a second connection inside an
+    open transaction while it starts (schema version check), so `pool_size` workers starting
+    at once would each hold one server connection and wait for another until PgBouncer's
+    query_wait_timeout (120 s) closes them."""
     binary = ensure_pgbouncer_installed()
     auth_password = secrets.token_hex(16)
     admin_password = secrets.token_hex(16)
@@ -106,6 +116,8 @@ auth_query = SELECT uname, phash FROM optuna_pgbouncer.user_lookup($1)
 admin_users = {ADMIN_USER}
 pool_mode = transaction
 default_pool_size = {pool_size}
+reserve_pool_size = {reserve_pool_size}
+reserve_pool_timeout = {reserve_pool_timeout}
 max_db_connections = {max_db_connections}
 max_client_conn = {max_client_conn}
 ignore_startup_parameters = extra_float_digits
@@ -136,22 +148,35 @@ ignore_startup_parameters = extra_float_digits
     return bouncer
 
 
-def pgbouncer_show(bouncer: PgBouncer, what: str) -> list[dict[str, object]]:
-    """`SHOW <what>` on PgBouncer's admin console (POOLS, STATS, CLIENTS, SERVERS, ...)."""
-    conn = psycopg2.connect(
-        host="127.0.0.1",
-        port=bouncer.port,
-        dbname="pgbouncer",
-        user=ADMIN_USER,
-        password=bouncer.admin_password,
-        connect_timeout=5,
-    )
-    try:
+class Console:
+    """A connection to PgBouncer's admin console, for `SHOW POOLS`, `SHOW STATS`, ..."""
+
+    def __init__(self, bouncer: PgBouncer) -> None:
+        self._conn = psycopg2.connect(
+            host="127.0.0.1",
+            port=bouncer.port,
+            dbname="pgbouncer",
+            user=ADMIN_USER,
+            password=bouncer.admin_password,
+            connect_timeout=5,
+        )
         # The admin console knows no transactions.
-        conn.autocommit = True
-        with conn.cursor() as cur:
+        self._conn.autocommit = True
+
+    def show(self, what: str) -> list[dict[str, object]]:
+        with self._conn.cursor() as cur:
             cur.execute(f"SHOW {what}")
             columns = [c.name for c in cur.description or ()]
             return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def pgbouncer_show(bouncer: PgBouncer, what: str) -> list[dict[str, object]]:
+    """`SHOW <what>` on PgBouncer's admin console over a connection of its own."""
+    console = Console(bouncer)
+    try:
+        return console.show(what)
     finally:
-        conn.close()
+        console.close()

@@ -1,0 +1,221 @@
+"""`BENCH_SECTIONS=pgbouncer make bench`: 100 worker processes on one PostgreSQL, directly and
+through PgBouncer (transaction pooling, Debian's package): trials/s and the server
+connections each way.
+
+Both runs use one PostgreSQL (max_connections 500, so the direct run fits) and one namespace
+role each, as the operator sets them up (tenancy.provision); PgBouncer logs them in with
+auth_query, as the chart's does. The workers are `optuna-operator worker` processes, 10 "pods"
+of `processesPerPod: 10`, on the trivial objective: a trial is nothing but its database
+statements, the worst case for a pooler. Peak server connections come from pg_stat_activity,
+sampled every 50 ms. Also used by tests/integration/test_pgbouncer.py.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from optuna_operator.api import WorkerConfig
+from optuna_operator.tenancy import _with_user, pooled_url, provision, tenant_names
+from testbed.pgbouncer import Console, PgBouncer, start_pgbouncer
+from testbed.postgres import remove_postgres_data, start_postgres
+from testbed.supervisor import Supervisor
+
+__all__ = ["Peak", "WorkerRun", "bench_pgbouncer", "run_workers", "tenant_url"]
+
+ROOT = Path(__file__).resolve().parents[1]
+PODS = 10
+PROCESSES_PER_POD = 10
+TRIALS = 1000
+POOL_SIZE = 20
+
+
+def tenant_url(admin_url: str, namespace: str) -> str:
+    """A namespace role and schema, made as the operator makes them; the role's direct URL."""
+    names = tenant_names(namespace)
+    password = secrets.token_urlsafe(24)
+    engine = create_engine(admin_url)
+    with engine.begin() as conn:
+        provision(conn, names, password, secrets.token_urlsafe(24))
+    engine.dispose()
+    return _with_user(admin_url, names.role, password)
+
+
+class Peak:
+    """Samples, every 50 ms until stopped, the client backends PostgreSQL serves (less the
+    sampler's own) and, with a PgBouncer, the clients connected to it."""
+
+    def __init__(self, admin_url: str, bouncer: PgBouncer | None = None) -> None:
+        self.server = 0
+        self.clients = 0
+        self._bouncer = bouncer
+        self._engine = create_engine(admin_url, pool_size=1, max_overflow=0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._engine.dispose()
+
+    def _run(self) -> None:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        console = Console(self._bouncer) if self._bouncer is not None else None
+        with self._engine.connect() as conn:
+            while not self._stop.wait(0.05):
+                self.server = max(self.server, int(conn.execute(query).scalar_one()))
+                conn.rollback()
+                if console is not None:
+                    pools = console.show("POOLS")
+                    clients = sum(
+                        int(str(p["cl_active"])) + int(str(p["cl_waiting"]))
+                        for p in pools
+                        if p["database"] != "pgbouncer"
+                    )
+                    self.clients = max(self.clients, clients)
+        if console is not None:
+            console.close()
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    seconds: float  # first worker started to last worker exited (start-up included)
+    trials: int  # finished trials (complete)
+    trial_seconds: float  # first trial started to last trial finished
+    peak_server: int  # client backends at PostgreSQL
+    peak_clients: int  # clients at PgBouncer; 0 without one
+
+    @property
+    def trials_per_second(self) -> float:
+        return self.trials / self.trial_seconds
+
+
+def run_workers(
+    url: str,
+    admin_url: str,
+    study_name: str,
+    trials: int,
+    bouncer: PgBouncer | None = None,
+    pods: int = PODS,
+    processes_per_pod: int = PROCESSES_PER_POD,
+    logs: Path | None = None,
+) -> WorkerRun:
+    """`pods` worker processes of `processes_per_pod` each finish a study of `trials` trials
+    at `url` (the study is made first, directly, as the operator does)."""
+    optuna.create_study(storage=_direct(url, admin_url), study_name=study_name)
+    config = WorkerConfig.model_validate(
+        {
+            "studyName": study_name,
+            "directions": ["minimize"],
+            "objective": {"function": "bench_objective:objective"},
+            "budget": {"trials": trials},
+            "sampler": {"type": "TPE"},
+            "pruner": {"type": "None"},
+            "processesPerPod": processes_per_pod,
+        }
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'hack'}",
+        "OPTUNA_OPERATOR_WORKER_CONFIG": config.model_dump_json(by_alias=True),
+        "OPTUNA_STORAGE_URL": url,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-pgb-") as tmp, Peak(admin_url, bouncer) as peak:
+        logs = logs or Path(tmp)
+        t0 = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "optuna_operator.cli", "worker"],
+                env={**env, "POD_NAME": f"{study_name}-{i}"},
+                cwd=ROOT,
+                stdout=(logs / f"{i}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            for i in range(pods)
+        ]
+        codes = [p.wait(timeout=600) for p in procs]
+        seconds = time.perf_counter() - t0
+        if any(codes):
+            tails = [
+                (logs / f"{i}.log").read_text()[-1500:] for i, c in enumerate(codes) if c
+            ]
+            raise RuntimeError(f"worker exit codes {codes}; first failure:\n{tails[0]}")
+    study = optuna.load_study(study_name=study_name, storage=_direct(url, admin_url))
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    starts = [t.datetime_start for t in done if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in done if t.datetime_complete is not None]
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    return WorkerRun(
+        seconds=seconds,
+        trials=complete,
+        trial_seconds=(max(ends) - min(starts)).total_seconds(),
+        peak_server=peak.server,
+        peak_clients=peak.clients,
+    )
+
+
+def _direct(url: str, admin_url: str) -> str:
+    """The same role's URL on the server itself (the operator's way in)."""
+    admin = make_url(admin_url)
+    return make_url(url).set(host=admin.host, port=admin.port).render_as_string(hide_password=False)
+
+
+def bench_pgbouncer() -> None:
+    workers = PODS * PROCESSES_PER_POD
+    print(
+        f"Many workers on one PostgreSQL: {workers} worker processes ({PODS} x {PROCESSES_PER_POD}), "
+        f"{TRIALS} trials of a trivial objective, TPE; PgBouncer 1.18 transaction pooling, "
+        f"max_db_connections {POOL_SIZE}"
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        sup = Supervisor(Path(tmp) / "processes.json")
+        pg = start_postgres(sup, Path(tmp), max_connections=500)
+        try:
+            bouncer = start_pgbouncer(
+                sup, Path(tmp), pg, "optuna", pool_size=POOL_SIZE, max_db_connections=POOL_SIZE
+            )
+            runs = {
+                "direct": run_workers(tenant_url(pg.url, "bench-direct"), pg.url, "direct", TRIALS),
+                "PgBouncer": run_workers(
+                    pooled_url(tenant_url(pg.url, "bench-pooled"), bouncer.address),
+                    pg.url,
+                    "pooled",
+                    TRIALS,
+                    bouncer,
+                ),
+            }
+        finally:
+            sup.stop_all()
+            remove_postgres_data(pg.root)
+    print(
+        f"  {'':>10} {'trials/s':>9} {'wall s':>7} {'server conns (peak)':>20} {'clients at pooler':>18}"
+    )
+    for name, run in runs.items():
+        print(
+            f"  {name:>10} {run.trials_per_second:9.1f} {run.seconds:7.1f} "
+            f"{run.peak_server:>20} {run.peak_clients or '-':>18}"
+        )
+    direct, pooled = runs["direct"], runs["PgBouncer"]
+    print(
+        f"  PgBouncer / direct: trials/s {pooled.trials_per_second / direct.trials_per_second:.2f}x, "
+        f"server connections {pooled.peak_server / direct.peak_server:.2f}x"
+    )
