@@ -86,7 +86,8 @@ def one(docs: list[Manifest], kind: str, suffix: str = "") -> Manifest:
 
 
 def operator_container(docs: list[Manifest]) -> Manifest:
-    container: Manifest = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    deployment = one(docs, "Deployment", RELEASE)  # not <release>-pgbouncer
+    container: Manifest = deployment["spec"]["template"]["spec"]["containers"][0]
     return container
 
 
@@ -148,7 +149,7 @@ def test_contradicting_values_fail_with_a_reason(args: list[str], message: str) 
 # --------------------------------------------------------------------------- golden manifests
 
 
-@pytest.mark.parametrize("case", ["default", "namespaced", "postgresql"])
+@pytest.mark.parametrize("case", ["default", "namespaced", "postgresql", "pgbouncer"])
 def test_rendered_manifests_golden(case: str) -> None:
     args = [] if case == "default" else ["-f", str(CHART / "ci" / f"{case}-values.yaml")]
     rendered = yaml.safe_dump_all(render(*args), sort_keys=True)
@@ -332,15 +333,15 @@ def pod_specs(docs: list[Manifest]) -> list[tuple[str, Manifest]]:
     ]
 
 
-@pytest.mark.parametrize("case", ["default", "postgresql"])
+@pytest.mark.parametrize("case", ["default", "postgresql", "pgbouncer"])
 def test_pods_meet_the_restricted_pod_security_standard(case: str) -> None:
     args = [] if case == "default" else ["-f", str(CHART / "ci" / f"{case}-values.yaml")]
     specs = pod_specs(render(*args))
-    assert len(specs) == (1 if case == "default" else 2)
+    assert len(specs) == {"default": 1, "postgresql": 2, "pgbouncer": 3}[case]
     for owner, spec in specs:
         assert spec["securityContext"]["runAsNonRoot"] is True, owner
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", owner
-        for c in spec["containers"]:
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, owner
             assert sc["capabilities"]["drop"] == ["ALL"], owner
@@ -405,7 +406,7 @@ def test_network_policy_admits_only_operator_workers_and_dashboards() -> None:
         == statefulset["spec"]["selector"]["matchLabels"]
     )
     peers = policy["spec"]["ingress"][0]["from"]
-    operator_labels = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    operator_labels = one(docs, "Deployment", RELEASE)["spec"]["selector"]["matchLabels"]
     assert peers[0] == {"podSelector": {"matchLabels": operator_labels}}
     # The labels manifests.labels() puts on worker and dashboard pods.
     from optuna_operator import manifests
@@ -416,6 +417,90 @@ def test_network_policy_admits_only_operator_workers_and_dashboards() -> None:
         "app.kubernetes.io/component": ["worker", "dashboard"],
     }
     assert peers[2] == {"podSelector": {"matchLabels": {"app": "pg-backup"}}}
+
+
+def test_pgbouncer_sits_between_the_workers_and_postgresql() -> None:
+    from optuna_operator import manifests
+
+    docs = render("-f", str(CHART / "ci" / "pgbouncer-values.yaml"))
+    service = one(docs, "Service", "-pgbouncer")
+    port = service["spec"]["ports"][0]["port"]
+    settings = parsed_settings(operator_container(docs), NAMESPACE)
+    assert settings.worker_pooler == f"{name(service)}.{NAMESPACE}.svc:{port}"
+
+    ini = one(docs, "ConfigMap", "-pgbouncer")["data"]["pgbouncer.ini"]
+    options = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition("=") for line in ini.splitlines())
+    )
+    assert options["pool_mode"] == "transaction"
+    assert options["auth_type"] == "scram-sha-256"
+    assert options["auth_user"] == "optuna_pgbouncer"
+    # The function files/pgbouncer-auth.sql creates, which the tests install on the bed.
+    sql = (CHART / "files" / "pgbouncer-auth.sql").read_text()
+    assert "optuna_pgbouncer.user_lookup(p_username text)" in sql
+    assert options["auth_query"] == "SELECT uname, phash FROM optuna_pgbouncer.user_lookup($1)"
+    postgresql = one(docs, "Service", "-postgresql")
+    assert options["*"] == f"host={name(postgresql)}.{NAMESPACE}.svc port=5432"
+
+    # The auth role's password comes from a Secret through the environment only.
+    deployment = one(docs, "Deployment", "-pgbouncer")
+    spec = deployment["spec"]["template"]["spec"]
+    password = "ci-only-not-a-secret-either"
+    assert password not in yaml.safe_dump([ini, spec])
+    (init,) = spec["initContainers"]
+    assert init["env"] == [
+        {
+            "name": "AUTH_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": name(deployment), "key": "password"}},
+        }
+    ]
+    assert spec["automountServiceAccountToken"] is False
+
+    # Only worker pods reach PgBouncer; PgBouncer reaches PostgreSQL.
+    policies = {name(p): p for p in docs if p["kind"] == "NetworkPolicy"}
+    (peer,) = policies[name(deployment)]["spec"]["ingress"][0]["from"]
+    assert peer["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": manifests.MANAGED_BY,
+        "app.kubernetes.io/component": "worker",
+    }
+    pg_peers = policies[name(postgresql)]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}} in (
+        pg_peers
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--set", "pgbouncer.enabled=true", "--set", "storage.existingSecret.name=db"],
+            "pgbouncer.enabled needs pgbouncer.auth.existingSecret",
+        ),
+        (
+            [
+                "--set",
+                "pgbouncer.enabled=true",
+                "--set",
+                "storage.existingSecret.name=db",
+                "--set",
+                "pgbouncer.auth.existingSecret=pgb",
+            ],
+            "pgbouncer.enabled needs pgbouncer.database.host",
+        ),
+    ],
+)
+def test_pgbouncer_without_what_it_needs_fails_with_how_to_give_it(
+    args: list[str], message: str
+) -> None:
+    out = helm("template", RELEASE, str(CHART), *args)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+
+
+def test_pgbouncer_is_off_by_default() -> None:
+    docs = render()
+    assert not [d for d in docs if "pgbouncer" in name(d)]
+    assert parsed_settings(operator_container(docs), NAMESPACE).worker_pooler is None
 
 
 # --------------------------------------------------------------------------- monitoring

@@ -146,3 +146,41 @@ their termination messages, post events. Nothing else: no pods/exec, no Secret l
   resources: [workloads, localqueues]
   verbs: [get, list]
 {{- end }}
+
+{{- define "optuna-operator.pgbouncer.fullname" -}}
+{{- printf "%s-pgbouncer" (include "optuna-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "optuna-operator.pgbouncer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "optuna-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: pgbouncer
+{{- end }}
+
+{{/* host:port of the PgBouncer Service, as the workers reach it. */}}
+{{- define "optuna-operator.pgbouncer.address" -}}
+{{- printf "%s.%s.svc:%d" (include "optuna-operator.pgbouncer.fullname" .) .Release.Namespace (int .Values.pgbouncer.port) }}
+{{- end }}
+
+{{/* The PostgreSQL server PgBouncer forwards to: pgbouncer.database.host, else the bundled one. */}}
+{{- define "optuna-operator.pgbouncer.serverHost" -}}
+{{- if .Values.pgbouncer.database.host }}
+{{- .Values.pgbouncer.database.host }}
+{{- else if .Values.postgresql.enabled }}
+{{- printf "%s.%s.svc" (include "optuna-operator.postgresql.fullname" .) .Release.Namespace }}
+{{- else }}
+{{- fail "pgbouncer.enabled needs pgbouncer.database.host (the host of the database in storage.existingSecret's URL) unless postgresql.enabled" }}
+{{- end }}
+{{- end }}
+
+{{/* Secret with key `password` of PgBouncer's auth role (optuna_pgbouncer). */}}
+{{- define "optuna-operator.pgbouncer.secretName" -}}
+{{- $auth := .Values.pgbouncer.auth }}
+{{- if $auth.existingSecret }}
+{{- $auth.existingSecret }}
+{{- else if $auth.password }}
+{{- include "optuna-operator.pgbouncer.fullname" . }}
+{{- else }}
+{{- fail (printf "pgbouncer.enabled needs pgbouncer.auth.existingSecret, a Secret in the release namespace with key `password` (the password of PostgreSQL role optuna_pgbouncer that files/pgbouncer-auth.sql creates; e.g. kubectl create secret generic optuna-pgbouncer -n %s --from-literal=password=$(openssl rand -hex 24)), or pgbouncer.auth.password" .Release.Namespace) }}
+{{- end }}
+{{- end }}
