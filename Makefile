@@ -64,7 +64,7 @@ demo: venv binaries postgres ## The main job end to end: bed, operator, the XGBo
 demo-down: venv ## Stop what `DEMO_KEEP=1 make demo` left running (bed, operator, dashboard)
 	$(TESTBED) down --dir .dev/demo-bed
 
-bench: venv postgres pgbouncer ## Benchmarks: status refresh, worker throughput, scale, pool vs Job per trial (BENCH_SECTIONS)
+bench: venv postgres pgbouncer ## Benchmarks: status refresh, worker throughput, scale, pool vs Job per trial, PgBouncer (BENCH_SECTIONS)
 	PYTHONPATH=hack:. $(BIN)/python -u hack/bench.py
 
 faults: venv binaries postgres ## Fault scenarios (db/API outage, pod deletion, inf, hung trial): recovery time, trials lost

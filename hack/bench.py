@@ -12,8 +12,11 @@ the same process on the same throwaway PostgreSQL. Prints numbers; asserts nothi
    studies cost the API server and PostgreSQL, the operator's memory and CPU, status lag.
 4. Pool (bench_pool.py): the same 40-trial study with the worker pool and with one Job per
    trial (the Katib / OptimizationJob way) on one bed: trials/s of each and the ratio.
+5. PgBouncer (bench_pgbouncer.py): 100 worker processes directly and through PgBouncer:
+   trials/s and the server connections each way.
 
-BENCH_SECTIONS (comma-separated, default all: status,worker,scale,pool) picks the sections.
+BENCH_SECTIONS (comma-separated, default all: status,worker,scale,pool,pgbouncer) picks the
+sections.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy import create_engine, text
 
+from bench_pgbouncer import bench_pgbouncer
 from bench_pool import bench_pool
 from bench_scale import bench_scale
 from optuna_operator.api import Direction
@@ -46,7 +50,7 @@ WORKER_TRIALS = 200
 WORKER_PROCESSES = (1, 2, 4)
 WORKER_REPEATS = 3
 OVERSHOOT_RUNS, OVERSHOOT_WORKERS, OVERSHOOT_BUDGET = 10, 4, 20
-SECTIONS = ("status", "worker", "scale", "pool")
+SECTIONS = ("status", "worker", "scale", "pool", "pgbouncer")
 
 
 def fill(url: str, name: str, n: int, multi: bool) -> None:
@@ -276,6 +280,8 @@ def main() -> int:
         bench_scale()
     if "pool" in sections:
         bench_pool()
+    if "pgbouncer" in sections:
+        bench_pgbouncer()
     return 0
 
 
