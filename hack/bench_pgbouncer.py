@@ -39,6 +39,7 @@ PODS = 10
 PROCESSES_PER_POD = 10
 TRIALS = 1000
 POOL_SIZE = 20
+RESTARTS = 3
 RESERVE = 10
 # Closes a worker stuck at start-up holding one server connection while it waits for a second
 # (Optuna's schema version check); see testbed.pgbouncer.start_pgbouncer.
@@ -106,6 +107,7 @@ class WorkerRun:
     trial_seconds: float  # first trial started to last trial finished
     peak_server: int  # client backends at PostgreSQL
     peak_clients: int  # clients at PgBouncer; 0 without one
+    restarts: int  # worker pods that failed and were started again, as their Job would
 
     @property
     def trials_per_second(self) -> float:
@@ -123,7 +125,8 @@ def run_workers(
     logs: Path | None = None,
 ) -> WorkerRun:
     """`pods` worker processes of `processes_per_pod` each finish a study of `trials` trials
-    at `url` (the study is made first, directly, as the operator does)."""
+    at `url` (the study is made first, directly, as the operator does). A pod that fails is
+    started again, at most RESTARTS times, as its Job would start a replacement."""
     optuna.create_study(storage=_direct(url, admin_url), study_name=study_name)
     config = WorkerConfig.model_validate(
         {
@@ -144,22 +147,39 @@ def run_workers(
     }
     with tempfile.TemporaryDirectory(prefix="bench-pgb-") as tmp, Peak(admin_url, bouncer) as peak:
         logs = logs or Path(tmp)
-        t0 = time.perf_counter()
-        procs = [
-            subprocess.Popen(
+        log_dir = logs
+
+        def start(pod: int, attempt: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
                 [sys.executable, "-m", "optuna_operator.cli", "worker"],
-                env={**env, "POD_NAME": f"{study_name}-{i}"},
+                env={**env, "POD_NAME": f"{study_name}-{pod}-{attempt}"},
                 cwd=ROOT,
-                stdout=(logs / f"{i}.log").open("wb"),
+                stdout=(log_dir / f"{pod}.{attempt}.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )
-            for i in range(pods)
-        ]
-        codes = [p.wait(timeout=600) for p in procs]
+
+        t0 = time.perf_counter()
+        attempts = [0] * pods
+        procs = [start(i, 0) for i in range(pods)]
+        codes: list[int | None] = [None] * pods
+        while any(c is None for c in codes):
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"workers still running after 600 s: exit codes {codes}")
+            time.sleep(0.2)
+            for i, proc in enumerate(procs):
+                if codes[i] is None and proc.poll() is not None:
+                    if proc.returncode != 0 and attempts[i] < RESTARTS:
+                        attempts[i] += 1
+                        procs[i] = start(i, attempts[i])
+                    else:
+                        codes[i] = proc.returncode
         seconds = time.perf_counter() - t0
         if any(codes):
-            tails = [(logs / f"{i}.log").read_text()[-1500:] for i, c in enumerate(codes) if c]
-            raise RuntimeError(f"worker exit codes {codes}; first failure:\n{tails[0]}")
+            failed = [i for i, c in enumerate(codes) if c]
+            tail = (logs / f"{failed[0]}.{attempts[failed[0]]}.log").read_text()[-1500:]
+            raise RuntimeError(
+                f"worker exit codes {codes}; last failure of pod {failed[0]}:\n{tail}"
+            )
     study = optuna.load_study(study_name=study_name, storage=_direct(url, admin_url))
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     starts = [t.datetime_start for t in done if t.datetime_start is not None]
@@ -171,6 +191,7 @@ def run_workers(
         trial_seconds=(max(ends) - min(starts)).total_seconds(),
         peak_server=peak.server,
         peak_clients=peak.clients,
+        restarts=sum(attempts),
     )
 
 
@@ -213,12 +234,12 @@ def bench_pgbouncer() -> None:
         finally:
             sup.stop_all()
             remove_postgres_data(pg.root)
-    header = ("", "trials/s", "wall s", "server conns (peak)", "clients at pooler")
-    print("  {:>10} {:>9} {:>7} {:>20} {:>18}".format(*header))
+    header = ("", "trials/s", "wall s", "server conns (peak)", "clients at pooler", "restarts")
+    print("  {:>10} {:>9} {:>7} {:>20} {:>18} {:>9}".format(*header))
     for name, run in (("direct", direct), ("PgBouncer", pooled)):
         print(
             f"  {name:>10} {run.trials_per_second:9.1f} {run.seconds:7.1f} "
-            f"{run.peak_server:>20} {run.peak_clients or '-':>18}"
+            f"{run.peak_server:>20} {run.peak_clients or '-':>18} {run.restarts:>9}"
         )
     speed = pooled.trials_per_second / direct.trials_per_second
     print(

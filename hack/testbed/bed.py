@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 from testbed import procs
@@ -28,7 +29,9 @@ from testbed.executorconfig import DEFAULT_CAPACITY, ExecutorConfig
 from testbed.kubeapi import ApiError, KubeApi
 from testbed.kubeconfig import read_kubeconfig
 from testbed.paths import HACK_DIR, REPO_ROOT, versions
+from testbed.pgbouncer import PgBouncer, start_pgbouncer
 from testbed.postgres import (
+    Postgres,
     create_database,
     ensure_postgres_installed,
     postgres_ready,
@@ -193,6 +196,16 @@ class Bed:
         port = int(base.rsplit(":", 1)[1])
         create_database(self._pg_root, port, name)
         return f"{base}/{name}"
+
+    def start_pgbouncer(self, **options: Any) -> PgBouncer:
+        """A PgBouncer (testbed.pgbouncer.start_pgbouncer's options) in front of the bed's
+        PostgreSQL and its database; stopped with the bed or by stop_component(name)."""
+        if self._pg_root is None:
+            raise BedError("the bed's PostgreSQL is not running")
+        base, _, database = self.storage_url.rpartition("/")
+        port = int(base.rsplit(":", 1)[1])
+        pg = Postgres(port, self.storage_url, self._pg_root)
+        return start_pgbouncer(self._sup, self.logs_dir, pg, database, **options)
 
     def stop(self) -> None:
         """Stop every process this bed started, by pid; safe to call twice."""

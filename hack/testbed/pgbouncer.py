@@ -30,6 +30,7 @@ __all__ = [
     "PgBouncer",
     "ensure_pgbouncer_installed",
     "pgbouncer_show",
+    "pgbouncer_version",
     "start_pgbouncer",
 ]
 
@@ -63,6 +64,13 @@ def ensure_pgbouncer_installed() -> Path:
     return PGBOUNCER
 
 
+def pgbouncer_version() -> str:
+    out = subprocess.run(
+        [str(ensure_pgbouncer_installed()), "--version"], capture_output=True, text=True
+    )
+    return out.stdout.split("\n", 1)[0].removeprefix("PgBouncer ").strip()
+
+
 def start_pgbouncer(
     sup: Supervisor,
     logs: Path,
@@ -73,6 +81,7 @@ def start_pgbouncer(
     max_db_connections: int = 0,
     reserve_pool_size: int = 5,
     reserve_pool_timeout: float = 2.0,
+    idle_transaction_timeout: float = 0.0,
     max_client_conn: int = 1000,
     name: str = "pgbouncer",
     timeout_s: float = 30.0,
@@ -87,7 +96,8 @@ def start_pgbouncer(
     `reserve_pool_timeout` seconds: Optuna's RDBStorage opens a second connection inside an
     open transaction while it starts (schema version check), so `pool_size` workers starting
     at once would each hold one server connection and wait for another until PgBouncer's
-    query_wait_timeout (120 s) closes them."""
+    query_wait_timeout (120 s) closes them; `idle_transaction_timeout` (0: off) closes a client
+    idle in a transaction that long instead, and the worker opens its storage again."""
     binary = ensure_pgbouncer_installed()
     auth_password = secrets.token_hex(16)
     admin_password = secrets.token_hex(16)
@@ -95,7 +105,7 @@ def start_pgbouncer(
     run_sql(pg.root, pg.port, f"ALTER ROLE {AUTH_ROLE} PASSWORD '{auth_password}'", database)
     user = "postgres" if os.geteuid() == 0 else None
     home = pg.root / name
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     port = free_port()
     # The auth user's password in plain text: PgBouncer logs in to PostgreSQL with it.
     userlist = home / "userlist.txt"
@@ -118,6 +128,7 @@ pool_mode = transaction
 default_pool_size = {pool_size}
 reserve_pool_size = {reserve_pool_size}
 reserve_pool_timeout = {reserve_pool_timeout}
+idle_transaction_timeout = {idle_transaction_timeout}
 max_db_connections = {max_db_connections}
 max_client_conn = {max_client_conn}
 ignore_startup_parameters = extra_float_digits
