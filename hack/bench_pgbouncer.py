@@ -41,9 +41,6 @@ TRIALS = 1000
 POOL_SIZE = 20
 RESTARTS = 3
 RESERVE = 10
-# Closes a worker stuck at start-up holding one server connection while it waits for a second
-# (Optuna's schema version check); see testbed.pgbouncer.start_pgbouncer.
-IDLE_TRANSACTION_TIMEOUT = 5
 
 
 def tenant_url(admin_url: str, namespace: str) -> str:
@@ -206,8 +203,7 @@ def bench_pgbouncer() -> None:
     print(
         f"Many workers on one PostgreSQL: {workers} worker processes ({PODS} pods x "
         f"{PROCESSES_PER_POD}), {TRIALS} trials of a trivial objective, TPE; PgBouncer "
-        f"{pgbouncer_version()} transaction pooling, pool {POOL_SIZE} + reserve {RESERVE}, "
-        f"idle_transaction_timeout {IDLE_TRANSACTION_TIMEOUT} s"
+        f"{pgbouncer_version()} transaction pooling, pool {POOL_SIZE} + reserve {RESERVE}"
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -221,7 +217,6 @@ def bench_pgbouncer() -> None:
                 "optuna",
                 pool_size=POOL_SIZE,
                 reserve_pool_size=RESERVE,
-                idle_transaction_timeout=IDLE_TRANSACTION_TIMEOUT,
             )
             direct = run_workers(tenant_url(pg.url, "bench-direct"), pg.url, "direct", TRIALS)
             pooled = run_workers(

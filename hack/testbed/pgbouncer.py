@@ -93,11 +93,10 @@ def start_pgbouncer(
     the auth_query's own pool included: at that cap a login waits until some pool has an idle
     connection to give up, so a cap at the pool size starves logins under full load.
     `reserve_pool_size` more connections open for a pool whose clients waited
-    `reserve_pool_timeout` seconds: Optuna's RDBStorage opens a second connection inside an
-    open transaction while it starts (schema version check), so `pool_size` workers starting
-    at once would each hold one server connection and wait for another until PgBouncer's
-    query_wait_timeout (120 s) closes them; `idle_transaction_timeout` (0: off) closes a client
-    idle in a transaction that long instead, and the worker opens its storage again."""
+    `reserve_pool_timeout` seconds. `idle_transaction_timeout` (0: off) closes a client idle
+    in a transaction that long. (Workers never hold a transaction open while they wait for a
+    second connection: `contract.heartbeat_storage` skips Optuna's schema check, which did,
+    and makes the same check one connection at a time.)"""
     binary = ensure_pgbouncer_installed()
     auth_password = secrets.token_hex(16)
     admin_password = secrets.token_hex(16)

@@ -54,6 +54,7 @@ __all__ = [
     "WORKER_ATTR",
     "ExitCode",
     "HeartbeatStorage",
+    "check_schema_version",
     "describe_url",
     "engine_kwargs",
     "from_optuna_direction",
@@ -282,13 +283,36 @@ def heartbeat_storage(
             # The operator created the schema with the study; workers racing to create
             # tables only add lock contention.
             skip_table_creation=True,
+            # Optuna's check holds a transaction open on one pooled connection while it opens
+            # a second: behind PgBouncer, more workers starting than it has server connections
+            # each held one and waited for another until query_wait_timeout. The same check
+            # follows, one connection at a time.
+            skip_compatibility_check=True,
             heartbeat_interval=heartbeat_interval,
             # grace_period stays Optuna's default (2 x heartbeat_interval). The retry of a
             # stale trial is HeartbeatStorage's, not a heartbeat_stale_trial_callback.
         )
+    check_schema_version(storage)
     if pool_size is not None:
         ping_after_idle(storage.engine)
     return storage
+
+
+def check_schema_version(storage: RDBStorage) -> None:
+    """Raise RuntimeError when the database's Optuna schema is not the one this Optuna
+    version writes (what RDBStorage checks by default, without nesting connections)."""
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current == head:
+        return
+    advice = (
+        "upgrade it with `optuna storage upgrade --storage <its URL>`"
+        if current in storage.get_all_versions()
+        else "use an image with the Optuna version that created it or a newer one"
+    )
+    raise RuntimeError(
+        f"the study database's Optuna schema is {current}, Optuna {optuna.__version__} needs "
+        f"{head}: {advice}"
+    )
 
 
 # ---------------------------------------------------------------------- credentials
