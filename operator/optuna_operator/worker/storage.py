@@ -33,7 +33,7 @@ import optuna
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
@@ -108,12 +108,15 @@ class WorkerStorage(OutageTolerantStorage):
             study_id, template_trial, session
         )
         if template_trial is None:
-            # A bare new trial: plain inserts, no look-up of what cannot exist yet.
+            # A bare new trial: plain INSERT statements (the ORM's unit of work made them cost
+            # as much as the rest of the trial's creation), no look-up of what cannot exist.
             trial_id = int(trial.trial_id)
             self._fresh_heartbeat = trial_id
-            session.add(models.TrialHeartbeatModel(trial_id=trial_id, heartbeat=func.now()))
-            session.add(
-                models.TrialUserAttributeModel(
+            session.execute(
+                insert(models.TrialHeartbeatModel).values(trial_id=trial_id, heartbeat=func.now())
+            )
+            session.execute(
+                insert(models.TrialUserAttributeModel).values(
                     trial_id=trial_id, key=WORKER_ATTR, value_json=json.dumps(self.worker_id)
                 )
             )
