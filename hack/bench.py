@@ -36,6 +36,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy import create_engine, text
 
+from bench_objective import worker_env
 from bench_pgbouncer import bench_pgbouncer
 from bench_pool import bench_pool
 from bench_scale import bench_scale
@@ -170,29 +171,6 @@ def objective(t):
     return (t.suggest_float("x", -10, 10) - 2) ** 2 + t.suggest_float("y", -10, 10) ** 2
 study.optimize(objective, n_trials=int(sys.argv[3]))
 """
-
-
-def worker_env(url: str, study_name: str, trials: int) -> dict[str, str]:
-    """What a worker Job gives its pods, for a study of the bench's trivial objective."""
-    from optuna_operator.api import WorkerConfig
-
-    config = WorkerConfig.model_validate(
-        {
-            "studyName": study_name,
-            "directions": ["minimize"],
-            "objective": {"function": "bench_objective:objective"},
-            "budget": {"trials": trials},
-            "sampler": {"type": "TPE"},
-            "pruner": {"type": "None"},
-        }
-    )
-    return {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}:{ROOT / 'hack'}",
-        "OPTUNA_OPERATOR_WORKER_CONFIG": config.model_dump_json(by_alias=True),
-        "OPTUNA_STORAGE_URL": url,
-        "POD_NAME": "bench",
-    }
 
 
 def bench_worker(url: str, processes: int) -> None:

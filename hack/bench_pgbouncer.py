@@ -12,7 +12,6 @@ sampled every 50 ms. Also used by tests/integration/test_pgbouncer.py.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import optuna
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from optuna_operator.api import WorkerConfig
+from bench_objective import worker_env
 from optuna_operator.tenancy import _with_user, pooled_url, provision, tenant_names
 from testbed.pgbouncer import Console, PgBouncer, pgbouncer_version, start_pgbouncer
 from testbed.postgres import remove_postgres_data, start_postgres
@@ -125,23 +124,7 @@ def run_workers(
     at `url` (the study is made first, directly, as the operator does). A pod that fails is
     started again, at most RESTARTS times, as its Job would start a replacement."""
     optuna.create_study(storage=_direct(url, admin_url), study_name=study_name)
-    config = WorkerConfig.model_validate(
-        {
-            "studyName": study_name,
-            "directions": ["minimize"],
-            "objective": {"function": "bench_objective:objective"},
-            "budget": {"trials": trials},
-            "sampler": {"type": "TPE"},
-            "pruner": {"type": "None"},
-            "processesPerPod": processes_per_pod,
-        }
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}:{ROOT / 'hack'}",
-        "OPTUNA_OPERATOR_WORKER_CONFIG": config.model_dump_json(by_alias=True),
-        "OPTUNA_STORAGE_URL": url,
-    }
+    env = worker_env(url, study_name, trials, processes_per_pod)
     with tempfile.TemporaryDirectory(prefix="bench-pgb-") as tmp, Peak(admin_url, bouncer) as peak:
         logs = logs or Path(tmp)
         log_dir = logs

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import optuna
 
-from bench import BASELINE, ROOT, WORKER_TRIALS, worker_env
+from bench import BASELINE, ROOT, WORKER_TRIALS
+from bench_objective import worker_env
 from testbed.postgres import remove_postgres_data, start_postgres
 from testbed.supervisor import Supervisor
 

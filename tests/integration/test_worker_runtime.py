@@ -201,6 +201,20 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def wait_for_trial_running_on(bench: Bench, worker: Worker) -> FrozenTrial:
+    """A trial RUNNING on `worker` and past its suggest call (a retry has params to copy)."""
+
+    def running() -> FrozenTrial | None:
+        for trial in bench.trials():
+            on_worker = trial.user_attrs.get("worker") == f"{worker.name}/0"
+            if trial.state == TrialState.RUNNING and on_worker and trial.params:
+                return trial
+        return None
+
+    found: FrozenTrial = wait_for(running, 30, f"a trial running on {worker.name}")
+    return found
+
+
 @pytest.fixture
 def bench(storage_url: str, tmp_path: Path) -> Iterator[Bench]:
     (tmp_path / "objectives.py").write_text(textwrap.dedent(OBJECTIVES))
@@ -248,15 +262,7 @@ def test_killed_worker_trial_is_failed_and_retried(bench: Bench) -> None:
     victim = bench.start(config, name=f"{bench.study_name}-victim", env={"TRIAL_SECONDS": "600"})
     survivors = [bench.start(config, env={"TRIAL_SECONDS": "0.3"}) for _ in range(2)]
 
-    def victim_running() -> FrozenTrial | None:
-        # Running on the victim and past its suggest call, so the retry has params to copy.
-        for trial in bench.trials():
-            on_victim = trial.user_attrs.get("worker") == f"{victim.name}/0"
-            if trial.state == TrialState.RUNNING and on_victim and trial.params:
-                return trial
-        return None
-
-    killed: FrozenTrial = wait_for(victim_running, 30, "a trial running on the victim")
+    killed = wait_for_trial_running_on(bench, victim)
     completed_before = {t.number for t in bench.trials() if t.state == TrialState.COMPLETE}
     victim.process.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=10) == -signal.SIGKILL
@@ -283,14 +289,7 @@ def test_exact_budget_with_four_workers_and_one_killed(bench: Bench) -> None:
     # The victim's trial outlasts the test: it holds a slot until it is failed as stale.
     victim = bench.start(config, name=f"{bench.study_name}-victim", env={"TRIAL_SECONDS": "600"})
 
-    def victim_running() -> FrozenTrial | None:
-        for trial in bench.trials():
-            on_victim = trial.user_attrs.get("worker") == f"{victim.name}/0"
-            if trial.state == TrialState.RUNNING and on_victim and trial.params:
-                return trial
-        return None
-
-    killed: FrozenTrial = wait_for(victim_running, 30, "a trial running on the victim")
+    killed = wait_for_trial_running_on(bench, victim)
     victim.process.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=10) == -signal.SIGKILL
     survivors = [bench.start(config, env={"TRIAL_SECONDS": "0.05"}) for _ in range(3)]
