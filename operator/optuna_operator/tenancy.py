@@ -263,6 +263,14 @@ def provision(conn: Connection, names: TenantNames, password: str, readonly_pass
     )
 
 
+def _provisioned_digest(
+    admin_url: str, names: TenantNames, password: str, readonly_password: str
+) -> str:
+    return hashlib.sha256(
+        "\0".join((admin_url, names.role, password, readonly_password)).encode()
+    ).hexdigest()
+
+
 class Tenancy:
     """Ensures each namespace's roles, schema and Secret; safe under concurrent reconciles
     (one namespace is set up by one thread at a time)."""
@@ -360,8 +368,11 @@ class Tenancy:
             password, readonly_password = _new_password(), _new_password()
             url = _with_user(admin_url, names.role, password)
             body = tenant_secret(namespace, names, url, readonly_password, self._pooled(url))
+            # The roles get these passwords before the Secret shows them: whoever reads the
+            # Secret (a worker, the CLI, a notebook) can log in at once.
+            provisioned = self._provision(namespace, admin_url, names, password, readonly_password)
             # Create only: another replica or reconcile that made it first wins, and its
-            # passwords are used.
+            # passwords are used (and provisioned below, the digest differing).
             stored, created = self.cluster.create(body)
             if created:
                 log.info("Created Secret %s/%s", namespace, TENANT_SECRET)
@@ -376,25 +387,9 @@ class Tenancy:
             ):
                 # The admin URL or the pooler moved (host, port, database) or a URL was edited.
                 self.cluster.apply(tenant_secret(namespace, names, url, readonly_password, pooled))
-        digest = hashlib.sha256(
-            "\0".join((admin_url, names.role, password, readonly_password)).encode()
-        ).hexdigest()
+        digest = _provisioned_digest(admin_url, names, password, readonly_password)
         if digest != provisioned:
-            try:
-                with self._engine(admin_url).begin() as conn:
-                    provision(conn, names, password, readonly_password)
-            except SQLAlchemyError as exc:
-                message = redact(str(exc).splitlines()[0], admin_url)
-                for secret_value in (password, readonly_password):
-                    message = message.replace(secret_value, "***")
-                raise TenancyError(
-                    "TenantProvisioningFailed",
-                    f"Could not set up PostgreSQL role {names.role} for namespace {namespace} "
-                    f"(the operator's storage role needs CREATEROLE): {message}",
-                ) from None
-            log.info(
-                "Ensured PostgreSQL role and schema %s for namespace %s", names.role, namespace
-            )
+            self._provision(namespace, admin_url, names, password, readonly_password)
         creds = TenantCredentials(
             namespace=namespace,
             url=url,
@@ -402,6 +397,30 @@ class Tenancy:
             url_key=URL_KEY if self.pooler is None else POOLED_URL_KEY,
         )
         return creds, digest
+
+    def _provision(
+        self,
+        namespace: str,
+        admin_url: str,
+        names: TenantNames,
+        password: str,
+        readonly_password: str,
+    ) -> str:
+        """Create or repair the namespace's roles and schema; the digest of what was set."""
+        try:
+            with self._engine(admin_url).begin() as conn:
+                provision(conn, names, password, readonly_password)
+        except SQLAlchemyError as exc:
+            message = redact(str(exc).splitlines()[0], admin_url)
+            for secret_value in (password, readonly_password):
+                message = message.replace(secret_value, "***")
+            raise TenancyError(
+                "TenantProvisioningFailed",
+                f"Could not set up PostgreSQL role {names.role} for namespace "
+                f"{namespace} (the operator's storage role needs CREATEROLE): {message}",
+            ) from None
+        log.info("Ensured PostgreSQL role and schema %s for namespace %s", names.role, namespace)
+        return _provisioned_digest(admin_url, names, password, readonly_password)
 
     def _pooled(self, url: str) -> str | None:
         return None if self.pooler is None else pooled_url(url, self.pooler)

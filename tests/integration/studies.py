@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import optuna
 from kubernetes import client
 
 from optuna_operator.api import GROUP, PLURAL, VERSION
@@ -84,6 +85,20 @@ class Studies:
     def storage_url(self) -> str:
         """The namespace's own credential: its studies live in its schema."""
         return tenant_url(self.core.api_client, self.namespace)
+
+    def optuna_study(self, name: str, timeout: float = 60) -> optuna.Study:
+        """TuningStudy `name`'s Optuna study as its namespace's role sees it, waiting for
+        the operator to create it (the Secret appears a moment before the study)."""
+
+        def load() -> optuna.Study | None:
+            try:
+                return optuna.load_study(
+                    study_name=f"{self.namespace}.{name}", storage=self.storage_url()
+                )
+            except KeyError:
+                return None
+
+        return wait_for(load, timeout, f"the Optuna study of {name}")
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.custom.create_namespaced_custom_object(

@@ -246,10 +246,9 @@ def test_a_preempted_study_loses_no_completed_trial_and_finishes_after_readmissi
             heartbeatIntervalSeconds=5,
         )
     )
-    name = f"{studies.namespace}.victim"
 
     def completed() -> dict[int, float]:
-        trials = optuna.load_study(study_name=name, storage=studies.storage_url()).get_trials(
+        trials = studies.optuna_study("victim").get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
         )
         return {t.number: float(t.value or 0.0) for t in trials}
@@ -269,7 +268,7 @@ def test_a_preempted_study_loses_no_completed_trial_and_finishes_after_readmissi
     lost = {n: v for n, v in before.items() if after.get(n) != v}
     assert not lost, f"completed trials changed or vanished after preemption: {lost}"
     assert len(after) >= 40 - status["trials"]["pruned"]
-    running = optuna.load_study(study_name=name, storage=studies.storage_url()).get_trials(
+    running = studies.optuna_study("victim").get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
     )
     assert not running, [t.number for t in running]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
+from optuna_operator import tenancy
 from optuna_operator.config import _pooler
 from optuna_operator.tenancy import (
     POOLED_URL_KEY,
@@ -106,3 +111,61 @@ def test_only_a_scram_verifier_of_the_password_is_sent() -> None:
     assert verifier.startswith("SCRAM-SHA-256$4096:")
     assert "s3cret" not in verifier
     assert scram_verifier("s3cret-password-value") != verifier  # salted
+
+
+class _RecordingCluster:
+    """The three calls Tenancy makes on the cluster, recorded in order with the roles'
+    provisioning; `winner` is a Secret another reconcile created first."""
+
+    def __init__(self, calls: list[tuple[str, str]], winner: dict[str, Any] | None) -> None:
+        self.calls = calls
+        self.winner = winner
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    def create(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self.calls.append(("create Secret", _password_in(body)))
+        if self.winner is not None:
+            return self.winner, False
+        return body, True
+
+    def apply(self, body: dict[str, Any]) -> None:
+        self.calls.append(("apply Secret", _password_in(body)))
+
+
+def _password_in(secret: dict[str, Any]) -> str:
+    url = base64.b64decode(secret["data"][URL_KEY]).decode()
+    return str(make_url(url).password)
+
+
+class _NoEngine:
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[None]:
+        yield None
+
+
+@pytest.mark.parametrize("lost_the_race", [False, True])
+def test_a_new_secret_appears_only_after_its_roles_can_log_in(
+    monkeypatch: pytest.MonkeyPatch, lost_the_race: bool
+) -> None:
+    calls: list[tuple[str, str]] = []
+    names = tenant_names("team-a")
+    admin = "postgresql+psycopg2://optuna:admin-pw@db:5432/optuna"
+    their_url = tenancy._with_user(admin, names.role, "w" * 32)
+    winner = tenant_secret("team-a", names, their_url, "r" * 32, None) if lost_the_race else None
+    monkeypatch.setattr(
+        tenancy, "provision", lambda conn, names, pw, ro: calls.append(("provision", pw))
+    )
+    monkeypatch.setattr(tenancy.Tenancy, "_engine", lambda self, url: _NoEngine())
+    cluster = _RecordingCluster(calls, winner)
+    creds = tenancy.Tenancy(cluster).ensure("team-a", admin)  # type: ignore[arg-type]
+    ours = calls[0][1]
+    assert calls[:2] == [("provision", ours), ("create Secret", ours)]
+    if lost_the_race:
+        # The other reconcile's passwords win and are provisioned in turn.
+        assert calls[2:] == [("provision", "w" * 32)]
+        assert make_url(creds.url).password == "w" * 32
+    else:
+        assert calls[2:] == []
+        assert make_url(creds.url).password == ours
