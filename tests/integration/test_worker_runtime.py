@@ -313,6 +313,30 @@ def test_exact_budget_with_four_workers_and_one_killed(bench: Bench) -> None:
     assert waited, [w.log.read_text()[-2000:] for w in survivors]
 
 
+def test_exact_budget_when_failed_trials_number_past_it(bench: Bench) -> None:
+    """A new trial numbered below the budget starts without counting slots; past it (here
+    every new trial: failed trials and a waiting one come first) the count decides, and the
+    waiting trial still gets its slot before any new one."""
+    budget = 5
+    study = bench.create_study(["minimize"])
+    distribution = optuna.distributions.FloatDistribution(-10, 10)
+    for _ in range(4):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.FAIL, params={"x": 1.0}, distributions={"x": distribution}
+            )
+        )
+    study.enqueue_trial({"x": 3.0})
+    config = bench.config(objective={"function": "objectives:quick"}, budget={"trials": budget})
+    for _ in range(2):
+        bench.start(config, env={"TRIAL_SECONDS": "0.05"})
+    assert bench.wait_all(timeout=60) == [0, 0]
+    trials = bench.trials()
+    assert states(trials) == Counter({TrialState.FAIL: 4, TrialState.COMPLETE: budget})
+    [enqueued] = [t for t in trials if t.number == 4]
+    assert enqueued.state == TrialState.COMPLETE and enqueued.params == {"x": 3.0}
+
+
 def test_function_objective_is_pruned(bench: Bench) -> None:
     bench.create_study(["minimize"])
     config = bench.config(

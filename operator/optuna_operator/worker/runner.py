@@ -29,7 +29,7 @@ TrialObjective = FunctionObjective | CommandObjective
 # How often a worker that found every trial slot held asks again: soon at first (the last
 # trials of a study usually finish within moments), then every SLOT_WAIT_SECONDS (a slot held
 # by a dead worker's trial frees only when its heartbeat goes stale).
-FIRST_SLOT_WAIT_SECONDS = 0.05
+FIRST_SLOT_WAIT_SECONDS = 0.01
 SLOT_WAIT_SECONDS = 2.0
 
 

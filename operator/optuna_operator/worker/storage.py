@@ -8,7 +8,10 @@ trial only while RUNNING + COMPLETE + PRUNED < budget.trials, and that check is 
 same transaction that makes the trial RUNNING, under the study row's lock:
 
 - a new trial: Optuna's own trial creation already locks the study row (`SELECT ... FOR
-  UPDATE`) to number the trial; the count runs inside that transaction, before the insert;
+  UPDATE`) to number the trial, and its number counts the study's other trials of every
+  state. A number below the budget therefore proves a free slot without another query; from
+  the budget on (failed or retried trials came first) the states are counted in that
+  transaction, and a full budget rolls the new trial back;
 - a waiting trial (enqueued: a retry, a warm start): the same lock, the count, then WAITING ->
   RUNNING, in one transaction.
 
@@ -16,9 +19,9 @@ So, however many workers ask at once, COMPLETE + PRUNED never exceeds the budget
 transaction writes the trial's first heartbeat, so a worker killed right after it has no
 trial that stays RUNNING without a heartbeat (Optuna never fails those as stale, and such a
 trial would hold its slot for ever), and the trial's `worker` attribute, which saves a
-transaction per trial. When every slot is held, `ask` raises `TrialSlotsTaken`: the worker
-waits while running trials may still fail and free one, and stops once finished trials fill
-the budget.
+transaction per trial; both in one statement. When every slot is held, `ask` raises
+`TrialSlotsTaken`: the worker waits while running trials may still fail and free one, and
+stops once finished trials fill the budget.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import optuna
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
@@ -100,28 +103,24 @@ class WorkerStorage(OutageTolerantStorage):
     def _get_prepared_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None, session: Session
     ) -> models.TrialModel:
-        # Runs inside Optuna's trial creation, which holds the study row's lock.
-        starts = template_trial is None or template_trial.state == TrialState.RUNNING
-        if starts:
-            self._claim_slot(session, study_id, new_trial=True)
+        # Runs inside Optuna's trial creation, which holds the study row's lock. Optuna
+        # inserts the trial and numbers it; an exception here rolls both back.
         trial: models.TrialModel = super()._get_prepared_new_trial(
             study_id, template_trial, session
         )
+        if template_trial is not None and template_trial.state != TrialState.RUNNING:
+            return trial  # waiting (a retry, a warm start) or finished: holds no slot yet
+        trial_id = int(trial.trial_id)
+        if self.trial_budget is not None and int(trial.number) >= self.trial_budget:
+            # The trial's number is the count of the study's other trials, of any state: a
+            # number below the budget proves a free slot, and only a study with failed trials
+            # or retries reaches this count.
+            self._claim_slot(session, study_id, new_trial=True, not_counted=trial_id)
         if template_trial is None:
-            # A bare new trial: plain INSERT statements (the ORM's unit of work made them cost
-            # as much as the rest of the trial's creation), no look-up of what cannot exist.
-            trial_id = int(trial.trial_id)
             self._fresh_heartbeat = trial_id
-            session.execute(
-                insert(models.TrialHeartbeatModel).values(trial_id=trial_id, heartbeat=func.now())
-            )
-            session.execute(
-                insert(models.TrialUserAttributeModel).values(
-                    trial_id=trial_id, key=WORKER_ATTR, value_json=json.dumps(self.worker_id)
-                )
-            )
-        elif starts:
-            _first_heartbeat(session, int(trial.trial_id))
+            _start_new_trial(session, trial_id, self.worker_id)
+        else:
+            _first_heartbeat(session, trial_id)
         return trial
 
     # ------------------------------------------------------------------ a waiting trial
@@ -142,7 +141,7 @@ class WorkerStorage(OutageTolerantStorage):
             ).scalar_one()
             # The same lock order as a new trial: the study row, then the trial row.
             models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-            self._claim_slot(session, study_id, new_trial=False)
+            self._claim_slot(session, study_id, new_trial=False, not_counted=trial_id)
             trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
             if trial.state != TrialState.WAITING:
                 return False  # another worker started (or finished) it first
@@ -156,8 +155,11 @@ class WorkerStorage(OutageTolerantStorage):
         return True
 
     # ------------------------------------------------------------------ slots
-    def _claim_slot(self, session: Session, study_id: int, new_trial: bool) -> None:
-        """Raise TrialSlotsTaken unless a slot is free; the caller holds the study row lock.
+    def _claim_slot(
+        self, session: Session, study_id: int, new_trial: bool, not_counted: int
+    ) -> None:
+        """Raise TrialSlotsTaken unless a slot is free for trial `not_counted` (the one that
+        would start); the caller holds the study row lock.
 
         Waiting trials (retries of failed ones, warm starts) go before new ones: a new trial
         needs a slot that is free after every waiting trial has one. Otherwise a worker that
@@ -169,7 +171,11 @@ class WorkerStorage(OutageTolerantStorage):
         trials = models.TrialModel
         rows = session.execute(
             select(trials.state, func.count(trials.trial_id))
-            .where(trials.study_id == study_id, trials.state.in_(_COUNTED))
+            .where(
+                trials.study_id == study_id,
+                trials.state.in_(_COUNTED),
+                trials.trial_id != not_counted,
+            )
             .group_by(trials.state)
         ).all()
         counts: dict[TrialState, int] = {state: int(n) for state, n in rows}
@@ -193,6 +199,31 @@ class WorkerStorage(OutageTolerantStorage):
         self._next_stale_scan = now + float(self.heartbeat_interval or 0)
         stale: list[int] = super()._get_stale_trial_ids(study_id)
         return stale
+
+
+# A new trial's first heartbeat and its `worker` attribute, in one statement: a round trip
+# less inside the transaction that holds the study row's lock (PostgreSQL runs a
+# data-modifying WITH clause once whether or not the query reads it).
+_START_NEW_TRIAL = text(
+    f"WITH heartbeat AS (INSERT INTO {models.TrialHeartbeatModel.__tablename__} "
+    "(trial_id, heartbeat) VALUES (:trial_id, now())) "
+    f"INSERT INTO {models.TrialUserAttributeModel.__tablename__} (trial_id, key, value_json) "
+    "VALUES (:trial_id, :key, :value_json)"
+)
+
+
+def _start_new_trial(session: Session, trial_id: int, worker_id: str) -> None:
+    """Write what a bare new trial starts with, as SQL rather than ORM objects (the ORM's
+    unit of work made two rows cost as much as the rest of the trial's creation)."""
+    values = {"trial_id": trial_id, "key": WORKER_ATTR, "value_json": json.dumps(worker_id)}
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_START_NEW_TRIAL, values)
+        return
+    connection.execute(
+        insert(models.TrialHeartbeatModel.__table__).values(trial_id=trial_id, heartbeat=func.now())
+    )
+    connection.execute(insert(models.TrialUserAttributeModel.__table__).values(**values))
 
 
 def _first_heartbeat(session: Session, trial_id: int) -> None:
