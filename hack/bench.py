@@ -6,8 +6,10 @@ the same process on the same throwaway PostgreSQL. Prints numbers; asserts nothi
    operator pays this every few seconds for every study, so it must stay flat.
 2. Worker throughput: `optuna-operator worker` processes against plain
    `study.optimize(n_trials=...)` processes on the same trivial objective: what the worker's
-   budget checks, heartbeats and bookkeeping cost per trial. Then the exact budget: the
-   largest overshoot of budget.trials over 10 runs of 4 workers.
+   budget checks, heartbeats and bookkeeping cost per trial: whole processes (start-up and
+   exit included) and the trial loop alone (first trial started to last finished, from the
+   database). Then the exact budget: the largest overshoot of budget.trials over 10 runs of
+   4 workers.
 3. Scale (bench_scale.py): 100, 500 and 1,000 TuningStudies on one operator; what idle
    studies cost the API server and PostgreSQL, the operator's memory and CPU, status lag.
 4. Pool (bench_pool.py): the same 40-trial study with the worker pool and with one Job per
@@ -49,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1_000, 10_000, 100_000)
 WORKER_TRIALS = 200
 WORKER_PROCESSES = (1, 2, 4)
-WORKER_REPEATS = 3
+WORKER_REPEATS = 5
 OVERSHOOT_RUNS, OVERSHOOT_WORKERS, OVERSHOOT_BUDGET = 10, 4, 20
 SECTIONS = ("status", "worker", "scale", "pool", "pgbouncer")
 
@@ -173,12 +175,31 @@ study.optimize(objective, n_trials=int(sys.argv[3]))
 """
 
 
+def trials_span(url: str, study_name: str) -> float:
+    """Seconds from the study's first trial start to its last trial end, as the database
+    recorded them: the trial loop without the processes' start-up and exit."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            first, last = conn.execute(
+                text(
+                    "SELECT min(t.datetime_start), max(t.datetime_complete) FROM trials t "
+                    "JOIN studies s USING (study_id) WHERE s.study_name = :name"
+                ),
+                {"name": study_name},
+            ).one()
+    finally:
+        engine.dispose()
+    return float((last - first).total_seconds())
+
+
 def bench_worker(url: str, processes: int) -> None:
     """Median of WORKER_REPEATS alternating runs of each, so that a burst of load on a shared
     machine lands on both sides."""
     per_process = WORKER_TRIALS // processes
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'hack'}"}
     baseline_runs, worker_runs = [], []
+    baseline_spans, worker_spans = [], []
     for repeat in range(WORKER_REPEATS):
         base_name = f"bench-baseline-{processes}-{repeat}"
         ours_name = f"bench-worker-{processes}-{repeat}"
@@ -199,17 +220,26 @@ def bench_worker(url: str, processes: int) -> None:
                 worker_env(url, ours_name, WORKER_TRIALS),
             )
         )
+        baseline_spans.append(trials_span(url, base_name))
+        worker_spans.append(trials_span(url, ours_name))
     baseline = statistics.median(r.seconds for r in baseline_runs)
     ours = statistics.median(r.seconds for r in worker_runs)
     cpu_ratio = statistics.median(r.cpu_seconds for r in worker_runs) / statistics.median(
         r.cpu_seconds for r in baseline_runs
     )
+    span_ratio = statistics.median(worker_spans) / statistics.median(baseline_spans)
     print(
         f"  {processes} process(es): optimize() {WORKER_TRIALS / baseline:6.1f} trials/s, "
         f"worker {WORKER_TRIALS / ours:6.1f} trials/s, worker/optimize() time "
-        f"{ours / baseline:4.2f}x (target <= 1.05), CPU {cpu_ratio:4.2f}x "
-        f"(medians of {WORKER_REPEATS})"
+        f"{ours / baseline:4.2f}x, trial loop {span_ratio:4.2f}x (target <= 1.05), "
+        f"CPU {cpu_ratio:4.2f}x (medians of {WORKER_REPEATS}; start-up "
+        f"{_startup(baseline_runs, baseline_spans)} / {_startup(worker_runs, worker_spans)})"
     )
+
+
+def _startup(runs: list[Run], spans: list[float]) -> str:
+    """The processes' time outside the trial loop (start-up, exit), median seconds."""
+    return f"{statistics.median(r.seconds - s for r, s in zip(runs, spans, strict=True)):.2f} s"
 
 
 def bench_overshoot(url: str) -> None:

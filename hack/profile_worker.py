@@ -5,7 +5,9 @@ on a throwaway PostgreSQL (the same setup as `make bench`'s worker section).
     PYTHONPATH=hack:. .venv/bin/python hack/profile_worker.py [OUTPUT_DIR]
 
 Writes optimize.prof and worker.prof (open them with `python -m pstats` or snakeviz) and
-prints the costs the worker adds, as seconds under the profiler.
+prints the costs the worker adds, as seconds under the profiler. Then, with 1, 2 and 4
+processes of each side, what PostgreSQL saw per trial (pg_stat_statements): statements,
+their server time and rows. Unlike timings on a shared machine, these counts repeat.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import tempfile
 from pathlib import Path
 
 import optuna
+from sqlalchemy import create_engine, text
 
-from bench import BASELINE, ROOT, WORKER_TRIALS
+from bench import BASELINE, ROOT, WORKER_TRIALS, run_processes
 from bench_objective import worker_env
-from testbed.postgres import remove_postgres_data, start_postgres
+from testbed.postgres import Postgres, remove_postgres_data, run_sql, start_postgres
 from testbed.supervisor import Supervisor
 
 PROFILE = [sys.executable, "-m", "cProfile", "-o"]
@@ -41,10 +44,18 @@ COSTS = (
 )
 
 
+STATEMENT_PROCESSES = (1, 2, 4)
+# Every statement, also those PostgreSQL runs inside others (foreign-key checks).
+STATS_SETTINGS = {
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track": "all",
+}
+
+
 def profile(out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         sup = Supervisor(Path(tmp) / "processes.json")
-        pg = start_postgres(sup, Path(tmp))
+        pg = start_postgres(sup, Path(tmp), extra_settings=STATS_SETTINGS)
         try:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             for name in ("optimize", "worker"):
@@ -67,9 +78,56 @@ def profile(out: Path) -> None:
                 cwd=ROOT,
                 stderr=subprocess.DEVNULL,
             )
+            count_statements(pg)
         finally:
             sup.stop_all()
             remove_postgres_data(pg.root)
+
+
+def count_statements(pg: Postgres) -> None:
+    """Statements per trial of N worker processes and of N optimize() processes."""
+    run_sql(pg.root, pg.port, "CREATE EXTENSION pg_stat_statements", database="optuna")
+    run_sql(
+        pg.root,
+        pg.port,
+        "GRANT pg_read_all_stats TO optuna; "
+        "GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO optuna",
+        database="optuna",
+    )
+    engine = create_engine(pg.url)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'hack'}"}
+    print(f"PostgreSQL per trial ({WORKER_TRIALS} trials, pg_stat_statements):")
+    try:
+        for processes in STATEMENT_PROCESSES:
+            for side in ("optimize", "worker"):
+                name = f"statements-{side}-{processes}"
+                optuna.create_study(storage=pg.url, study_name=name)
+                with engine.begin() as conn:
+                    conn.execute(text("SELECT pg_stat_statements_reset()"))
+                if side == "optimize":
+                    per_process = str(WORKER_TRIALS // processes)
+                    commands = [
+                        [sys.executable, "-c", BASELINE, name, pg.url, per_process, str(i)]
+                        for i in range(processes)
+                    ]
+                    run_processes(commands, env)
+                else:
+                    command = [sys.executable, "-m", "optuna_operator.cli", "worker"]
+                    run_processes([command] * processes, worker_env(pg.url, name, WORKER_TRIALS))
+                with engine.connect() as conn:
+                    calls, ms, rows = conn.execute(
+                        text(
+                            "SELECT sum(calls), sum(total_exec_time), sum(rows) "
+                            "FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'"
+                        )
+                    ).one()
+                per_trial = (value / WORKER_TRIALS for value in (calls, ms, rows))
+                print(
+                    "  {} process(es) {:>8}: {:5.1f} statements, {:5.2f} ms in the server, "
+                    "{:5.1f} rows".format(processes, side, *per_trial)
+                )
+    finally:
+        engine.dispose()
 
 
 def cost(stats: pstats.Stats, pattern: str) -> tuple[int, float]:

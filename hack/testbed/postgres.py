@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +84,10 @@ def start_postgres(
     *,
     max_connections: int = 200,
     name: str = "postgres",
+    extra_settings: Mapping[str, str] | None = None,
 ) -> Postgres:
-    """A new cluster; `name` names its process and log (a second cluster beside the bed's)."""
+    """A new cluster; `name` names its process and log (a second cluster beside the bed's);
+    `extra_settings` adds server settings (a profile loads pg_stat_statements)."""
     pg_bin = ensure_postgres_installed()
     user = "postgres" if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="testbed-pg-"))
@@ -106,6 +109,7 @@ def start_postgres(
         "fsync": "off",
         "synchronous_commit": "off",
         "full_page_writes": "off",
+        **(extra_settings or {}),
     }
     server = sup.spawn(
         name,
