@@ -87,17 +87,19 @@ IMAGE_TAG ?= 0.1.0
 OPERATOR_IMAGE ?= ghcr.io/optuna-operator/operator:$(IMAGE_TAG)
 WORKER_IMAGE ?= ghcr.io/optuna-operator/worker:$(IMAGE_TAG)
 EXAMPLES_IMAGE ?= ghcr.io/optuna-operator/worker-examples:$(IMAGE_TAG)
+PGBOUNCER_IMAGE ?= ghcr.io/optuna-operator/pgbouncer:$(IMAGE_TAG)
 CHART := charts/optuna-operator
 
 .PHONY: images kind-demo chart-lint
 
-images: ## Build the operator, worker and worker-examples images (Docker if an engine answers, else buildah)
+images: ## Build the operator, worker, worker-examples and PgBouncer images (Docker if an engine answers, else buildah)
 	@if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then \
 	  echo "make images: no Docker engine; building with buildah (make images-buildah)" >&2; \
 	  $(MAKE) images-buildah; exit 0; fi; \
 	docker build -f Dockerfile -t $(OPERATOR_IMAGE) . && \
 	docker build -f worker_image/Dockerfile -t $(WORKER_IMAGE) . && \
-	docker build -f worker_image/Dockerfile --target examples -t $(EXAMPLES_IMAGE) .
+	docker build -f worker_image/Dockerfile --target examples -t $(EXAMPLES_IMAGE) . && \
+	docker build -f pgbouncer_image/Dockerfile -t $(PGBOUNCER_IMAGE) .
 
 kind-demo: ## kind cluster, images, chart with bundled PostgreSQL, the XGBoost study (needs Docker, kind)
 	OPERATOR_IMAGE=$(OPERATOR_IMAGE) EXAMPLES_IMAGE=$(EXAMPLES_IMAGE) hack/kind-demo.sh
@@ -124,9 +126,9 @@ node-packages: ## Debian packages of the node bed (containerd, runc, CNI plugins
 node-binaries: ## kubelet and kube-proxy (plus the control plane) into the versioned cache
 	hack/build-binaries.sh --node
 
-images-buildah: node-packages ## Operator, worker, worker-examples and dashboard images with buildah, no Docker
+images-buildah: node-packages ## Operator, worker, worker-examples, dashboard and PgBouncer images with buildah, no Docker
 	BUILD_CA_BUNDLE=$(BUILD_CA_BUNDLE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) WORKER_IMAGE=$(WORKER_IMAGE) \
-	  EXAMPLES_IMAGE=$(EXAMPLES_IMAGE) hack/nodebed/build-images.sh
+	  EXAMPLES_IMAGE=$(EXAMPLES_IMAGE) PGBOUNCER_IMAGE=$(PGBOUNCER_IMAGE) hack/nodebed/build-images.sh
 
 node-bed: venv node-packages node-binaries postgres ## Start the node bed in the background (.dev/node-bed) and write .dev/env
 	$(TESTBED) up --node

@@ -5,10 +5,11 @@
 # ~/.cache/optuna-operator/images for `ctr images import`. An image is rebuilt only when
 # what goes into it changed (a digest of its Dockerfile and build context).
 #
-# Usage: hack/nodebed/build-images.sh [operator|worker|examples|dashboard ...]   (default: all)
+# Usage: hack/nodebed/build-images.sh [operator|worker|examples|dashboard|pgbouncer ...]
+#        (default: all)
 # Environment:
 #   IMAGE_TAG                  tag of the images (default 0.1.0)
-#   OPERATOR_IMAGE, WORKER_IMAGE, EXAMPLES_IMAGE, DASHBOARD_IMAGE   full names
+#   OPERATOR_IMAGE, WORKER_IMAGE, EXAMPLES_IMAGE, DASHBOARD_IMAGE, PGBOUNCER_IMAGE   full names
 #   BUILD_CA_BUNDLE            a CA bundle mounted read-only into RUN steps at the path
 #                              Debian's pip and OpenSSL read, for machines behind a TLS proxy
 #                              (default: none; `make images` passes this machine's bundle)
@@ -23,14 +24,16 @@ declare -A names=(
   [worker]=${WORKER_IMAGE:-ghcr.io/optuna-operator/worker:$tag}
   [examples]=${EXAMPLES_IMAGE:-ghcr.io/optuna-operator/worker-examples:$tag}
   [dashboard]=${DASHBOARD_IMAGE:-ghcr.io/optuna-operator/dashboard:$tag}
+  [pgbouncer]=${PGBOUNCER_IMAGE:-ghcr.io/optuna-operator/pgbouncer:$tag}
 )
 declare -A dockerfiles=(
   [operator]=Dockerfile
   [worker]=worker_image/Dockerfile
   [examples]=worker_image/Dockerfile
   [dashboard]=hack/nodebed/dashboard.Dockerfile
+  [pgbouncer]=pgbouncer_image/Dockerfile
 )
-declare -A targets=([operator]="" [worker]=worker [examples]=examples [dashboard]="")
+declare -A targets=([operator]="" [worker]=worker [examples]=examples [dashboard]="" [pgbouncer]="")
 # What each image copies from the repository: its digest decides whether to rebuild.
 # README.md is copied too (pyproject's readme) but only feeds package metadata: editing the
 # docs should not cost minutes of image builds.
@@ -39,6 +42,7 @@ declare -A inputs=(
   [worker]="worker_image/Dockerfile pyproject.toml operator"
   [examples]="worker_image/Dockerfile pyproject.toml operator examples"
   [dashboard]="hack/nodebed/dashboard.Dockerfile"
+  [pgbouncer]="pgbouncer_image/Dockerfile"
 )
 
 "$here/build-base.sh"
@@ -91,8 +95,8 @@ build_one() {
 }
 
 keys=("$@")
-((${#keys[@]})) || keys=(operator worker examples dashboard)
+((${#keys[@]})) || keys=(operator worker examples dashboard pgbouncer)
 for k in "${keys[@]}"; do
-  [[ -n "${names[$k]:-}" ]] || { log "unknown image $k (operator, worker, examples, dashboard)"; exit 2; }
+  [[ -n "${names[$k]:-}" ]] || { log "unknown image $k (operator, worker, examples, dashboard, pgbouncer)"; exit 2; }
   build_one "$k"
 done

@@ -36,6 +36,7 @@ from testbed.postgres import (
     ensure_postgres_installed,
     postgres_ready,
     remove_postgres_data,
+    run_sql,
     start_postgres,
 )
 from testbed.supervisor import Supervisor
@@ -196,6 +197,14 @@ class Bed:
         port = int(base.rsplit(":", 1)[1])
         create_database(self._pg_root, port, name)
         return f"{base}/{name}"
+
+    def run_superuser_sql(self, sql: str) -> None:
+        """Statements as the bed's PostgreSQL superuser in the bed's database: what a platform
+        team runs once by hand (the chart's files/pgbouncer-auth.sql)."""
+        if self._pg_root is None:
+            raise BedError("the bed's PostgreSQL is not running")
+        base, _, database = self.storage_url.rpartition("/")
+        run_sql(self._pg_root, int(base.rsplit(":", 1)[1]), sql, database)
 
     def start_pgbouncer(self, **options: Any) -> PgBouncer:
         """A PgBouncer (testbed.pgbouncer.start_pgbouncer's options) in front of the bed's

@@ -8,6 +8,7 @@ archives from `make images-buildah`; without them the tests fail saying so, neve
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import time
 import uuid
@@ -17,16 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from testbed import BedError
 from testbed.nodebed import NodeBed, NodeBedOptions, image_archives
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "optuna-operator"
-IMAGES = ("pause", "busybox", "operator", "worker", "examples", "dashboard")
+IMAGES = ("pause", "busybox", "operator", "worker", "examples", "dashboard", "pgbouncer")
 TAG = "0.1.0"
 EXAMPLES_IMAGE = f"ghcr.io/optuna-operator/worker-examples:{TAG}"
 BUSYBOX_IMAGE = "localhost/optuna-operator/busybox:1.35"
+PGBOUNCER_IMAGE = f"ghcr.io/optuna-operator/pgbouncer:{TAG}"
 RELEASE_NS = "optuna-system"
+PGBOUNCER_AUTH_SQL = CHART / "files" / "pgbouncer-auth.sql"
 
 
 @dataclass
@@ -99,7 +103,9 @@ def kube(node_bed: NodeBed) -> Kube:
 @pytest.fixture(scope="session")
 def chart(kube: Kube) -> str:
     """The chart installed by helm into optuna-system, the bed's PostgreSQL as default
-    storage; the operator's pod is Ready. Returns the release namespace."""
+    storage and the project's PgBouncer image between the worker pods and it, set up as the
+    chart README says; the operator's and PgBouncer's pods are Ready. Returns the release
+    namespace."""
     kube.kubectl("create", "namespace", RELEASE_NS)
     kube.kubectl(
         "create",
@@ -110,23 +116,34 @@ def chart(kube: Kube) -> str:
         RELEASE_NS,
         f"--from-literal=url={kube.bed.storage_url_for_pods}",
     )
-    kube.run(
-        "helm",
-        "install",
-        "optuna-operator",
-        str(CHART),
+    auth_password = secrets.token_hex(24)
+    kube.bed.run_superuser_sql(PGBOUNCER_AUTH_SQL.read_text())
+    kube.bed.run_superuser_sql(f"ALTER ROLE optuna_pgbouncer PASSWORD '{auth_password}'")
+    kube.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "optuna-pgbouncer",
         "-n",
         RELEASE_NS,
-        "--set",
-        "storage.existingSecret.name=optuna-db",
-        "--set",
-        "dashboardImage.repository=ghcr.io/optuna-operator/dashboard",
-        "--set",
-        f"dashboardImage.tag={TAG}",
-        "--set",
-        "statusInterval=3",
-        "--wait",
-        "--timeout",
-        "5m",
+        f"--from-literal=password={auth_password}",
     )
+    database = make_url(kube.bed.storage_url_for_pods)
+    values = [
+        "storage.existingSecret.name=optuna-db",
+        "dashboardImage.repository=ghcr.io/optuna-operator/dashboard",
+        f"dashboardImage.tag={TAG}",
+        "statusInterval=3",
+        "pgbouncer.enabled=true",
+        "pgbouncer.auth.existingSecret=optuna-pgbouncer",
+        f"pgbouncer.database.host={database.host}",
+        f"pgbouncer.database.port={database.port}",
+    ]
+    helm_args = ["-n", RELEASE_NS, "--wait", "--timeout", "5m"]
+    sets = [arg for value in values for arg in ("--set", value)]
+    kube.run("helm", "install", "optuna-operator", str(CHART), *sets, *helm_args)
+    # The bed has no cluster DNS: the workers reach PgBouncer at its Service's IP.
+    service = kube.get("svc", "optuna-operator-pgbouncer", "-n", RELEASE_NS)["spec"]
+    address = f"pgbouncer.workerAddress={service['clusterIP']}:{service['ports'][0]['port']}"
+    kube.run("helm", "upgrade", "optuna-operator", str(CHART), *sets, "--set", address, *helm_args)
     return RELEASE_NS

@@ -13,7 +13,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from tests.node.conftest import BUSYBOX_IMAGE, EXAMPLES_IMAGE, Kube
+from tests.node.conftest import BUSYBOX_IMAGE, EXAMPLES_IMAGE, PGBOUNCER_IMAGE, Kube
 
 STUDY = "node-shell"
 TRIALS = 16
@@ -249,3 +249,25 @@ def test_dashboard_answers_through_its_service_from_another_pod(
     assert phase == "Succeeded", body
     names = [s["study_name"] for s in json.loads(body)["study_summaries"]]
     assert any(STUDY in n for n in names), names
+
+
+def test_workers_reach_postgresql_through_the_projects_pgbouncer_image(
+    kube: Kube, chart: str, study_ns: str, finished: dict[str, Any]
+) -> None:
+    """The chart's PgBouncer runs the project's image in a real container, and the study's
+    workers (one of them SIGKILLed) finished it through PgBouncer as their namespace's role."""
+    assert finished["phase"] == "Succeeded", finished
+    [pod] = kube.get("pods", "-n", chart, "-l", "app.kubernetes.io/component=pgbouncer")["items"]
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == PGBOUNCER_IMAGE
+    assert all(cs["ready"] for cs in pod["status"]["containerStatuses"]), pod["status"]
+    for worker in worker_pods(kube, study_ns):
+        [storage] = [
+            env
+            for env in worker["spec"]["containers"][0]["env"]
+            if env["name"] == "OPTUNA_STORAGE_URL"
+        ]
+        assert storage["valueFrom"]["secretKeyRef"]["key"] == "pooled-url", storage
+    role = "optuna_rw_t_" + study_ns.replace("-", "_")
+    logs = kube.kubectl("logs", "-n", chart, pod["metadata"]["name"])
+    assert f"login attempt: db=optuna user={role}" in logs, logs[-3000:]

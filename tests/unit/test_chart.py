@@ -497,6 +497,15 @@ def test_pgbouncer_without_what_it_needs_fails_with_how_to_give_it(
     assert message in out.stderr, out.stderr
 
 
+def test_pgbouncer_worker_address_replaces_the_service_name() -> None:
+    """Where pods do not resolve Service names (the node bed), workers get an address."""
+    values = str(CHART / "ci" / "pgbouncer-values.yaml")
+    docs = render("-f", values, "--set", "pgbouncer.workerAddress=10.0.0.7:6432")
+    assert parsed_settings(operator_container(docs), NAMESPACE).worker_pooler == "10.0.0.7:6432"
+    out = helm("template", RELEASE, str(CHART), "-f", values, "--set", "pgbouncer.workerAddress=x")
+    assert out.returncode != 0 and "workerAddress" in out.stderr, out.stderr
+
+
 def test_pgbouncer_is_off_by_default() -> None:
     docs = render()
     assert not [d for d in docs if "pgbouncer" in name(d)]

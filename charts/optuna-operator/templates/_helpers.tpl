@@ -159,7 +159,11 @@ app.kubernetes.io/component: pgbouncer
 
 {{/* host:port of the PgBouncer Service, as the workers reach it. */}}
 {{- define "optuna-operator.pgbouncer.address" -}}
+{{- if .Values.pgbouncer.workerAddress }}
+{{- .Values.pgbouncer.workerAddress }}
+{{- else }}
 {{- printf "%s.%s.svc:%d" (include "optuna-operator.pgbouncer.fullname" .) .Release.Namespace (int .Values.pgbouncer.port) }}
+{{- end }}
 {{- end }}
 
 {{/* The PostgreSQL server PgBouncer forwards to: pgbouncer.database.host, else the bundled one. */}}
