@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench_objective import worker_env
-from optuna_operator.tenancy import _with_user, pooled_url, provision, tenant_names
+from optuna_operator.tenancy import pooled_url, provision, tenant_names, with_user
 from testbed.pgbouncer import Console, PgBouncer, pgbouncer_version, start_pgbouncer
 from testbed.postgres import remove_postgres_data, start_postgres
 from testbed.supervisor import Supervisor
@@ -50,7 +50,7 @@ def tenant_url(admin_url: str, namespace: str) -> str:
     with engine.begin() as conn:
         provision(conn, names, password, secrets.token_urlsafe(24))
     engine.dispose()
-    return _with_user(admin_url, names.role, password)
+    return with_user(admin_url, names.role, password)
 
 
 class Peak:

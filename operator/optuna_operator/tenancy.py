@@ -53,6 +53,7 @@ __all__ = [
     "scram_verifier",
     "tenant_names",
     "tenant_secret",
+    "with_user",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class TenantCredentials:
     readonly_password_key: str = READONLY_PASSWORD_KEY
 
 
-def _with_user(admin_url: str, user: str, password: str | None) -> str:
+def with_user(admin_url: str, user: str, password: str | None) -> str:
     """The admin URL with another user; no password at all when `password` is None
     (URL.set would keep the admin's)."""
     admin = make_url(admin_url)
@@ -366,7 +367,7 @@ class Tenancy:
         secret = self.cluster.get("Secret", namespace, TENANT_SECRET)
         if secret is None:
             password, readonly_password = _new_password(), _new_password()
-            url = _with_user(admin_url, names.role, password)
+            url = with_user(admin_url, names.role, password)
             body = tenant_secret(namespace, names, url, readonly_password, self._pooled(url))
             # The roles get these passwords before the Secret shows them: whoever reads the
             # Secret (a worker, the CLI, a notebook) can log in at once.
@@ -380,7 +381,7 @@ class Tenancy:
                 secret = stored
         if secret is not None:
             password, readonly_password = self._read_back(namespace, secret)
-            url = _with_user(admin_url, names.role, password)
+            url = with_user(admin_url, names.role, password)
             pooled = self._pooled(url)
             if _decode(secret, URL_KEY) != url or (
                 pooled is not None and _decode(secret, POOLED_URL_KEY) != pooled
@@ -393,7 +394,7 @@ class Tenancy:
         creds = TenantCredentials(
             namespace=namespace,
             url=url,
-            readonly_url=_with_user(admin_url, names.readonly_role, None),
+            readonly_url=with_user(admin_url, names.readonly_role, None),
             url_key=URL_KEY if self.pooler is None else POOLED_URL_KEY,
         )
         return creds, digest

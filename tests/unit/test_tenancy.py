@@ -95,13 +95,13 @@ def test_the_worker_pooler_must_be_host_and_port(bad: str) -> None:
 
 
 def test_the_read_only_url_carries_no_password_at_all() -> None:
-    from optuna_operator.tenancy import _with_user
+    from optuna_operator.tenancy import with_user
 
     admin = "postgresql+psycopg2://optuna:admin-secret@db:5432/optuna?sslmode=require"
-    assert _with_user(admin, "optuna_ro_t_a", None) == (
+    assert with_user(admin, "optuna_ro_t_a", None) == (
         "postgresql+psycopg2://optuna_ro_t_a@db:5432/optuna?sslmode=require"
     )
-    assert "admin-secret" not in _with_user(admin, "optuna_rw_t_a", "pw")
+    assert "admin-secret" not in with_user(admin, "optuna_rw_t_a", "pw")
 
 
 def test_only_a_scram_verifier_of_the_password_is_sent() -> None:
@@ -152,7 +152,7 @@ def test_a_new_secret_appears_only_after_its_roles_can_log_in(
     calls: list[tuple[str, str]] = []
     names = tenant_names("team-a")
     admin = "postgresql+psycopg2://optuna:admin-pw@db:5432/optuna"
-    their_url = tenancy._with_user(admin, names.role, "w" * 32)
+    their_url = tenancy.with_user(admin, names.role, "w" * 32)
     winner = tenant_secret("team-a", names, their_url, "r" * 32, None) if lost_the_race else None
     monkeypatch.setattr(
         tenancy, "provision", lambda conn, names, pw, ro: calls.append(("provision", pw))
