@@ -232,12 +232,12 @@ def bench_worker(url: str, processes: int) -> None:
         f"  {processes} process(es): optimize() {WORKER_TRIALS / baseline:6.1f} trials/s, "
         f"worker {WORKER_TRIALS / ours:6.1f} trials/s, worker/optimize() time "
         f"{ours / baseline:4.2f}x, trial loop {span_ratio:4.2f}x (target <= 1.05), "
-        f"CPU {cpu_ratio:4.2f}x (medians of {WORKER_REPEATS}; start-up "
-        f"{_startup(baseline_runs, baseline_spans)} / {_startup(worker_runs, worker_spans)})"
+        f"CPU {cpu_ratio:4.2f}x (medians of {WORKER_REPEATS}; outside the loop "
+        f"{_outside(baseline_runs, baseline_spans)} / {_outside(worker_runs, worker_spans)})"
     )
 
 
-def _startup(runs: list[Run], spans: list[float]) -> str:
+def _outside(runs: list[Run], spans: list[float]) -> str:
     """The processes' time outside the trial loop (start-up, exit), median seconds."""
     return f"{statistics.median(r.seconds - s for r, s in zip(runs, spans, strict=True)):.2f} s"
 
