@@ -29,14 +29,13 @@ from testbed.executorconfig import DEFAULT_CAPACITY, ExecutorConfig
 from testbed.kubeapi import ApiError, KubeApi
 from testbed.kubeconfig import read_kubeconfig
 from testbed.paths import HACK_DIR, REPO_ROOT, versions
-from testbed.pgbouncer import PgBouncer, start_pgbouncer
+from testbed.pgbouncer import PgBouncer, install_auth_lookup, start_pgbouncer
 from testbed.postgres import (
     Postgres,
     create_database,
     ensure_postgres_installed,
     postgres_ready,
     remove_postgres_data,
-    run_sql,
     start_postgres,
 )
 from testbed.supervisor import Supervisor
@@ -189,31 +188,29 @@ class Bed:
         finally:
             api.close()
 
-    def create_database(self, name: str) -> str:
-        """Another database on the bed's PostgreSQL, owned by the same role; its URL."""
-        if self._pg_root is None:
-            raise BedError("the bed's PostgreSQL is not running")
-        base, _, _ = self.storage_url.rpartition("/")
-        port = int(base.rsplit(":", 1)[1])
-        create_database(self._pg_root, port, name)
-        return f"{base}/{name}"
-
-    def run_superuser_sql(self, sql: str) -> None:
-        """Statements as the bed's PostgreSQL superuser in the bed's database: what a platform
-        team runs once by hand (the chart's files/pgbouncer-auth.sql)."""
+    def _postgres(self) -> tuple[Postgres, str]:
+        """The bed's PostgreSQL and the name of its database."""
         if self._pg_root is None:
             raise BedError("the bed's PostgreSQL is not running")
         base, _, database = self.storage_url.rpartition("/")
-        run_sql(self._pg_root, int(base.rsplit(":", 1)[1]), sql, database)
+        return Postgres(int(base.rsplit(":", 1)[1]), self.storage_url, self._pg_root), database
+
+    def create_database(self, name: str) -> str:
+        """Another database on the bed's PostgreSQL, owned by the same role; its URL."""
+        pg, _ = self._postgres()
+        create_database(pg.root, pg.port, name)
+        return f"{self.storage_url.rpartition('/')[0]}/{name}"
+
+    def install_pgbouncer_auth(self, auth_password: str) -> None:
+        """The chart's PgBouncer auth lookup in the bed's database, as a platform team sets it
+        up once (testbed.pgbouncer.install_auth_lookup)."""
+        pg, database = self._postgres()
+        install_auth_lookup(pg, database, auth_password)
 
     def start_pgbouncer(self, **options: Any) -> PgBouncer:
         """A PgBouncer (testbed.pgbouncer.start_pgbouncer's options) in front of the bed's
         PostgreSQL and its database; stopped with the bed or by stop_component(name)."""
-        if self._pg_root is None:
-            raise BedError("the bed's PostgreSQL is not running")
-        base, _, database = self.storage_url.rpartition("/")
-        port = int(base.rsplit(":", 1)[1])
-        pg = Postgres(port, self.storage_url, self._pg_root)
+        pg, database = self._postgres()
         return start_pgbouncer(self._sup, self.logs_dir, pg, database, **options)
 
     def stop(self) -> None:

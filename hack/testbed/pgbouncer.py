@@ -29,6 +29,7 @@ __all__ = [
     "Console",
     "PgBouncer",
     "ensure_pgbouncer_installed",
+    "install_auth_lookup",
     "pgbouncer_show",
     "pgbouncer_version",
     "start_pgbouncer",
@@ -71,6 +72,13 @@ def pgbouncer_version() -> str:
     return out.stdout.split("\n", 1)[0].removeprefix("PgBouncer ").strip()
 
 
+def install_auth_lookup(pg: Postgres, database: str, auth_password: str) -> None:
+    """What the chart README has a superuser run once: the lookup function
+    (files/pgbouncer-auth.sql) and the password of its role, AUTH_ROLE."""
+    run_sql(pg.root, pg.port, AUTH_SQL.read_text(), database)
+    run_sql(pg.root, pg.port, f"ALTER ROLE {AUTH_ROLE} PASSWORD '{auth_password}'", database)
+
+
 def start_pgbouncer(
     sup: Supervisor,
     logs: Path,
@@ -100,8 +108,7 @@ def start_pgbouncer(
     binary = ensure_pgbouncer_installed()
     auth_password = secrets.token_hex(16)
     admin_password = secrets.token_hex(16)
-    run_sql(pg.root, pg.port, AUTH_SQL.read_text(), database)
-    run_sql(pg.root, pg.port, f"ALTER ROLE {AUTH_ROLE} PASSWORD '{auth_password}'", database)
+    install_auth_lookup(pg, database, auth_password)
     user = "postgres" if os.geteuid() == 0 else None
     home = pg.root / name
     home.mkdir(exist_ok=True)

@@ -30,7 +30,6 @@ EXAMPLES_IMAGE = f"ghcr.io/optuna-operator/worker-examples:{TAG}"
 BUSYBOX_IMAGE = "localhost/optuna-operator/busybox:1.35"
 PGBOUNCER_IMAGE = f"ghcr.io/optuna-operator/pgbouncer:{TAG}"
 RELEASE_NS = "optuna-system"
-PGBOUNCER_AUTH_SQL = CHART / "files" / "pgbouncer-auth.sql"
 
 
 @dataclass
@@ -117,8 +116,7 @@ def chart(kube: Kube) -> str:
         f"--from-literal=url={kube.bed.storage_url_for_pods}",
     )
     auth_password = secrets.token_hex(24)
-    kube.bed.run_superuser_sql(PGBOUNCER_AUTH_SQL.read_text())
-    kube.bed.run_superuser_sql(f"ALTER ROLE optuna_pgbouncer PASSWORD '{auth_password}'")
+    kube.bed.install_pgbouncer_auth(auth_password)
     kube.kubectl(
         "create",
         "secret",
