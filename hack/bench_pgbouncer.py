@@ -18,12 +18,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages import RDBStorage
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from bench_objective import worker_env
 from optuna_operator.tenancy import pooled_url, provision, tenant_names, with_user
@@ -31,7 +35,14 @@ from testbed.pgbouncer import Console, PgBouncer, pgbouncer_version, start_pgbou
 from testbed.postgres import remove_postgres_data, start_postgres
 from testbed.supervisor import Supervisor
 
-__all__ = ["Peak", "WorkerRun", "bench_pgbouncer", "run_workers", "tenant_url"]
+__all__ = [
+    "DIRECT_CONNECTIONS",
+    "Peak",
+    "WorkerRun",
+    "bench_pgbouncer",
+    "run_workers",
+    "tenant_url",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 PODS = 10
@@ -40,6 +51,8 @@ TRIALS = 1000
 POOL_SIZE = 20
 RESTARTS = 3
 RESERVE = 10
+# The server connections run_workers itself opens at most, besides the Peak sampler's.
+DIRECT_CONNECTIONS = 2
 
 
 def tenant_url(admin_url: str, namespace: str) -> str:
@@ -123,7 +136,8 @@ def run_workers(
     """`pods` worker processes of `processes_per_pod` each finish a study of `trials` trials
     at `url` (the study is made first, directly, as the operator does). A pod that fails is
     started again, at most RESTARTS times, as its Job would start a replacement."""
-    optuna.create_study(storage=_direct(url, admin_url), study_name=study_name)
+    with _direct_storage(url, admin_url) as storage:
+        optuna.create_study(storage=storage, study_name=study_name)
     env = worker_env(url, study_name, trials, processes_per_pod)
     with tempfile.TemporaryDirectory(prefix="bench-pgb-") as tmp, Peak(admin_url, bouncer) as peak:
         logs = logs or Path(tmp)
@@ -160,8 +174,9 @@ def run_workers(
             raise RuntimeError(
                 f"worker exit codes {codes}; last failure of pod {failed[0]}:\n{tail}"
             )
-    study = optuna.load_study(study_name=study_name, storage=_direct(url, admin_url))
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    with _direct_storage(url, admin_url) as storage:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     starts = [t.datetime_start for t in done if t.datetime_start is not None]
     ends = [t.datetime_complete for t in done if t.datetime_complete is not None]
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in done)
@@ -175,10 +190,21 @@ def run_workers(
     )
 
 
-def _direct(url: str, admin_url: str) -> str:
-    """The same role's URL on the server itself (the operator's way in)."""
+@contextmanager
+def _direct_storage(url: str, admin_url: str) -> Iterator[RDBStorage]:
+    """The same role's storage on the server itself (the operator's way in), its connections
+    closed when done: an engine left to the garbage collector keeps a server slot open that
+    PgBouncer's pools may need. Optuna opens two connections at once while it checks the
+    schema (DIRECT_CONNECTIONS)."""
     admin = make_url(admin_url)
-    return make_url(url).set(host=admin.host, port=admin.port).render_as_string(hide_password=False)
+    direct = make_url(url).set(host=admin.host, port=admin.port)
+    storage = RDBStorage(
+        direct.render_as_string(hide_password=False), engine_kwargs={"poolclass": NullPool}
+    )
+    try:
+        yield storage
+    finally:
+        storage.engine.dispose()
 
 
 def bench_pgbouncer() -> None:

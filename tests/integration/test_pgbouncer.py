@@ -19,7 +19,7 @@ from tests.integration.studies import (
     tenant_url,
 )
 
-from bench_pgbouncer import run_workers
+from bench_pgbouncer import DIRECT_CONNECTIONS, run_workers
 from bench_pgbouncer import tenant_url as new_tenant_url
 from optuna_operator.tenancy import POOLED_URL_KEY, pooled_url
 from testbed import Bed
@@ -30,9 +30,12 @@ from testbed.supervisor import Supervisor
 # PostgreSQL keeps 3 of these for superusers (superuser_reserved_connections).
 MAX_CONNECTIONS = 40
 ROLE_SLOTS = MAX_CONNECTIONS - 3
-# Per pool (one per namespace role) plus the reserve a pool gets when clients wait 2 s;
-# with the auth_query's pool and the sampler's connection, below ROLE_SLOTS.
+# Per pool (one per namespace role) plus the reserve a pool gets when clients wait 2 s.
 POOL_SIZE, RESERVE = 20, 10
+# PgBouncer's cap over all its pools of the database, its login lookups' pool included (that
+# pool grows with the logins that arrive together): what the role slots leave after the
+# test's own direct connections and the peak sampler's.
+POOLER_SLOTS = ROLE_SLOTS - DIRECT_CONNECTIONS - 1
 PODS, PROCESSES_PER_POD = 10, 10
 TRIALS = 200
 
@@ -50,6 +53,7 @@ def test_100_worker_processes_finish_a_study_on_a_postgresql_too_small_for_them(
             "optuna",
             pool_size=POOL_SIZE,
             reserve_pool_size=RESERVE,
+            max_db_connections=POOLER_SLOTS,
         )
         url = pooled_url(new_tenant_url(pg.url, "many-workers"), bouncer.address)
         run = run_workers(
@@ -65,9 +69,10 @@ def test_100_worker_processes_finish_a_study_on_a_postgresql_too_small_for_them(
     # Every worker process holds at least one connection while it runs: directly, PostgreSQL
     # would have had to take more clients than it has slots.
     assert run.peak_clients > MAX_CONNECTIONS, run
-    assert run.peak_server <= ROLE_SLOTS, run
+    assert run.peak_server <= POOLER_SLOTS, run
     log = (tmp_path / "postgres-small.log").read_text()
     assert "too many clients" not in log
+    assert "remaining connection slots are reserved" not in log
 
 
 # --------------------------------------------------------------------------- through the operator
