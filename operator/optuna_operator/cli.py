@@ -51,9 +51,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _worker(_: argparse.Namespace) -> int:
-    from optuna_operator.worker.garbage import pause_for_start_up
-
-    pause_for_start_up()  # before the worker's imports (worker/garbage.py)
     from optuna_operator.worker.main import main as worker_main
 
     code: int = worker_main()

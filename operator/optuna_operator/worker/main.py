@@ -14,7 +14,6 @@ import optuna
 
 from optuna_operator.contract import STORAGE_ENV, ExitCode, redact
 from optuna_operator.worker.errors import ConfigError, TooManyFailures
-from optuna_operator.worker.garbage import resume_after_start_up
 from optuna_operator.worker.gpus import assign_gpus, visible_gpus
 from optuna_operator.worker.runner import run_process
 from optuna_operator.worker.settings import WorkerSettings, read_settings
@@ -66,8 +65,6 @@ def _ensure_home() -> None:
 
 def _run(stop: StopSignal) -> tuple[ExitCode, str]:
     settings = read_settings()
-    # The worker's own imports are done; the objective's run with the collector on.
-    resume_after_start_up()
     processes = settings.config.processes_per_pod
     if processes == 1:
         return run_process(settings, 0, stop), ""

@@ -148,85 +148,80 @@ def run_process(
         sampler=sampler,
         pruner=pruner,
     )
-    try:
-        stored = [d.name.lower() for d in study.directions]
-        if stored != [d.value for d in config.directions]:
-            raise ConfigError(
-                f"study {config.study_name!r} was created with directions {stored}, the spec says "
-                f"{[d.value for d in config.directions]}"
-            )
-        checker = BudgetChecker(
-            TrialCounter(storage, storage.get_study_id_from_name(config.study_name)),
-            config.budget,
-            config.directions,
-            config.deadline,
+    stored = [d.name.lower() for d in study.directions]
+    if stored != [d.value for d in config.directions]:
+        raise ConfigError(
+            f"study {config.study_name!r} was created with directions {stored}, the spec says "
+            f"{[d.value for d in config.directions]}"
         )
-        log.info(
-            "Loaded study %s from %s (%s seed=%s worker=%s)",
-            config.study_name,
-            describe_url(settings.storage_url),
-            describe(sampler, pruner),
-            seed,
-            worker_id,
-        )
-        failures = checker.too_many_failures()
-        if failures is not None:
-            raise TooManyFailures(_failure_message(failures, config))
-        reason = checker.stop_reason()
-        if reason is not None:
-            log.info("Nothing to do: %s", reason)
-            return ExitCode.DONE
-
-        checked = _CheckedObjective(objective, checker, stop)
-        slots = _SlotWaiter(checker, stop, checked)
-        storage.guard.stop = stop.event
-        while True:
-            try:
-                # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
-                study.optimize(checked, catch=(Exception,))
-            except TrialSlotsTaken as taken:
-                if slots.ask_again(taken):
-                    continue
-                break
-            except WorkerInterrupted:
-                try:
-                    _requeue(study, objective.current)
-                except Exception as err:
-                    # The database is down and the pod is going: the trial's heartbeat stops, so
-                    # another worker fails it as stale and retries it.
-                    log.warning("Could not enqueue the interrupted trial again: %s", err)
-                return _after_signal(checker)
-            except Exception as err:
-                if _told_elsewhere(err):
-                    # During a database outage longer than the heartbeat grace period, another
-                    # process failed this worker's trial as stale and enqueued its retry; the
-                    # worker's own tell then finds it finished. Nothing is lost: go on.
-                    trial = objective.current
-                    log.warning(
-                        "Trial %s was finished by another process while this one ran it (failed "
-                        "as stale during a database outage, its retry enqueued); going on",
-                        trial.number if trial is not None else "?",
-                    )
-                    continue
-                if storage.guard.gave_up is None:
-                    raise
-                if stop.requested:
-                    log.warning("Stopping during a database outage: %s", storage.guard.gave_up)
-                    return ExitCode.INTERRUPTED
-                # Optuna's tell path turns a storage error into UnboundLocalError; the outage is
-                # the reason worth reporting.
-                raise storage.guard.gave_up from err
-            break
-        if checked.failures is not None:
-            raise TooManyFailures(_failure_message(checked.failures, config))
-        if stop.requested:
-            log.info("Stopped by signal between trials")
-            return _after_signal(checker)
+    checker = BudgetChecker(
+        TrialCounter(storage, storage.get_study_id_from_name(config.study_name)),
+        config.budget,
+        config.directions,
+        config.deadline,
+    )
+    log.info(
+        "Loaded study %s from %s (%s seed=%s worker=%s)",
+        config.study_name,
+        describe_url(settings.storage_url),
+        describe(sampler, pruner),
+        seed,
+        worker_id,
+    )
+    failures = checker.too_many_failures()
+    if failures is not None:
+        raise TooManyFailures(_failure_message(failures, config))
+    reason = checker.stop_reason()
+    if reason is not None:
+        log.info("Nothing to do: %s", reason)
         return ExitCode.DONE
-    finally:
-        # Close the pooled connections now, each with its Terminate message to the server
-        # (or PgBouncer), rather than leave them to the interpreter's shutdown.
-        storage.engine.dispose()
+
+    checked = _CheckedObjective(objective, checker, stop)
+    slots = _SlotWaiter(checker, stop, checked)
+    storage.guard.stop = stop.event
+    while True:
+        try:
+            # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
+            study.optimize(checked, catch=(Exception,))
+        except TrialSlotsTaken as taken:
+            if slots.ask_again(taken):
+                continue
+            break
+        except WorkerInterrupted:
+            try:
+                _requeue(study, objective.current)
+            except Exception as err:
+                # The database is down and the pod is going: the trial's heartbeat stops, so
+                # another worker fails it as stale and retries it.
+                log.warning("Could not enqueue the interrupted trial again: %s", err)
+            return _after_signal(checker)
+        except Exception as err:
+            if _told_elsewhere(err):
+                # During a database outage longer than the heartbeat grace period, another
+                # process failed this worker's trial as stale and enqueued its retry; the
+                # worker's own tell then finds it finished. Nothing is lost: go on.
+                trial = objective.current
+                log.warning(
+                    "Trial %s was finished by another process while this one ran it (failed "
+                    "as stale during a database outage, its retry enqueued); going on",
+                    trial.number if trial is not None else "?",
+                )
+                continue
+            if storage.guard.gave_up is None:
+                raise
+            if stop.requested:
+                log.warning("Stopping during a database outage: %s", storage.guard.gave_up)
+                return ExitCode.INTERRUPTED
+            # Optuna's tell path turns a storage error into UnboundLocalError; the outage is
+            # the reason worth reporting.
+            raise storage.guard.gave_up from err
+        break
+    if checked.failures is not None:
+        raise TooManyFailures(_failure_message(checked.failures, config))
+    if stop.requested:
+        log.info("Stopped by signal between trials")
+        return _after_signal(checker)
+    return ExitCode.DONE
 
 
 class _SlotWaiter:
