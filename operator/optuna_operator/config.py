@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "DEFAULT_DASHBOARD_IMAGE",
     "DEFAULT_WORKER_IMAGE",
+    "NETWORK_POLICY_PEER_KEYS",
     "OperatorSettings",
     "SecretKey",
     "add_run_arguments",
@@ -18,6 +21,8 @@ __all__ = [
 OPERATOR_VERSION = "0.1.0"
 DEFAULT_WORKER_IMAGE = f"ghcr.io/optuna-operator/worker:{OPERATOR_VERSION}"
 DEFAULT_DASHBOARD_IMAGE = "ghcr.io/optuna/optuna-dashboard:v0.21.0"
+# The keys of a NetworkPolicyPeer (networking.k8s.io/v1).
+NETWORK_POLICY_PEER_KEYS = frozenset({"namespaceSelector", "podSelector", "ipBlock"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class OperatorSettings:
     default_storage: SecretKey | None = None
     worker_image: str = DEFAULT_WORKER_IMAGE
     dashboard_image: str = DEFAULT_DASHBOARD_IMAGE
+    # NetworkPolicy `from` peers admitted to each dashboard's port; empty: nobody (the way in
+    # is kubectl port-forward, which goes through the kubelet, not the pod network).
+    dashboard_allowed_from: list[dict[str, Any]] = field(default_factory=list)
     status_interval: float = 10.0
     log_format: str = "text"
     peering: str | None = "optuna-operator"
@@ -78,6 +86,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-image", default=_env("WORKER_IMAGE", DEFAULT_WORKER_IMAGE))
     parser.add_argument(
         "--dashboard-image", default=_env("DASHBOARD_IMAGE", DEFAULT_DASHBOARD_IMAGE)
+    )
+    parser.add_argument(
+        "--dashboard-allowed-from",
+        default=_env("DASHBOARD_ALLOWED_FROM"),
+        help="JSON list of NetworkPolicy peers (namespaceSelector, podSelector, ipBlock) "
+        "allowed to reach each study's dashboard, e.g. "
+        '[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"ingress"}}}]. '
+        "Empty or [] (default): nobody; use kubectl port-forward.",
     )
     parser.add_argument(
         "--status-interval",
@@ -119,6 +135,33 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _allowed_from(value: str | None) -> list[dict[str, Any]]:
+    """NetworkPolicy peers from JSON: a list of objects, each with at least one of
+    namespaceSelector, podSelector (objects) or ipBlock (an object with a cidr)."""
+    if value is None or not value.strip():
+        return []
+    flag = "--dashboard-allowed-from"
+    try:
+        peers = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{flag} must be a JSON list of NetworkPolicy peers: {exc}") from None
+    if peers is None:
+        return []
+    if not isinstance(peers, list):
+        raise SystemExit(f"{flag} must be a JSON list of NetworkPolicy peers, not {value!r}")
+    for peer in peers:
+        if not isinstance(peer, dict) or not peer or not set(peer) <= NETWORK_POLICY_PEER_KEYS:
+            raise SystemExit(
+                f"{flag}: each peer is an object with namespaceSelector, podSelector or "
+                f"ipBlock, not {json.dumps(peer)}"
+            )
+        if not all(isinstance(v, dict) for v in peer.values()):
+            raise SystemExit(f"{flag}: selectors and ipBlock are objects: {json.dumps(peer)}")
+        if "ipBlock" in peer and not isinstance(peer["ipBlock"].get("cidr"), str):
+            raise SystemExit(f"{flag}: ipBlock needs a cidr: {json.dumps(peer)}")
+    return peers
+
+
 def _pooler(value: str | None) -> str | None:
     if not value:
         return None
@@ -142,6 +185,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         default_storage=storage,
         worker_image=args.worker_image,
         dashboard_image=args.dashboard_image,
+        dashboard_allowed_from=_allowed_from(args.dashboard_allowed_from),
         status_interval=args.status_interval,
         log_format=args.log_format,
         peering=None if args.peering in (None, "", "none") else args.peering,

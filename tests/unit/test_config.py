@@ -1,0 +1,64 @@
+"""Operator settings from flags and OPTUNA_OPERATOR_* variables: the dashboards' NetworkPolicy
+peers (--dashboard-allowed-from), which the chart passes as JSON from dashboard.allowedFrom."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from optuna_operator.config import OperatorSettings, add_run_arguments, settings_from_args
+
+INGRESS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+NOTEBOOKS = {
+    "namespaceSelector": {"matchLabels": {"team": "ml"}},
+    "podSelector": {"matchLabels": {"app": "notebook"}},
+}
+OFFICE = {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}}
+
+
+def settings(*argv: str) -> OperatorSettings:
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    return settings_from_args(parser.parse_args(list(argv)))
+
+
+def test_dashboards_admit_nobody_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPTUNA_OPERATOR_DASHBOARD_ALLOWED_FROM", raising=False)
+    assert settings().dashboard_allowed_from == []
+    assert OperatorSettings().dashboard_allowed_from == []
+    for empty in ("[]", "", "  ", "null"):
+        assert settings(f"--dashboard-allowed-from={empty}").dashboard_allowed_from == []
+
+
+def test_peers_come_through_as_given() -> None:
+    peers = [INGRESS, NOTEBOOKS, OFFICE]
+    parsed = settings("--dashboard-allowed-from", json.dumps(peers)).dashboard_allowed_from
+    assert parsed == peers
+
+
+def test_the_environment_variable_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTUNA_OPERATOR_DASHBOARD_ALLOWED_FROM", json.dumps([INGRESS]))
+    assert settings().dashboard_allowed_from == [INGRESS]
+    # The flag wins.
+    assert settings("--dashboard-allowed-from=[]").dashboard_allowed_from == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[{", "must be a JSON list of NetworkPolicy peers"),
+        ('{"namespaceSelector": {}}', "must be a JSON list"),
+        ('["ingress"]', "each peer is an object"),
+        ("[{}]", "each peer is an object"),
+        ('[{"namespace": "ingress"}]', "each peer is an object"),
+        ('[{"podSelector": "app=x"}]', "selectors and ipBlock are objects"),
+        ('[{"ipBlock": {}}]', "ipBlock needs a cidr"),
+    ],
+)
+def test_a_bad_value_stops_the_operator_with_a_reason(value: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        settings("--dashboard-allowed-from", value)
+    assert message in str(exc.value)
+    assert "--dashboard-allowed-from" in str(exc.value)
