@@ -173,10 +173,13 @@ def _best(args: argparse.Namespace) -> int:
     with _client(args) as studies:
         view = studies.get(args.name)
     try:
-        print(best_output(view, args.output, args.prefix))
+        text = best_output(view, args.output, args.prefix)
     except LookupError as exc:
         print(exc, file=sys.stderr)
         return 1
+    # EnvOutputError (a ValueError: exit 2, message on stderr) is raised before anything
+    # is printed: a name a shell could not take leaves stdout empty.
+    print(text)
     return 0
 
 
@@ -336,9 +339,15 @@ def _add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "--output",
         choices=["json", "yaml", "env"],
         default="json",
-        help='env: `export NAME=value` lines; `eval "$(... -o env)"` sets them.',
+        help='env: `export NAME=value` lines, values shell-quoted; `eval "$(... -o env)"` sets '
+        "them. A parameter whose name cannot be a variable exits 2 and prints nothing.",
     )
-    p.add_argument("--prefix", default="", help="Prefix for -o env names (e.g. HP_).")
+    p.add_argument(
+        "--prefix",
+        default="",
+        help="Prefix for -o env names (e.g. HP_); names are upper-cased, other characters "
+        "than letters, digits and _ become _.",
+    )
     p = command(
         "logs", _logs, "Worker pods' logs (through the API server and the nodes' kubelets)."
     )

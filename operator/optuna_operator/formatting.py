@@ -15,9 +15,11 @@ from optuna_operator.api import BestTrial, json_safe
 from optuna_operator.client import EventLine, StudyView
 
 __all__ = [
+    "EnvOutputError",
     "age",
     "best_document",
     "best_output",
+    "env_lines",
     "progress_line",
     "status_text",
     "study_table",
@@ -243,20 +245,102 @@ def best_document(view: StudyView) -> dict[str, Any]:
     }
 
 
+class EnvOutputError(ValueError):
+    """`best -o env` cannot print a name or value that a shell would read back unchanged."""
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Variables a shell, the dynamic loader or a language runtime reads as code, a command, a
+# search path or a file to run: a parameter named after one of them must not set it for
+# whoever evaluates the output (`--prefix` avoids all of them).
+# fmt: off
+_RESERVED_ENV_NAMES = frozenset({
+    "BROWSER", "CDPATH", "CLASSPATH", "DIRSTACK", "EDITOR", "ENV", "EPOCHREALTIME",
+    "EPOCHSECONDS", "EUID", "EXECIGNORE", "FCEDIT", "FIGNORE", "FPATH", "FUNCNAME",
+    "GCONV_PATH", "GLOBIGNORE", "GROUPS", "HISTCHARS", "HISTCMD", "HISTCONTROL", "HISTFILE",
+    "HISTFILESIZE", "HISTIGNORE", "HISTSIZE", "HISTTIMEFORMAT", "HOME", "HOSTALIASES",
+    "HOSTNAME", "HOSTTYPE", "IFS", "INPUTRC", "LANG", "LANGUAGE", "LESSCLOSE", "LESSOPEN",
+    "LINENO", "LOCALDOMAIN", "LOGNAME", "MACHTYPE", "MAIL", "MAILCHECK", "MAILPATH",
+    "MANPAGER", "NLSPATH", "OLDPWD", "OPTARG", "OPTERR", "OPTIND", "OSTYPE", "PAGER", "PATH",
+    "PERLLIB", "PIPESTATUS", "PPID", "PROMPT_COMMAND", "PROMPT_DIRTRIM", "PS0", "PS1", "PS2",
+    "PS3", "PS4", "PWD", "RANDOM", "RESOLV_HOST_CONF", "RUBYLIB", "RUBYOPT", "SECONDS",
+    "SHELL", "SHELLOPTS", "SHLVL", "SRANDOM", "TERM", "TERMCAP", "TERMINFO", "TMOUT",
+    "TMPDIR", "TZ", "UID", "USER", "VISUAL", "ZDOTDIR",
+})
+_RESERVED_ENV_PREFIXES = (
+    "BASH", "COMP_", "DYLD_", "GIT_", "JAVA_", "_JAVA_", "KUBE", "LC_", "LD_", "MALLOC_",
+    "NODE_", "PERL5", "PERL_", "PYTHON", "READLINE", "SSH_", "SUDO_", "ZSH",
+)
+# fmt: on
+
+
 def _env_name(name: str, prefix: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", f"{prefix}{name}")
-    return f"_{cleaned}" if cleaned[0].isdigit() else cleaned
+    """A parameter's variable: `prefix + name`, characters other than ASCII letters, digits and
+    `_` made `_`, upper-cased; EnvOutputError if that is no shell identifier (empty, a leading
+    digit) or is a variable the shell or a runtime reads (PATH, LD_PRELOAD, PROMPT_COMMAND)."""
+    mapped = re.sub(r"[^A-Za-z0-9_]", "_", f"{prefix}{name}").upper()
+    if not _IDENTIFIER.fullmatch(mapped):
+        raise EnvOutputError(
+            f"-o env: parameter {name!r} maps to {mapped!r}, which is not a shell variable name "
+            "(a letter or _ first, then letters, digits and _): use --prefix, e.g. --prefix HP_"
+        )
+    if mapped in _RESERVED_ENV_NAMES or mapped.startswith(_RESERVED_ENV_PREFIXES):
+        raise EnvOutputError(
+            f"-o env: parameter {name!r} maps to {mapped!r}, a variable the shell or a program "
+            "reads: use --prefix, e.g. --prefix HP_"
+        )
+    return mapped
 
 
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _env_value(name: str, value: Any) -> str:
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if "\0" in text:
+        raise EnvOutputError(
+            f"-o env: parameter {name!r} has a NUL character, which no shell variable can hold"
+        )
+    return shlex.quote(text)
+
+
+def _comment_text(text: str) -> str:
+    """Text for the comment line, inert even where `#` does not start a comment (interactive
+    zsh without interactive_comments runs it as a command): letters, digits, `_.+-` only."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+
+
+def env_lines(view: StudyView, prefix: str = "") -> list[str]:
+    """`best -o env`: a comment, then one `export NAME=value` line per parameter.
+
+    Every value is single-quoted (shlex.quote), so a POSIX shell (sh, bash, zsh) evaluating the
+    lines sets it byte for byte and runs nothing; every name is mapped to an upper-case shell
+    identifier. A name that cannot be one, is a variable the shell reads, or collides with
+    another after mapping raises EnvOutputError: the caller prints nothing.
+    """
+    doc = best_document(view)
+    values = " ".join(
+        f"{_comment_text(str(k))}={_comment_text(_value(v))}" for k, v in doc["values"].items()
+    )
+    study = f"{_comment_text(view.namespace)}/{_comment_text(view.name)}"
+    lines = [f"# {study}: best trial {int(doc['trial'])}: {values}".rstrip()]
+    seen: dict[str, str] = {}
+    for key, value in sorted(doc["params"].items()):
+        name = _env_name(str(key), prefix)
+        if name in seen:
+            raise EnvOutputError(
+                f"-o env: parameters {seen[name]!r} and {key!r} both map to {name!r}: "
+                "rename one of them, or read them with -o json"
+            )
+        seen[name] = str(key)
+        lines.append(f"export {name}={_env_value(str(key), value)}")
+    return lines
 
 
 def best_output(view: StudyView, fmt: str, prefix: str = "") -> str:
-    """`best NAME -o json|yaml|env`. env: `export NAME=value` lines a shell can source (names
-    cleaned to letters, digits and underscores, with an optional prefix)."""
+    """`best NAME -o json|yaml|env`. env: `export NAME=value` lines a shell can evaluate (see
+    env_lines: values quoted, names upper-case identifiers with an optional prefix; a name that
+    cannot be one raises EnvOutputError, a ValueError)."""
+    if fmt == "env":
+        return "\n".join(env_lines(view, prefix))
     doc = best_document(view)
     if fmt == "json":
         # An infinite best value as the status writes it ("Infinity"): json.dumps would
@@ -264,12 +348,4 @@ def best_output(view: StudyView, fmt: str, prefix: str = "") -> str:
         return json.dumps(json_safe(doc), indent=2, sort_keys=True, allow_nan=False)
     if fmt == "yaml":
         return yaml.safe_dump(doc, sort_keys=True).rstrip("\n")
-    if fmt == "env":
-        values = ", ".join(f"{k}={_value(v)}" for k, v in doc["values"].items())
-        lines = [f"# {view.namespace}/{view.name}: best trial #{doc['trial']} ({values})"]
-        lines += [
-            f"export {_env_name(k, prefix)}={shlex.quote(_env_value(v))}"
-            for k, v in sorted(doc["params"].items())
-        ]
-        return "\n".join(lines)
     raise ValueError(f"unknown output format {fmt!r}: json, yaml or env")

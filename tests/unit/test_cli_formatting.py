@@ -161,7 +161,7 @@ def test_best_env_sourced_in_a_shell_sets_the_parameters() -> None:
         [
             "bash",
             "-c",
-            f'{env}\nprintf \'%s|%s|%s|%s\' "$HP_booster" "$HP_lr" "$HP_layer_width" "$HP_note"',
+            f'{env}\nprintf \'%s|%s|%s|%s\' "$HP_BOOSTER" "$HP_LR" "$HP_LAYER_WIDTH" "$HP_NOTE"',
         ],
         capture_output=True,
         text=True,
