@@ -15,7 +15,7 @@ import warnings
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import optuna
 from optuna.storages import RDBStorage
@@ -316,22 +316,55 @@ def check_schema_version(storage: RDBStorage) -> None:
 
 
 # ---------------------------------------------------------------------- credentials
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+# `scheme://user:password@` anywhere in a text (the user may be empty: redis://:pw@host).
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+# A password a driver, a DSN or a document spells out: password=..., passwd: '...',
+# "password": "..." (the value quoted, or up to a space, quote, `,;)&}` or the end); not
+# MySQL's "(using password: YES)", which says only whether one was sent.
+_KEYWORD_PASSWORD = re.compile(
+    r"""(?i)(\b(?:password|passwd)["']?\s*[=:]\s*)(?!(?:YES|NO)\))"""
+    r"""('[^']*'|"[^"]*"|[^\s'",;)&}]+)"""
+)
+
+
+def _standalone(secret: str) -> re.Pattern[str]:
+    """The secret where it stands as a token of its own: an edge that is a letter, a digit or
+    `_` must not touch another one (the password `p` is no part of `psycopg2`)."""
+    before = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    after = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return re.compile(before + re.escape(secret) + after)
+
+
+def _hide_keyword_value(match: re.Match[str]) -> str:
+    value = match.group(2)
+    quote_char = value[0] if value[0] in "'\"" else ""
+    return f"{match.group(1)}{quote_char}***{quote_char}"
 
 
 def redact(message: str, url: str | None = None) -> str:
-    """Remove credentials from a message before it reaches a log, event, status or a
-    termination message: the URL becomes host/database, its password and any other
-    `scheme://user:password@` in the text become ***."""
+    """Remove credentials from a message before it reaches a log, event, status, trial
+    attribute or termination message.
+
+    With `url`, the URL (as given or as SQLAlchemy renders it) becomes backend://host:port/db,
+    and its password, decoded or percent-encoded, becomes *** where it stands as a token of
+    its own (in a URL, after `password=`, in quotes, between spaces), never inside another
+    word. Without it too, every `scheme://user:password@` and `password=...` loses its secret.
+    """
     if url:
-        message = message.replace(url, describe_url(url))
         try:
-            password = make_url(url).password
+            parsed = make_url(url)
         except ArgumentError:
-            password = None
-        # The text may hold it as typed in the URL (percent-encoded) or decoded.
-        for secret in {password, quote(password, safe="")} if password else ():
-            message = message.replace(secret, "***")
+            parsed = None
+        forms = {url} | ({parsed.render_as_string(hide_password=False)} if parsed else set())
+        for form in sorted(forms, key=len, reverse=True):
+            message = message.replace(form, describe_url(url))
+        password = parsed.password if parsed else None
+        if password:
+            # The text may hold it as typed in the URL (percent-encoded) or decoded.
+            secrets = {password, quote(password, safe=""), quote(password), quote_plus(password)}
+            for secret in sorted(secrets, key=len, reverse=True):
+                message = _standalone(secret).sub("***", message)
+    message = _KEYWORD_PASSWORD.sub(_hide_keyword_value, message)
     return _URL_PASSWORD.sub(r"\1***@", message)
 
 
