@@ -22,6 +22,7 @@ GOLDEN = Path(__file__).parent / "golden"
 CRD_FILE = "tuning.optuna-operator.io_tuningstudies.yaml"
 RELEASE, NAMESPACE = "optuna-operator", "optuna-system"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 Manifest = dict[str, Any]
 
 
@@ -114,6 +115,10 @@ def test_helm_lint(values: Path | None) -> None:
         (["--set", "postgresql.persistence.size=lots"], "/postgresql/persistence/size"),
         (["--set", "podDisruptionBudget.maxUnavailable=half"], "/podDisruptionBudget"),
         (["--set", "statusIntervall=5"], "additional properties 'statusIntervall'"),
+        (["--set", "clusterWide=yes"], "/clusterWide"),
+        (["--set", "dashboard.allowedFrom[0].namespace=x"], "/dashboard/allowedFrom/0"),
+        (["--set-json", "metrics.networkPolicy.allowedFrom=[{}]"], "/metrics/networkPolicy"),
+        (["--set-json", 'dashboard.allowedFrom=[{"ipBlock":{}}]'], "/dashboard/allowedFrom/0"),
     ],
 )
 def test_bad_values_fail_on_the_schema(args: list[str], message: str) -> None:
@@ -138,6 +143,20 @@ def test_bad_values_fail_on_the_schema(args: list[str], message: str) -> None:
             ["--set", "serviceAccount.create=false"],
             "serviceAccount.name is required when serviceAccount.create is false",
         ),
+        # Serving nothing is not a way to ask for everything: cluster-wide is its own value.
+        (
+            ["--set", "watchNamespaces=null"],
+            "watchNamespaces is empty: list the namespaces whose studies the operator serves",
+        ),
+        (["--set-json", "watchNamespaces=[]"], "or set clusterWide=true to serve every namespace"),
+        (
+            ["--set", "watchNamespaces={team-a,kube-system}"],
+            "watchNamespaces lists kube-system: the operator never serves a system namespace",
+        ),
+        (
+            ["--set", "metrics.serviceMonitor.enabled=true"],
+            "metrics.serviceMonitor.enabled needs metrics.networkPolicy.allowedFrom",
+        ),
     ],
 )
 def test_contradicting_values_fail_with_a_reason(args: list[str], message: str) -> None:
@@ -149,7 +168,9 @@ def test_contradicting_values_fail_with_a_reason(args: list[str], message: str) 
 # --------------------------------------------------------------------------- golden manifests
 
 
-@pytest.mark.parametrize("case", ["default", "namespaced", "postgresql", "pgbouncer"])
+@pytest.mark.parametrize(
+    "case", ["default", "namespaced", "cluster-wide", "postgresql", "pgbouncer"]
+)
 def test_rendered_manifests_golden(case: str) -> None:
     args = [] if case == "default" else ["-f", str(CHART / "ci" / f"{case}-values.yaml")]
     rendered = yaml.safe_dump_all(render(*args), sort_keys=True)
@@ -214,7 +235,8 @@ def test_operator_cli_accepts_the_default_arguments() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     settings = parsed_settings(container, NAMESPACE)
-    assert settings.namespaces == ()
+    assert settings.namespaces == ("default",)  # watchNamespaces' default
+    assert settings.dashboard_allowed_from == []
     assert settings.default_storage is None
     assert settings.peering == "optuna-operator"
     assert settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
@@ -223,15 +245,16 @@ def test_operator_cli_accepts_the_default_arguments() -> None:
     probe_ports = {container[p]["httpGet"]["port"] for p in ("livenessProbe", "readinessProbe")}
     assert probe_ports == {"health"}
     assert {"name": "health", "containerPort": 8080} in container["ports"]
-    peering = one(docs, "ClusterKopfPeering")
-    assert name(peering) == settings.peering
+    peering = one(docs, "KopfPeering")
+    assert (peering["metadata"]["namespace"], name(peering)) == ("default", settings.peering)
+    assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
 
 
 def test_default_queue_name_reaches_the_operator_and_it_may_read_kueue() -> None:
     assert parsed_settings(operator_container(render()), NAMESPACE).default_queue_name is None
     docs = render("--set", "defaultQueueName=gpu")
     assert parsed_settings(operator_container(docs), NAMESPACE).default_queue_name == "gpu"
-    role = next(d for d in docs if d["kind"] == "ClusterRole" and name(d) == "optuna-operator")
+    role = next(d for d in docs if d["kind"] == "Role" and name(d) == "optuna-operator")
     kueue_rules = [r for r in role["rules"] if "kueue.x-k8s.io" in r["apiGroups"]]
     assert kueue_rules == [
         {
@@ -358,7 +381,7 @@ def all_rules(docs: list[Manifest]) -> list[tuple[str, Manifest]]:
     ]
 
 
-@pytest.mark.parametrize("case", ["default", "namespaced", "postgresql"])
+@pytest.mark.parametrize("case", ["default", "namespaced", "cluster-wide", "postgresql"])
 def test_rbac_has_no_wildcards_and_never_lists_secrets(case: str) -> None:
     args = [] if case == "default" else ["-f", str(CHART / "ci" / f"{case}-values.yaml")]
     rules = all_rules(render(*args))
@@ -397,9 +420,145 @@ def test_namespaced_mode_has_no_cluster_wide_study_rules() -> None:
     ]
 
 
+# What the operator must never hold with default values: Secrets or Jobs beyond the namespaces
+# it serves (kube-system above all), through any ClusterRole it is bound to or any Role outside.
+REACH = {"secrets", "jobs", "deployments", "services", "configmaps", "networkpolicies", "pods"}
+NETWORK_POLICY_RULE = {
+    "apiGroups": ["networking.k8s.io"],
+    "resources": ["networkpolicies"],
+    "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+}
+
+
+def bound_cluster_roles(docs: list[Manifest]) -> list[Manifest]:
+    """The ClusterRoles a ClusterRoleBinding or RoleBinding gives the operator's account."""
+    bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    names = {b["roleRef"]["name"] for b in bindings if b["roleRef"]["kind"] == "ClusterRole"}
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
+        ]
+    return [d for d in docs if d["kind"] == "ClusterRole" and name(d) in names]
+
+
+def test_defaults_serve_one_namespace_with_no_cluster_wide_secrets_or_jobs() -> None:
+    docs = render()
+    # Every ClusterRole in the release: the discovery role bound to the operator (namespaces
+    # and CRDs, list and watch) and the users' aggregated roles (TuningStudies only).
+    for role in [d for d in docs if d["kind"] == "ClusterRole"]:
+        for rule in role["rules"]:
+            assert not REACH & set(rule["resources"]), (name(role), rule)
+    (discovery,) = bound_cluster_roles(docs)
+    assert name(discovery) == f"{RELEASE}-discovery"
+    assert {v for r in discovery["rules"] for v in r["verbs"]} == {"list", "watch"}
+    assert {r for rule in discovery["rules"] for r in rule["resources"]} == {
+        "namespaces",
+        "customresourcedefinitions",
+    }
+    # The study rules live in a Role in `default` only, bound to the operator.
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert [(d["metadata"]["namespace"], name(d)) for d in roles] == [("default", RELEASE)]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["metadata"]["namespace"] == "default"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": RELEASE,
+    }
+    rules = roles[0]["rules"]
+    assert {"apiGroups": ["batch"], "resources": ["jobs"]}.items() <= next(
+        r for r in rules if "jobs" in r["resources"]
+    ).items()
+    assert NETWORK_POLICY_RULE in rules
+    assert not [d for d in docs if "kube-system" in yaml.safe_dump(d)]
+
+
+def test_cluster_wide_is_an_explicit_choice_and_ignores_the_list() -> None:
+    docs = render("--set", "clusterWide=true", "--set", "watchNamespaces={team-a}")
+    (study_role,) = [d for d in bound_cluster_roles(docs) if name(d) == RELEASE]
+    resources = {r for rule in study_role["rules"] for r in rule["resources"]}
+    assert {"secrets", "jobs", "networkpolicies"} <= resources
+    assert NETWORK_POLICY_RULE in study_role["rules"]
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "KopfPeering")]
+    assert name(one(docs, "ClusterKopfPeering")) == "optuna-operator"
+    assert parsed_settings(operator_container(docs), NAMESPACE).namespaces == ()
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert "matchResources" not in binding["spec"]
+    # The ci example of the mode, and what the values file says it grants.
+    assert render("-f", str(CHART / "ci" / "cluster-wide-values.yaml"))
+    values = (CHART / "values.yaml").read_text()
+    assert "kube-system included" in values.split("clusterWide: false")[0]
+
+
+def test_namespaced_mode_manages_network_policies_in_each_served_namespace() -> None:
+    docs = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    study_roles = [d for d in docs if d["kind"] == "Role" and name(d) == RELEASE]
+    assert sorted(d["metadata"]["namespace"] for d in study_roles) == ["team-a", "team-b"]
+    for role in study_roles:
+        assert NETWORK_POLICY_RULE in role["rules"]
+
+
+def test_dashboard_allowed_from_reaches_the_operator() -> None:
+    peers = [MONITORING, {"podSelector": {"matchLabels": {"app": "proxy"}}}]
+    docs = render("--set-json", f"dashboard.allowedFrom={json.dumps(peers)}")
+    assert parsed_settings(operator_container(docs), NAMESPACE).dashboard_allowed_from == peers
+    namespaced = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    assert parsed_settings(operator_container(namespaced), NAMESPACE).dashboard_allowed_from == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    ]
+
+
+def operator_policy(docs: list[Manifest]) -> Manifest:
+    policy = one(docs, "NetworkPolicy", RELEASE)  # not -postgresql / -pgbouncer
+    deployment = one(docs, "Deployment", RELEASE)
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    return policy
+
+
+def test_operator_pod_admits_nothing_by_default() -> None:
+    docs = render()
+    assert operator_policy(docs)["spec"]["ingress"] == []
+    # Its only ports: health (probed by the kubelet from the node, which NetworkPolicy never
+    # blocks) and metrics.
+    ports = {p["name"] for p in operator_container(docs)["ports"]}
+    assert ports == {"health", "metrics"}
+    off = render("--set", "metrics.networkPolicy.enabled=false")
+    assert not [d for d in off if d["kind"] == "NetworkPolicy"]
+
+
+def test_operator_pod_admits_the_metrics_port_from_prometheus_only() -> None:
+    docs = render(
+        "--set", "metrics.port=9191",
+        "--set-json", f"metrics.networkPolicy.allowedFrom=[{json.dumps(MONITORING)}]",
+    )  # fmt: skip
+    (rule,) = operator_policy(docs)["spec"]["ingress"]
+    container = operator_container(docs)
+    metrics_port = next(p for p in container["ports"] if p["name"] == "metrics")
+    assert rule == {
+        "ports": [{"port": metrics_port["containerPort"], "protocol": "TCP"}],
+        "from": [MONITORING],
+    }
+    assert metrics_port["containerPort"] == 9191
+    # Metrics off: no port to admit, the policy still closes the pod.
+    off = render(
+        "--set", "metrics.enabled=false",
+        "--set-json", f"metrics.networkPolicy.allowedFrom=[{json.dumps(MONITORING)}]",
+    )  # fmt: skip
+    assert operator_policy(off)["spec"]["ingress"] == []
+    # The ServiceMonitor example scrapes from where the policy admits.
+    namespaced = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    assert one(namespaced, "ServiceMonitor")
+    assert (
+        operator_policy(namespaced)["spec"]["ingress"][0]["from"][0]["namespaceSelector"]
+        == (MONITORING["namespaceSelector"])
+    )
+
+
 def test_network_policy_admits_only_operator_workers_and_dashboards() -> None:
     docs = render("-f", str(CHART / "ci" / "postgresql-values.yaml"))
-    policy = one(docs, "NetworkPolicy")
+    policy = one(docs, "NetworkPolicy", "-postgresql")
     statefulset = one(docs, "StatefulSet")
     assert (
         policy["spec"]["podSelector"]["matchLabels"]
@@ -557,6 +716,7 @@ def test_alerts_use_only_metrics_the_operator_exports() -> None:
         "--set", "metrics.prometheusRule.enabled=true",
         "--set", "metrics.prometheusRule.noProgressFor=2h",
         "--set", "metrics.serviceMonitor.enabled=true",
+        "--set-json", f"metrics.networkPolicy.allowedFrom=[{json.dumps(MONITORING)}]",
     )  # fmt: skip
     rules = {r["alert"]: r for r in one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
     assert set(rules) == {

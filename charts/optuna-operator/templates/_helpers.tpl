@@ -102,11 +102,33 @@ app.kubernetes.io/component: postgresql
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
 {{- fail "replicaCount > 1 needs peering.enabled: without peering every replica acts on every study" }}
 {{- end }}
+{{- $np := .Values.metrics.networkPolicy }}
+{{- if and .Values.metrics.enabled .Values.metrics.serviceMonitor.enabled $np.enabled (not $np.allowedFrom) }}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.networkPolicy.allowedFrom, the peers Prometheus scrapes from (e.g. --set-json 'metrics.networkPolicy.allowedFrom=[{\"namespaceSelector\":{\"matchLabels\":{\"kubernetes.io/metadata.name\":\"monitoring\"}}}]'): the operator pod's NetworkPolicy admits nobody else. Or metrics.networkPolicy.enabled=false." }}
+{{- end }}
+{{- end }}
+
+{{/* The namespaces the operator serves, as a JSON list (read it with fromJsonArray); [] in
+cluster-wide mode. Every template decides namespaced or cluster-wide from this alone. */}}
+{{- define "optuna-operator.servedNamespaces" -}}
+{{- if .Values.clusterWide }}
+{{- list | toJson }}
+{{- else if not .Values.watchNamespaces }}
+{{- fail "watchNamespaces is empty: list the namespaces whose studies the operator serves (it gets a Role in each and nothing elsewhere), e.g. --set 'watchNamespaces={team-a,team-b}'; or set clusterWide=true to serve every namespace with a ClusterRole (Secrets, Jobs and Deployments in every namespace, kube-system included: see values.yaml)" }}
+{{- else }}
+{{- range .Values.watchNamespaces }}
+{{- if has . (list "kube-system" "kube-public" "kube-node-lease") }}
+{{- fail (printf "watchNamespaces lists %s: the operator never serves a system namespace (it would get Secrets and Jobs there)" .) }}
+{{- end }}
+{{- end }}
+{{- toJson .Values.watchNamespaces }}
+{{- end }}
 {{- end }}
 
 {{/* What the operator does in a namespace with studies (read from kube.py, reconcile.py and
 kopf): watch and patch studies and their status, set owner references that block deletion
-(finalizers), manage and watch worker Jobs (a Job change refreshes its study), dashboard Deployments and Services, read storage Secrets and
+(finalizers), manage and watch worker Jobs (a Job change refreshes its study), dashboard Deployments, Services
+and NetworkPolicies (one per dashboard, admitting dashboard.allowedFrom), read storage Secrets and
 write the `<study>-storage` copies (server-side apply: create + patch), list worker pods for
 their termination messages, post events. Nothing else: no pods/exec, no Secret list. */}}
 {{- define "optuna-operator.studyRules" -}}
@@ -128,6 +150,9 @@ their termination messages, post events. Nothing else: no pods/exec, no Secret l
 - apiGroups: [""]
   resources: [services]
   verbs: [get, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch]
