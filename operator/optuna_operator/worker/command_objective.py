@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,7 +26,9 @@ from optuna_operator.contract import (
     ERROR_ATTR,
     INTERRUPTED_ATTR,
     STDERR_ATTR,
+    STORAGE_ENV,
     STORAGE_ENV_NAMES,
+    redact,
 )
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.protocol import (
@@ -84,7 +86,10 @@ class CommandObjective:
         study_name: str,
         worker_id: str,
         log_prefix: str = "",
+        storage_url: str | None = None,
     ) -> None:
+        """`storage_url`: the worker's storage URL (default: $OPTUNA_STORAGE_URL), whose
+        credential never reaches a trial attribute (the command's stderr may print it)."""
         self._command = list(command)
         self._space = list(space)
         self._names = [p.name for p in space]
@@ -94,7 +99,12 @@ class CommandObjective:
         self._study_name = study_name
         self._log_prefix = log_prefix
         self._worker_id = worker_id
+        self._storage_url = storage_url if storage_url is not None else os.environ.get(STORAGE_ENV)
         self.current: optuna.Trial | None = None  # to re-enqueue it after an interruption
+
+    def _redact(self, text: str) -> str:
+        """The text without the storage credential or any `scheme://user:password@`."""
+        return redact(text, self._storage_url)
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
         self.current = trial
@@ -106,10 +116,10 @@ class CommandObjective:
                     raise WorkerInterrupted("stop requested before the trial started")
                 values = self._run(trial, params, trial_dir)
             except TrialFailed as err:
-                trial.set_user_attr(ERROR_ATTR, str(err))
+                trial.set_user_attr(ERROR_ATTR, self._redact(str(err)))
                 raise
             except WorkerInterrupted as err:
-                trial.set_user_attr(INTERRUPTED_ATTR, str(err))
+                trial.set_user_attr(INTERRUPTED_ATTR, self._redact(str(err)))
                 raise
         return values[0] if self._n_objectives == 1 else list(values)
 
@@ -129,7 +139,8 @@ class CommandObjective:
         finally:
             child.kill()
         if child.returncode != 0:
-            tail = child.stderr_tail()
+            # Redacted whole, then cut: a cut first could leave part of a password unmatched.
+            tail = child.stderr_tail(self._redact)
             if tail:
                 trial.set_user_attr(STDERR_ATTR, tail)
             last = tail.splitlines()[-1] if tail else ""
@@ -265,8 +276,9 @@ class Child:
         for reader in self._readers:
             reader.join(timeout=KILL_GRACE_SECONDS)
 
-    def stderr_tail(self) -> str:
-        text = "\n".join(self._tail)
+    def stderr_tail(self, clean: Callable[[str], str] = str) -> str:
+        """The last lines of stderr, passed whole through `clean`, then the last characters."""
+        text = clean("\n".join(self._tail))
         return text[-STDERR_TAIL_CHARS:]
 
     def kill(self) -> None:

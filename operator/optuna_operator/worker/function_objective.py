@@ -15,7 +15,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from optuna_operator.contract import ERROR_ATTR, INTERRUPTED_ATTR, ExitCode
+from optuna_operator.contract import ERROR_ATTR, INTERRUPTED_ATTR, STORAGE_ENV, ExitCode, redact
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
 from optuna_operator.worker.termination import report_exit
@@ -117,13 +117,21 @@ class FunctionObjective:
         stop: StopSignal,
         worker_id: str,
         timeout_seconds: float | None = None,
+        storage_url: str | None = None,
     ) -> None:
+        """`storage_url`: the worker's storage URL (default: $OPTUNA_STORAGE_URL), whose
+        credential never reaches a trial attribute (an exception's text may carry it)."""
         self._func = func
         self._n_objectives = n_objectives
         self._stop = stop
         self._worker_id = worker_id
         self._timeout = timeout_seconds
+        self._storage_url = storage_url if storage_url is not None else os.environ.get(STORAGE_ENV)
         self.current: optuna.Trial | None = None  # to re-enqueue it after an interruption
+
+    def _redact(self, text: str) -> str:
+        """The text without the storage credential or any `scheme://user:password@`."""
+        return redact(text, self._storage_url)
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
         self.current = trial
@@ -138,10 +146,10 @@ class FunctionObjective:
         try:
             result = self._func(trial)
         except WorkerInterrupted as err:
-            trial.set_user_attr(INTERRUPTED_ATTR, str(err) or "interrupted")
+            trial.set_user_attr(INTERRUPTED_ATTR, self._redact(str(err)) or "interrupted")
             raise
         except Exception as err:
-            trial.set_user_attr(ERROR_ATTR, _error_text(err))
+            trial.set_user_attr(ERROR_ATTR, _error_text(err, self._redact))
             raise
         finally:
             self._stop.interrupt_objective = False
@@ -150,7 +158,7 @@ class FunctionObjective:
         problem = check_values(result, self._n_objectives)
         if problem:
             # Optuna fails such a trial by itself; the attribute makes it count and explains.
-            trial.set_user_attr(ERROR_ATTR, problem)
+            trial.set_user_attr(ERROR_ATTR, _shorten(self._redact(problem)))
         return result  # type: ignore[no-any-return]
 
 
@@ -169,6 +177,10 @@ def check_values(result: object, n_objectives: int) -> str | None:
     return None
 
 
-def _error_text(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}"
+def _error_text(err: BaseException, clean: Callable[[str], str] = str) -> str:
+    # Redacted whole, then cut: a cut first could leave part of a password unmatched.
+    return _shorten(clean(f"{type(err).__name__}: {err}"))
+
+
+def _shorten(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."

@@ -34,8 +34,13 @@ SLOT_WAIT_SECONDS = 2.0
 
 
 def build_objective(
-    config: WorkerConfig, stop: StopSignal, worker_id: str, log_prefix: str = ""
+    config: WorkerConfig,
+    stop: StopSignal,
+    worker_id: str,
+    log_prefix: str = "",
+    storage_url: str | None = None,
 ) -> TrialObjective:
+    """The trial objective; `storage_url` is redacted from the attributes it stores."""
     objective = config.objective
     n_objectives = len(config.directions)
     if objective.function:
@@ -45,6 +50,7 @@ def build_objective(
             stop,
             worker_id,
             objective.trial_timeout_seconds,
+            storage_url=storage_url,
         )
     if objective.command:
         if not objective.search_space:
@@ -59,6 +65,7 @@ def build_objective(
             config.study_name,
             worker_id,
             log_prefix,
+            storage_url=storage_url,
         )
     raise ConfigError("objective: set function or command")
 
@@ -129,7 +136,7 @@ def run_process(
     """Raises ConfigError or TooManyFailures for the exits the operator acts on."""
     config = settings.config
     worker_id = f"{settings.pod_name}/{process_index}"
-    objective = build_objective(config, stop, worker_id, log_prefix)
+    objective = build_objective(config, stop, worker_id, log_prefix, settings.storage_url)
     seed = process_seed(
         config.sampler.seed,
         worker_index=settings.worker_index,
