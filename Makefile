@@ -112,19 +112,21 @@ chart-lint: binaries ## helm lint the chart with default and ci/ values; chart C
 	  || { echo "$(CHART)/crds differs from crds/: run make crds" >&2; exit 1; }
 
 # --------------------------------------------------------------------------- the node bed
-# A real kubelet, containerd + runc, CNI and kube-proxy instead of the pod executor
-# (hack/testbed/nodebed.py); images from the project's Dockerfiles built by buildah.
+# A real kubelet, containerd + runc, CNI, kube-proxy and kube-router's NetworkPolicy
+# controller instead of the pod executor (hack/testbed/nodebed.py); images from the
+# project's Dockerfiles built by buildah.
 # BUILD_CA_BUNDLE: a CA bundle for pip inside image builds (machines behind a TLS proxy);
 # empty to build without one.
 BUILD_CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt))
 
 .PHONY: node-packages node-binaries images-buildah node-bed node-bed-down node-demo test-node
 
-node-packages: ## Debian packages of the node bed (containerd, runc, CNI plugins, iptables, buildah, debootstrap)
+node-packages: ## Debian packages of the node bed (containerd, runc, CNI plugins, iptables, ipset, buildah, debootstrap)
 	hack/nodebed/install-packages.sh
 
-node-binaries: ## kubelet and kube-proxy (plus the control plane) into the versioned cache
+node-binaries: ## kubelet, kube-proxy (plus the control plane) and kube-router into the versioned caches
 	hack/build-binaries.sh --node
+	hack/nodebed/build-kube-router.sh
 
 images-buildah: node-packages ## Operator, worker, worker-examples, dashboard and PgBouncer images with buildah, no Docker
 	BUILD_CA_BUNDLE=$(BUILD_CA_BUNDLE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) WORKER_IMAGE=$(WORKER_IMAGE) \
@@ -139,5 +141,5 @@ node-bed-down: venv ## Stop every process node-bed started, its containers and c
 node-demo: venv node-packages node-binaries postgres images-buildah ## Node bed, images, helm install, the XGBoost study to Succeeded in real containers
 	PYTHONPATH=hack:. $(BIN)/python -u hack/node_demo.py
 
-test-node: venv node-packages node-binaries postgres images-buildah ## Node-bed tests: chart install, real containers, SIGKILL, restricted, Services
+test-node: venv node-packages node-binaries postgres images-buildah ## Node-bed tests: chart install, real containers, SIGKILL, restricted, Services, NetworkPolicy
 	$(PYTEST) tests/node

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the node bed's Debian packages when missing: containerd + runc (the container
 # runtime), the CNI plugins, iptables and conntrack (kube-proxy), buildah and debootstrap
-# (images without Docker), busybox-static (the tiny test image).
+# (images without Docker), busybox-static (the tiny test image), ipset (kube-router's
+# NetworkPolicy controller keeps its peer sets in ipsets).
 set -euo pipefail
-pkgs=(containerd runc containernetworking-plugins iptables conntrack buildah debootstrap busybox-static)
+pkgs=(containerd runc containernetworking-plugins iptables conntrack ipset buildah debootstrap busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
