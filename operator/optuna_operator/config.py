@@ -63,6 +63,10 @@ class OperatorSettings:
     # `host:port` of a connection pooler (PgBouncer) the worker pods of default-storage
     # studies connect through; the operator and dashboards connect directly. None: direct.
     worker_pooler: str | None = None
+    # Limits on each namespace's PostgreSQL roles (default storage).
+    tenant_connection_limit: int = 200
+    tenant_statement_timeout_ms: int = 60_000
+    tenant_idle_in_transaction_timeout_ms: int = 60_000
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -134,6 +138,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "(key pooled-url of the optuna-storage Secret). The operator connects directly.",
     )
 
+    parser.add_argument(
+        "--tenant-connection-limit",
+        type=int,
+        default=int(_env("TENANT_CONNECTION_LIMIT", "200") or 200),
+        help="CONNECTION LIMIT of each namespace's PostgreSQL roles (default storage).",
+    )
+    parser.add_argument(
+        "--tenant-statement-timeout-ms",
+        type=int,
+        default=int(_env("TENANT_STATEMENT_TIMEOUT_MS", "60000") or 60000),
+        help="statement_timeout of each namespace's PostgreSQL roles, in milliseconds.",
+    )
+    parser.add_argument(
+        "--tenant-idle-in-transaction-timeout-ms",
+        type=int,
+        default=int(_env("TENANT_IDLE_IN_TRANSACTION_TIMEOUT_MS", "60000") or 60000),
+        help="idle_in_transaction_session_timeout of each namespace's PostgreSQL roles, "
+        "in milliseconds: a session that holds a transaction open longer is ended.",
+    )
+
 
 def _allowed_from(value: str | None) -> list[dict[str, Any]]:
     """NetworkPolicy peers from JSON: a list of objects, each with at least one of
@@ -171,6 +195,12 @@ def _pooler(value: str | None) -> str | None:
     return value
 
 
+def _positive(flag: str, value: int) -> int:
+    if value <= 0:
+        raise SystemExit(f"{flag} must be a positive number, not {value}")
+    return value
+
+
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     operator_namespace = os.environ.get("POD_NAMESPACE") or _env("NAMESPACE") or "default"
     namespaces = tuple(args.namespace or [n for n in (_env("NAMESPACES") or "").split(",") if n])
@@ -193,4 +223,13 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         metrics_port=args.metrics_port,
         default_queue_name=args.default_queue_name or None,
         worker_pooler=_pooler(args.worker_pooler),
+        tenant_connection_limit=_positive(
+            "--tenant-connection-limit", args.tenant_connection_limit
+        ),
+        tenant_statement_timeout_ms=_positive(
+            "--tenant-statement-timeout-ms", args.tenant_statement_timeout_ms
+        ),
+        tenant_idle_in_transaction_timeout_ms=_positive(
+            "--tenant-idle-in-transaction-timeout-ms", args.tenant_idle_in_transaction_timeout_ms
+        ),
     )

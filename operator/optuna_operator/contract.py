@@ -139,6 +139,7 @@ def engine_kwargs(
     pool_size: int | None = 2,
     statement_timeout_ms: int | None = None,
     ping_every_checkout: bool = True,
+    search_path: str | None = None,
 ) -> dict[str, Any]:
     """SQLAlchemy engine settings for one process: a small pool, liveness checks, timeouts.
 
@@ -147,6 +148,8 @@ def engine_kwargs(
     seconds instead of a thread blocked for minutes. `pool_size=None` keeps no connection
     open between uses (NullPool): for a process that talks to many credentials rarely.
     `ping_every_checkout=False` is for engines given `ping_after_idle` instead.
+    `search_path` pins where unqualified names resolve (the admin's connections: a name a
+    tenant could plant in `public` must never resolve to the tenant's object).
     """
     kwargs: dict[str, Any]
     if pool_size is None:
@@ -172,8 +175,14 @@ def engine_kwargs(
             "keepalives_interval": 10,
             "keepalives_count": 3,
         }
+        options = []
         if statement_timeout_ms is not None:
-            kwargs["connect_args"]["options"] = f"-c statement_timeout={statement_timeout_ms}"
+            options.append(f"-c statement_timeout={statement_timeout_ms}")
+        if search_path is not None:
+            # libpq's options: a space separates settings, so the list has none.
+            options.append(f"-c search_path={search_path.replace(' ', '')}")
+        if options:
+            kwargs["connect_args"]["options"] = " ".join(options)
     return kwargs
 
 

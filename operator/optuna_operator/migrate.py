@@ -26,7 +26,7 @@ from optuna_operator.config import SecretKey
 from optuna_operator.contract import engine_kwargs
 from optuna_operator.kube import Cluster
 from optuna_operator.study_store import OWNER_ATTR
-from optuna_operator.tenancy import Tenancy
+from optuna_operator.tenancy import ADMIN_SEARCH_PATH, LEGACY_SCHEMA, Tenancy
 
 __all__ = ["Moved", "migrate_namespace", "run_migrate"]
 
@@ -43,8 +43,9 @@ class Moved:
     outcome: str  # moved | skipped: <why>
 
 
-def _storage(url: str) -> RDBStorage:
-    return RDBStorage(url, engine_kwargs=engine_kwargs(url, "optuna-operator-migrate", None))
+def _storage(url: str, search_path: str | None = None) -> RDBStorage:
+    kwargs = engine_kwargs(url, "optuna-operator-migrate", None, search_path=search_path)
+    return RDBStorage(url, engine_kwargs=kwargs)
 
 
 def migrate_namespace(
@@ -84,7 +85,9 @@ def migrate_namespace(
             if not tenancy.legacy_study_exists(admin_url, name):
                 results.append(result("skipped: not in the shared schema"))
                 continue
-            source = source or _storage(admin_url)
+            # The admin reads `public` only after legacy_study_exists found Optuna's tables
+            # there to be its own; the system catalog still resolves first.
+            source = source or _storage(admin_url, f"{ADMIN_SEARCH_PATH},{LEGACY_SCHEMA}")
             source_id = source.get_study_id_from_name(name)
             try:
                 target.get_study_id_from_name(name)

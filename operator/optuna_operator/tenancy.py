@@ -9,6 +9,13 @@ operator's namespace) it creates, idempotently, for each namespace with TuningSt
 - a read-only role for dashboards: USAGE on the schema, SELECT on its tables, present and
   future (default privileges).
 
+Every admin connection resolves unqualified names in `pg_catalog` only and names every
+other object with its schema: a tenant who could create objects in `public` (PostgreSQL 14
+and older grant that to everyone) cannot plant a view or function the admin would run. On
+the first connection the operator also revokes that grant and says so in its log. Tenant
+roles carry a connection limit and statement and idle-transaction timeouts
+(`TenantLimits`), so one namespace cannot take the server's connections or hold locks.
+
 The namespace receives one Secret, `optuna-storage`, holding only its own role's URL (`url`)
 and the read-only role's password (`readonly-password`); with a connection pooler for workers
 (`--worker-pooler host:port`, the chart's PgBouncer) also the same role's URL through the
@@ -40,6 +47,8 @@ from optuna_operator.kube import Cluster
 from optuna_operator.manifests import MANAGED_BY
 
 __all__ = [
+    "ADMIN_SEARCH_PATH",
+    "LEGACY_SCHEMA",
     "POOLED_URL_KEY",
     "READONLY_PASSWORD_KEY",
     "TENANT_LABEL",
@@ -48,11 +57,14 @@ __all__ = [
     "Tenancy",
     "TenancyError",
     "TenantCredentials",
+    "TenantLimits",
     "TenantNames",
     "pooled_url",
+    "revoke_public_create",
     "scram_verifier",
     "tenant_names",
     "tenant_secret",
+    "untrusted_tables",
     "with_user",
 ]
 
@@ -74,6 +86,37 @@ MAX_IDENTIFIER = 63
 # namespace's users may edit) must match this before they reach SQL.
 _PASSWORD = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 STATEMENT_TIMEOUT_MS = 30_000
+# Unqualified names on admin connections resolve only in the system catalog.
+ADMIN_SEARCH_PATH = "pg_catalog"
+# Where operator 0.1.0 kept every study: the admin's default search_path.
+LEGACY_SCHEMA = "public"
+# Optuna's tables (RDBStorage models, Alembic's version table): what a 0.1.0 study is
+# read from, so each must be the admin's own table before the admin reads any of them.
+OPTUNA_TABLES = (
+    "studies",
+    "study_directions",
+    "study_user_attributes",
+    "study_system_attributes",
+    "trials",
+    "trial_params",
+    "trial_values",
+    "trial_intermediate_values",
+    "trial_user_attributes",
+    "trial_system_attributes",
+    "trial_heartbeats",
+    "version_info",
+    "alembic_version",
+)
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """What one namespace's roles may hold of the server (chart values `tenantLimits`)."""
+
+    # Concurrent connections per role: workers x processes x (pool + overflow) must fit.
+    connection_limit: int = 200
+    statement_timeout_ms: int = 60_000
+    idle_in_transaction_timeout_ms: int = 60_000
 
 
 class TenancyError(Exception):
@@ -214,7 +257,13 @@ def _new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def provision(conn: Connection, names: TenantNames, password: str, readonly_password: str) -> None:
+def provision(
+    conn: Connection,
+    names: TenantNames,
+    password: str,
+    readonly_password: str,
+    limits: TenantLimits = TenantLimits(),
+) -> None:
     """Create or update the namespace's roles, schema and grants on an admin connection;
     idempotent. The admin needs CREATEROLE (or superuser) and CREATE on the database."""
     quote = conn.dialect.identifier_preparer.quote_identifier
@@ -225,7 +274,8 @@ def provision(conn: Connection, names: TenantNames, password: str, readonly_pass
     ):
         existing = conn.execute(
             text(
-                "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = :n"
+                "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_catalog.pg_roles "
+                "WHERE rolname = :n"
             ),
             {"n": name},
         ).scalar()
@@ -250,6 +300,17 @@ def provision(conn: Connection, names: TenantNames, password: str, readonly_pass
                 text(f"ALTER ROLE {quoted} LOGIN PASSWORD :pw"), {"pw": scram_verifier(secret)}
             )
         conn.execute(text(f"ALTER ROLE {quoted} SET search_path = {schema}"))
+        # Integers formatted by Python (DDL takes no bind parameters): nothing to inject.
+        conn.execute(text(f"ALTER ROLE {quoted} CONNECTION LIMIT {int(limits.connection_limit)}"))
+        conn.execute(
+            text(f"ALTER ROLE {quoted} SET statement_timeout = {int(limits.statement_timeout_ms)}")
+        )
+        conn.execute(
+            text(
+                f"ALTER ROLE {quoted} SET idle_in_transaction_session_timeout = "
+                f"{int(limits.idle_in_transaction_timeout_ms)}"
+            )
+        )
     # A CREATEROLE admin (not a superuser) must be a member of the role to create a schema
     # it owns and to set default privileges for it (PostgreSQL 15).
     conn.execute(text(f"GRANT {role} TO CURRENT_USER"))
@@ -265,11 +326,50 @@ def provision(conn: Connection, names: TenantNames, password: str, readonly_pass
 
 
 def _provisioned_digest(
-    admin_url: str, names: TenantNames, password: str, readonly_password: str
+    admin_url: str,
+    names: TenantNames,
+    password: str,
+    readonly_password: str,
+    limits: TenantLimits,
 ) -> str:
     return hashlib.sha256(
-        "\0".join((admin_url, names.role, password, readonly_password)).encode()
+        "\0".join((admin_url, names.role, password, readonly_password, repr(limits))).encode()
     ).hexdigest()
+
+
+def revoke_public_create(conn: Connection) -> bool:
+    """Take CREATE on schema `public` from PUBLIC where the server still grants it
+    (PostgreSQL 14 and older, or a database upgraded from one); whether it was revoked."""
+    granted = conn.execute(
+        text(
+            "SELECT pg_catalog.has_schema_privilege('public', n.oid, 'CREATE') "
+            "FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public'"
+        )
+    ).scalar()
+    if not granted:
+        return False
+    conn.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+    return True
+
+
+def untrusted_tables(conn: Connection, schema: str) -> list[str]:
+    """Optuna's tables in `schema` that are not plain tables of the connected role (a view
+    or a table some other role made): the admin must not read them, as a view or a trigger
+    there would run with the admin's rights."""
+    rows = conn.execute(
+        text(
+            "SELECT c.relname, c.relkind, pg_catalog.pg_get_userbyid(c.relowner) "
+            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = :schema AND c.relname = ANY(:tables)"
+        ),
+        {"schema": schema, "tables": list(OPTUNA_TABLES)},
+    ).all()
+    user = conn.execute(text("SELECT current_user")).scalar()
+    return sorted(
+        f"{schema}.{name} ({'table' if kind == 'r' else 'not a table'} owned by {owner})"
+        for name, kind, owner in rows
+        if kind != "r" or owner != user
+    )
 
 
 class Tenancy:
@@ -281,9 +381,11 @@ class Tenancy:
         cluster: Cluster,
         on_rotate: Callable[[str], None] | None = None,
         pooler: str | None = None,
+        limits: TenantLimits = TenantLimits(),
     ) -> None:
         self.cluster = cluster
         self.on_rotate = on_rotate
+        self.limits = limits
         # `host:port` of the workers' connection pooler; None: workers connect directly.
         self.pooler = pooler
         self._lock = threading.Lock()
@@ -301,9 +403,11 @@ class Tenancy:
             engine.dispose()
 
     def _engine(self, admin_url: str) -> Engine:
+        created = False
         with self._lock:
             engine = self._engines.get(admin_url)
             if engine is None:
+                created = True
                 # Unpooled: namespaces are set up rarely; no admin connection idles.
                 engine = create_engine(
                     admin_url,
@@ -312,10 +416,33 @@ class Tenancy:
                         "optuna-operator-admin",
                         None,
                         statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                        search_path=ADMIN_SEARCH_PATH,
                     ),
                 )
                 self._engines[admin_url] = engine
-            return engine
+        if created:
+            # Outside the lock every namespace shares: a slow server stalls this thread only.
+            self._harden(engine)
+        return engine
+
+    @staticmethod
+    def _harden(engine: Engine) -> None:
+        """Once per admin URL: no one but the schema's owner creates objects in `public`."""
+        try:
+            with engine.begin() as conn:
+                if revoke_public_create(conn):
+                    log.warning(
+                        "Revoked CREATE on schema public from PUBLIC: this PostgreSQL let every "
+                        "role create objects there, where a tenant could plant one for the "
+                        "operator's storage role to run"
+                    )
+        except SQLAlchemyError as exc:
+            # Not fatal: admin connections never resolve names in `public` anyway.
+            log.error(
+                "Could not revoke CREATE on schema public from PUBLIC (%s); a database "
+                "administrator should run: REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+                redact(str(exc).splitlines()[0], engine.url.render_as_string(False)),
+            )
 
     def ensure(self, namespace: str, admin_url: str) -> TenantCredentials:
         """The namespace's credentials, creating or repairing roles, schema and Secret."""
@@ -332,15 +459,28 @@ class Tenancy:
             return creds
 
     def legacy_study_exists(self, admin_url: str, study_name: str) -> bool:
-        """Whether operator 0.1.0 left a study of that name under the admin role (its
-        search_path, usually `public`): such a study must be moved with `optuna-operator
-        migrate`, not shadowed by a new empty one in the namespace's schema."""
+        """Whether operator 0.1.0 left a study of that name under the admin role (in
+        `public`): such a study must be moved with `optuna-operator migrate`, not shadowed by
+        a new empty one in the namespace's schema. Optuna's tables there are read only when
+        they are the admin's own tables, never a view or table another role planted."""
         try:
             with self._engine(admin_url).connect() as conn:
-                if conn.execute(text("SELECT to_regclass('studies')")).scalar() is None:
+                untrusted = untrusted_tables(conn, LEGACY_SCHEMA)
+                if untrusted:
+                    log.warning(
+                        "Not reading %s: it is not the operator's own storage role's table; "
+                        "a database administrator should inspect and drop it",
+                        ", ".join(untrusted),
+                    )
+                    return False
+                if (
+                    conn.execute(text(f"SELECT to_regclass('{LEGACY_SCHEMA}.studies')")).scalar()
+                    is None
+                ):
                     return False
                 found = conn.execute(
-                    text("SELECT 1 FROM studies WHERE study_name = :n"), {"n": study_name}
+                    text(f"SELECT 1 FROM {LEGACY_SCHEMA}.studies WHERE study_name = :n"),
+                    {"n": study_name},
                 ).first()
         except SQLAlchemyError as exc:
             raise TenancyError(
@@ -388,7 +528,7 @@ class Tenancy:
             ):
                 # The admin URL or the pooler moved (host, port, database) or a URL was edited.
                 self.cluster.apply(tenant_secret(namespace, names, url, readonly_password, pooled))
-        digest = _provisioned_digest(admin_url, names, password, readonly_password)
+        digest = _provisioned_digest(admin_url, names, password, readonly_password, self.limits)
         if digest != provisioned:
             self._provision(namespace, admin_url, names, password, readonly_password)
         creds = TenantCredentials(
@@ -410,7 +550,7 @@ class Tenancy:
         """Create or repair the namespace's roles and schema; the digest of what was set."""
         try:
             with self._engine(admin_url).begin() as conn:
-                provision(conn, names, password, readonly_password)
+                provision(conn, names, password, readonly_password, self.limits)
         except SQLAlchemyError as exc:
             message = redact(str(exc).splitlines()[0], admin_url)
             for secret_value in (password, readonly_password):
@@ -421,7 +561,7 @@ class Tenancy:
                 f"{namespace} (the operator's storage role needs CREATEROLE): {message}",
             ) from None
         log.info("Ensured PostgreSQL role and schema %s for namespace %s", names.role, namespace)
-        return _provisioned_digest(admin_url, names, password, readonly_password)
+        return _provisioned_digest(admin_url, names, password, readonly_password, self.limits)
 
     def _pooled(self, url: str) -> str | None:
         return None if self.pooler is None else pooled_url(url, self.pooler)
