@@ -12,7 +12,7 @@ namespace that they may not touch themselves. The policy asks the API server's a
   built-in `edit` and `admin` roles grant precisely because running a pod as an account is
   acting as it (kubernetes bootstrap policy, `system:aggregate-to-edit`);
 - `get` on every Secret the workers would read: env/envFrom, secret and projected volumes,
-  spec.storage.secretRef;
+  spec.storage.secretRef, spec.dashboard.secretRef;
 - `use` on the PriorityClass of spec.workers.priorityClassName: the verb PodSecurityPolicy
   used for cluster-scoped objects a pod selects; nobody holds it until an admin grants it;
 - volumes only of the kinds the restricted Pod Security Standard allows (no hostPath, nfs...).
@@ -85,6 +85,8 @@ _SECRET_NAMES = "\n+ ".join(
         _list("volumes")
         + ".filter(v, has(v.secret) && has(v.secret.secretName)).map(v, v.secret.secretName)",
         "(has(object.spec.storage) ? [object.spec.storage.secretRef.name] : [])",
+        "(has(object.spec.dashboard) && has(object.spec.dashboard.secretRef)"
+        " ? [object.spec.dashboard.secretRef.name] : [])",
     ]
 )
 
@@ -143,8 +145,9 @@ VALIDATIONS: list[dict[str, str]] = [
         "messageExpression": _denied(
             "get every secret this study hands its workers (' + "
             "variables.secretNames.join(', ') + ') in namespace ' + request.namespace + '. "
-            "spec.workers.env, envFrom, volumes and spec.storage pass the Secrets they name to "
-            "the worker pods, so their author needs the get verb on each.'"
+            "spec.workers.env, envFrom, volumes, spec.storage and spec.dashboard pass the "
+            "Secrets they name to the study's pods, so their author needs the get verb on "
+            "each.'"
         ),
         "reason": "Forbidden",
     },

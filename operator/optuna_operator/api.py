@@ -207,6 +207,11 @@ MAX_GRID_VALUES_PER_PARAMETER = 10_000
 # Values listed by hand in sampler.grid.searchSpace; bounded for the cost of CEL rules.
 MAX_LISTED_GRID_VALUES = 1000
 
+# No control characters (newlines, escapes): the text reaches terminals, `eval` and logs.
+PRINTABLE = r"^[^\x00-\x1F\x7F]*$"
+
+MetricName = Annotated[str, Field(min_length=1, max_length=63, pattern=PRINTABLE)]
+
 ParamName = Annotated[
     str,
     Field(
@@ -1035,11 +1040,28 @@ class WorkersSpec(Model):
 
 
 class DashboardSpec(Model):
-    """An optuna-dashboard Deployment and Service reading the study's storage."""
+    """optuna-dashboard, read-only. With the default storage, one dashboard per namespace
+    (Deployment, Service and NetworkPolicy `optuna-dashboard`) lists that namespace's
+    studies through its read-only role. A study on its own storage gets a dashboard of its
+    own only with `secretRef`, a read-only credential: never with the read-write URL."""
 
-    enabled: bool = Field(True, description="Run the dashboard.")
-    image: ImageRef | None = Field(None, description="optuna-dashboard image.")
-    resources: Resources | None = Field(None, description="Dashboard container resources.")
+    enabled: bool = Field(
+        True,
+        description="Serve this study in a dashboard: the namespace's (default storage) or, "
+        "with spec.storage, a dashboard of its own when secretRef names a read-only URL.",
+    )
+    image: ImageRef | None = Field(
+        None, description="optuna-dashboard image of a study's own dashboard (spec.storage)."
+    )
+    resources: Resources | None = Field(
+        None, description="Container resources of a study's own dashboard (spec.storage)."
+    )
+    secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="With spec.storage only: a Secret (in the study's namespace) whose key "
+        "holds a URL of a read-only role of that database, for the study's own dashboard. "
+        "Without it such a study gets no dashboard.",
+    )
 
 
 class ExportSpec(Model):
@@ -1113,6 +1135,11 @@ class TuningStudySpec(Model):
                 "metricNames must have one name per direction",
             ),
             cel(
+                "!has(self.dashboard) || !has(self.dashboard.secretRef) || has(self.storage)",
+                "dashboard.secretRef is for a study on its own storage (spec.storage); with "
+                "the default storage the namespace's dashboard uses its read-only role",
+            ),
+            cel(
                 "!has(self.budget.goal) || size(self.directions) == 1",
                 "budget.goal works only with a single direction",
             ),
@@ -1162,10 +1189,11 @@ class TuningStudySpec(Model):
         max_length=MAX_DIRECTIONS,
         description="One direction per objective value: minimize or maximize.",
     )
-    metric_names: list[Annotated[str, Field(min_length=1, max_length=63)]] | None = Field(
+    metric_names: list[MetricName] | None = Field(
         None,
         max_length=MAX_DIRECTIONS,
-        description="Names of the objective values, one per direction.",
+        description="Names of the objective values, one per direction (no control "
+        "characters: names reach terminals, shells and dashboards).",
     )
     objective: Objective
     budget: Budget

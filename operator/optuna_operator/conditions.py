@@ -55,6 +55,7 @@ class Reason(StrEnum):
     DASHBOARD_READY = "DashboardReady"
     DASHBOARD_PENDING = "DashboardPending"
     DASHBOARD_DISABLED = "DashboardDisabled"
+    DASHBOARD_NEEDS_READ_ONLY_SECRET = "DashboardNeedsReadOnlySecret"
     # lifecycle
     SUSPENDED = "SuspendedBySpec"
     RUNNING = "Running"

@@ -35,6 +35,7 @@ from optuna_operator.api import DeletionPolicy, TuningStudy
 from optuna_operator.conditions import ConditionType, Reason, set_condition
 from optuna_operator.contract import redact
 from optuna_operator.kube import Cluster
+from optuna_operator.manifests import NAMESPACE_DASHBOARD_LABEL
 from optuna_operator.reconcile import Children, Event, Reconciler, StorageProblem
 from optuna_operator.study_store import StorageError
 
@@ -253,6 +254,8 @@ class Controller:
         self.studies: dict[Key, dict[str, Any]] = {}
         self.jobs: dict[Key, dict[str, dict[str, Any]]] = {}
         self.dashboards: dict[Key, dict[str, Any]] = {}
+        # namespace -> its dashboard Deployment (default storage), served to every study
+        self.namespace_dashboards: dict[str, dict[str, Any]] = {}
         self._triggers: dict[Key, tuple[Any, ...]] = {}
         self._child_seen: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._failures: dict[Key, int] = {}
@@ -287,20 +290,21 @@ class Controller:
         """A worker Job or dashboard Deployment changed: queue its study when what the
         reconcile reads of it changed."""
         meta = body["metadata"]
-        owner = next(
-            (o for o in meta.get("ownerReferences") or [] if o.get("kind") == "TuningStudy"),
-            None,
-        )
-        if owner is None:
+        owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "TuningStudy"]
+        if not owners:
             return
-        key = (meta["namespace"], owner["name"])
-        child_key = (kind, meta["namespace"], meta["name"])
+        ns = meta["namespace"]
+        # A namespace's dashboard is owned by every study it serves: each hears of it.
+        shared = (meta.get("labels") or {}).get(NAMESPACE_DASHBOARD_LABEL) == "true"
+        keys = [(ns, o["name"]) for o in (owners if shared else owners[:1])]
+        child_key = (kind, ns, meta["name"])
         if event_type == "DELETED":
-            self._drop_child(key, kind, meta["name"])
+            self._drop_child(keys[0], kind, meta["name"])
             self._child_seen.pop(child_key, None)
-            self.queue.add(key)
+            for key in keys:
+                self.queue.add(key)
             return
-        self._store_child(key, body)
+        self._store_child(keys[0], body)
         status = body.get("status") or {}
         seen = (
             bool(meta.get("deletionTimestamp")),
@@ -320,7 +324,8 @@ class Controller:
         )
         if self._child_seen.get(child_key) != seen:
             self._child_seen[child_key] = seen
-            self.queue.add(key)
+            for key in keys:
+                self.queue.add(key)
 
     def _store_child(self, key: Key, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -328,12 +333,20 @@ class Controller:
             jobs = self.jobs.setdefault(key, {})
             if _newer(body, jobs.get(meta["name"])):
                 jobs[meta["name"]] = body
-        elif body.get("kind") == "Deployment" and _newer(body, self.dashboards.get(key)):
+        elif body.get("kind") != "Deployment":
+            return
+        elif (meta.get("labels") or {}).get(NAMESPACE_DASHBOARD_LABEL) == "true":
+            if _newer(body, self.namespace_dashboards.get(key[0])):
+                self.namespace_dashboards[key[0]] = body
+        elif _newer(body, self.dashboards.get(key)):
             self.dashboards[key] = body
 
     def _drop_child(self, key: Key, kind: str, name: str) -> None:
+        shared = self.namespace_dashboards.get(key[0])
         if kind == "Job":
             self.jobs.get(key, {}).pop(name, None)
+        elif kind == "Deployment" and shared is not None and shared["metadata"]["name"] == name:
+            del self.namespace_dashboards[key[0]]
         elif kind == "Deployment":
             current = self.dashboards.get(key)
             if current is not None and current["metadata"]["name"] == name:
@@ -376,7 +389,9 @@ class Controller:
             if body is None:
                 return
             children = Children(
-                jobs=tuple(self.jobs.get(key, {}).values()), dashboard=self.dashboards.get(key)
+                jobs=tuple(self.jobs.get(key, {}).values()),
+                dashboard=self.dashboards.get(key),
+                namespace_dashboard=self.namespace_dashboards.get(key[0]),
             )
             loop = asyncio.get_running_loop()
             started = time.monotonic()

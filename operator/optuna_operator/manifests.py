@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,15 +28,21 @@ from optuna_operator.contract import (
 )
 
 __all__ = [
+    "DASHBOARD_PORT",
+    "NAMESPACE_DASHBOARD",
+    "NAMESPACE_DASHBOARD_LABEL",
     "QUEUE_LABEL",
     "TEMPLATE_HASH_LABEL",
     "ChildContext",
-    "dashboard_deployment",
     "dashboard_name",
-    "dashboard_service",
     "export_config_map",
     "labels",
+    "namespace_dashboard",
+    "namespace_dashboard_labels",
     "owner_reference",
+    "study_dashboard",
+    "study_dashboard_name",
+    "study_owner_reference",
     "worker_config",
     "worker_job",
     "workers_job_prefix",
@@ -50,6 +56,12 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Kueue's partial admission of a batch Job: the fewest pods it may start it with.
 MIN_PARALLELISM_ANNOTATION = "kueue.x-k8s.io/job-min-parallelism"
 DASHBOARD_PORT = 8080
+# The one dashboard of a namespace's default-storage studies (Deployment, Service and
+# NetworkPolicy of this name), and the label that tells it from anything else of that name.
+NAMESPACE_DASHBOARD = "optuna-dashboard"
+NAMESPACE_DASHBOARD_LABEL = "optuna-operator.io/namespace-dashboard"
+# A study's own dashboard reads its read-only URL from this variable.
+DASHBOARD_URL_ENV = "OPTUNA_DASHBOARD_URL"
 
 # Restricted Pod Security Standard, satisfied by default for every pod the operator makes.
 # uid 65532 is the worker image's user; it also lets root-based images (e.g. PyTorch's) run
@@ -90,6 +102,8 @@ class ChildContext:
     # a user's own storage Secret, which holds a URL only.
     dashboard_url: str | None = None
     dashboard_password_key: str | None = None
+    # NetworkPolicy peers admitted to dashboards (the chart's dashboard.allowedFrom).
+    dashboard_allowed_from: list[dict[str, Any]] = field(default_factory=list)
 
 
 def labels(study: TuningStudy, component: str) -> dict[str, str]:
@@ -281,30 +295,42 @@ def worker_job(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
 
 
 def dashboard_name(study: TuningStudy) -> str:
+    """The dashboard that serves this study: its namespace's with the default storage, its
+    own (spec.storage with a read-only spec.dashboard.secretRef) otherwise."""
+    return NAMESPACE_DASHBOARD if study.spec.storage is None else study_dashboard_name(study)
+
+
+def study_dashboard_name(study: TuningStudy) -> str:
+    """A study's own dashboard (its storage is the user's)."""
     return f"{study.metadata.name}-dashboard"
 
 
-def dashboard_deployment(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
-    dash = study.spec.dashboard
-    pod_labels = labels(study, "dashboard")
-    args = ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT)]
-    if ctx.dashboard_url is not None and ctx.dashboard_password_key is not None:
-        # Read-only role; no password in the process arguments (`ps` shows those).
-        args.append(ctx.dashboard_url)
-        secret_ref = {"name": ctx.storage_secret, "key": ctx.dashboard_password_key}
-        env: list[dict[str, Any]] = [
-            {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": secret_ref}}
-        ]
-    else:
-        # A user's Secret holds only a URL: $(VAR) is expanded by the kubelet, so the URL
-        # stays out of every API object (though not out of the process arguments).
-        args.append(f"$({STORAGE_ENV})")
-        env = [_storage_env(ctx)]
+def namespace_dashboard_labels(namespace: str) -> dict[str, str]:
+    """Labels of a namespace's dashboard and its pods; no study label, as it serves all."""
+    return {
+        "app.kubernetes.io/name": "optuna-dashboard",
+        "app.kubernetes.io/instance": NAMESPACE_DASHBOARD,
+        "app.kubernetes.io/component": "dashboard",
+        "app.kubernetes.io/part-of": "optuna-operator",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        NAMESPACE_DASHBOARD_LABEL: "true",
+    }
+
+
+def study_owner_reference(uid: str, name: str) -> dict[str, Any]:
+    """A reference from a namespace's dashboard to one study it serves: not its controller,
+    so the dashboard goes (garbage collection) only when every study it serves is gone."""
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid}
+
+
+def _dashboard_container(
+    image: str, url_arg: str, env: list[dict[str, Any]], resources: dict[str, Any] | None
+) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "dashboard",
-        "image": dash.image or ctx.dashboard_image,
+        "image": image,
         "command": ["optuna-dashboard"],
-        "args": args,
+        "args": ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT), url_arg],
         "env": env,
         "ports": [{"name": "http", "containerPort": DASHBOARD_PORT}],
         "readinessProbe": {
@@ -314,12 +340,27 @@ def dashboard_deployment(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if dash.resources:
-        container["resources"] = dash.resources.to_wire()
-    return {
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _dashboard_objects(
+    metadata: dict[str, Any],
+    pod_labels: dict[str, str],
+    container: dict[str, Any],
+    allowed_from: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Deployment, Service and NetworkPolicy of one dashboard, all with `metadata`."""
+
+    def meta() -> dict[str, Any]:
+        copied: dict[str, Any] = json.loads(json.dumps(metadata))  # callers annotate each
+        return copied
+
+    deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(study, dashboard_name(study), "dashboard"),
+        "metadata": meta(),
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": pod_labels},
@@ -333,18 +374,73 @@ def dashboard_deployment(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
             },
         },
     }
-
-
-def dashboard_service(study: TuningStudy) -> dict[str, Any]:
-    return {
+    service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(study, dashboard_name(study), "dashboard"),
+        "metadata": meta(),
         "spec": {
-            "selector": labels(study, "dashboard"),
+            "selector": pod_labels,
             "ports": [{"name": "http", "port": DASHBOARD_PORT, "targetPort": "http"}],
         },
     }
+    # Nothing reaches a dashboard but the peers the chart names (default: none; the
+    # documented path, kubectl port-forward, enters the pod's own network namespace).
+    ingress = (
+        [{"from": allowed_from, "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]}]
+        if allowed_from
+        else []
+    )
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(),
+        "spec": {
+            "podSelector": {"matchLabels": pod_labels},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+    return [deployment, service, policy]
+
+
+def namespace_dashboard(
+    namespace: str, owners: list[dict[str, Any]], ctx: ChildContext
+) -> list[dict[str, Any]]:
+    """The namespace's one dashboard (default storage): its read-only role, the password
+    from the namespace's Secret as PGPASSWORD (not in the process arguments, which `ps`
+    shows), owned by every study it serves (sorted by uid, so the same set of studies
+    always gives the same objects)."""
+    assert ctx.dashboard_url is not None and ctx.dashboard_password_key is not None
+    pod_labels = namespace_dashboard_labels(namespace)
+    secret_ref = {"name": ctx.storage_secret, "key": ctx.dashboard_password_key}
+    env = [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": secret_ref}}]
+    container = _dashboard_container(ctx.dashboard_image, ctx.dashboard_url, env, None)
+    metadata = {
+        "name": NAMESPACE_DASHBOARD,
+        "namespace": namespace,
+        "labels": pod_labels,
+        "ownerReferences": sorted(owners, key=lambda ref: str(ref["uid"])),
+    }
+    return _dashboard_objects(metadata, pod_labels, container, ctx.dashboard_allowed_from)
+
+
+def study_dashboard(study: TuningStudy, ctx: ChildContext) -> list[dict[str, Any]]:
+    """A study's own dashboard, on its own storage: only with spec.dashboard.secretRef, a
+    read-only credential the user supplies; never the read-write URL of spec.storage."""
+    dash = study.spec.dashboard
+    assert dash.secret_ref is not None
+    ref = {"name": dash.secret_ref.name, "key": dash.secret_ref.key}
+    # $(VAR) is expanded by the kubelet: the URL stays out of every API object (though not
+    # out of the process arguments).
+    env = [{"name": DASHBOARD_URL_ENV, "valueFrom": {"secretKeyRef": ref}}]
+    resources = dash.resources.to_wire() if dash.resources else None
+    container = _dashboard_container(
+        dash.image or ctx.dashboard_image, f"$({DASHBOARD_URL_ENV})", env, resources
+    )
+    metadata = _metadata(study, study_dashboard_name(study), "dashboard")
+    return _dashboard_objects(
+        metadata, labels(study, "dashboard"), container, ctx.dashboard_allowed_from
+    )
 
 
 def _config_map_key(name: str) -> str:

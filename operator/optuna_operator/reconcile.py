@@ -13,8 +13,6 @@ it runs: on changes of the study or its children, and periodically only while wo
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -36,9 +34,23 @@ from optuna_operator.api import (
     TuningStudyStatus,
     WorkerCounts,
 )
+from optuna_operator.applied import (
+    APPLIED_HASH_ANNOTATION,
+    applied_hash,
+    conflict_message,
+    manifest_hash,
+    with_hash,
+)
 from optuna_operator.conditions import ConditionType, Reason, find, set_condition
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
 from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode, redact
+from optuna_operator.dashboards import (
+    DashboardAction,
+    DashboardConflict,
+    DashboardSender,
+    decide_dashboard,
+    desired_dashboard,
+)
 from optuna_operator.kube import Cluster
 from optuna_operator.study_store import (
     DirectionsMismatchError,
@@ -50,7 +62,7 @@ from optuna_operator.study_store import (
     StudySummary,
     WarmStartError,
 )
-from optuna_operator.tenancy import Tenancy, TenancyError, TenantCredentials
+from optuna_operator.tenancy import Tenancy, TenancyError, TenantCredentials, TenantLimits
 
 __all__ = [
     "APPLIED_HASH_ANNOTATION",
@@ -70,9 +82,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The digest of the manifest last applied to a child: a child whose annotation matches the
-# desired manifest is not sent again (no PATCH per refresh).
-APPLIED_HASH_ANNOTATION = "optuna-operator.io/applied-hash"
 # Secret values read for storage URLs are reused this long: a rotated password reaches new
 # workers within a minute, and running studies do not GET a Secret on every refresh.
 SECRET_TTL_SECONDS = 60.0
@@ -80,7 +89,6 @@ SECRET_TTL_SECONDS = 60.0
 PhaseName = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
 # requeue/stop delete a queued (Kueue) Job instead of patching it: see `decide`.
 JobAction = Literal["none", "apply", "restart", "requeue", "stop"]
-DashboardAction = Literal["none", "apply", "delete"]
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,10 @@ class Children:
     """The study's children as the controller's watch caches hold them."""
 
     jobs: tuple[dict[str, Any], ...] = ()
+    # The study's own dashboard Deployment (own storage; before 0.2, every study's).
     dashboard: dict[str, Any] | None = None
+    # The namespace's dashboard Deployment (default storage), shared by its studies.
+    namespace_dashboard: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,12 +169,17 @@ class Observed:
     summary: StudySummary = field(default_factory=StudySummary)
     job: JobState | None = None  # the Job with the desired template, if any
     stale_jobs: tuple[str, ...] = ()  # worker Jobs of an older template
+    # The dashboard Deployment that serves the study (the namespace's with the default
+    # storage), and a study's own one left from before 0.2 that must go.
     dashboard: dict[str, Any] | None = None
+    old_dashboard: dict[str, Any] | None = None
     workers_message: str | None = None  # why worker pods last failed, when some did
     pods_refused: str | None = None  # why the Job controller cannot create worker pods
     # The children as they should be, each carrying APPLIED_HASH_ANNOTATION.
     desired_job: dict[str, Any] = field(default_factory=dict)
-    desired_dashboard: dict[str, Any] = field(default_factory=dict)
+    # Deployment, Service and NetworkPolicy; empty when no dashboard should serve it.
+    desired_dashboard: list[dict[str, Any]] = field(default_factory=list)
+    context: manifests.ChildContext | None = None  # what the children were built from
     queue: str | None = None  # Kueue LocalQueue of the worker Job
     admission: kueue.Admission | None = None  # read while a queued Job is suspended
 
@@ -176,6 +192,7 @@ class Plan:
     job: JobAction = "none"
     delete_jobs: tuple[str, ...] = ()
     dashboard: DashboardAction = "none"
+    delete_old_dashboard: bool = False
     fail_stale_trials: bool = False
     importances: bool = False
     # Seconds until the next periodic reconcile; None: only changes wake this study.
@@ -293,7 +310,7 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     # it instead (deletion is how Kueue releases a Job's quota at once); the next pass
     # creates the new one, suspended, at the back of its queue.
     queued = observed.queue is not None
-    changed = job is not None and job.applied_hash != _applied_hash(observed.desired_job)
+    changed = job is not None and job.applied_hash != applied_hash(observed.desired_job)
 
     action: JobAction
     if job is not None and job.failed_reason:
@@ -314,11 +331,7 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     else:
         action = "none"
 
-    dashboard: DashboardAction = "none"
-    if not study.spec.dashboard.enabled:
-        dashboard = "delete" if observed.dashboard is not None else "none"
-    elif _applied_hash(observed.dashboard) != _applied_hash(observed.desired_dashboard):
-        dashboard = "apply"
+    dashboard = decide_dashboard(observed.dashboard, observed.desired_dashboard)
 
     summary = observed.summary
     workers_gone = job is None or job.active == 0
@@ -331,6 +344,7 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
         job=action,
         delete_jobs=observed.stale_jobs,
         dashboard=dashboard,
+        delete_old_dashboard=observed.old_dashboard is not None,
         fail_stale_trials=bool(summary.running) and workers_gone,
         importances=phase.phase == "Succeeded"
         and study.status.param_importances is None
@@ -525,8 +539,25 @@ def _dashboard_status(
             "spec.dashboard.enabled is false",
         )
         return
+    if study.spec.storage is not None and study.spec.dashboard.secret_ref is None:
+        status.dashboard = None
+        set_(
+            ConditionType.DASHBOARD_AVAILABLE,
+            False,
+            Reason.DASHBOARD_NEEDS_READ_ONLY_SECRET,
+            "A study on its own storage gets a dashboard only with a read-only credential: "
+            "set spec.dashboard.secretRef to a Secret holding the URL of a read-only role "
+            "(the operator never gives a dashboard the read-write URL of spec.storage)",
+        )
+        return
     if acted.dashboard_created:
-        events.append(Event("Normal", "CreatedDashboard", f"Created Deployment and Service {name}"))
+        events.append(
+            Event(
+                "Normal",
+                "CreatedDashboard",
+                f"Created Deployment, Service and NetworkPolicy {name}",
+            )
+        )
     url = f"http://{name}.{ns}.svc:{manifests.DASHBOARD_PORT}"
     status.dashboard = DashboardStatus(service=name, url=url)
     available = (((acted.dashboard or {}).get("status") or {}).get("availableReplicas") or 0) > 0
@@ -595,26 +626,6 @@ def _reason_changed(
 # ---------------------------------------------------------------------- observations
 
 
-def manifest_hash(obj: dict[str, Any]) -> str:
-    """A short digest of a manifest, stored on the child as APPLIED_HASH_ANNOTATION."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _with_hash(obj: dict[str, Any]) -> dict[str, Any]:
-    digest = manifest_hash(obj)
-    metadata = {**obj["metadata"]}
-    metadata["annotations"] = {**metadata.get("annotations", {}), APPLIED_HASH_ANNOTATION: digest}
-    return {**obj, "metadata": metadata}
-
-
-def _applied_hash(obj: dict[str, Any] | None) -> str | None:
-    if obj is None:
-        return None
-    annotations = obj.get("metadata", {}).get("annotations") or {}
-    value = annotations.get(APPLIED_HASH_ANNOTATION)
-    return str(value) if value is not None else None
-
-
 def job_state(job: dict[str, Any]) -> JobState:
     """The fields of a Job object the reconcile acts on."""
     status = job.get("status") or {}
@@ -629,7 +640,7 @@ def job_state(job: dict[str, Any]) -> JobState:
         complete="Complete" in conditions,
         failed_reason=failed.get("reason", "Failed") if failed else None,
         failed_message=failed.get("message", "") if failed else None,
-        applied_hash=_applied_hash(job),
+        applied_hash=applied_hash(job),
         suspended=bool((job.get("spec") or {}).get("suspend")),
         uid=str(job["metadata"].get("uid") or ""),
         queue=(job["metadata"].get("labels") or {}).get(manifests.QUEUE_LABEL),
@@ -688,10 +699,16 @@ class Reconciler:
         self.stores = stores
         self.settings = settings
         # A rotated password leaves its old URL behind: drop its storage and caches.
+        self.dashboards = DashboardSender(cluster)
         self.tenancy = Tenancy(
             cluster,
             on_rotate=lambda url: self.stores.drop_url(url),
             pooler=settings.worker_pooler,
+            limits=TenantLimits(
+                connection_limit=settings.tenant_connection_limit,
+                statement_timeout_ms=settings.tenant_statement_timeout_ms,
+                idle_in_transaction_timeout_ms=settings.tenant_idle_in_transaction_timeout_ms,
+            ),
         )
         # (namespace, name, key) -> (value, read at monotonic time)
         self._secrets: dict[tuple[str, str, str], tuple[str | None, float]] = {}
@@ -836,7 +853,7 @@ class Reconciler:
         )
         summary = self.stores.summarize(storage.url, handle)
         ctx = self._child_context(study, storage, handle)
-        desired_job = _with_hash(manifests.worker_job(study, ctx))
+        desired_job = with_hash(manifests.worker_job(study, ctx))
         desired_name = desired_job["metadata"]["name"]
         current: JobState | None = None
         stale = []
@@ -871,6 +888,11 @@ class Reconciler:
             pods_refused = self.cluster.last_event_message(
                 study.metadata.namespace, "Job", current.name, "FailedCreate"
             )
+        # Default storage: the namespace's dashboard serves the study, and a dashboard of its
+        # own from before 0.2 (on the same read-only role) goes.
+        own_storage = study.spec.storage is not None
+        serving = children.dashboard if own_storage else children.namespace_dashboard
+        old_dashboard = None if own_storage else children.dashboard
         admission = None
         if ctx.queue_name is not None and current is not None and current.suspended:
             admission = self._admission(study.metadata.namespace, ctx.queue_name, current)
@@ -881,11 +903,13 @@ class Reconciler:
             summary=summary,
             job=current,
             stale_jobs=tuple(sorted(stale)),
-            dashboard=children.dashboard,
+            dashboard=serving,
+            old_dashboard=old_dashboard,
             workers_message=workers_message,
             pods_refused=pods_refused,
             desired_job=desired_job,
-            desired_dashboard=_with_hash(manifests.dashboard_deployment(study, ctx)),
+            desired_dashboard=desired_dashboard(study, ctx, serving),
+            context=ctx,
             queue=ctx.queue_name,
             admission=admission,
         )
@@ -895,7 +919,7 @@ class Reconciler:
         name another owner holds, is reported, not raised, so the status can say why."""
         ns = study.metadata.namespace
         assert observed.storage is not None and observed.handle is not None
-        desired_job, desired_dashboard = observed.desired_job, observed.desired_dashboard
+        desired_job = observed.desired_job
         applied: list[dict[str, Any]] = []
         deleted: list[tuple[str, str]] = []
         for name in plan.delete_jobs:
@@ -916,33 +940,37 @@ class Reconciler:
                 applied.append(stored)
                 job = job_state(stored)
             except ApiException as exc:
-                rejected = (Reason.CHILD_REJECTED, _refusal(exc, desired_job))
+                rejected = (
+                    Reason.CHILD_REJECTED,
+                    _refusal(exc, "Job", desired_job["metadata"]["name"]),
+                )
             except ChildConflict as exc:
                 rejected = (Reason.CHILD_CONFLICT, str(exc))
         dashboard, dashboard_created = observed.dashboard, False
-        name = manifests.dashboard_name(study)
-        service = manifests.dashboard_service(study)
-        if plan.dashboard == "delete":
+        if plan.delete_old_dashboard:
+            # Made by an earlier release and controlled by this study (the watch caches
+            # only such): the namespace's read-only dashboard replaces it.
+            name = manifests.study_dashboard_name(study)
+            for kind in ("Deployment", "Service"):
+                self.cluster.delete(kind, ns, name)
+                deleted.append((kind, name))
+        if plan.dashboard != "none" and rejected is None:
+            assert observed.context is not None
             try:
-                self._check_controlled(study, desired_dashboard, observed.dashboard)
-                self.cluster.delete("Deployment", ns, name)
-                deleted.append(("Deployment", name))
-                dashboard = None
-            except ChildConflict:
-                pass  # not ours: nothing of ours to delete
-            with contextlib.suppress(ChildConflict):
-                self._check_controlled(study, service)
-                self.cluster.delete("Service", ns, name)
-        elif plan.dashboard == "apply" and rejected is None:
-            try:
-                self._check_controlled(study, desired_dashboard, observed.dashboard)
-                self._check_controlled(study, service)
-                dashboard, dashboard_created = self.cluster.apply(desired_dashboard)
-                self.cluster.apply(service)
-                applied.append(dashboard)
+                sent = self.dashboards.send(
+                    study,
+                    observed.context,
+                    plan.dashboard,
+                    observed.desired_dashboard,
+                    observed.dashboard,
+                )
+                dashboard, dashboard_created = sent.deployment, sent.created
+                applied += sent.applied
+                deleted += sent.deleted
             except ApiException as exc:
-                rejected = (Reason.CHILD_REJECTED, _refusal(exc, desired_dashboard))
-            except ChildConflict as exc:
+                name = manifests.dashboard_name(study)
+                rejected = (Reason.CHILD_REJECTED, _refusal(exc, "Deployment", name))
+            except DashboardConflict as exc:
                 rejected = (Reason.CHILD_CONFLICT, str(exc))
         if plan.fail_stale_trials:
             try:
@@ -996,7 +1024,7 @@ class Reconciler:
         meta = desired["metadata"]
         current = cached or self.cluster.get(desired["kind"], meta["namespace"], meta["name"])
         if current is not None and controller_uid(current) != study.metadata.uid:
-            raise ChildConflict(_conflict_message(desired["kind"], meta["name"], current))
+            raise ChildConflict(conflict_message(desired["kind"], meta["name"], current))
 
     def _child_context(
         self, study: TuningStudy, storage: StorageRef, handle: StudyHandle
@@ -1013,6 +1041,7 @@ class Reconciler:
             queue_name=study.spec.workers.queue_name or self.settings.default_queue_name,
             dashboard_url=tenant.readonly_url if tenant else None,
             dashboard_password_key=tenant.readonly_password_key if tenant else None,
+            dashboard_allowed_from=self.settings.dashboard_allowed_from,
         )
 
     def _admission(self, namespace: str, queue: str, job: JobState) -> kueue.Admission:
@@ -1100,19 +1129,6 @@ def owner_of(study: TuningStudy) -> Owner:
     return Owner(meta.namespace, meta.name, meta.uid or "")
 
 
-def _conflict_message(kind: str, name: str, current: dict[str, Any]) -> str:
-    owners = [
-        f"{r.get('kind')} {r.get('name')}"
-        for r in (current.get("metadata") or {}).get("ownerReferences") or []
-        if r.get("controller")
-    ]
-    held = f"is controlled by {owners[0]}" if owners else "was not created by this TuningStudy"
-    return (
-        f"{kind} {name} already exists and {held}; the operator does not take it over: "
-        "delete or rename it"
-    )
-
-
 def redact_status(
     status: TuningStudyStatus, events: list[Event], url: str | None
 ) -> tuple[TuningStudyStatus, list[Event]]:
@@ -1123,7 +1139,7 @@ def redact_status(
     return status, [replace(e, message=redact(e.message, url)) for e in events]
 
 
-def _refusal(exc: ApiException, obj: dict[str, Any]) -> str:
+def _refusal(exc: ApiException, kind: str, name: str) -> str:
     """The API server's reason for refusing a child, as a sentence for the status; errors
     that are not a refusal of this object (5xx, timeouts) are raised on."""
     if exc.status not in (400, 403, 404, 409, 422):
@@ -1132,7 +1148,7 @@ def _refusal(exc: ApiException, obj: dict[str, Any]) -> str:
         detail = json.loads(exc.body or b"{}").get("message") or exc.reason
     except (ValueError, AttributeError):
         detail = exc.reason
-    return f"The API server refused {obj['kind']} {obj['metadata']['name']}: {detail}"[:1000]
+    return f"The API server refused {kind} {name}: {detail}"[:1000]
 
 
 def _storage_failure(exc: Exception) -> tuple[str, str]:

@@ -37,6 +37,7 @@ RELEASE = "optuna-operator"
 SA = "optuna-operator"
 CRD = "tuningstudies.tuning.optuna-operator.io"
 STUDIES = f"{PLURAL}.{GROUP}"
+NETWORK_POLICIES = "networkpolicies.networking.k8s.io"
 
 
 # The session's operator watches every namespace; the chart's operator must be alone.
@@ -158,6 +159,7 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     for service in (f"{RELEASE}-metrics", pg, f"{pg}-hl"):
         assert exists(core.read_namespaced_service, service, release_ns), service
     assert exists(net.read_namespaced_network_policy, pg, release_ns)
+    assert exists(net.read_namespaced_network_policy, RELEASE, release_ns)  # the operator pod's
     assert exists(
         client.PolicyV1Api(kube_api).read_namespaced_pod_disruption_budget, RELEASE, release_ns
     )
@@ -227,6 +229,9 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         ("create", "events", team),
         ("list", "events", team),
         ("patch", "kopfpeerings.kopf.dev", team),
+        ("create", NETWORK_POLICIES, team),
+        ("delete", NETWORK_POLICIES, team),
+        ("watch", NETWORK_POLICIES, team),
         ("get", f"secrets/{credentials}", release_ns),
         ("watch", "namespaces", None),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
@@ -242,6 +247,8 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         ("list", STUDIES, None),
         ("delete", STUDIES, team),
         ("create", "jobs.batch", other),
+        ("create", "jobs.batch", "kube-system"),
+        ("create", NETWORK_POLICIES, other),
         ("create", "pods", team),
         ("get", "pods", team),
         ("create", "pods/exec", team),
@@ -306,6 +313,69 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     helm(bed, "uninstall", RELEASE, "-n", release_ns, "--wait")
 
 
+def test_defaults_grant_nothing_outside_the_served_namespace(
+    bed: Bed, kube_api: client.ApiClient, namespace_factory: NamespaceFactory, tmp_path: Path
+) -> None:
+    """The chart's default values: the operator serves `default` and holds no Secret, Job or
+    NetworkPolicy right anywhere else, kube-system above all."""
+    release_ns = namespace_factory(pod_security="restricted")
+    unserved = namespace_factory()
+    rbac, net = client.RbacAuthorizationV1Api(kube_api), client.NetworkingV1Api(kube_api)
+    # Default values but for the pod: the bed's executor would run it as a local process on
+    # the fixed default ports. Replicas change no RBAC object.
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"replicaCount": 0}))
+    try:
+        out = helm(bed, "install", RELEASE, CHART, "-n", release_ns, "-f", values)
+        assert "watching only: default." in out.stdout
+        assert exists(rbac.read_namespaced_role, RELEASE, "default")
+        assert exists(rbac.read_namespaced_role_binding, RELEASE, "default")
+        assert not exists(rbac.read_cluster_role, RELEASE)
+        assert not exists(rbac.read_cluster_role_binding, RELEASE)
+        operator_policy: Any = net.read_namespaced_network_policy(RELEASE, release_ns)
+        assert operator_policy.spec.policy_types == ["Ingress"]
+        assert not operator_policy.spec.ingress  # nobody, metrics included, by default
+
+        served: list[tuple[str, str, str | None]] = [
+            ("create", "jobs.batch", "default"),
+            ("create", NETWORK_POLICIES, "default"),
+            ("patch", NETWORK_POLICIES, "default"),
+            ("delete", NETWORK_POLICIES, "default"),
+            ("watch", NETWORK_POLICIES, "default"),
+            ("get", "secrets", "default"),
+            ("create", "secrets", "default"),
+            ("watch", STUDIES, "default"),
+            ("patch", "kopfpeerings.kopf.dev", "default"),
+            ("watch", "namespaces", None),
+        ]
+        elsewhere: list[tuple[str, str, str | None]] = [
+            ("create", "secrets", "kube-system"),
+            ("get", "secrets", "kube-system"),
+            ("patch", "secrets", "kube-system"),
+            ("create", "jobs.batch", "kube-system"),
+            ("create", "deployments.apps", "kube-system"),
+            ("create", NETWORK_POLICIES, "kube-system"),
+            ("get", "secrets", unserved),
+            ("create", "secrets", unserved),
+            ("create", "jobs.batch", unserved),
+            ("create", NETWORK_POLICIES, unserved),
+            ("watch", STUDIES, unserved),
+            # The release namespace is not served either (no default storage Secret is set).
+            ("get", "secrets", release_ns),
+            ("create", "jobs.batch", release_ns),
+            ("get", "secrets", None),
+            ("create", "jobs.batch", None),
+            ("list", STUDIES, None),
+            ("patch", "clusterkopfpeerings.kopf.dev", None),
+            ("list", "secrets", "default"),
+        ]
+        assert_access(bed, release_ns, served, allowed=True)
+        assert_access(bed, release_ns, elsewhere, allowed=False)
+    finally:
+        helm(bed, "uninstall", RELEASE, "-n", release_ns, "--ignore-not-found", "--wait")
+    assert not exists(rbac.read_namespaced_role, RELEASE, "default")
+
+
 def token_kubeconfig(bed: Bed, namespace: str, path: Path) -> None:
     """A kubeconfig that authenticates as the chart's ServiceAccount (a bound token)."""
     token = kubectl(bed, "create", "token", SA, "-n", namespace, "--duration", "1h").stdout
@@ -338,6 +408,8 @@ def test_operator_from_the_chart_runs_a_study(
     values.write_text(
         yaml.safe_dump(
             {
+                # Cluster-wide, explicitly: the study's namespace is made per test run.
+                "clusterWide": True,
                 # Scaled up once its token exists; the pod reads it at start.
                 "replicaCount": 0,
                 "storage": {"existingSecret": {"name": "optuna-db"}},
@@ -374,13 +446,18 @@ def test_operator_from_the_chart_runs_a_study(
         )
         pod: str = pods.items[0].metadata.name
 
-        # Cluster-wide mode: studies everywhere, Secrets by name only, nothing beyond.
+        # Cluster-wide mode: studies everywhere, Secrets by name only, nothing beyond. Everywhere
+        # means kube-system too: what clusterWide grants, as values.yaml says.
         allowed: list[tuple[str, str, str | None]] = [
             ("watch", STUDIES, None),
             ("patch", f"{STUDIES} --subresource=status", study_ns),
             ("get", "secrets", study_ns),
             ("create", "jobs.batch", study_ns),
+            ("create", NETWORK_POLICIES, study_ns),
             ("patch", "clusterkopfpeerings.kopf.dev", None),
+            ("get", "secrets", "kube-system"),
+            ("create", "secrets", "kube-system"),
+            ("create", "jobs.batch", "kube-system"),
         ]
         denied: list[tuple[str, str, str | None]] = [
             ("list", "secrets", None),
@@ -419,7 +496,12 @@ def test_operator_from_the_chart_runs_a_study(
         assert tenant_url and tenant_url != bed.storage_url
         assert make_url(tenant_url).username == tenant_names(study_ns).role
         assert str(make_url(bed.storage_url).password) not in tenant_url
-        assert exists(apps.read_namespaced_deployment, f"{name}-dashboard", study_ns)
+        # The namespace's one read-only dashboard, closed by its NetworkPolicy.
+        assert exists(apps.read_namespaced_deployment, "optuna-dashboard", study_ns)
+        policy = client.NetworkingV1Api(kube_api).read_namespaced_network_policy(
+            "optuna-dashboard", study_ns
+        )
+        assert policy.spec.ingress in (None, [])
 
         # Not one request the chart's RBAC refused (other 403s, e.g. a namespace being
         # deleted by another test, are not RBAC's).

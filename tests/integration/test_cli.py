@@ -132,7 +132,7 @@ def test_kubectl_optuna_create_wait_list_status_best_trials(bed: Bed, studies: S
     # `best -o env` sourced in a shell sets the parameters.
     env = kubectl(bed, "optuna", "best", "cli-quad", "-n", ns, "-o", "env").stdout
     sourced = subprocess.run(
-        ["bash", "-c", f'{env}\necho "$x"'], capture_output=True, text=True, check=True
+        ["bash", "-c", f'{env}\necho "$X"'], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert float(sourced) == pytest.approx(loaded.best_trial.params["x"])
 

@@ -270,9 +270,11 @@ def test_the_dashboard_reads_only_its_namespace_and_cannot_delete(
     # The real optuna-dashboard process (the bed runs it from the venv) logs in as the
     # read-only role with PGPASSWORD and serves: its readiness probe passes.
     a.wait_condition("dash", "DashboardAvailable", "True", timeout=120)
+    # One dashboard per namespace, read-only: the only one the operator starts.
     deployment = client.AppsV1Api(kube_api).read_namespaced_deployment(
-        "dash-dashboard", a.namespace
+        "optuna-dashboard", a.namespace
     )
+    assert a.status("dash")["dashboard"]["service"] == "optuna-dashboard"
     container = deployment.spec.template.spec.containers[0]
     url = container.args[-1]
     names = tenant_names(a.namespace)
@@ -303,25 +305,88 @@ def test_the_dashboard_reads_only_its_namespace_and_cannot_delete(
         psycopg2.connect(make_url(url).set(drivername="postgresql").render_as_string()).close()
 
 
+def _dashboard_owners(studies: Studies) -> list[str] | None:
+    try:
+        deployment = client.AppsV1Api(studies.core.api_client).read_namespaced_deployment(
+            "optuna-dashboard", studies.namespace
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return sorted(r.name for r in deployment.metadata.owner_references or [])
+
+
+def test_the_studies_of_a_namespace_share_one_dashboard_that_goes_with_the_last(
+    studies: Studies,
+) -> None:
+    studies.create(study_body("one", budget={"trials": 2}, dashboard={"enabled": True}))
+    studies.create(study_body("two", budget={"trials": 2}, dashboard={"enabled": True}))
+    studies.create(study_body("dark", budget={"trials": 2}))  # dashboard off: not an owner
+    for name in ("one", "two", "dark"):
+        studies.wait_phase(name, "Succeeded")
+    wait_for(lambda: _dashboard_owners(studies) == ["one", "two"], 60, "both owners")
+    apps = client.AppsV1Api(studies.core.api_client)
+    names = [d.metadata.name for d in apps.list_namespaced_deployment(studies.namespace).items]
+    assert names == ["optuna-dashboard"]
+    assert studies.status("dark").get("dashboard") is None
+
+    # The dashboard outlives one of its studies and goes with the last (garbage collection).
+    studies.delete("one")
+    wait_for(lambda: _dashboard_owners(studies) == ["two"], 60, "one owner left")
+    studies.delete("two")
+    wait_for(lambda: _dashboard_owners(studies) is None, 60, "the dashboard to go")
+    networking = client.NetworkingV1Api(studies.core.api_client)
+    wait_for(
+        lambda: not networking.list_namespaced_network_policy(studies.namespace).items,
+        60,
+        "its NetworkPolicy to go",
+    )
+
+
+def test_a_study_on_its_own_storage_gets_no_dashboard_on_its_read_write_url(
+    studies: Studies, storage_url: str
+) -> None:
+    studies.core.create_namespaced_secret(
+        studies.namespace,
+        {"metadata": {"name": "own-db"}, "stringData": {"url": storage_url}},
+    )
+    studies.create(
+        study_body(
+            "own",
+            budget={"trials": 2},
+            storage={"secretRef": {"name": "own-db"}},
+            dashboard={"enabled": True},
+        )
+    )
+    studies.wait_phase("own", "Succeeded")
+    cond = studies.wait_condition(
+        "own", "DashboardAvailable", "False", "DashboardNeedsReadOnlySecret"
+    )
+    assert "spec.dashboard.secretRef" in cond["message"]
+    apps = client.AppsV1Api(studies.core.api_client)
+    assert apps.list_namespaced_deployment(studies.namespace).items == []
+
+
 def test_children_of_someone_else_are_never_taken_over(
     studies: Studies, kube_api: client.ApiClient
 ) -> None:
     core = client.CoreV1Api(kube_api)
     foreign: dict[str, Any] = {
-        "metadata": {"name": "clash-dashboard", "labels": {"team": "web"}},
+        "metadata": {"name": "optuna-dashboard", "labels": {"team": "web"}},
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
     }
     core.create_namespaced_service(studies.namespace, foreign)
     studies.create(study_body("clash", budget={"trials": 2}, dashboard={"enabled": True}))
     cond = studies.wait_condition("clash", "WorkersReady", "False", "ChildConflict")
-    assert "Service clash-dashboard" in cond["message"], cond
-    service = core.read_namespaced_service("clash-dashboard", studies.namespace)
+    assert "Service optuna-dashboard" in cond["message"], cond
+    service = core.read_namespaced_service("optuna-dashboard", studies.namespace)
     assert service.metadata.owner_references is None
     assert service.metadata.labels == {"team": "web"}
     assert service.spec.selector == {"app": "web"}
 
     # Once the name is free the study goes on.
-    core.delete_namespaced_service("clash-dashboard", studies.namespace)
+    core.delete_namespaced_service("optuna-dashboard", studies.namespace)
     studies.wait_phase("clash", "Succeeded", timeout=240)
 
 

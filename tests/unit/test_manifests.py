@@ -23,6 +23,19 @@ CTX = manifests.ChildContext(
     dashboard_image="dashboard:test",
     deadline=datetime(2030, 1, 1, tzinfo=UTC),
 )
+# The namespace's read-only role, as a default-storage study resolves it.
+TENANT_CTX = manifests.ChildContext(
+    storage_secret="optuna-storage",
+    storage_key="url",
+    worker_image="worker:test",
+    dashboard_image="dashboard:test",
+    dashboard_url="postgresql+psycopg2://optuna_ro_t_ml@db:5432/optuna",
+    dashboard_password_key="readonly-password",
+)
+OWNERS = [
+    manifests.study_owner_reference("uid-2", "b"),
+    manifests.study_owner_reference("uid-1", "a"),
+]
 
 
 def study(**spec: Any) -> TuningStudy:
@@ -55,9 +68,57 @@ def test_worker_job_golden() -> None:
     check_golden("worker-job", manifests.worker_job(study(), CTX))
 
 
+def _own_storage_study(**dashboard: Any) -> TuningStudy:
+    return study(
+        storage={"secretRef": {"name": "optuna-db"}},
+        dashboard={"secretRef": {"name": "optuna-db-readonly", "key": "url"}, **dashboard},
+    )
+
+
 def test_dashboard_golden() -> None:
-    check_golden("dashboard-deployment", manifests.dashboard_deployment(study(), CTX))
-    check_golden("dashboard-service", manifests.dashboard_service(study()))
+    deployment, service, policy = manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)
+    check_golden("dashboard-deployment", deployment)
+    check_golden("dashboard-service", service)
+    check_golden("dashboard-networkpolicy", policy)
+
+
+def test_a_namespace_dashboard_is_owned_by_every_study_it_serves_and_controlled_by_none() -> None:
+    for obj in manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX):
+        refs = obj["metadata"]["ownerReferences"]
+        assert [r["uid"] for r in refs] == ["uid-1", "uid-2"]  # sorted: stable manifests
+        assert not any(r.get("controller") for r in refs)
+        assert obj["metadata"]["name"] == "optuna-dashboard"
+        assert obj["metadata"]["labels"][manifests.NAMESPACE_DASHBOARD_LABEL] == "true"
+
+
+def test_dashboards_admit_nobody_unless_the_chart_names_peers() -> None:
+    *_, closed = manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)
+    assert closed["spec"]["policyTypes"] == ["Ingress"]
+    assert closed["spec"]["ingress"] == []
+    assert closed["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+        "dashboard"
+    )
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "platform"}}}]
+    ctx = manifests.ChildContext(**{**TENANT_CTX.__dict__, "dashboard_allowed_from": peers})
+    *_, opened = manifests.namespace_dashboard("ml", OWNERS, ctx)
+    assert opened["spec"]["ingress"] == [
+        {"from": peers, "ports": [{"protocol": "TCP", "port": manifests.DASHBOARD_PORT}]}
+    ]
+    *_, own = manifests.study_dashboard(_own_storage_study(), ctx)
+    assert own["spec"]["ingress"] == opened["spec"]["ingress"]
+
+
+def test_a_study_on_its_own_storage_gets_a_dashboard_only_on_its_read_only_secret() -> None:
+    deployment, service, policy = manifests.study_dashboard(_own_storage_study(), CTX)
+    container = _pods(deployment)["containers"][0]
+    refs = [e["valueFrom"]["secretKeyRef"] for e in container["env"]]
+    assert refs == [{"name": "optuna-db-readonly", "key": "url"}]
+    # Never the read-write URL of spec.storage (Secret optuna-db).
+    assert "optuna-db" not in json.dumps(deployment).replace("optuna-db-readonly", "")
+    assert container["args"][-1] == f"$({manifests.DASHBOARD_URL_ENV})"
+    assert deployment["metadata"]["name"] == "xgb-dashboard"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
 
 
 def _pods(obj: dict[str, Any]) -> dict[str, Any]:
@@ -67,8 +128,12 @@ def _pods(obj: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "obj",
-    [manifests.worker_job(study(), CTX), manifests.dashboard_deployment(study(), CTX)],
-    ids=["worker", "dashboard"],
+    [
+        manifests.worker_job(study(), CTX),
+        manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)[0],
+        manifests.study_dashboard(_own_storage_study(), CTX)[0],
+    ],
+    ids=["worker", "namespace-dashboard", "study-dashboard"],
 )
 def test_pods_meet_restricted_pod_security(obj: dict[str, Any]) -> None:
     pod = _pods(obj)
@@ -144,7 +209,10 @@ def test_gpu_limits_reach_the_worker_container() -> None:
 
 
 def test_children_are_owned_and_labelled() -> None:
-    for obj in (manifests.worker_job(study(), CTX), manifests.dashboard_service(study())):
+    for obj in (
+        manifests.worker_job(study(), CTX),
+        *manifests.study_dashboard(_own_storage_study(), CTX),
+    ):
         owner = obj["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["uid"], owner["controller"]) == ("TuningStudy", "uid-1", True)
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "optuna-operator"
@@ -211,15 +279,8 @@ def test_reserved_env_names_are_the_contracts() -> None:
 
 
 def test_tenant_dashboard_reads_as_the_read_only_role_with_no_password_in_its_args() -> None:
-    ctx = manifests.ChildContext(
-        storage_secret="optuna-storage",
-        storage_key="url",
-        worker_image="worker:test",
-        dashboard_image="dashboard:test",
-        dashboard_url="postgresql+psycopg2://optuna_ro_t_ml@db:5432/optuna",
-        dashboard_password_key="readonly-password",
-    )
-    container = _pods(manifests.dashboard_deployment(study(), ctx))["containers"][0]
+    deployment = manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)[0]
+    container = _pods(deployment)["containers"][0]
     assert container["args"][-1] == "postgresql+psycopg2://optuna_ro_t_ml@db:5432/optuna"
     assert container["env"] == [
         {

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from optuna_operator.api import BestTrial, TuningStudy
+from optuna_operator.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.controller import WorkQueue
 from optuna_operator.reconcile import (
-    APPLIED_HASH_ANNOTATION,
     Acted,
     JobState,
     Observed,
@@ -60,7 +60,9 @@ def observed(
 def plan_for(s: TuningStudy, o: Observed) -> Plan:
     hashed = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "job-hash"}}}
     dashboard = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "dash-hash"}}}
-    return decide(s, replace(o, desired_job=hashed, desired_dashboard=dashboard), INTERVAL)
+    # observe builds the dashboard only when one should serve the study
+    desired = [dashboard] if s.spec.dashboard.enabled else []
+    return decide(s, replace(o, desired_job=hashed, desired_dashboard=desired), INTERVAL)
 
 
 def running(**fields: Any) -> JobState:
@@ -133,6 +135,12 @@ def test_dashboard_applied_when_missing_and_deleted_when_disabled() -> None:
     assert plan_for(enabled, observed(dashboard=current)).dashboard == "none"
     assert plan_for(study(), observed(dashboard=current)).dashboard == "delete"
     assert plan_for(study(), observed()).dashboard == "none"
+
+
+def test_a_dashboard_of_its_own_from_before_0_2_goes() -> None:
+    old = {"metadata": {"name": "s-dashboard"}}
+    assert plan_for(study(), replace(observed(), old_dashboard=old)).delete_old_dashboard
+    assert not plan_for(study(), observed()).delete_old_dashboard
 
 
 def test_a_refused_job_fails_the_study_with_the_api_servers_reason() -> None:

@@ -1,0 +1,56 @@
+"""What the operator last applied to a child, and whether a child is someone else's: shared
+by every sender of children (worker Jobs, dashboards)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+__all__ = [
+    "APPLIED_HASH_ANNOTATION",
+    "applied_hash",
+    "conflict_message",
+    "manifest_hash",
+    "with_hash",
+]
+
+# The digest of the manifest last applied to a child: a child whose annotation matches the
+# desired manifest is not sent again (no PATCH per refresh).
+APPLIED_HASH_ANNOTATION = "optuna-operator.io/applied-hash"
+
+
+def manifest_hash(obj: dict[str, Any]) -> str:
+    """A short digest of a manifest, stored on the child as APPLIED_HASH_ANNOTATION."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """The manifest carrying its own digest."""
+    digest = manifest_hash(obj)
+    metadata = {**obj["metadata"]}
+    metadata["annotations"] = {**metadata.get("annotations", {}), APPLIED_HASH_ANNOTATION: digest}
+    return {**obj, "metadata": metadata}
+
+
+def applied_hash(obj: dict[str, Any] | None) -> str | None:
+    """The digest the operator last applied to `obj`, if any."""
+    if obj is None:
+        return None
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    value = annotations.get(APPLIED_HASH_ANNOTATION)
+    return str(value) if value is not None else None
+
+
+def conflict_message(kind: str, name: str, current: dict[str, Any]) -> str:
+    """Why the operator leaves an object of a child's name alone, for the status."""
+    owners = [
+        f"{r.get('kind')} {r.get('name')}"
+        for r in (current.get("metadata") or {}).get("ownerReferences") or []
+        if r.get("controller")
+    ]
+    held = f"is controlled by {owners[0]}" if owners else "was not created by this TuningStudy"
+    return (
+        f"{kind} {name} already exists and {held}; the operator does not take it over: "
+        "delete or rename it"
+    )

@@ -1,0 +1,79 @@
+"""Which dashboard serves a study and who owns it: pure, no cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna_operator import manifests
+from optuna_operator.api import TuningStudy
+from optuna_operator.dashboards import decide_dashboard, desired_dashboard, namespace_owners
+
+CTX = manifests.ChildContext(
+    storage_secret="optuna-storage",
+    storage_key="url",
+    worker_image="worker:test",
+    dashboard_image="dashboard:test",
+    dashboard_url="postgresql+psycopg2://optuna_ro_t_ml@db:5432/optuna",
+    dashboard_password_key="readonly-password",
+)
+
+
+def study(name: str, uid: str, **spec: Any) -> TuningStudy:
+    body: dict[str, Any] = {
+        "directions": ["minimize"],
+        "objective": {"function": "examples.quadratic:objective"},
+        "budget": {"trials": 3},
+        **spec,
+    }
+    return TuningStudy.model_validate(
+        {"metadata": {"name": name, "namespace": "ml", "uid": uid}, "spec": body}
+    )
+
+
+def _owners(objects: list[dict[str, Any]]) -> list[str]:
+    return [r["name"] for r in objects[0]["metadata"]["ownerReferences"]]
+
+
+def test_studies_of_a_namespace_share_one_dashboard_that_goes_with_the_last() -> None:
+    a, b = study("a", "uid-a"), study("b", "uid-b")
+    first = desired_dashboard(a, CTX, None)
+    assert [o["kind"] for o in first] == ["Deployment", "Service", "NetworkPolicy"]
+    assert {o["metadata"]["name"] for o in first} == {"optuna-dashboard"}
+    both = desired_dashboard(b, CTX, first[0])
+    assert _owners(both) == ["a", "b"]
+    # The same set of studies gives the same objects, whichever reconciles.
+    assert desired_dashboard(a, CTX, both[0]) == both
+    assert decide_dashboard(both[0], desired_dashboard(a, CTX, both[0])) == "none"
+
+    # A study that turns its dashboard off leaves; the last one out removes it.
+    a_off = study("a", "uid-a", dashboard={"enabled": False})
+    only_b = desired_dashboard(a_off, CTX, both[0])
+    assert _owners(only_b) == ["b"]
+    assert decide_dashboard(both[0], only_b) == "apply"
+    b_off = study("b", "uid-b", dashboard={"enabled": False})
+    assert desired_dashboard(b_off, CTX, only_b[0]) == []
+    assert decide_dashboard(only_b[0], []) == "delete"
+    assert decide_dashboard(None, []) == "none"
+
+
+def test_owner_references_of_deleted_studies_are_left_to_garbage_collection() -> None:
+    current = {
+        "metadata": {
+            "ownerReferences": [
+                manifests.study_owner_reference("uid-gone", "gone"),
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "cm"},
+            ]
+        }
+    }
+    refs = namespace_owners(current, study("a", "uid-a"), wants=True)
+    assert [r["uid"] for r in refs] == ["uid-gone", "uid-a"]
+
+
+def test_a_study_on_its_own_storage_has_a_dashboard_only_with_a_read_only_secret() -> None:
+    own = {"storage": {"secretRef": {"name": "db"}}}
+    assert desired_dashboard(study("a", "uid-a", **own), CTX, None) == []
+    with_ro = study("a", "uid-a", **own, dashboard={"secretRef": {"name": "db-ro"}})
+    objects = desired_dashboard(with_ro, CTX, None)
+    assert [o["metadata"]["name"] for o in objects] == ["a-dashboard"] * 3
+    env = objects[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["valueFrom"]["secretKeyRef"]["name"] for e in env] == ["db-ro"]
