@@ -146,7 +146,7 @@ VALIDATIONS: list[dict[str, str]] = [
             "get every secret this study hands its workers (' + "
             "variables.secretNames.join(', ') + ') in namespace ' + request.namespace + '. "
             "spec.workers.env, envFrom, volumes, spec.storage and spec.dashboard pass the "
-            "Secrets they name to the study's pods, so their author needs the get verb on "
+            "Secrets they name to the pods of the study, so their author needs the get verb on "
             "each.'"
         ),
         "reason": "Forbidden",
