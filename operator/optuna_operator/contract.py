@@ -276,6 +276,7 @@ def heartbeat_storage(
     application_name: str,
     pool_size: int | None = 2,
     storage_class: type[StorageT] = HeartbeatStorage,  # type: ignore[assignment]
+    statement_timeout_ms: int | None = None,
 ) -> StorageT:
     """The RDBStorage workers run trials with, and the operator fails stale trials with:
     heartbeats on, a trial whose heartbeat stopped retried up to MAX_RETRIES times
@@ -287,7 +288,11 @@ def heartbeat_storage(
         storage = storage_class(
             url,
             engine_kwargs=engine_kwargs(
-                url, application_name, pool_size, ping_every_checkout=False
+                url,
+                application_name,
+                pool_size,
+                statement_timeout_ms=statement_timeout_ms,
+                ping_every_checkout=False,
             ),
             # The operator created the schema with the study; workers racing to create
             # tables only add lock contention.

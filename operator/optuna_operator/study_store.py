@@ -605,20 +605,29 @@ class StoreRegistry:
     def fail_stale_trials(self, url: str, name: str, heartbeat_interval: int) -> None:
         """Fail (and re-enqueue) trials whose heartbeat stopped. Workers do this whenever one
         of them starts a trial; when none is left running, nobody else would."""
-        with self._lock:
-            key = (url, heartbeat_interval)
-            if key not in self._heartbeat_storages:
-                self._heartbeat_storages[key] = heartbeat_storage(
-                    url,
-                    heartbeat_interval,
-                    application_name="optuna-operator",
-                    pool_size=OPERATOR_POOL_SIZE,
-                )
-            storage = self._heartbeat_storages[key]
+        key = (url, heartbeat_interval)
         try:
+            with self._lock:
+                storage = self._heartbeat_storages.get(key)
+            if storage is None:
+                # Connecting happens under this URL's lock only, never under the lock every
+                # study shares: a tenant's hanging database stalls that tenant's reconciles.
+                with self._url_lock(url):
+                    with self._lock:
+                        storage = self._heartbeat_storages.get(key)
+                    if storage is None:
+                        storage = heartbeat_storage(
+                            url,
+                            heartbeat_interval,
+                            application_name="optuna-operator",
+                            pool_size=OPERATOR_POOL_SIZE,
+                            statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                        )
+                        with self._lock:
+                            self._heartbeat_storages[key] = storage
             study = optuna.load_study(study_name=name, storage=storage)
             optuna.storages.fail_stale_trials(study)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, RuntimeError) as exc:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
 
     def param_importances(self, url: str, name: str) -> dict[str, float]:
