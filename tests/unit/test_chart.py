@@ -792,7 +792,13 @@ def test_admission_policy_is_the_generated_one() -> None:
     policy = one(docs, "ValidatingAdmissionPolicy")
     binding = one(docs, "ValidatingAdmissionPolicyBinding")
     assert policy["spec"] == policy_manifest()["spec"]
-    assert binding["spec"] == {"policyName": name(policy), "validationActions": ["Deny"]}
+    # Bound to the served namespaces only (default values: `default`).
+    served = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["default"]}
+    assert binding["spec"] == {
+        "policyName": name(policy),
+        "validationActions": ["Deny"],
+        "matchResources": {"namespaceSelector": {"matchExpressions": [served]}},
+    }
 
 
 def test_admission_policy_values_tune_it() -> None:
