@@ -25,6 +25,7 @@ _PATHS = {
     "Service": ("/api/v1", "services"),
     "Secret": ("/api/v1", "secrets"),
     "ConfigMap": ("/api/v1", "configmaps"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "TuningStudy": (f"/apis/{API_VERSION}", PLURAL),
 }
 
