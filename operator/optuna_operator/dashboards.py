@@ -29,6 +29,7 @@ __all__ = [
     "DashboardAction",
     "DashboardConflict",
     "DashboardSender",
+    "KINDS",
     "Sent",
     "decide_dashboard",
     "desired_dashboard",

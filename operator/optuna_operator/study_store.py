@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from optuna_operator import importances
 from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
 from optuna_operator.contract import (
     ERROR_ATTR,
@@ -631,7 +632,7 @@ class StoreRegistry:
             raise StorageError(redact(str(exc).splitlines()[0], url)) from None
 
     def param_importances(self, url: str, name: str) -> dict[str, float]:
-        """Computed once, at completion: it reads every trial."""
-        study = optuna.load_study(study_name=name, storage=self.storage(url))
-        importances = optuna.importance.get_param_importances(study)
-        return {k: round(float(v), 4) for k, v in importances.items()}
+        """Computed once, at completion, in a child process with a memory and a time limit
+        over the most recent complete trials (importances.py): the operator's memory does
+        not grow with the study."""
+        return importances.param_importances(url, name)

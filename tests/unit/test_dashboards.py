@@ -77,3 +77,11 @@ def test_a_study_on_its_own_storage_has_a_dashboard_only_with_a_read_only_secret
     assert [o["metadata"]["name"] for o in objects] == ["a-dashboard"] * 3
     env = objects[0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["valueFrom"]["secretKeyRef"]["name"] for e in env] == ["db-ro"]
+
+
+def test_the_cluster_client_knows_every_kind_a_dashboard_is_made_of() -> None:
+    from optuna_operator.dashboards import KINDS
+    from optuna_operator.kube import Cluster
+
+    for kind in KINDS:
+        assert Cluster._path(kind, "ml", "optuna-dashboard").endswith("/optuna-dashboard")
