@@ -107,6 +107,22 @@ class Cluster:
             return existing, False
         return result, True
 
+    def namespace_uid(self, namespace: str) -> str | None:
+        """A namespace's uid (a re-created namespace of the same name has another), read
+        with the `list` on namespaces the operator holds; None when it cannot be read."""
+        try:
+            result = self._call(
+                "GET",
+                "/api/v1/namespaces",
+                query=[("fieldSelector", f"metadata.name={namespace}")],
+            )
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+        items = result.get("items") or []
+        return str(items[0]["metadata"]["uid"]) if items else None
+
     def list_path(self, path: str, selector: str) -> list[dict[str, Any]]:
         """The items of a collection at an API path (custom resources of other projects)."""
         result = self._call("GET", path, query=[("labelSelector", selector)])

@@ -791,8 +791,11 @@ class Reconciler:
         return value
 
     def forget(self, study: TuningStudy) -> None:
-        """Drop what is cached for a deleted study."""
+        """Drop what is cached for a deleted study; its namespace's credentials are read
+        again (a namespace being deleted deletes its studies, and one re-created under the
+        same name must not reuse the old credentials or schema)."""
         ns = study.metadata.namespace
+        self.tenancy.forget(ns)
         self._scrubbed.discard(study.metadata.uid or "")
         if study.spec.export is not None:
             self._exports.pop((ns, study.spec.export.config_map_name), None)

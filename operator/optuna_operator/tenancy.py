@@ -51,6 +51,7 @@ __all__ = [
     "LEGACY_SCHEMA",
     "POOLED_URL_KEY",
     "READONLY_PASSWORD_KEY",
+    "SCHEMA_COMMENT",
     "TENANT_LABEL",
     "TENANT_SECRET",
     "URL_KEY",
@@ -59,7 +60,9 @@ __all__ = [
     "TenantCredentials",
     "TenantLimits",
     "TenantNames",
+    "archive_name",
     "pooled_url",
+    "retire_schema_of_deleted_namespace",
     "revoke_public_create",
     "scram_verifier",
     "tenant_names",
@@ -257,12 +260,72 @@ def _new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
+SCHEMA_COMMENT = "optuna-operator namespace uid="
+
+
+def archive_name(names: TenantNames, namespace_uid: str) -> str:
+    """Where the schema of a deleted namespace goes when it still holds studies."""
+    return f"{names.schema[: MAX_IDENTIFIER - 13]}_was_{namespace_uid.replace('-', '')[:8]}"
+
+
+def retire_schema_of_deleted_namespace(
+    conn: Connection, names: TenantNames, namespace_uid: str | None
+) -> str | None:
+    """A namespace re-created under the same name must not inherit the old one's studies.
+    The schema records the uid of the namespace it was made for; when that differs, the old
+    schema is dropped if it holds no study, else it is renamed (`<schema>_was_<old uid>`)
+    and handed to the admin, out of the role's reach. Returns what was done, for the log."""
+    if namespace_uid is None:
+        return None  # the uid could not be read: nothing to compare
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    recorded = conn.execute(
+        text(
+            "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') "
+            "FROM pg_catalog.pg_namespace n WHERE n.nspname = :schema"
+        ),
+        {"schema": names.schema},
+    ).first()
+    if recorded is None:
+        return None  # no schema yet
+    comment = recorded[0] or ""
+    if not comment.startswith(SCHEMA_COMMENT):
+        return None  # made before schemas recorded their namespace: adopted as it is
+    old_uid = comment.removeprefix(SCHEMA_COMMENT)
+    if old_uid == namespace_uid:
+        return None
+    schema, role = quote(names.schema), quote(names.role)
+    studies = conn.execute(
+        text(
+            "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = :schema AND c.relname = 'studies'"
+        ),
+        {"schema": names.schema},
+    ).first()
+    held = studies is not None and bool(
+        conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {schema}.studies)")).scalar()
+    )
+    if not held:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        return f"dropped schema {names.schema} of a deleted namespace (uid {old_uid})"
+    archived = archive_name(names, old_uid)
+    # The role keeps its name (the new namespace gets it), so everything it owned in this
+    # database (the schema and its tables) goes to the admin first.
+    conn.execute(text(f"REASSIGN OWNED BY {role} TO CURRENT_USER"))
+    conn.execute(text(f"REVOKE ALL ON SCHEMA {schema} FROM {quote(names.readonly_role)}"))
+    conn.execute(text(f"ALTER SCHEMA {schema} RENAME TO {quote(archived)}"))
+    return (
+        f"renamed schema {names.schema} of a deleted namespace (uid {old_uid}) to {archived}: "
+        "it holds studies; a database administrator may keep or drop it"
+    )
+
+
 def provision(
     conn: Connection,
     names: TenantNames,
     password: str,
     readonly_password: str,
     limits: TenantLimits = TenantLimits(),
+    namespace_uid: str | None = None,
 ) -> None:
     """Create or update the namespace's roles, schema and grants on an admin connection;
     idempotent. The admin needs CREATEROLE (or superuser) and CREATE on the database."""
@@ -314,7 +377,14 @@ def provision(
     # A CREATEROLE admin (not a superuser) must be a member of the role to create a schema
     # it owns and to set default privileges for it (PostgreSQL 15).
     conn.execute(text(f"GRANT {role} TO CURRENT_USER"))
+    retired = retire_schema_of_deleted_namespace(conn, names, namespace_uid)
+    if retired is not None:
+        log.warning("Namespace of role %s was re-created: %s", names.role, retired)
     conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}"))
+    if namespace_uid is not None:
+        # Literal, not a bind parameter (COMMENT takes none); a uid is [0-9a-f-] only.
+        uid = re.sub(r"[^0-9a-f-]", "", namespace_uid)
+        conn.execute(text(f"COMMENT ON SCHEMA {schema} IS '{SCHEMA_COMMENT}{uid}'"))
     conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {reader}"))
     conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {reader}"))
     conn.execute(
@@ -331,10 +401,10 @@ def _provisioned_digest(
     password: str,
     readonly_password: str,
     limits: TenantLimits,
+    namespace_uid: str | None,
 ) -> str:
-    return hashlib.sha256(
-        "\0".join((admin_url, names.role, password, readonly_password, repr(limits))).encode()
-    ).hexdigest()
+    parts = (admin_url, names.role, password, readonly_password, repr(limits), str(namespace_uid))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def revoke_public_create(conn: Connection) -> bool:
@@ -490,9 +560,12 @@ class Tenancy:
         return found is not None
 
     def forget(self, namespace: str) -> None:
-        """Drop what is cached of a namespace."""
+        """Check the namespace again on its next use: its Secret, its uid and its roles
+        (a changed URL then drops the old one's storage through `on_rotate`)."""
         with self._lock:
-            self._cache.pop(namespace, None)
+            cached = self._cache.get(namespace)
+            if cached is not None:
+                self._cache[namespace] = (cached[0], cached[1], float("-inf"))
 
     def _ensure(
         self, namespace: str, admin_url: str, provisioned: str | None
@@ -504,6 +577,8 @@ class Tenancy:
             raise TenancyError(
                 "StorageUnreachable", "The operator's default storage URL cannot be parsed"
             ) from None
+        # A namespace re-created under the same name has another uid: its schema is retired.
+        uid = self.cluster.namespace_uid(namespace)
         secret = self.cluster.get("Secret", namespace, TENANT_SECRET)
         if secret is None:
             password, readonly_password = _new_password(), _new_password()
@@ -511,7 +586,9 @@ class Tenancy:
             body = tenant_secret(namespace, names, url, readonly_password, self._pooled(url))
             # The roles get these passwords before the Secret shows them: whoever reads the
             # Secret (a worker, the CLI, a notebook) can log in at once.
-            provisioned = self._provision(namespace, admin_url, names, password, readonly_password)
+            provisioned = self._provision(
+                namespace, admin_url, names, password, readonly_password, uid
+            )
             # Create only: another replica or reconcile that made it first wins, and its
             # passwords are used (and provisioned below, the digest differing).
             stored, created = self.cluster.create(body)
@@ -528,9 +605,11 @@ class Tenancy:
             ):
                 # The admin URL or the pooler moved (host, port, database) or a URL was edited.
                 self.cluster.apply(tenant_secret(namespace, names, url, readonly_password, pooled))
-        digest = _provisioned_digest(admin_url, names, password, readonly_password, self.limits)
+        digest = _provisioned_digest(
+            admin_url, names, password, readonly_password, self.limits, uid
+        )
         if digest != provisioned:
-            self._provision(namespace, admin_url, names, password, readonly_password)
+            self._provision(namespace, admin_url, names, password, readonly_password, uid)
         creds = TenantCredentials(
             namespace=namespace,
             url=url,
@@ -546,11 +625,12 @@ class Tenancy:
         names: TenantNames,
         password: str,
         readonly_password: str,
+        namespace_uid: str | None,
     ) -> str:
         """Create or repair the namespace's roles and schema; the digest of what was set."""
         try:
             with self._engine(admin_url).begin() as conn:
-                provision(conn, names, password, readonly_password, self.limits)
+                provision(conn, names, password, readonly_password, self.limits, namespace_uid)
         except SQLAlchemyError as exc:
             message = redact(str(exc).splitlines()[0], admin_url)
             for secret_value in (password, readonly_password):
@@ -561,7 +641,9 @@ class Tenancy:
                 f"{namespace} (the operator's storage role needs CREATEROLE): {message}",
             ) from None
         log.info("Ensured PostgreSQL role and schema %s for namespace %s", names.role, namespace)
-        return _provisioned_digest(admin_url, names, password, readonly_password, self.limits)
+        return _provisioned_digest(
+            admin_url, names, password, readonly_password, self.limits, namespace_uid
+        )
 
     def _pooled(self, url: str) -> str | None:
         return None if self.pooler is None else pooled_url(url, self.pooler)

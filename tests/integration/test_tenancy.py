@@ -489,3 +489,44 @@ def test_a_study_of_operator_0_1_0_is_migrated_into_its_namespace_schema(
     assert _owner(studies.storage_url(), name)["name"] == "legacy"
     with pytest.raises(KeyError):
         optuna.load_study(study_name=name, storage=storage_url)
+
+
+def test_a_namespace_recreated_under_the_same_name_starts_empty(
+    studies: Studies, storage_url: str, operator: OperatorProcess
+) -> None:
+    ns = studies.namespace
+    names = tenant_names(ns)
+    studies.create(study_body("kept", budget={"trials": 2}))
+    studies.wait_phase("kept", "Succeeded")
+    old_uid = studies.core.read_namespace(ns).metadata.uid
+    studies.core.delete_namespace(ns)
+    wait_for(
+        lambda: ns not in {n.metadata.name for n in studies.core.list_namespace().items},
+        180,
+        f"namespace {ns} to be deleted",
+    )
+    studies.core.create_namespace({"metadata": {"name": ns}})
+    try:
+        # The same TuningStudy in the new namespace: a new, empty study, not the old one's.
+        studies.create(study_body("kept", budget={"trials": 2}))
+        studies.wait_phase("kept", "Succeeded")
+        admin = create_engine(storage_url)
+        with admin.connect() as conn:
+            archived = conn.execute(
+                text("SELECT nspname FROM pg_namespace WHERE nspname = :n"),
+                {"n": f"{names.schema[:50]}_was_{old_uid.replace('-', '')[:8]}"},
+            ).scalar()
+            assert archived is not None, "the old schema, holding a study, is kept aside"
+            owner = conn.execute(
+                text("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = :n"),
+                {"n": archived},
+            ).scalar()
+            old_trials = conn.execute(text(f'SELECT count(*) FROM "{archived}".trials')).scalar()
+        admin.dispose()
+        assert owner == make_url(storage_url).username  # out of the namespace role's reach
+        assert old_trials == 2
+        new_url = studies.storage_url()
+        assert _trial_count(new_url, f"{ns}.kept") == 2  # its own two, not four
+        assert _sql_error(new_url, f'SELECT 1 FROM "{archived}".studies') == INSUFFICIENT_PRIVILEGE
+    finally:
+        studies.core.delete_namespace(ns)

@@ -121,6 +121,9 @@ class _RecordingCluster:
         self.calls = calls
         self.winner = winner
 
+    def namespace_uid(self, namespace: str) -> str | None:
+        return "uid-of-" + namespace
+
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return None
 
@@ -155,7 +158,9 @@ def test_a_new_secret_appears_only_after_its_roles_can_log_in(
     their_url = tenancy.with_user(admin, names.role, "w" * 32)
     winner = tenant_secret("team-a", names, their_url, "r" * 32, None) if lost_the_race else None
     monkeypatch.setattr(
-        tenancy, "provision", lambda conn, names, pw, ro, limits: calls.append(("provision", pw))
+        tenancy,
+        "provision",
+        lambda conn, names, pw, ro, limits, uid: calls.append(("provision", pw)),
     )
     monkeypatch.setattr(tenancy.Tenancy, "_engine", lambda self, url: _NoEngine())
     cluster = _RecordingCluster(calls, winner)
