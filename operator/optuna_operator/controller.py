@@ -86,12 +86,21 @@ def _newer(body: dict[str, Any], than: dict[str, Any] | None) -> bool:
 
 
 class WorkQueue:
-    """Keys due at a time; a key handed out is not handed out again until `done`."""
+    """Keys due at a time; a key handed out is not handed out again until `done`, and at most
+    `per_namespace` keys of one namespace are out at once: a tenant whose storage hangs
+    holds that many reconcile threads, never all of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_namespace: int | None = None) -> None:
         self._due: dict[Key, float] = {}
         self._processing: set[Key] = set()
         self._wakeup = asyncio.Event()
+        self.per_namespace = per_namespace
+
+    def _namespace_full(self, namespace: str) -> bool:
+        if self.per_namespace is None:
+            return False
+        out = sum(1 for key in self._processing if key[0] == namespace)
+        return out >= self.per_namespace
 
     def add(self, key: Key, delay: float = 0.0) -> None:
         """Queue `key` after `delay` seconds; an earlier due time already queued wins."""
@@ -115,7 +124,11 @@ class WorkQueue:
         """The next due key that is not being processed; waits until there is one."""
         while True:
             now = time.monotonic()
-            waiting = [(due, key) for key, due in self._due.items() if key not in self._processing]
+            waiting = [
+                (due, key)
+                for key, due in self._due.items()
+                if key not in self._processing and not self._namespace_full(key[0])
+            ]
             if waiting:
                 due, key = min(waiting)
                 if due <= now:
@@ -250,7 +263,8 @@ class Controller:
         self.interval = interval
         self.peering = peering
         self.recorder = EventRecorder(self.cluster)
-        self.queue = WorkQueue()
+        # Half the threads at most for one namespace: the other tenants keep the rest.
+        self.queue = WorkQueue(per_namespace=max(1, workers // 2))
         self.studies: dict[Key, dict[str, Any]] = {}
         self.jobs: dict[Key, dict[str, dict[str, Any]]] = {}
         self.dashboards: dict[Key, dict[str, Any]] = {}

@@ -205,6 +205,28 @@ def test_work_queue_hands_a_key_to_one_worker_at_a_time() -> None:
     assert asyncio.run(scenario()) == ["a", "b", "a"]
 
 
+def test_one_namespace_never_holds_more_than_its_share_of_the_workers() -> None:
+    async def scenario() -> list[Any]:
+        queue = WorkQueue(per_namespace=2)
+        for name in ("h1", "h2", "h3"):
+            queue.add(("hanging", name))
+        queue.add(("healthy", "a"), delay=0.01)
+        out = [await queue.get(), await queue.get()]
+        # The third of the hanging namespace waits for one of its two to finish; the other
+        # tenant's study is handed out meanwhile.
+        out.append(await asyncio.wait_for(queue.get(), 1))
+        queue.done(out[0])
+        out.append(await asyncio.wait_for(queue.get(), 1))
+        return out
+
+    assert asyncio.run(scenario()) == [
+        ("hanging", "h1"),
+        ("hanging", "h2"),
+        ("healthy", "a"),
+        ("hanging", "h3"),
+    ]
+
+
 def test_replaced_workers_are_not_reported_as_failures() -> None:
     def pod(code: int, at: str, message: str) -> dict[str, Any]:
         term = {"exitCode": code, "finishedAt": at, "message": message, "reason": "Error"}

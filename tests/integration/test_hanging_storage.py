@@ -1,0 +1,85 @@
+"""A tenant whose storage hangs costs that tenant only: eight studies whose database accepts
+connections and never answers (a black hole on loopback) beside a healthy study in another
+namespace, which finishes about as fast as alone. The operator's reconcile threads are
+shared: one namespace holds at most half of them, and every database call has a timeout."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+from tests.conftest import NamespaceFactory
+from tests.integration.studies import OperatorProcess, Studies, study_body
+
+HANGING = 8
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A TCP port that accepts connections and never sends a byte; its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def _time_to_succeed(studies: Studies, name: str) -> float:
+    started = time.monotonic()
+    studies.create(study_body(name, budget={"trials": 4}))
+    studies.wait_phase(name, "Succeeded", timeout=300)
+    return time.monotonic() - started
+
+
+def test_hanging_storages_of_one_tenant_do_not_slow_another(
+    kube_api: client.ApiClient,
+    namespace_factory: NamespaceFactory,
+    operator: OperatorProcess,
+    black_hole: int,
+) -> None:
+    if not operator.alive():
+        operator.start()
+    healthy = Studies(kube_api, namespace_factory())
+    alone = _time_to_succeed(healthy, "alone")
+
+    stuck = Studies(kube_api, namespace_factory())
+    url = f"postgresql+psycopg2://nobody:secret@127.0.0.1:{black_hole}/optuna"
+    stuck.core.create_namespaced_secret(
+        stuck.namespace, {"metadata": {"name": "hangs"}, "stringData": {"url": url}}
+    )
+    for i in range(HANGING):
+        stuck.create(
+            study_body(f"stuck-{i}", budget={"trials": 4}, storage={"secretRef": {"name": "hangs"}})
+        )
+    beside = _time_to_succeed(healthy, "beside")
+    # The stuck studies were reconciled meanwhile and said why they wait.
+    reasons = {
+        (stuck.condition(f"stuck-{i}", "StorageReady") or {}).get("reason") for i in range(HANGING)
+    }
+    print(f"healthy study alone {alone:.1f} s, beside {HANGING} hanging storages {beside:.1f} s")
+    assert beside <= 1.5 * alone, (alone, beside)
+    assert reasons & {"StorageUnreachable"}, reasons
