@@ -26,10 +26,10 @@ from optuna_operator.applied import applied_hash, conflict_message, with_hash
 from optuna_operator.kube import Cluster
 
 __all__ = [
+    "KINDS",
     "DashboardAction",
     "DashboardConflict",
     "DashboardSender",
-    "KINDS",
     "Sent",
     "decide_dashboard",
     "desired_dashboard",
