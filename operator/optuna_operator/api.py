@@ -599,7 +599,10 @@ class SamplerSpec(Model):
         ge=0,
         # numpy's RandomState, which the samplers use, takes seeds below 2**32.
         le=2**32 - 1,
-        description="Base seed; worker i uses seed + i so workers do not repeat each other.",
+        description="Base seed of the samplers. Each trial process derives its own from it "
+        "(the base plus a hash of its pod name and process number), so workers do not repeat "
+        "each other's suggestions and one pod's process keeps its seed across restarts of "
+        "that process.",
     )
     tpe: TPEOptions | None = None
     cmaes: CMAESOptions | None = None
@@ -946,6 +949,11 @@ class WorkersSpec(Model):
             cel(
                 "quantity(string(self.shmSize)).isGreaterThan(quantity('0'))",
                 "workers.shmSize must be a positive quantity, e.g. 1Gi",
+            ),
+            cel(
+                "self.parallelism >= 1",
+                "workers.parallelism must be at least 1 (a Job of 0 workers would leave the "
+                "study Pending); set spec.suspend: true to stop the workers",
             ),
         )
     )

@@ -234,6 +234,21 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("negative parallelism", _with("workers", {"parallelism": -1}), "parallelism"),
     (
+        "a read-only dashboard Secret without spec.storage",
+        _with("dashboard", {"secretRef": {"name": "ro"}}),
+        "dashboard.secretRef is for a study on its own storage",
+    ),
+    (
+        "zero parallelism",
+        _with("workers", {"parallelism": 0}),
+        "workers.parallelism must be at least 1",
+    ),
+    (
+        "a metric name with a newline",
+        _with("metricNames", ["loss\ntouch /tmp/pwned"]),
+        "metricNames[0]",
+    ),
+    (
         "minParallelism not below parallelism",
         _with("workers", {"parallelism": 2, "minParallelism": 2}),
         "workers.minParallelism must be less than workers.parallelism",
