@@ -1,0 +1,55 @@
+"""Level-based reconcile of one TuningStudy, one file per step, read in this order:
+
+1. `observe.py`: the storage and the Optuna study (database), the worker Jobs and the
+   dashboard (from the watch caches the controller hands in, not from GETs);
+2. `decide.py`: a pure function of spec + observations says what each child should do and
+   when to look again;
+3. `act.py`: apply or delete exactly what the plan names; nothing is sent when nothing
+   differs;
+4. `status.py`: a pure function derives the status and the events.
+
+`model.py` holds what the steps hand each other; `reconciler.py` is the loop that runs
+them. The controller (controller.py) decides *when* it runs: on changes of the study or
+its children, and periodically only while work runs.
+"""
+
+from optuna_operator.applied import APPLIED_HASH_ANNOTATION
+from optuna_operator.reconcile.decide import decide, decide_phase, goal_reached
+from optuna_operator.reconcile.model import (
+    Acted,
+    ChildConflict,
+    Children,
+    Event,
+    JobState,
+    Observed,
+    Outcome,
+    Phase,
+    Plan,
+    StorageProblem,
+    StorageRef,
+)
+from optuna_operator.reconcile.observe import job_state, termination_message
+from optuna_operator.reconcile.reconciler import Reconciler
+from optuna_operator.reconcile.status import build_status
+
+__all__ = [
+    "APPLIED_HASH_ANNOTATION",
+    "Acted",
+    "ChildConflict",
+    "Children",
+    "Event",
+    "JobState",
+    "Observed",
+    "Outcome",
+    "Phase",
+    "Plan",
+    "Reconciler",
+    "StorageProblem",
+    "StorageRef",
+    "build_status",
+    "decide",
+    "decide_phase",
+    "goal_reached",
+    "job_state",
+    "termination_message",
+]

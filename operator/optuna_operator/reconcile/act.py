@@ -1,0 +1,170 @@
+"""Step 3, act: apply or delete the children the plan names, fail stale trials, compute
+importances once, export the best trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from optuna_operator import manifests
+from optuna_operator.api import BestTrial, TuningStudy
+from optuna_operator.applied import conflict_message, manifest_hash
+from optuna_operator.conditions import Reason
+from optuna_operator.dashboards import DashboardConflict, DashboardSender
+from optuna_operator.kube import Cluster
+from optuna_operator.reconcile.model import Acted, ChildConflict, Observed, Plan, StorageRef
+from optuna_operator.reconcile.observe import controller_uid, job_state
+from optuna_operator.study_store import StorageError, StoreRegistry
+
+__all__ = [
+    "Actor",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Actor:
+    """Step 3, act: apply or delete exactly what the plan names; the only step that changes
+    the cluster's children. Nothing is sent when nothing differs."""
+
+    def __init__(self, cluster: Cluster, stores: StoreRegistry) -> None:
+        self.cluster = cluster
+        self.stores = stores
+        self.dashboards = DashboardSender(cluster)
+        # (namespace, ConfigMap name) -> digest of the spec.export ConfigMap last applied
+        self._exports: dict[tuple[str, str], str] = {}
+
+    def forget(self, study: TuningStudy) -> None:
+        """Drop what is cached for a deleted study."""
+        if study.spec.export is not None:
+            self._exports.pop((study.metadata.namespace, study.spec.export.config_map_name), None)
+
+    def act(self, study: TuningStudy, observed: Observed, plan: Plan) -> Acted:
+        """Apply or delete what the plan names; a child the API server refuses, or whose
+        name another owner holds, is reported, not raised, so the status can say why."""
+        ns = study.metadata.namespace
+        assert observed.storage is not None and observed.handle is not None
+        desired_job = observed.desired_job
+        applied: list[dict[str, Any]] = []
+        deleted: list[tuple[str, str]] = []
+        for name in plan.delete_jobs:
+            self.cluster.delete("Job", ns, name)
+            deleted.append(("Job", name))
+        job, job_created = observed.job, False
+        rejected: tuple[str, str] | None = None
+        if plan.job in ("restart", "requeue", "stop") and job is not None:
+            self.cluster.delete("Job", ns, job.name)
+            deleted.append(("Job", job.name))
+            job = None
+        elif plan.job == "apply":
+            try:
+                if job is None:  # not in the cache: a Job of that name may be someone else's
+                    self._check_controlled(study, desired_job)
+                send = self.cluster.create if observed.queue else self.cluster.apply
+                stored, job_created = send(desired_job)
+                applied.append(stored)
+                job = job_state(stored)
+            except ApiException as exc:
+                rejected = (
+                    Reason.CHILD_REJECTED,
+                    _refusal(exc, "Job", desired_job["metadata"]["name"]),
+                )
+            except ChildConflict as exc:
+                rejected = (Reason.CHILD_CONFLICT, str(exc))
+        dashboard, dashboard_created = observed.dashboard, False
+        if plan.delete_old_dashboard:
+            # Made by an earlier release and controlled by this study (the watch caches
+            # only such): the namespace's read-only dashboard replaces it.
+            name = manifests.study_dashboard_name(study)
+            for kind in ("Deployment", "Service"):
+                self.cluster.delete(kind, ns, name)
+                deleted.append((kind, name))
+        if plan.dashboard != "none" and rejected is None:
+            assert observed.context is not None
+            try:
+                sent = self.dashboards.send(
+                    study,
+                    observed.context,
+                    plan.dashboard,
+                    observed.desired_dashboard,
+                    observed.dashboard,
+                )
+                dashboard, dashboard_created = sent.deployment, sent.created
+                applied += sent.applied
+                deleted += sent.deleted
+            except ApiException as exc:
+                name = manifests.dashboard_name(study)
+                rejected = (Reason.CHILD_REJECTED, _refusal(exc, "Deployment", name))
+            except DashboardConflict as exc:
+                rejected = (Reason.CHILD_CONFLICT, str(exc))
+        if plan.fail_stale_trials:
+            try:
+                self.stores.fail_stale_trials(
+                    observed.storage.url,
+                    observed.handle.name,
+                    study.spec.workers.heartbeat_interval_seconds,
+                )
+            except StorageError as exc:  # the next refresh tries again
+                log.warning("Could not fail stale trials of %s: %s", observed.handle.name, exc)
+        importances = self._importances(observed.storage, study) if plan.importances else None
+        if study.spec.export is not None and observed.summary.best is not None:
+            self._export(study, observed.summary.best)
+        return Acted(
+            job=job,
+            job_created=job_created,
+            dashboard=dashboard,
+            dashboard_created=dashboard_created,
+            rejected=rejected,
+            importances=importances,
+            applied=tuple(applied),
+            deleted=tuple(deleted),
+        )
+
+    def _check_controlled(
+        self, study: TuningStudy, desired: dict[str, Any], cached: dict[str, Any] | None = None
+    ) -> None:
+        """Raise ChildConflict when an object of the child's name exists and is not
+        controlled by this TuningStudy (uid): it is never taken over or deleted."""
+        meta = desired["metadata"]
+        current = cached or self.cluster.get(desired["kind"], meta["namespace"], meta["name"])
+        if current is not None and controller_uid(current) != study.metadata.uid:
+            raise ChildConflict(conflict_message(desired["kind"], meta["name"], current))
+
+    def _export(self, study: TuningStudy, best: BestTrial) -> None:
+        """Write the best trial to the spec.export ConfigMap when it changed. Not checked
+        for a foreign owner like the other children: the operator never reads ConfigMaps,
+        and the admission policy already requires the study's author to hold `update` on
+        this one, so writing it lends the author nothing."""
+        config_map = manifests.export_config_map(study, best)
+        digest = manifest_hash(config_map)
+        key = (study.metadata.namespace, config_map["metadata"]["name"])
+        if self._exports.get(key) != digest:
+            self.cluster.apply(config_map)
+            self._exports[key] = digest
+
+    def _importances(self, storage: StorageRef, study: TuningStudy) -> dict[str, float] | None:
+        try:
+            return self.stores.param_importances(storage.url, study.study_name) or None
+        except Exception as exc:  # importance is a courtesy; never fail the study for it
+            log.warning(
+                "Could not compute parameter importances for %s: %s",
+                study.study_name,
+                type(exc).__name__,
+            )
+            return None
+
+
+def _refusal(exc: ApiException, kind: str, name: str) -> str:
+    """The API server's reason for refusing a child, as a sentence for the status; errors
+    that are not a refusal of this object (5xx, timeouts) are raised on."""
+    if exc.status not in (400, 403, 404, 409, 422):
+        raise exc
+    try:
+        detail = json.loads(exc.body or b"{}").get("message") or exc.reason
+    except (ValueError, AttributeError):
+        detail = exc.reason
+    return f"The API server refused {kind} {name}: {detail}"[:1000]

@@ -1,0 +1,186 @@
+"""What the reconcile steps hand each other: observations, the plan, what was done,
+the outcome. Plain frozen dataclasses, no behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from optuna_operator import kueue, manifests
+from optuna_operator.api import TuningStudy, TuningStudyStatus
+from optuna_operator.conditions import Reason
+from optuna_operator.dashboards import DashboardAction
+from optuna_operator.study_store import Owner, StudyHandle, StudySummary
+from optuna_operator.tenancy import TenantCredentials
+
+__all__ = [
+    "Acted",
+    "ChildConflict",
+    "Children",
+    "Event",
+    "JobAction",
+    "JobState",
+    "Observed",
+    "Outcome",
+    "Phase",
+    "PhaseName",
+    "Plan",
+    "StorageProblem",
+    "StorageRef",
+    "owner_of",
+]
+
+
+PhaseName = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+
+
+# requeue/stop delete a queued (Kueue) Job instead of patching it: see `decide`.
+JobAction = Literal["none", "apply", "restart", "requeue", "stop"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to record on the TuningStudy."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the reconcile needs of a worker Job."""
+
+    name: str
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None
+    failed_message: str | None = None
+    applied_hash: str | None = None
+    suspended: bool = False
+    uid: str = ""
+    queue: str | None = None  # the Job's Kueue queue label
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The study's phase with the reason and message its conditions carry."""
+
+    phase: PhaseName
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """The URL the operator connects with and the Secret the pods read it from; `tenant` is
+    set when it is the namespace's own role (no spec.storage)."""
+
+    secret: str
+    key: str
+    url: str
+    tenant: TenantCredentials | None = None
+
+
+class StorageProblem(Exception):
+    """The storage cannot be used for a reason the user can fix; shown as a condition."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Children:
+    """The study's children as the controller's watch caches hold them."""
+
+    jobs: tuple[dict[str, Any], ...] = ()
+    # The study's own dashboard Deployment (own storage; before 0.2, every study's).
+    dashboard: dict[str, Any] | None = None
+    # The namespace's dashboard Deployment (default storage), shared by its studies.
+    namespace_dashboard: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything `decide` and `build_status` look at, gathered before any change."""
+
+    now: datetime
+    storage: StorageRef | None = None
+    storage_failure: tuple[str, str] | None = None  # reason, message
+    handle: StudyHandle | None = None
+    summary: StudySummary = field(default_factory=StudySummary)
+    job: JobState | None = None  # the Job with the desired template, if any
+    stale_jobs: tuple[str, ...] = ()  # worker Jobs of an older template
+    # The dashboard Deployment that serves the study (the namespace's with the default
+    # storage), and a study's own one left from before 0.2 that must go.
+    dashboard: dict[str, Any] | None = None
+    old_dashboard: dict[str, Any] | None = None
+    workers_message: str | None = None  # why worker pods last failed, when some did
+    pods_refused: str | None = None  # why the Job controller cannot create worker pods
+    # The children as they should be, each carrying APPLIED_HASH_ANNOTATION.
+    desired_job: dict[str, Any] = field(default_factory=dict)
+    # Deployment, Service and NetworkPolicy; empty when no dashboard should serve it.
+    desired_dashboard: list[dict[str, Any]] = field(default_factory=list)
+    context: manifests.ChildContext | None = None  # what the children were built from
+    queue: str | None = None  # Kueue LocalQueue of the worker Job
+    admission: kueue.Admission | None = None  # read while a queued Job is suspended
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the act step does, decided once."""
+
+    phase: Phase
+    job: JobAction = "none"
+    delete_jobs: tuple[str, ...] = ()
+    dashboard: DashboardAction = "none"
+    delete_old_dashboard: bool = False
+    fail_stale_trials: bool = False
+    importances: bool = False
+    # Seconds until the next periodic reconcile; None: only changes wake this study.
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Acted:
+    """What the act step found out: created children, the Job as applied, a refusal."""
+
+    job: JobState | None
+    job_created: bool = False
+    dashboard: dict[str, Any] | None = None
+    dashboard_created: bool = False
+    # (reason, message) when a child could not be applied: the API server refused it, or
+    # an object of that name belongs to someone else.
+    rejected: tuple[str, str] | None = None
+    importances: dict[str, float] | None = None
+    applied: tuple[dict[str, Any], ...] = ()  # objects as stored, for the watch caches
+    deleted: tuple[tuple[str, str], ...] = ()  # (kind, name)
+
+
+@dataclass
+class Outcome:
+    """The result of one reconcile: the new status, events, and when to come back."""
+
+    status: TuningStudyStatus
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    retry: bool = False  # something failed that a back-off retry may fix
+    applied: tuple[dict[str, Any], ...] = ()
+    deleted: tuple[tuple[str, str], ...] = ()
+
+
+class ChildConflict(Exception):
+    """An object with a child's name exists and is not controlled by this TuningStudy."""
+
+
+def owner_of(study: TuningStudy) -> Owner:
+    """The owner record of a TuningStudy."""
+    meta = study.metadata
+    return Owner(meta.namespace, meta.name, meta.uid or "")

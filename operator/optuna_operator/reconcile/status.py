@@ -1,0 +1,332 @@
+"""Step 4, status: pure functions derive the TuningStudy's status and the events to
+record from the spec, the observations, the plan and what the act step did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import optuna
+
+from optuna_operator import kueue, manifests
+from optuna_operator.api import (
+    PARETO_FRONT_LIMIT,
+    DashboardStatus,
+    TrialCounts,
+    TuningStudy,
+    TuningStudyStatus,
+    WorkerCounts,
+)
+from optuna_operator.conditions import ConditionType, Reason, find, set_condition
+from optuna_operator.config import OPERATOR_VERSION
+from optuna_operator.contract import redact
+from optuna_operator.reconcile.model import (
+    Acted,
+    Event,
+    JobState,
+    Observed,
+    Phase,
+    Plan,
+    StorageProblem,
+)
+from optuna_operator.study_store import DirectionsMismatchError, NotOwnedError, WarmStartError
+
+__all__ = [
+    "build_status",
+    "redact_status",
+    "storage_failure",
+    "storage_failure_status",
+]
+
+
+def build_status(
+    study: TuningStudy, observed: Observed, plan: Plan, acted: Acted
+) -> tuple[TuningStudyStatus, list[Event]]:
+    """The new status and the events that go with it. Pure."""
+    generation = study.metadata.generation
+    old = study.status
+    status = old.model_copy(deep=True)
+    status.study_name = study.study_name
+    status.optuna_version = optuna.__version__
+    status.operator_version = OPERATOR_VERSION
+    status.observed_generation = generation
+    events: list[Event] = []
+
+    def set_(type_: ConditionType, ok: bool | None, reason: str, message: str) -> None:
+        status.conditions = set_condition(status.conditions, type_, ok, reason, message, generation)
+
+    handle, summary = observed.handle, observed.summary
+    assert handle is not None
+    if handle.created:
+        events.append(Event("Normal", Reason.STUDY_CREATED, f"Created Optuna study {handle.name}"))
+    set_(
+        ConditionType.STORAGE_READY,
+        True,
+        Reason.STUDY_READY,
+        f"Optuna study {handle.name} is ready",
+    )
+    status.start_time = status.start_time or handle.start_time
+
+    # Children
+    for name in plan.delete_jobs:
+        events.append(
+            Event("Normal", "ReplacingWorkers", f"Deleted Job {name}: the worker template changed")
+        )
+    job = acted.job
+    if plan.job == "restart" and observed.job is not None:
+        events.append(
+            Event("Normal", "RestartingWorkers", f"Deleted completed Job {observed.job.name}")
+        )
+    if plan.job in ("requeue", "stop") and observed.job is not None:
+        why = (
+            "the worker spec changed; its replacement waits for admission"
+            if plan.job == "requeue"
+            else "spec.suspend is true"
+            if study.spec.suspend
+            else "the study is done"
+        )
+        events.append(
+            Event("Normal", "DeletedQueuedJob", f"Deleted Job {observed.job.name}: {why}")
+        )
+    if acted.job_created and job is not None:
+        events.append(Event("Normal", "CreatedJob", f"Created Job {job.name}"))
+    _dashboard_status(study, acted, set_, status, events)
+
+    # Progress
+    budget = study.spec.budget.trials
+    status.trials = TrialCounts(
+        complete=summary.complete,
+        pruned=summary.pruned,
+        failed=summary.failed,
+        running=summary.running,
+        waiting=summary.waiting,
+        budget=budget,
+    )
+    status.progress = f"{summary.finished}/{budget}" if budget else str(summary.finished)
+    status.best_trial = summary.best
+    status.pareto_front = summary.pareto_front[:PARETO_FRONT_LIMIT] or None
+    status.workers = WorkerCounts(
+        active=job.active if job else 0,
+        succeeded=job.succeeded if job else 0,
+        failed=job.failed if job else 0,
+    )
+
+    # Phase and its conditions
+    phase = plan.phase
+    if acted.rejected is not None:
+        phase = Phase("Failed", *acted.rejected)
+    elif phase.phase == "Queued" and observed.admission is not None:
+        phase = replace(phase, message=observed.admission.sentence())
+    _admission_condition(study, observed, job, status, set_)
+    status.phase = phase.phase
+    suspend = study.spec.suspend
+    set_(
+        ConditionType.SUSPENDED,
+        suspend,
+        Reason.SUSPENDED if suspend else Reason.RUNNING,
+        "spec.suspend is true" if suspend else "Workers may run",
+    )
+    ready = job.ready if job else 0
+    workers_reason: str = Reason.WORKERS_PENDING
+    workers_message = f"{ready} of {study.spec.workers.parallelism} workers ready"
+    if acted.rejected is not None:
+        workers_reason, workers_message = acted.rejected
+    elif ready > 0:
+        workers_reason = Reason.WORKERS_RUNNING
+    elif phase.phase in ("Succeeded", "Failed", "Suspended"):
+        workers_reason = Reason.WORKERS_STOPPED
+    elif phase.phase == "Queued":
+        workers_reason, workers_message = phase.reason, phase.message
+    elif observed.pods_refused is not None:
+        workers_reason = Reason.WORKER_PODS_REFUSED
+        workers_message = f"The Job cannot create worker pods: {observed.pods_refused}"
+    elif job is not None and job.failed > 0:
+        workers_reason = Reason.WORKERS_CRASHING
+        workers_message = f"{job.failed} worker pods failed and are restarted by the Job" + (
+            f"; last: {observed.workers_message}" if observed.workers_message else ""
+        )
+    set_(ConditionType.WORKERS_READY, ready > 0, workers_reason, workers_message)
+    if phase.phase == "Pending" and workers_reason in (
+        Reason.WORKERS_CRASHING,
+        Reason.WORKER_PODS_REFUSED,
+    ):
+        phase = Phase("Pending", workers_reason, workers_message)
+        if _reason_changed(old, ConditionType.WORKERS_READY, workers_reason, "False"):
+            events.append(Event("Warning", workers_reason, workers_message))
+    succeeded, failed = phase.phase == "Succeeded", phase.phase == "Failed"
+    set_(
+        ConditionType.SUCCEEDED,
+        succeeded,
+        phase.reason if succeeded else Reason.RUNNING,
+        phase.message if succeeded else "The study has not finished",
+    )
+    set_(
+        ConditionType.FAILED,
+        failed,
+        phase.reason if failed else Reason.RUNNING,
+        phase.message if failed else "No failure",
+    )
+    if succeeded or failed:
+        status.completion_time = status.completion_time or observed.now
+    else:
+        status.completion_time = None
+    if acted.importances is not None:
+        status.param_importances = acted.importances
+    if phase.phase != old.phase and (succeeded or failed):
+        events.append(Event("Normal" if succeeded else "Warning", phase.phase, phase.message))
+    elif acted.rejected is not None and _reason_changed(old, ConditionType.FAILED, phase.reason):
+        events.append(Event("Warning", phase.reason, phase.message))
+    best = summary.best
+    previous_best = old.best_trial.number if old.best_trial else None
+    if best is not None and len(study.spec.directions) == 1 and best.number != previous_best:
+        events.append(
+            Event(
+                "Normal",
+                "NewBestTrial",
+                f"Trial {best.number} is the best so far: {best.values[0]:.6g}",
+            )
+        )
+    return status, events
+
+
+def storage_failure_status(
+    study: TuningStudy, reason: str, message: str
+) -> tuple[TuningStudyStatus, list[Event]]:
+    """Status when the storage or the study cannot be used: everything else is kept."""
+    generation = study.metadata.generation
+    message = redact(message)
+    status = study.status.model_copy(deep=True)
+    status.conditions = set_condition(
+        status.conditions, ConditionType.STORAGE_READY, False, reason, message, generation
+    )
+    status.phase = status.phase or "Pending"
+    status.observed_generation = generation
+    status.study_name = study.study_name
+    events = []
+    if _reason_changed(study.status, ConditionType.STORAGE_READY, reason, "False"):
+        events.append(Event("Warning", reason, message))
+    return status, events
+
+
+def _dashboard_status(
+    study: TuningStudy,
+    acted: Acted,
+    set_: Any,
+    status: TuningStudyStatus,
+    events: list[Event],
+) -> None:
+    ns, name = study.metadata.namespace, manifests.dashboard_name(study)
+    if not study.spec.dashboard.enabled:
+        status.dashboard = None
+        set_(
+            ConditionType.DASHBOARD_AVAILABLE,
+            False,
+            Reason.DASHBOARD_DISABLED,
+            "spec.dashboard.enabled is false",
+        )
+        return
+    if study.spec.storage is not None and study.spec.dashboard.secret_ref is None:
+        status.dashboard = None
+        set_(
+            ConditionType.DASHBOARD_AVAILABLE,
+            False,
+            Reason.DASHBOARD_NEEDS_READ_ONLY_SECRET,
+            "A study on its own storage gets a dashboard only with a read-only credential: "
+            "set spec.dashboard.secretRef to a Secret holding the URL of a read-only role "
+            "(the operator never gives a dashboard the read-write URL of spec.storage)",
+        )
+        return
+    if acted.dashboard_created:
+        events.append(
+            Event(
+                "Normal",
+                "CreatedDashboard",
+                f"Created Deployment, Service and NetworkPolicy {name}",
+            )
+        )
+    url = f"http://{name}.{ns}.svc:{manifests.DASHBOARD_PORT}"
+    status.dashboard = DashboardStatus(service=name, url=url)
+    available = (((acted.dashboard or {}).get("status") or {}).get("availableReplicas") or 0) > 0
+    if available:
+        set_(
+            ConditionType.DASHBOARD_AVAILABLE,
+            True,
+            Reason.DASHBOARD_READY,
+            f"Dashboard at {url} (kubectl port-forward svc/{name} 8080)",
+        )
+    else:
+        set_(
+            ConditionType.DASHBOARD_AVAILABLE,
+            False,
+            Reason.DASHBOARD_PENDING,
+            f"Waiting for Deployment {name} to become available",
+        )
+
+
+def _admission_condition(
+    study: TuningStudy,
+    observed: Observed,
+    job: JobState | None,
+    status: TuningStudyStatus,
+    set_: Any,
+) -> None:
+    """WorkersAdmitted, for studies whose worker Job waits in a Kueue queue only."""
+    queue = observed.queue
+    if queue is None:
+        status.conditions = [
+            c for c in status.conditions if c.type != ConditionType.WORKERS_ADMITTED
+        ]
+        return
+    if job is None:
+        why = "spec.suspend is true" if study.spec.suspend else "there is no worker Job"
+        set_(
+            ConditionType.WORKERS_ADMITTED,
+            False,
+            Reason.NO_WORKER_JOB,
+            f"Nothing waits in LocalQueue {queue}: {why}",
+        )
+    elif not job.suspended:
+        set_(
+            ConditionType.WORKERS_ADMITTED,
+            True,
+            Reason.ADMITTED,
+            f"Job {job.name} was admitted by Kueue from LocalQueue {queue}",
+        )
+    else:
+        admission = observed.admission or kueue.admission(queue, None, None)
+        set_(
+            ConditionType.WORKERS_ADMITTED,
+            admission.admitted,
+            Reason.ADMITTED if admission.admitted else Reason.WAITING_FOR_ADMISSION,
+            admission.sentence(),
+        )
+
+
+def _reason_changed(
+    status: TuningStudyStatus, type_: str, reason: str, expected_status: str = "True"
+) -> bool:
+    old = find(status.conditions, type_)
+    return old is None or old.reason != reason or old.status != expected_status
+
+
+def redact_status(
+    status: TuningStudyStatus, events: list[Event], url: str | None
+) -> tuple[TuningStudyStatus, list[Event]]:
+    """Condition and event messages with credentials removed: trial errors and refusals
+    quote text the operator does not control."""
+    for condition in status.conditions:
+        condition.message = redact(condition.message, url)
+    return status, [replace(e, message=redact(e.message, url)) for e in events]
+
+
+def storage_failure(exc: Exception) -> tuple[str, str]:
+    if isinstance(exc, StorageProblem):
+        return exc.reason, exc.message
+    if isinstance(exc, DirectionsMismatchError):
+        return Reason.DIRECTIONS_MISMATCH, str(exc)
+    if isinstance(exc, WarmStartError):
+        return Reason.WARM_START_FAILED, str(exc)
+    if isinstance(exc, NotOwnedError):
+        return Reason.STUDY_NOT_OWNED, str(exc)
+    return Reason.STORAGE_UNREACHABLE, f"Cannot use the storage: {exc}"
