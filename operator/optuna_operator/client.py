@@ -38,6 +38,7 @@ from optuna_operator.api import (
     TuningStudySpec,
     TuningStudyStatus,
 )
+from optuna_operator.lifecycle import FINISHED_PHASES
 from optuna_operator.manifests import STUDY_LABEL
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ __all__ = [
     "quick_study",
 ]
 
-TERMINAL_PHASES = ("Succeeded", "Failed")
+TERMINAL_PHASES = FINISHED_PHASES
 
 
 class StudyFailedError(RuntimeError):

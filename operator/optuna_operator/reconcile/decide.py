@@ -10,6 +10,13 @@ from optuna_operator.api import Direction, TuningStudy
 from optuna_operator.applied import applied_hash
 from optuna_operator.conditions import Reason
 from optuna_operator.dashboards import decide_dashboard
+from optuna_operator.lifecycle import (
+    FINISHED_PHASES,
+    StopReason,
+    goal_met,
+    stop_reason,
+    too_many_failures,
+)
 from optuna_operator.reconcile.model import JobAction, JobState, Observed, Phase, Plan
 from optuna_operator.study_store import StudySummary
 
@@ -22,9 +29,7 @@ __all__ = [
 
 def goal_reached(goal: float | None, direction: Direction, best: float | None) -> bool:
     """Whether a best value meets the goal in the study's direction."""
-    if goal is None or best is None:
-        return False
-    return best >= goal if direction == Direction.MAXIMIZE else best <= goal
+    return goal_met(goal, direction, best)
 
 
 def decide_phase(
@@ -37,7 +42,7 @@ def decide_phase(
 ) -> Phase:
     """The study's phase from its budget, the database and the worker Job."""
     budget = study.spec.budget
-    if summary.failed_by_objective > budget.max_failed_trials:
+    if too_many_failures(budget, summary.failed_by_objective):
         detail = f"; last error: {summary.last_error}" if summary.last_error else ""
         return Phase(
             "Failed",
@@ -51,23 +56,29 @@ def decide_phase(
             Reason.JOB_FAILED,
             f"Worker Job {job.name} failed ({job.failed_reason}): {job.failed_message}",
         )
+    best = summary.best
+    stop = stop_reason(
+        budget,
+        list(study.spec.directions),
+        now,
+        start + timedelta(seconds=budget.timeout_seconds) if budget.timeout_seconds else None,
+        finished=lambda: summary.finished,
+        goal_reached=lambda: (
+            best is not None and goal_met(budget.goal, study.spec.directions[0], best.values[0])
+        ),
+    )
     done: tuple[Reason, str] | None = None
-    if budget.trials is not None and summary.finished >= budget.trials:
+    if stop == StopReason.BUDGET:
         done = (
             Reason.TRIAL_BUDGET_REACHED,
             f"{summary.finished} of {budget.trials} trials finished",
         )
-    elif summary.best is not None and goal_reached(
-        budget.goal, study.spec.directions[0], summary.best.values[0]
-    ):
+    elif stop == StopReason.GOAL and best is not None:
         done = (
             Reason.GOAL_REACHED,
-            f"Trial {summary.best.number} reached the goal {budget.goal} "
-            f"with {summary.best.values[0]}",
+            f"Trial {best.number} reached the goal {budget.goal} with {best.values[0]}",
         )
-    elif budget.timeout_seconds is not None and now >= start + timedelta(
-        seconds=budget.timeout_seconds
-    ):
+    elif stop == StopReason.DEADLINE:
         done = (Reason.TIME_BUDGET_REACHED, f"The time budget of {budget.timeout_seconds}s ran out")
     if done is not None:
         if job is not None and job.active > 0 and not study.spec.suspend:
@@ -94,7 +105,7 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     phase = decide_phase(
         study, observed.summary, job, observed.now, observed.handle.start_time, observed.queue
     )
-    finished = phase.phase in ("Succeeded", "Failed")
+    finished = phase.phase in FINISHED_PHASES
     # A queued Job is created and never patched: Kueue owns `suspend` and what it injects
     # on admission, and every re-apply would fight it. spec.suspend and spec changes delete
     # it instead (deletion is how Kueue releases a Job's quota at once); the next pass

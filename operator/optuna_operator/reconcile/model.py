@@ -12,6 +12,7 @@ from optuna_operator import kueue, manifests
 from optuna_operator.api import TuningStudy, TuningStudyStatus
 from optuna_operator.conditions import Reason
 from optuna_operator.dashboards import DashboardAction
+from optuna_operator.lifecycle import PhaseName
 from optuna_operator.study_store import Owner, StudyHandle, StudySummary
 from optuna_operator.tenancy import TenantCredentials
 
@@ -31,9 +32,6 @@ __all__ = [
     "StorageRef",
     "owner_of",
 ]
-
-
-PhaseName = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
 
 
 # requeue/stop delete a queued (Kueue) Job instead of patching it: see `decide`.

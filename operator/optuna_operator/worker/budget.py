@@ -1,4 +1,4 @@
-"""The study-wide stopping rules, checked with one cheap SQL query each.
+"""The study-wide stopping rules (lifecycle.py), fed by one cheap SQL query each.
 
 Optuna's MaxTrialsCallback loads every trial of the study to count them; studies here reach
 100k trials, so the counts come from COUNT/EXISTS queries on the trials table instead.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from optuna.storages._rdb import models
@@ -18,17 +17,12 @@ from sqlalchemy import Engine, and_, exists, func, select
 
 from optuna_operator.api import Budget, Direction
 from optuna_operator.contract import ERROR_ATTR
+from optuna_operator.lifecycle import StopReason, goal_met, stop_reason, too_many_failures
 from optuna_operator.worker.outage import OutageTolerantStorage, guarded_engine_call
 
 __all__ = ["BudgetChecker", "StopReason", "TrialCounter"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-class StopReason(StrEnum):
-    BUDGET = "trial budget reached"
-    DEADLINE = "time budget reached"
-    GOAL = "goal reached"
 
 
 class TrialCounter:
@@ -96,7 +90,7 @@ class BudgetChecker:
         """The failure count when it exceeds budget.maxFailedTrials, else None. `pending`:
         failed trials of this process not recorded yet."""
         failed = self.counter.failed_by_objective() + pending
-        return failed if failed > self.budget.max_failed_trials else None
+        return failed if too_many_failures(self.budget, failed) else None
 
     def stop_reason(
         self, count_trials: bool = True, latest: float | Sequence[float] | None = None
@@ -104,20 +98,20 @@ class BudgetChecker:
         """Why the study needs no more trials, or None. `count_trials=False` leaves out the
         trial count: after each trial the worker storage's slot claim answers that. `latest`:
         the values of this process's trial that is not recorded yet."""
-        if self.deadline is not None and datetime.now(UTC) >= _aware(self.deadline):
-            return StopReason.DEADLINE
-        if (
-            count_trials
-            and self.budget.trials is not None
-            and self.counter.finished() >= self.budget.trials
-        ):
-            return StopReason.BUDGET
-        goal = self.budget.goal
-        if goal is not None and len(self.directions) == 1:
-            direction = self.directions[0]
-            if _meets(latest, goal, direction) or self.counter.reached(goal, direction):
-                return StopReason.GOAL
-        return None
+        goal, direction = self.budget.goal, self.directions[0]
+
+        def goal_reached() -> bool:
+            assert goal is not None  # asked only when there is a goal
+            return _meets(latest, goal, direction) or self.counter.reached(goal, direction)
+
+        return stop_reason(
+            self.budget,
+            self.directions,
+            datetime.now(UTC),
+            self.deadline,
+            finished=self.counter.finished if count_trials else None,
+            goal_reached=goal_reached,
+        )
 
     def seconds_left(self) -> float | None:
         if self.deadline is None:
@@ -133,7 +127,7 @@ def _meets(value: float | Sequence[float] | None, goal: float, direction: Direct
         number = float(value)
     except (TypeError, ValueError):
         return False
-    return number <= goal if direction == Direction.MINIMIZE else number >= goal
+    return goal_met(goal, direction, number)
 
 
 def _aware(moment: datetime) -> datetime:

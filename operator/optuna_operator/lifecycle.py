@@ -1,0 +1,73 @@
+"""A study's lifecycle rules, in one place the operator and the worker both import: the
+phase names, when a study needs no more trials, and when it has failed.
+
+The worker asks `stop_reason` before and after each trial (with counts from cheap SQL
+queries, asked only when a rule needs them); the operator asks it for the status (with the
+counts it summarized). One function, so the two can never disagree on when a study is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from optuna_operator.api import Budget, Direction
+
+__all__ = [
+    "FINISHED_PHASES",
+    "PhaseName",
+    "StopReason",
+    "goal_met",
+    "stop_reason",
+    "too_many_failures",
+]
+
+PhaseName = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+FINISHED_PHASES: tuple[PhaseName, ...] = ("Succeeded", "Failed")
+
+
+class StopReason(StrEnum):
+    """Why a study needs no more trials."""
+
+    BUDGET = "trial budget reached"
+    GOAL = "goal reached"
+    DEADLINE = "time budget reached"
+
+
+def goal_met(goal: float | None, direction: Direction, value: float | None) -> bool:
+    """Whether a single objective value is at least as good as the goal."""
+    if goal is None or value is None:
+        return False
+    return value >= goal if direction == Direction.MAXIMIZE else value <= goal
+
+
+def too_many_failures(budget: Budget, failed_by_objective: int) -> bool:
+    """More trials failed by their objective than budget.maxFailedTrials allows."""
+    return failed_by_objective > budget.max_failed_trials
+
+
+def stop_reason(
+    budget: Budget,
+    directions: list[Direction],
+    now: datetime,
+    deadline: datetime | None,
+    finished: Callable[[], int] | None,
+    goal_reached: Callable[[], bool],
+) -> StopReason | None:
+    """Why the study needs no more trials, or None. The counts are callables, asked only
+    when their rule applies (the worker queries the database for them); `finished=None`
+    leaves the trial count out (after a trial the worker's slot claim answers it)."""
+    if finished is not None and budget.trials is not None and finished() >= budget.trials:
+        return StopReason.BUDGET
+    if budget.goal is not None and len(directions) == 1 and goal_reached():
+        return StopReason.GOAL
+    if deadline is not None and now >= _aware(deadline):
+        return StopReason.DEADLINE
+    return None
+
+
+def _aware(moment: datetime) -> datetime:
+    # A deadline without an offset is taken as UTC, as Kubernetes timestamps are.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
