@@ -1,10 +1,12 @@
 """The node bed: the bed's control plane and PostgreSQL with a real node instead of the pod
-executor: kubelet, containerd + runc, CNI (bridge, host-local, portmap) and kube-proxy.
+executor: kubelet, containerd + runc, CNI (bridge, host-local, portmap), kube-proxy and
+kube-router's NetworkPolicy controller.
 
 The node lives in network and mount namespaces of its own, held by one `sleep` process:
 
 - network: the CNI bridge `cni0` (10.244.0.1/24, pods get 10.244.0.0/24), kube-proxy's
-  iptables rules, kubelet's port. No route leaves it; nothing on the host's network changes.
+  iptables rules, kube-router's NetworkPolicy rules and ipsets, kubelet's port. No route
+  leaves it; nothing on the host's network changes.
   `testbed.forward` links it to the host's loopback: the API server and PostgreSQL appear
   inside at their host port numbers (pods use 10.244.0.1:<port>), and the API server
   reaches kubelet, pods and Services through a CONNECT proxy (its egress selector);
@@ -35,6 +37,7 @@ import yaml
 
 from testbed import procs
 from testbed.bed import Bed, BedOptions
+from testbed.controlplane import SERVICE_CIDR
 from testbed.errors import BedError
 from testbed.kubeapi import ApiError, KubeApi
 from testbed.kubeconfig import Credentials, read_kubeconfig, write_kubeconfig
@@ -50,6 +53,27 @@ NODE_GATEWAY = "10.244.0.1"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 RUNC = "/usr/sbin/runc"
+# kube-router's health endpoint inside the node namespace (its default port).
+KUBE_ROUTER_HEALTH_PORT = 20244
+# What kube-router's NetworkPolicy controller reads (its documented ClusterRole, less what
+# only its router, service proxy and load-balancer allocator use).
+_KUBE_ROUTER_RULES = [
+    {
+        "apiGroups": [""],
+        "resources": ["namespaces", "pods", "services", "nodes", "endpoints"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["get", "list", "watch"],
+    },
+]
 
 # What kubelet would write host-wide when protectKernelDefaults is false
 # (pkg/kubelet/cm/container_manager_linux.go, setupKernelTunables).
@@ -96,18 +120,34 @@ class _NodeState:
             return None
 
 
-def _node_binaries(bin_dir: Path) -> None:
+def _kube_router() -> Path:
+    """kube-router from its versioned cache, built first when missing (minutes when cold)."""
+    script = HACK_DIR / "nodebed" / "build-kube-router.sh"
+    out = subprocess.run([str(script), "--print"], capture_output=True, text=True, check=False)
+    binary = Path(out.stdout.strip()) / "kube-router"
+    if out.returncode == 0 and binary.is_file():
+        return binary
+    result = subprocess.run([str(script)], stdout=subprocess.DEVNULL, check=False)
+    if result.returncode != 0 or not binary.is_file():
+        raise BedError(f"{script} failed (exit {result.returncode}); {binary} is missing")
+    return binary
+
+
+def _node_binaries(bin_dir: Path) -> Path:
+    """Checks (and builds) what the node runs; returns kube-router's path."""
     missing = [b for b in ("kubelet", "kube-proxy") if not (bin_dir / b).is_file()]
     if missing:
         script = HACK_DIR / "build-binaries.sh"
         result = subprocess.run([str(script), "--node"], stdout=subprocess.DEVNULL, check=False)
         if result.returncode != 0:
             raise BedError(f"{script} --node failed (exit {result.returncode}); missing {missing}")
+    kube_router = _kube_router()
     tools = {
         "containerd": shutil.which("containerd"),
         "ctr": shutil.which("ctr"),
         "runc": RUNC if os.access(RUNC, os.X_OK) else None,
         "iptables": shutil.which("iptables"),
+        "ipset": shutil.which("ipset"),
         "nsenter": shutil.which("nsenter"),
         "unshare": shutil.which("unshare"),
         "cni bridge": next((d for d in CNI_BIN_DIRS if Path(d, "bridge").exists()), None),
@@ -116,10 +156,11 @@ def _node_binaries(bin_dir: Path) -> None:
     if absent:
         raise BedError(
             f"the node bed needs {', '.join(absent)}: run hack/nodebed/install-packages.sh "
-            "(Debian's containerd, runc, containernetworking-plugins, iptables, conntrack)"
+            "(Debian's containerd, runc, containernetworking-plugins, iptables, conntrack, ipset)"
         )
     if os.geteuid() != 0:
         raise BedError("the node bed runs kubelet and containerd, which need root")
+    return kube_router
 
 
 def _has_cap_sys_resource() -> bool:
@@ -155,6 +196,8 @@ class NodeBed(Bed):
         self.node_dir = self.directory / "node"
         self.containerd_socket = self.run_dir / "containerd.sock"
         self._netns_holder: procs.ProcessRecord | None = None
+        self._kube_router_bin = Path()
+        self._node_kubeconfigs: dict[str, Path] = {}
 
     @property
     def pod_logs_dir(self) -> Path:
@@ -217,7 +260,7 @@ class NodeBed(Bed):
         """Instead of the pod executor: the node."""
         if self.bin_dir == Path():
             raise BedError("binaries not resolved")
-        _node_binaries(self.bin_dir)
+        self._kube_router_bin = _node_binaries(self.bin_dir)
         timeout = self.options.start_timeout_s
         api_port = int(self.server.rsplit(":", 1)[1])
         pg_port = int(self.storage_url.rsplit("@", 1)[1].split("/")[0].rsplit(":", 1)[1])
@@ -226,10 +269,19 @@ class NodeBed(Bed):
         self._start_namespaces()
         self._start_forwarder(api_port, pg_port)
         creds = self._node_credentials()
+        self._node_kubeconfigs = creds
         self._start_containerd(timeout)
         self._import_images(self.options.images)
         self._start_kubelet(creds["kubelet"], kubelet_port)
         self._start_kube_proxy(creds["kube-proxy"])
+
+    def _wait_node_ready(self, timeout_s: float) -> None:
+        """kube-router once the Node has its InternalIP (it reads both at start), then Ready.
+
+        NetworkPolicy is enforced before the node takes its first pod.
+        """
+        self._start_kube_router(self._node_kubeconfigs["kube-router"], timeout_s)
+        super()._wait_node_ready(timeout_s)
 
     def _ns(self, *argv: str) -> list[str]:
         """argv run inside the node's network and mount namespaces."""
@@ -313,6 +365,7 @@ class NodeBed(Bed):
             "kubelet": (f"system:node:{name}", "system:nodes"),
             # The built-in binding system:node-proxier names this user.
             "kube-proxy": ("system:kube-proxy", None),
+            "kube-router": ("testbed:kube-router", None),
         }
         out = {}
         for stem, (cn, org) in users.items():
@@ -324,9 +377,20 @@ class NodeBed(Bed):
             out[stem] = kubeconfig
         api = KubeApi(read_kubeconfig(self.kubeconfig), timeout_s=10)
         try:
+            with contextlib.suppress(ApiError):
+                api.post(
+                    "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                    {
+                        "apiVersion": "rbac.authorization.k8s.io/v1",
+                        "kind": "ClusterRole",
+                        "metadata": {"name": "testbed:kube-router"},
+                        "rules": _KUBE_ROUTER_RULES,
+                    },
+                )
             # Authorization is RBAC only (no Node authorizer): bind the node's role to its
             # user, and let the API server's kubelet client use kubelet's API (as kubeadm does).
             for binding, role, user in (
+                ("testbed:kube-router", "testbed:kube-router", "testbed:kube-router"),
                 ("testbed:node", "system:node", f"system:node:{name}"),
                 (
                     "testbed:kubelet-api",
@@ -568,6 +632,70 @@ state = "{self.run_dir / "state"}"
             death_signal=signal.SIGKILL,
         )
         self._sup.check_alive([rec])
+
+    def _start_kube_router(self, kubeconfig: Path, timeout_s: float) -> None:
+        """kube-router's NetworkPolicy controller only: iptables rules and ipsets in the node
+        namespace that admit a pod's traffic only as the NetworkPolicies selecting it say.
+        It reads the Node (its InternalIP tells it which pods are local) when it starts."""
+        api = KubeApi(read_kubeconfig(self.kubeconfig), timeout_s=10)
+        name = self.options.node_name
+
+        def node_has_ip() -> bool:
+            try:
+                node = api.get(f"/api/v1/nodes/{name}")
+            except ApiError as err:
+                if err.status == 404:
+                    return False
+                raise
+            addresses = node.get("status", {}).get("addresses", [])
+            return any(a.get("type") == "InternalIP" for a in addresses)
+
+        try:
+            self._sup.wait_until(
+                node_has_ip, f"node {name} to register its InternalIP", timeout_s, self._sup.records
+            )
+        finally:
+            api.close()
+        rec = self._sup.spawn(
+            "kube-router",
+            self._ns(
+                str(self._kube_router_bin),
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",
+                "--enable-cni=false",
+                f"--kubeconfig={kubeconfig}",
+                f"--hostname-override={name}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--health-port={KUBE_ROUTER_HEALTH_PORT}",
+                "--metrics-port=0",
+                "--v=1",
+            ),
+            self.logs_dir / "kube-router.log",
+            env={
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "NODE_NAME": name,
+            },
+            death_signal=signal.SIGKILL,
+        )
+
+        def default_chain() -> bool:
+            # The chain every pod without a policy passes; made before the first full sync.
+            res = subprocess.run(
+                self._ns("iptables", "-w", "5", "-S", "KUBE-NWPLCY-DEFAULT"),
+                capture_output=True,
+                check=False,
+            )
+            return res.returncode == 0
+
+        self._sup.wait_until(default_chain, "kube-router's NetworkPolicy chains", timeout_s, [rec])
+
+    def iptables_save(self) -> str:
+        """The node namespace's filter table (kube-proxy's and kube-router's rules)."""
+        res = subprocess.run(
+            self._ns("iptables-save", "-t", "filter"), capture_output=True, text=True, check=False
+        )
+        return res.stdout + res.stderr
 
     # --- stop -------------------------------------------------------------------------
     def stop(self) -> None:
