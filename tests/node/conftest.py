@@ -30,6 +30,15 @@ EXAMPLES_IMAGE = f"ghcr.io/optuna-operator/worker-examples:{TAG}"
 BUSYBOX_IMAGE = "localhost/optuna-operator/busybox:1.35"
 PGBOUNCER_IMAGE = f"ghcr.io/optuna-operator/pgbouncer:{TAG}"
 RELEASE_NS = "optuna-system"
+RELEASE = "optuna-operator"
+# The one namespace the chart's operator serves (watchNamespaces, the chart's default mode:
+# a Role there and nothing elsewhere); restricted Pod Security. The studies run here.
+STUDY_NS = "t-node-studies"
+# The chart's NetworkPolicy peers in these tests: namespaces labelled so may reach the
+# dashboards (dashboard.allowedFrom) and the operator's metrics port
+# (metrics.networkPolicy.allowedFrom, a Prometheus namespace); nothing else may.
+DASHBOARD_PEER = {"optuna-operator.test/peer": "dashboard"}
+MONITORING_PEER = {"optuna-operator.test/peer": "monitoring"}
 
 
 @dataclass
@@ -103,9 +112,12 @@ def kube(node_bed: NodeBed) -> Kube:
 def chart(kube: Kube) -> str:
     """The chart installed by helm into optuna-system, the bed's PostgreSQL as default
     storage and the project's PgBouncer image between the worker pods and it, set up as the
-    chart README says; the operator's and PgBouncer's pods are Ready. Returns the release
-    namespace."""
+    chart README says; dashboards admit DASHBOARD_PEER namespaces and the metrics port
+    MONITORING_PEER ones; the operator's and PgBouncer's pods are Ready. Returns the release
+    namespace. STUDY_NS exists (the chart puts a Role into it) and is the one it serves."""
     kube.kubectl("create", "namespace", RELEASE_NS)
+    kube.kubectl("create", "namespace", STUDY_NS)
+    kube.kubectl("label", "namespace", STUDY_NS, "pod-security.kubernetes.io/enforce=restricted")
     kube.kubectl(
         "create",
         "secret",
@@ -128,6 +140,7 @@ def chart(kube: Kube) -> str:
     )
     database = make_url(kube.bed.storage_url_for_pods)
     values = [
+        f"watchNamespaces={{{STUDY_NS}}}",
         "storage.existingSecret.name=optuna-db",
         "dashboardImage.repository=ghcr.io/optuna-operator/dashboard",
         f"dashboardImage.tag={TAG}",
@@ -137,11 +150,18 @@ def chart(kube: Kube) -> str:
         f"pgbouncer.database.host={database.host}",
         f"pgbouncer.database.port={database.port}",
     ]
+    peers = {
+        "dashboard.allowedFrom": DASHBOARD_PEER,
+        "metrics.networkPolicy.allowedFrom": MONITORING_PEER,
+    }
     helm_args = ["-n", RELEASE_NS, "--wait", "--timeout", "5m"]
     sets = [arg for value in values for arg in ("--set", value)]
-    kube.run("helm", "install", "optuna-operator", str(CHART), *sets, *helm_args)
+    for key, labels in peers.items():
+        peer = [{"namespaceSelector": {"matchLabels": labels}}]
+        sets += ["--set-json", f"{key}={json.dumps(peer)}"]
+    kube.run("helm", "install", RELEASE, str(CHART), *sets, *helm_args)
     # The bed has no cluster DNS: the workers reach PgBouncer at its Service's IP.
     service = kube.get("svc", "optuna-operator-pgbouncer", "-n", RELEASE_NS)["spec"]
     address = f"pgbouncer.workerAddress={service['clusterIP']}:{service['ports'][0]['port']}"
-    kube.run("helm", "upgrade", "optuna-operator", str(CHART), *sets, "--set", address, *helm_args)
+    kube.run("helm", "upgrade", RELEASE, str(CHART), *sets, "--set", address, *helm_args)
     return RELEASE_NS

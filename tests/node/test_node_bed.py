@@ -1,5 +1,6 @@
 """What only a real node can show: images, containers, users, read-only root filesystems,
-kill signals inside containers, pod networking, Services and kubelet's streaming API.
+kill signals inside containers, pod networking, Services, NetworkPolicy and kubelet's
+streaming API.
 
 The study below runs once for the module (one chart install, one TuningStudy); each test
 checks one thing about it. A command objective keeps trials short on a 2-core machine.
@@ -13,7 +14,15 @@ import textwrap
 from typing import Any
 
 import pytest
-from tests.node.conftest import BUSYBOX_IMAGE, EXAMPLES_IMAGE, PGBOUNCER_IMAGE, Kube
+from tests.node import netcheck
+from tests.node.conftest import (
+    BUSYBOX_IMAGE,
+    DASHBOARD_PEER,
+    EXAMPLES_IMAGE,
+    PGBOUNCER_IMAGE,
+    STUDY_NS,
+    Kube,
+)
 
 STUDY = "node-shell"
 TRIALS = 16
@@ -74,9 +83,9 @@ def running_worker(kube: Kube, ns: str) -> dict[str, Any] | None:
 
 @pytest.fixture(scope="module")
 def study_ns(kube: Kube, chart: str) -> str:
-    ns = kube.namespace(restricted=True)
-    kube.kubectl("apply", "-n", ns, "-f", "-", stdin=study_manifest())
-    return ns
+    """The namespace the chart's operator serves (restricted), with the study in it."""
+    kube.kubectl("apply", "-n", STUDY_NS, "-f", "-", stdin=study_manifest())
+    return STUDY_NS
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +204,14 @@ def test_worker_runs_as_the_image_user_and_logs_stream_from_kubelet(
     assert "trial" in logs, logs[-2000:]
 
 
-def test_dashboard_answers_through_its_service_from_another_pod(
+def test_dashboard_answers_only_the_allowed_namespaces(
     kube: Kube, study_ns: str, finished: dict[str, Any]
 ) -> None:
-    svc = kube.get("svc", f"{STUDY}-dashboard", "-n", study_ns)
-    ip = svc["spec"]["clusterIP"]
+    """The namespace's one dashboard (Deployment, Service and NetworkPolicy
+    `optuna-dashboard`) lists the study to a pod of a namespace the chart's
+    dashboard.allowedFrom names (DASHBOARD_PEER), by pod IP and through its Service, and
+    refuses pods of any other namespace, the study's own included (its workers)."""
+    kube.get("networkpolicy", "optuna-dashboard", "-n", study_ns)
     kube.wait_for(
         lambda: any(
             c["type"] == "Ready" and c["status"] == "True"
@@ -211,42 +223,22 @@ def test_dashboard_answers_through_its_service_from_another_pod(
         "the dashboard pod to be Ready (its readiness probe, run by kubelet)",
         180,
     )
-    client_pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "dash-client"},
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 65534,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [
-                {
-                    "name": "wget",
-                    "image": BUSYBOX_IMAGE,
-                    "command": ["wget", "-qO-", f"http://{ip}:8080/api/studies"],
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                }
-            ],
-        },
+    [pod] = kube.get("pods", "-n", study_ns, "-l", "app.kubernetes.io/component=dashboard")["items"]
+    svc = kube.get("svc", "optuna-dashboard", "-n", study_ns)
+    urls = {
+        "pod IP": f"http://{pod['status']['podIP']}:8080/api/studies",
+        "ClusterIP": f"http://{svc['spec']['clusterIP']}:8080/api/studies",
     }
-    kube.kubectl("apply", "-n", study_ns, "-f", "-", stdin=json.dumps(client_pod))
-    phase = kube.wait_for(
-        lambda: (
-            kube.get("pod", "dash-client", "-n", study_ns)["status"].get("phase")
-            in ("Succeeded", "Failed")
-            and kube.get("pod", "dash-client", "-n", study_ns)["status"]["phase"]
-        ),
-        "the client pod to finish",
-        120,
+    netcheck.client(kube, study_ns, "dash-neighbour")
+    netcheck.wait_ready(kube, study_ns, "dash-neighbour")
+    allowed = netcheck.check_admits_only_labelled_namespaces(
+        kube,
+        urls,
+        DASHBOARD_PEER,
+        expect=STUDY,
+        also_denied=((study_ns, "dash-neighbour"),),
     )
-    body = kube.kubectl("logs", "-n", study_ns, "dash-client")
-    assert phase == "Succeeded", body
+    body = netcheck.until_answer(kube, allowed, "client", urls["ClusterIP"], STUDY).text
     names = [s["study_name"] for s in json.loads(body)["study_summaries"]]
     assert any(STUDY in n for n in names), names
 
