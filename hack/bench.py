@@ -43,7 +43,7 @@ from bench_pgbouncer import bench_pgbouncer
 from bench_pool import bench_pool
 from bench_scale import bench_scale
 from optuna_operator.api import Direction
-from optuna_operator.study_store import StoreRegistry
+from optuna_operator.storage.study_store import StoreRegistry
 from testbed.postgres import remove_postgres_data, start_postgres
 from testbed.supervisor import Supervisor
 

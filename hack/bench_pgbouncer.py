@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from bench_objective import worker_env
-from optuna_operator.tenancy import pooled_url, provision, tenant_names, with_user
+from optuna_operator.storage.tenancy import pooled_url, provision, tenant_names, with_user
 from testbed.pgbouncer import Console, PgBouncer, pgbouncer_version, start_pgbouncer
 from testbed.postgres import remove_postgres_data, start_postgres
 from testbed.supervisor import Supervisor

@@ -35,7 +35,7 @@ from kubernetes import watch
 from sqlalchemy import create_engine, text
 
 from bench_cluster import GROUP, PLURAL, VERSION, BenchCluster
-from optuna_operator.tenancy import tenant_names
+from optuna_operator.storage.tenancy import tenant_names
 from testbed import Bed
 
 RUNNING_NAMESPACE = "scale-running"

@@ -17,11 +17,11 @@ import optuna
 from kubernetes import client, config
 from sqlalchemy import create_engine, text
 
-from optuna_operator import study_store
 from optuna_operator.api import Direction
 from optuna_operator.kube import Cluster
-from optuna_operator.study_store import Owner, StoreRegistry, StudyHandle
-from optuna_operator.tenancy import Tenancy
+from optuna_operator.storage import study_store
+from optuna_operator.storage.study_store import Owner, StoreRegistry, StudyHandle
+from optuna_operator.storage.tenancy import Tenancy
 from testbed import Bed
 
 

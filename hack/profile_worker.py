@@ -36,7 +36,7 @@ COSTS = (
     ("trial attributes", r"\(_set_trial_attr_without_commit\)"),
     ("connection pings", r"\(do_ping\)"),
     ("stale-trial check (heartbeats)", r"\(fail_stale_trials\)"),
-    ("trial slot claim", r"worker/storage\.py.*\(_claim_slot\)"),
+    ("trial slot claim", r"storage/worker_storage\.py.*\(_claim_slot\)"),
     ("budget, deadline, goal checks", r"budget\.py.*\(stop_reason\)"),
     ("best-trial lookup for log lines", r"\(_log_completed_trial\)"),
     ("commits", r"method 'commit' of 'psycopg2"),

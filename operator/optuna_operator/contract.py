@@ -2,31 +2,21 @@
 
 The operator builds worker pods and reads what workers write into the study; the worker reads
 what the operator put into its environment. Anything both sides name lives here, so neither
-imports the other: environment variable names, exit codes, trial attribute keys, the
-database pool settings, credential redaction and the mapping of directions onto Optuna's.
+imports the other: environment variable names, exit codes, trial attribute keys, the retry
+limit, credential redaction and the mapping of directions onto Optuna's. Code that opens
+storages lives in storage/.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
-import warnings
-from datetime import datetime
 from enum import IntEnum
-from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
-import optuna
-from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+from sqlalchemy.exc import ArgumentError
 
 from optuna_operator.api import Direction
 
@@ -34,9 +24,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIG_ENV",
-    "CONNECT_TIMEOUT_SECONDS",
     "ERROR_ATTR",
-    "IDLE_PING_SECONDS",
     "INDEX_ENV",
     "INTERRUPTED_ATTR",
     "MAX_RETRIES",
@@ -53,15 +41,9 @@ __all__ = [
     "WARM_START_ATTR",
     "WORKER_ATTR",
     "ExitCode",
-    "HeartbeatStorage",
-    "check_schema_version",
     "describe_url",
-    "engine_kwargs",
     "from_optuna_direction",
-    "heartbeat_storage",
-    "ping_after_idle",
     "redact",
-    "retry_of_stale_trial",
     "to_optuna_direction",
 ]
 
@@ -123,211 +105,6 @@ WARM_START_ATTR = "warm_start_from"
 # A trial whose worker keeps dying (OOM, a crashing CUDA kernel) is retried this often, not
 # forever; preemptions rarely hit the same parameters more than twice.
 MAX_RETRIES = 3
-
-# ---------------------------------------------------------------------- database pools
-POOL_RECYCLE_SECONDS = 300
-CONNECT_TIMEOUT_SECONDS = 10
-# A pooled connection unused for longer than this is pinged before it is handed out; one used
-# more recently is not: a worker checks out ~15 connections per trial, and a ping on each was
-# 15% of its time per trial on a trivial objective (issue 14's profile).
-IDLE_PING_SECONDS = 10.0
-
-
-def engine_kwargs(
-    url: str,
-    application_name: str,
-    pool_size: int | None = 2,
-    statement_timeout_ms: int | None = None,
-    ping_every_checkout: bool = True,
-    search_path: str | None = None,
-) -> dict[str, Any]:
-    """SQLAlchemy engine settings for one process: a small pool, liveness checks, timeouts.
-
-    Sized so workers x processes x (pool_size + 2) stays far below max_connections. A
-    connect timeout and TCP keepalives make a database that stops answering an error within
-    seconds instead of a thread blocked for minutes. `pool_size=None` keeps no connection
-    open between uses (NullPool): for a process that talks to many credentials rarely.
-    `ping_every_checkout=False` is for engines given `ping_after_idle` instead.
-    `search_path` pins where unqualified names resolve (the admin's connections: a name a
-    tenant could plant in `public` must never resolve to the tenant's object).
-    """
-    kwargs: dict[str, Any]
-    if pool_size is None:
-        kwargs = {"poolclass": NullPool}
-    else:
-        kwargs = {
-            # Postgres and the proxies in front of it drop idle connections during long trials.
-            "pool_pre_ping": ping_every_checkout,
-            "pool_recycle": POOL_RECYCLE_SECONDS,
-            "pool_size": pool_size,
-            "max_overflow": 2,
-            # Waiting for a free pooled connection is bounded too.
-            "pool_timeout": 30,
-        }
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
-        kwargs["connect_args"] = {
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "application_name": application_name[:63],
-            # Keepalives notice a vanished server (or NAT entry) during an hour-long trial.
-            "keepalives": 1,
-            "keepalives_idle": 60,
-            "keepalives_interval": 10,
-            "keepalives_count": 3,
-        }
-        options = []
-        if statement_timeout_ms is not None:
-            options.append(f"-c statement_timeout={statement_timeout_ms}")
-        if search_path is not None:
-            # libpq's options: a space separates settings, so the list has none.
-            options.append(f"-c search_path={search_path.replace(' ', '')}")
-        if options:
-            kwargs["connect_args"]["options"] = " ".join(options)
-    return kwargs
-
-
-def ping_after_idle(engine: Engine, idle_seconds: float = IDLE_PING_SECONDS) -> None:
-    """Check a pooled connection before use only when it sat idle for `idle_seconds`.
-
-    What `pool_pre_ping` protects against (a server or proxy that dropped an idle connection
-    during a long trial) happens to idle connections; a failed ping makes the pool open a new
-    one (SQLAlchemy's documented custom pessimistic disconnect handling).
-    """
-
-    def connected(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        record.info[_LAST_USED] = time.monotonic()
-
-    def checked_out(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-        last_used = record.info.get(_LAST_USED)
-        if last_used is not None and time.monotonic() - last_used < idle_seconds:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except Exception as err:
-            raise DisconnectionError(f"an idle pooled connection is gone: {err}") from err
-
-    event.listen(engine, "connect", connected)
-    event.listen(engine, "checkin", connected)
-    event.listen(engine, "checkout", checked_out)
-
-
-_LAST_USED = "optuna_operator_last_used"
-
-
-class HeartbeatStorage(RDBStorage):
-    """An RDBStorage that fails a stale trial and enqueues its retry in one transaction.
-
-    Optuna fails a stale trial in one transaction and enqueues its retry in the next. A
-    worker's trial slot (worker/storage.py) frees when the trial fails, so in between another
-    worker could take that slot for a new trial and leave the retry waiting for ever once the
-    budget is full. Here both happen under the study row's lock, which slot claims take too,
-    and Optuna's own pass (fail_stale_trials) finds nothing left to do.
-    """
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        for trial_id in super()._get_stale_trial_ids(study_id):
-            self._fail_and_retry(study_id, trial_id)
-        return []
-
-    def _fail_and_retry(self, study_id: int, trial_id: int) -> None:
-        with _create_scoped_session(self.scoped_session) as session:
-            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-            if trial.state != TrialState.RUNNING:
-                return  # finished meanwhile, or failed by another process
-            number = int(trial.number)
-            retry = retry_of_stale_trial(self._build_frozen_trial_from_trial_model(trial))
-            trial.state = TrialState.FAIL
-            trial.datetime_complete = datetime.now()  # local time, as Optuna writes it
-            if retry is not None:
-                self._get_prepared_new_trial(study_id, retry, session)
-        log.warning(
-            "Trial %d failed: its heartbeat stopped%s",
-            number,
-            "; its parameters are enqueued again" if retry is not None else "",
-        )
-
-
-def retry_of_stale_trial(failed: FrozenTrial) -> FrozenTrial | None:
-    """The waiting copy of a stale trial, as Optuna's RetryFailedTrialCallback makes it (the
-    same system attributes), or None after MAX_RETRIES retries of the same parameters."""
-    history = [*failed.system_attrs.get("retry_history", []), failed.number]
-    if len(history) > MAX_RETRIES:
-        return None
-    return optuna.trial.create_trial(
-        state=TrialState.WAITING,
-        params=failed.params,
-        distributions=failed.distributions,
-        user_attrs=failed.user_attrs,
-        system_attrs={
-            "failed_trial": failed.number,
-            **failed.system_attrs,
-            "retry_history": history,
-        },
-    )
-
-
-StorageT = TypeVar("StorageT", bound=RDBStorage)
-
-
-def heartbeat_storage(
-    url: str,
-    heartbeat_interval: int,
-    application_name: str,
-    pool_size: int | None = 2,
-    storage_class: type[StorageT] = HeartbeatStorage,  # type: ignore[assignment]
-    statement_timeout_ms: int | None = None,
-) -> StorageT:
-    """The RDBStorage workers run trials with, and the operator fails stale trials with:
-    heartbeats on, a trial whose heartbeat stopped retried up to MAX_RETRIES times
-    (HeartbeatStorage). Workers pass their subclass that outlasts a database outage."""
-    with warnings.catch_warnings():
-        # Heartbeats are the documented way to recover preempted trials; Optuna still labels
-        # them experimental, which would only add noise to every log.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = storage_class(
-            url,
-            engine_kwargs=engine_kwargs(
-                url,
-                application_name,
-                pool_size,
-                statement_timeout_ms=statement_timeout_ms,
-                ping_every_checkout=False,
-            ),
-            # The operator created the schema with the study; workers racing to create
-            # tables only add lock contention.
-            skip_table_creation=True,
-            # Optuna's check holds a transaction open on one pooled connection while it opens
-            # a second: behind PgBouncer, more workers starting than it has server connections
-            # each held one and waited for another until query_wait_timeout. The same check
-            # follows, one connection at a time.
-            skip_compatibility_check=True,
-            heartbeat_interval=heartbeat_interval,
-            # grace_period stays Optuna's default (2 x heartbeat_interval). The retry of a
-            # stale trial is HeartbeatStorage's, not a heartbeat_stale_trial_callback.
-        )
-    check_schema_version(storage)
-    if pool_size is not None:
-        ping_after_idle(storage.engine)
-    return storage
-
-
-def check_schema_version(storage: RDBStorage) -> None:
-    """Raise RuntimeError when the database's Optuna schema is not the one this Optuna
-    version writes (what RDBStorage checks by default, without nesting connections)."""
-    current, head = storage.get_current_version(), storage.get_head_version()
-    if current == head:
-        return
-    advice = (
-        "upgrade it with `optuna storage upgrade --storage <its URL>`"
-        if current in storage.get_all_versions()
-        else "use an image with the Optuna version that created it or a newer one"
-    )
-    raise RuntimeError(
-        f"the study database's Optuna schema is {current}, Optuna {optuna.__version__} needs "
-        f"{head}: {advice}"
-    )
-
 
 # ---------------------------------------------------------------------- credentials
 # `scheme://user:password@` anywhere in a text (the user may be empty: redis://:pw@host).

@@ -37,7 +37,7 @@ from optuna_operator.contract import redact
 from optuna_operator.kube import Cluster
 from optuna_operator.manifests import NAMESPACE_DASHBOARD_LABEL
 from optuna_operator.reconcile import Children, Event, Reconciler, StorageProblem
-from optuna_operator.study_store import StorageError
+from optuna_operator.storage.study_store import StorageError
 
 __all__ = ["FINALIZER", "Controller", "PeeringGate", "WorkQueue", "merge_patch"]
 

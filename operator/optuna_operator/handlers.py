@@ -20,7 +20,7 @@ from optuna_operator.controller import Controller, PeeringGate
 from optuna_operator.kube import Cluster
 from optuna_operator.manifests import MANAGED_BY
 from optuna_operator.reconcile import Reconciler
-from optuna_operator.study_store import StoreRegistry
+from optuna_operator.storage.study_store import StoreRegistry
 
 __all__ = ["build_registry"]
 

@@ -23,10 +23,10 @@ from optuna.storages import RDBStorage
 
 from optuna_operator.api import GROUP, PLURAL, VERSION, TuningStudy
 from optuna_operator.config import SecretKey
-from optuna_operator.contract import engine_kwargs
 from optuna_operator.kube import Cluster
-from optuna_operator.study_store import OWNER_ATTR
-from optuna_operator.tenancy import ADMIN_SEARCH_PATH, LEGACY_SCHEMA, Tenancy
+from optuna_operator.storage.engines import engine_kwargs
+from optuna_operator.storage.study_store import OWNER_ATTR
+from optuna_operator.storage.tenancy import ADMIN_SEARCH_PATH, LEGACY_SCHEMA, Tenancy
 
 __all__ = ["Moved", "migrate_namespace", "run_migrate"]
 

@@ -21,7 +21,7 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "optuna-system"
 DEFAULT_SECRET = "optuna-db"
-# The namespace's own credentials, made by the operator (optuna_operator.tenancy).
+# The namespace's own credentials, made by the operator (optuna_operator.storage.tenancy).
 TENANT_SECRET = "optuna-storage"
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from optuna_operator.kube import Cluster
-from optuna_operator.tenancy import Tenancy, TenantLimits, tenant_names, with_user
+from optuna_operator.storage.tenancy import Tenancy, TenantLimits, tenant_names, with_user
 from testbed import Bed
 
 
@@ -91,7 +91,7 @@ def test_a_view_planted_in_public_is_never_run_by_the_admin(
 
     tenancy = Tenancy(Cluster(kube_api))
     try:
-        with caplog.at_level(logging.WARNING, logger="optuna_operator.tenancy"):
+        with caplog.at_level(logging.WARNING, logger="optuna_operator.storage.tenancy"):
             tenancy.ensure(namespace, old_style_database)
             # The 0.1.0 lookup reads `public.studies` by name: a view there is left alone.
             assert tenancy.legacy_study_exists(old_style_database, "team-a.x") is False

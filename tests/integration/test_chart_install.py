@@ -27,7 +27,7 @@ from tests.conftest import NamespaceFactory
 from tests.integration.studies import Studies, wait_for
 
 from optuna_operator.api import GROUP, PLURAL, VERSION
-from optuna_operator.tenancy import tenant_names
+from optuna_operator.storage.tenancy import tenant_names
 from testbed import Bed
 from testbed.ports import free_port
 

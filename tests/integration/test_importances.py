@@ -13,7 +13,7 @@ import optuna
 import pytest
 from sqlalchemy import create_engine, text
 
-from optuna_operator.importances import ImportanceError, param_importances
+from optuna_operator.storage.importances import ImportanceError, param_importances
 from testbed import Bed
 
 
@@ -69,7 +69,7 @@ def importance_db(bed: Bed) -> str:
 CALLER = """
 import json, resource, sys
 import optuna
-from optuna_operator.importances import param_importances
+from optuna_operator.storage.importances import param_importances
 result = param_importances(sys.stdin.read(), sys.argv[1])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"peak_mib": peak, "importances": result}))

@@ -21,7 +21,7 @@ from tests.integration.studies import (
 
 from bench_pgbouncer import DIRECT_CONNECTIONS, run_workers
 from bench_pgbouncer import tenant_url as new_tenant_url
-from optuna_operator.tenancy import POOLED_URL_KEY, pooled_url
+from optuna_operator.storage.tenancy import POOLED_URL_KEY, pooled_url
 from testbed import Bed
 from testbed.pgbouncer import PgBouncer, pgbouncer_show, start_pgbouncer
 from testbed.postgres import remove_postgres_data, start_postgres

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from optuna_operator.api import Direction
-from optuna_operator.study_store import DirectionsMismatchError, StoreRegistry
+from optuna_operator.storage.study_store import DirectionsMismatchError, StoreRegistry
 
 
 def _name() -> str:

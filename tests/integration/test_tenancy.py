@@ -34,8 +34,8 @@ from tests.integration.studies import (
 )
 
 from optuna_operator.kube import Cluster
-from optuna_operator.study_store import OWNER_ATTR
-from optuna_operator.tenancy import tenant_names
+from optuna_operator.storage.study_store import OWNER_ATTR
+from optuna_operator.storage.tenancy import tenant_names
 from testbed import Bed
 
 INSUFFICIENT_PRIVILEGE = "42501"

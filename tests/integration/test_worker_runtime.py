@@ -235,7 +235,7 @@ def test_four_workers_share_one_budget(bench: Bench) -> None:
     assert bench.wait_all(timeout=60) == [0, 0, 0, 0]
     elapsed = time.monotonic() - started
     trials = bench.trials()
-    # The exact budget: slots are claimed under the study row's lock (worker/storage.py).
+    # The exact budget: slots are claimed under the study row's lock (storage/worker_storage.py).
     assert finished(trials) == budget, states(trials)
     assert states(trials)[TrialState.FAIL] == 0
     # Every worker took part, and each with its own seed (no duplicated suggestions).

@@ -9,7 +9,7 @@ from optuna_operator.api import BestTrial, TuningStudy
 from optuna_operator.conditions import set_condition
 from optuna_operator.contract import redact
 from optuna_operator.reconcile import JobState, decide_phase
-from optuna_operator.study_store import StudySummary
+from optuna_operator.storage.study_store import StudySummary
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 RUNNING_JOB = JobState(name="w", active=2, ready=2)
@@ -108,7 +108,7 @@ def test_status_merge_patch_removes_stale_nested_keys() -> None:
 def test_pareto_front_matches_brute_force() -> None:
     import random
 
-    from optuna_operator.study_store import _dominates, _non_dominated
+    from optuna_operator.storage.study_store import _dominates, _non_dominated
 
     rng = random.Random(0)
     signs = (1, -1, 1)

@@ -29,7 +29,7 @@ from optuna_operator.reconcile import (
     build_status,
     decide,
 )
-from optuna_operator.study_store import StudyHandle, StudySummary
+from optuna_operator.storage.study_store import StudyHandle, StudySummary
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 HANDLE = StudyHandle(1, "ns.s", (), NOW, created=False)

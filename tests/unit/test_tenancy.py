@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from optuna_operator import tenancy
 from optuna_operator.config import _pooler
-from optuna_operator.tenancy import (
+from optuna_operator.storage import tenancy
+from optuna_operator.storage.tenancy import (
     POOLED_URL_KEY,
     READONLY_PASSWORD_KEY,
     TENANT_LABEL,
@@ -95,7 +95,7 @@ def test_the_worker_pooler_must_be_host_and_port(bad: str) -> None:
 
 
 def test_the_read_only_url_carries_no_password_at_all() -> None:
-    from optuna_operator.tenancy import with_user
+    from optuna_operator.storage.tenancy import with_user
 
     admin = "postgresql+psycopg2://optuna:admin-secret@db:5432/optuna?sslmode=require"
     assert with_user(admin, "optuna_ro_t_a", None) == (
@@ -105,7 +105,7 @@ def test_the_read_only_url_carries_no_password_at_all() -> None:
 
 
 def test_only_a_scram_verifier_of_the_password_is_sent() -> None:
-    from optuna_operator.tenancy import scram_verifier
+    from optuna_operator.storage.tenancy import scram_verifier
 
     verifier = scram_verifier("s3cret-password-value")
     assert verifier.startswith("SCRAM-SHA-256$4096:")

@@ -14,9 +14,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import QueuePool
 
 from optuna_operator.api import Budget, Direction
-from optuna_operator.contract import MAX_RETRIES, ping_after_idle, retry_of_stale_trial
+from optuna_operator.contract import MAX_RETRIES
+from optuna_operator.storage.engines import ping_after_idle, retry_of_stale_trial
+from optuna_operator.storage.worker_storage import TrialSlotsTaken
 from optuna_operator.worker.budget import BudgetChecker, StopReason
-from optuna_operator.worker.storage import TrialSlotsTaken
 
 
 class Counts:

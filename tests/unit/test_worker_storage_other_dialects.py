@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from optuna_operator.contract import WORKER_ATTR
-from optuna_operator.worker.storage import TrialSlotsTaken, make_storage
+from optuna_operator.storage.worker_storage import TrialSlotsTaken, make_storage
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")

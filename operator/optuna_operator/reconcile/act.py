@@ -18,7 +18,7 @@ from optuna_operator.dashboards import DashboardConflict, DashboardSender
 from optuna_operator.kube import Cluster
 from optuna_operator.reconcile.model import Acted, ChildConflict, Observed, Plan, StorageRef
 from optuna_operator.reconcile.observe import controller_uid, job_state
-from optuna_operator.study_store import StorageError, StoreRegistry
+from optuna_operator.storage.study_store import StorageError, StoreRegistry
 
 __all__ = [
     "Actor",

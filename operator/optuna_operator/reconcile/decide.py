@@ -18,7 +18,7 @@ from optuna_operator.lifecycle import (
     too_many_failures,
 )
 from optuna_operator.reconcile.model import JobAction, JobState, Observed, Phase, Plan
-from optuna_operator.study_store import StudySummary
+from optuna_operator.storage.study_store import StudySummary
 
 __all__ = [
     "decide",

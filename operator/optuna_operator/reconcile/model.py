@@ -13,8 +13,8 @@ from optuna_operator.api import TuningStudy, TuningStudyStatus
 from optuna_operator.conditions import Reason
 from optuna_operator.dashboards import DashboardAction
 from optuna_operator.lifecycle import PhaseName
-from optuna_operator.study_store import Owner, StudyHandle, StudySummary
-from optuna_operator.tenancy import TenantCredentials
+from optuna_operator.storage.study_store import Owner, StudyHandle, StudySummary
+from optuna_operator.storage.tenancy import TenantCredentials
 
 __all__ = [
     "Acted",

@@ -30,8 +30,8 @@ from optuna_operator.reconcile.model import (
     StorageRef,
     owner_of,
 )
-from optuna_operator.study_store import StoreRegistry, StudyHandle
-from optuna_operator.tenancy import Tenancy, TenancyError
+from optuna_operator.storage.study_store import StoreRegistry, StudyHandle
+from optuna_operator.storage.tenancy import Tenancy, TenancyError
 
 __all__ = [
     "SECRET_TTL_SECONDS",

@@ -17,14 +17,14 @@ from optuna_operator.reconcile.status import (
     storage_failure,
     storage_failure_status,
 )
-from optuna_operator.study_store import (
+from optuna_operator.storage.study_store import (
     DirectionsMismatchError,
     NotOwnedError,
     StorageError,
     StoreRegistry,
     WarmStartError,
 )
-from optuna_operator.tenancy import Tenancy, TenantLimits
+from optuna_operator.storage.tenancy import Tenancy, TenantLimits
 
 __all__ = ["Reconciler"]
 

@@ -30,7 +30,11 @@ from optuna_operator.reconcile.model import (
     Plan,
     StorageProblem,
 )
-from optuna_operator.study_store import DirectionsMismatchError, NotOwnedError, WarmStartError
+from optuna_operator.storage.study_store import (
+    DirectionsMismatchError,
+    NotOwnedError,
+    WarmStartError,
+)
 
 __all__ = [
     "build_status",

@@ -2,7 +2,7 @@
 
 fANOVA over a whole study holds every trial and a forest in memory: in the operator process a
 large study could push it out of memory, and every study would pay for the one that did. So
-the operator runs `python -m optuna_operator.importances` as a child process with an address
+the operator runs `python -m optuna_operator.storage.importances` as a child process with an address
 space limit, a time limit and a window of the most recent complete trials; the child reads the
 storage URL from its standard input (never from its arguments, which `ps` shows) and prints
 the importances as JSON. The operator's memory does not grow with the study.
@@ -62,7 +62,13 @@ def param_importances(
     }
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "optuna_operator.importances", study_name, str(max_trials)],
+            [
+                sys.executable,
+                "-m",
+                "optuna_operator.storage.importances",
+                study_name,
+                str(max_trials),
+            ],
             input=url,
             capture_output=True,
             text=True,
@@ -86,7 +92,7 @@ def _compute(url: str, study_name: str, max_trials: int) -> dict[str, float]:
     from optuna.storages import RDBStorage
     from optuna.trial import TrialState
 
-    from optuna_operator.contract import engine_kwargs
+    from optuna_operator.storage.engines import engine_kwargs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = RDBStorage(

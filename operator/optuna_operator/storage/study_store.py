@@ -23,19 +23,18 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from optuna_operator import importances
 from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
 from optuna_operator.contract import (
     ERROR_ATTR,
     STUDY_ATTR_PREFIX,
     STUDY_START_TIME_ATTR,
     WARM_START_ATTR,
-    engine_kwargs,
     from_optuna_direction,
-    heartbeat_storage,
     redact,
     to_optuna_direction,
 )
+from optuna_operator.storage import importances
+from optuna_operator.storage.engines import engine_kwargs, heartbeat_storage
 
 __all__ = [
     "OWNER_ATTR",

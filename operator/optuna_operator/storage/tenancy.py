@@ -42,9 +42,10 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from optuna_operator.contract import engine_kwargs, redact
+from optuna_operator.contract import redact
 from optuna_operator.kube import Cluster
 from optuna_operator.manifests import MANAGED_BY
+from optuna_operator.storage.engines import engine_kwargs
 
 __all__ = [
     "ADMIN_SEARCH_PATH",

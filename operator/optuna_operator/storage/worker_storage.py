@@ -41,7 +41,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
-from optuna_operator.contract import STORAGE_ENV, WORKER_ATTR, describe_url, heartbeat_storage
+from optuna_operator.contract import STORAGE_ENV, WORKER_ATTR, describe_url
+from optuna_operator.storage.engines import heartbeat_storage
 from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.outage import OutageTolerantStorage
 

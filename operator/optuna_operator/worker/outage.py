@@ -23,12 +23,8 @@ from optuna.trial import TrialState
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from optuna_operator.contract import (
-    STORAGE_OUTAGE_ENV,
-    HeartbeatStorage,
-    describe_url,
-    redact,
-)
+from optuna_operator.contract import STORAGE_OUTAGE_ENV, describe_url, redact
+from optuna_operator.storage.engines import HeartbeatStorage
 
 __all__ = [
     "OUTAGE_SECONDS",

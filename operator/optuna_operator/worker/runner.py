@@ -10,6 +10,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from optuna_operator.api import WorkerConfig
 from optuna_operator.contract import ERROR_ATTR, RETRY_OF_ATTR, ExitCode, describe_url
+from optuna_operator.storage.worker_storage import TrialSlotsTaken, load_study
 from optuna_operator.worker.budget import BudgetChecker, TrialCounter
 from optuna_operator.worker.command_objective import CommandObjective, check_command
 from optuna_operator.worker.errors import ConfigError, TooManyFailures
@@ -18,7 +19,6 @@ from optuna_operator.worker.function_objective import FunctionObjective, load_fu
 from optuna_operator.worker.seeding import process_seed
 from optuna_operator.worker.settings import WorkerSettings
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
-from optuna_operator.worker.storage import TrialSlotsTaken, load_study
 
 __all__ = ["build_objective", "run_process"]
 
@@ -77,7 +77,7 @@ class _CheckedObjective:
     They run at the end of the objective rather than as an Optuna callback: with any callback
     optimize() reads each finished trial back from the database (several queries per trial).
     The trial is not told yet, so the rules count it from what the objective saw. The trial
-    budget needs no check here: the next trial's slot claim (worker/storage.py) answers it.
+    budget needs no check here: the next trial's slot claim (storage/worker_storage.py) answers it.
     """
 
     def __init__(self, objective: TrialObjective, checker: BudgetChecker, stop: StopSignal) -> None:
@@ -232,7 +232,7 @@ def run_process(
 
 
 class _SlotWaiter:
-    """What a worker does when ask() finds no trial slot for it (worker/storage.py)."""
+    """What a worker does when ask() finds no trial slot for it (storage/worker_storage.py)."""
 
     def __init__(
         self, checker: BudgetChecker, stop: StopSignal, checked: _CheckedObjective
