@@ -47,10 +47,12 @@ if TYPE_CHECKING:
 __all__ = [
     "TERMINAL_PHASES",
     "EventLine",
+    "LiveLine",
     "StudyClient",
     "StudyFailedError",
     "StudyView",
     "WaitTimeoutError",
+    "manifest",
     "parse_parameter",
     "quick_study",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_DASHBOARD_IMAGE",
     "DEFAULT_WORKER_IMAGE",
     "NETWORK_POLICY_PEER_KEYS",
+    "OPERATOR_VERSION",
     "OperatorSettings",
     "SecretKey",
     "add_run_arguments",

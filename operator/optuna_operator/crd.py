@@ -14,7 +14,14 @@ import yaml
 
 from optuna_operator import api
 
-__all__ = ["crd_manifest", "crd_yaml", "openapi_schema", "write_crd"]
+__all__ = [
+    "CRD_FILE",
+    "crd_manifest",
+    "crd_yaml",
+    "openapi_schema",
+    "write_crd",
+]
+
 
 CRD_FILE = "tuning.optuna-operator.io_tuningstudies.yaml"
 

@@ -22,14 +22,14 @@ from optuna_operator.manifests import MANAGED_BY
 from optuna_operator.reconcile import Reconciler
 from optuna_operator.storage.study_store import StoreRegistry
 
-__all__ = ["build_registry"]
+__all__ = ["api_client", "build_registry"]
 
 log = logging.getLogger(__name__)
 
 RECONCILE_WORKERS = 8
 
 
-def _api_client() -> k8s.ApiClient:
+def api_client() -> k8s.ApiClient:
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
@@ -59,7 +59,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.INFO
         stores = StoreRegistry()
-        cluster = Cluster(_api_client())
+        cluster = Cluster(api_client())
         reconciler = Reconciler(cluster, stores, operator_settings)
         peering = (
             PeeringGate(

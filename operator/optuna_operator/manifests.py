@@ -29,9 +29,11 @@ from optuna_operator.contract import (
 
 __all__ = [
     "DASHBOARD_PORT",
+    "MANAGED_BY",
     "NAMESPACE_DASHBOARD",
     "NAMESPACE_DASHBOARD_LABEL",
     "QUEUE_LABEL",
+    "STUDY_LABEL",
     "TEMPLATE_HASH_LABEL",
     "ChildContext",
     "dashboard_name",

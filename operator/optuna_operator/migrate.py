@@ -116,10 +116,10 @@ def migrate_namespace(
 
 def run_migrate(args: argparse.Namespace) -> int:
     """The command: kubeconfig (or in-cluster) credentials, one line per TuningStudy."""
-    from optuna_operator.handlers import _api_client
+    from optuna_operator.handlers import api_client
 
     ref = SecretKey.parse(args.default_storage_secret, "default")
-    cluster = Cluster(_api_client())
+    cluster = Cluster(api_client())
     tenancy = Tenancy(cluster)
     try:
         admin_url = cluster.read_secret_value(ref.namespace, ref.name, ref.key)
