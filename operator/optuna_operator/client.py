@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -36,10 +35,11 @@ from optuna_operator.api import (
     Parameter,
     TuningStudy,
     TuningStudySpec,
-    TuningStudyStatus,
 )
+from optuna_operator.formatting import progress_line
 from optuna_operator.lifecycle import FINISHED_PHASES
 from optuna_operator.manifests import STUDY_LABEL
+from optuna_operator.views import EventLine, StudyView
 
 if TYPE_CHECKING:
     import optuna
@@ -72,56 +72,6 @@ class StudyFailedError(RuntimeError):
 
 class WaitTimeoutError(TimeoutError):
     """The study did not finish within the time given to wait()."""
-
-
-@dataclass(frozen=True)
-class StudyView:
-    """A TuningStudy as read from the API: the typed object and its creation time."""
-
-    study: TuningStudy
-    created: datetime | None = None
-
-    @property
-    def name(self) -> str:
-        return self.study.metadata.name
-
-    @property
-    def namespace(self) -> str:
-        return self.study.metadata.namespace
-
-    @property
-    def status(self) -> TuningStudyStatus:
-        return self.study.status
-
-    @property
-    def phase(self) -> str:
-        return self.study.status.phase or "Pending"
-
-    @property
-    def done(self) -> bool:
-        return self.phase in TERMINAL_PHASES
-
-    def condition(self, type_: str) -> Any:
-        """The condition of that type, or None."""
-        return next((c for c in self.status.conditions if c.type == type_), None)
-
-    @classmethod
-    def from_api(cls, obj: dict[str, Any]) -> StudyView:
-        """Parse an object as the API server returns it."""
-        created = obj.get("metadata", {}).get("creationTimestamp")
-        when = datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None
-        return cls(TuningStudy.model_validate(obj), when)
-
-
-@dataclass(frozen=True)
-class EventLine:
-    """One Kubernetes event about a study (reason NewBestTrial, CreatedJob, Succeeded, ...)."""
-
-    time: datetime | None
-    type: str
-    reason: str
-    message: str
-    count: int = 1
 
 
 # --------------------------------------------------------------------------- building
@@ -328,8 +278,6 @@ class StudyClient:
         line (a terminal or a notebook). Raises StudyFailedError on Failed (unless
         raise_on_failure is False) and WaitTimeoutError after timeout seconds.
         """
-        from optuna_operator.formatting import progress_line
-
         deadline = None if timeout is None else time.monotonic() + timeout
         line = LiveLine(sys.stdout) if progress else None
         last: Any = None

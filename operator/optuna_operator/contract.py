@@ -40,7 +40,9 @@ __all__ = [
     "STUDY_START_TIME_ATTR",
     "WARM_START_ATTR",
     "WORKER_ATTR",
+    "ConfigError",
     "ExitCode",
+    "TooManyFailures",
     "describe_url",
     "from_optuna_direction",
     "redact",
@@ -81,6 +83,15 @@ class ExitCode(IntEnum):
 
 # Exits that say "start another pod": the Job ignores them (podFailurePolicy action Ignore).
 REPLACE_EXIT_CODES = (ExitCode.INTERRUPTED, ExitCode.TRIAL_TIMEOUT)
+
+
+class ConfigError(Exception):
+    """The configuration cannot work, so retrying the pod would only fail again (exit code
+    CONFIG)."""
+
+
+class TooManyFailures(Exception):
+    """More trials failed than budget.maxFailedTrials allows (exit code TOO_MANY_FAILURES)."""
 
 
 # ---------------------------------------------------------------------- study and trial attributes

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from optuna_operator.api import BestTrial, json_safe
-from optuna_operator.client import EventLine, StudyView
+from optuna_operator.views import EventLine, StudyView
 
 __all__ = [
     "EnvOutputError",

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from optuna_operator.api import Objective, Parameter, PrunerSpec, SamplerSpec
-from optuna_operator.worker.errors import ConfigError
+from optuna_operator.contract import ConfigError
 from optuna_operator.worker.factory import build_pruner, build_sampler, grid_from_search_space
 
 FUNCTION = Objective(function="train:objective")

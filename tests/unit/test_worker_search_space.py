@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from optuna_operator.api import Parameter
-from optuna_operator.worker.errors import ConfigError
+from optuna_operator.contract import ConfigError
 from optuna_operator.worker.function_objective import check_values, load_function
 from optuna_operator.worker.search_space import sample
 from optuna_operator.worker.settings import read_settings

@@ -41,10 +41,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
-from optuna_operator.contract import STORAGE_ENV, WORKER_ATTR, describe_url
+from optuna_operator.contract import STORAGE_ENV, WORKER_ATTR, ConfigError, describe_url
 from optuna_operator.storage.engines import heartbeat_storage
-from optuna_operator.worker.errors import ConfigError
-from optuna_operator.worker.outage import OutageTolerantStorage
+from optuna_operator.storage.outage import OutageTolerantStorage
 
 __all__ = ["TrialSlotsTaken", "WorkerStorage", "load_study", "make_storage"]
 

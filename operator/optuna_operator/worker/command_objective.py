@@ -28,9 +28,9 @@ from optuna_operator.contract import (
     STDERR_ATTR,
     STORAGE_ENV,
     STORAGE_ENV_NAMES,
+    ConfigError,
     redact,
 )
-from optuna_operator.worker.errors import ConfigError
 from optuna_operator.worker.protocol import (
     ProtocolError,
     Report,

@@ -61,7 +61,7 @@ from optuna_operator.api import (
     TPEOptions,
     WilcoxonOptions,
 )
-from optuna_operator.worker.errors import ConfigError
+from optuna_operator.contract import ConfigError
 
 __all__ = ["build_pruner", "build_sampler", "describe", "grid_from_search_space"]
 

@@ -15,8 +15,14 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from optuna_operator.contract import ERROR_ATTR, INTERRUPTED_ATTR, STORAGE_ENV, ExitCode, redact
-from optuna_operator.worker.errors import ConfigError
+from optuna_operator.contract import (
+    ERROR_ATTR,
+    INTERRUPTED_ATTR,
+    STORAGE_ENV,
+    ConfigError,
+    ExitCode,
+    redact,
+)
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
 from optuna_operator.worker.termination import report_exit
 

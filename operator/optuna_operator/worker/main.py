@@ -12,8 +12,7 @@ from multiprocessing.queues import SimpleQueue
 
 import optuna
 
-from optuna_operator.contract import STORAGE_ENV, ExitCode, redact
-from optuna_operator.worker.errors import ConfigError, TooManyFailures
+from optuna_operator.contract import STORAGE_ENV, ConfigError, ExitCode, TooManyFailures, redact
 from optuna_operator.worker.gpus import assign_gpus, visible_gpus
 from optuna_operator.worker.runner import run_process
 from optuna_operator.worker.settings import WorkerSettings, read_settings

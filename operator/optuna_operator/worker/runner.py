@@ -9,11 +9,17 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
 from optuna_operator.api import WorkerConfig
-from optuna_operator.contract import ERROR_ATTR, RETRY_OF_ATTR, ExitCode, describe_url
+from optuna_operator.contract import (
+    ERROR_ATTR,
+    RETRY_OF_ATTR,
+    ConfigError,
+    ExitCode,
+    TooManyFailures,
+    describe_url,
+)
 from optuna_operator.storage.worker_storage import TrialSlotsTaken, load_study
 from optuna_operator.worker.budget import BudgetChecker, TrialCounter
 from optuna_operator.worker.command_objective import CommandObjective, check_command
-from optuna_operator.worker.errors import ConfigError, TooManyFailures
 from optuna_operator.worker.factory import build_pruner, build_sampler, describe
 from optuna_operator.worker.function_objective import FunctionObjective, load_function
 from optuna_operator.worker.seeding import process_seed

@@ -15,8 +15,8 @@ from optuna_operator.contract import (
     POD_NAME_ENV,
     POD_NAMESPACE_ENV,
     STORAGE_ENV,
+    ConfigError,
 )
-from optuna_operator.worker.errors import ConfigError
 
 __all__ = ["WorkerSettings", "read_settings"]
 

@@ -12,8 +12,8 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, _cached_storage
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from optuna_operator.worker import outage
-from optuna_operator.worker.outage import OutageGuard, StorageUnavailable, is_connection_error
+from optuna_operator.storage import outage
+from optuna_operator.storage.outage import OutageGuard, StorageUnavailable, is_connection_error
 from optuna_operator.worker.runner import _told_elsewhere
 
 URL = "postgresql+psycopg2://optuna:s3cret@db.example:5432/optuna"
