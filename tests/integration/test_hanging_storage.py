@@ -5,47 +5,13 @@ shared: one namespace holds at most half of them, and every database call has a 
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 from kubernetes import client
 from tests.conftest import NamespaceFactory
 from tests.integration.studies import OperatorProcess, Studies, study_body, wait_for
 
 HANGING = 8
-
-
-@pytest.fixture
-def black_hole() -> Iterator[int]:
-    """A TCP port that accepts connections and never sends a byte; its port."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            held.append(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
 
 
 def _time_to_succeed(studies: Studies, name: str) -> float:
@@ -59,7 +25,7 @@ def test_hanging_storages_of_one_tenant_do_not_slow_another(
     kube_api: client.ApiClient,
     namespace_factory: NamespaceFactory,
     operator: OperatorProcess,
-    black_hole: int,
+    silent_listener: int,
 ) -> None:
     if not operator.alive():
         operator.start()
@@ -67,7 +33,7 @@ def test_hanging_storages_of_one_tenant_do_not_slow_another(
     alone = _time_to_succeed(healthy, "alone")
 
     stuck = Studies(kube_api, namespace_factory())
-    url = f"postgresql+psycopg2://nobody:secret@127.0.0.1:{black_hole}/optuna"
+    url = f"postgresql+psycopg2://nobody:secret@127.0.0.1:{silent_listener}/optuna"
     stuck.core.create_namespaced_secret(
         stuck.namespace, {"metadata": {"name": "hangs"}, "stringData": {"url": url}}
     )
