@@ -138,26 +138,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "of studies without spec.storage connect through, with their namespace's role "
         "(key pooled-url of the optuna-storage Secret). The operator connects directly.",
     )
-
-    parser.add_argument(
-        "--tenant-connection-limit",
-        type=int,
-        default=int(_env("TENANT_CONNECTION_LIMIT", "200") or 200),
-        help="CONNECTION LIMIT of each namespace's PostgreSQL roles (default storage).",
-    )
-    parser.add_argument(
-        "--tenant-statement-timeout-ms",
-        type=int,
-        default=int(_env("TENANT_STATEMENT_TIMEOUT_MS", "60000") or 60000),
-        help="statement_timeout of each namespace's PostgreSQL roles, in milliseconds.",
-    )
-    parser.add_argument(
-        "--tenant-idle-in-transaction-timeout-ms",
-        type=int,
-        default=int(_env("TENANT_IDLE_IN_TRANSACTION_TIMEOUT_MS", "60000") or 60000),
-        help="idle_in_transaction_session_timeout of each namespace's PostgreSQL roles, "
-        "in milliseconds: a session that holds a transaction open longer is ended.",
-    )
+    # Limits on each namespace's PostgreSQL roles (default storage): flag, variable, help.
+    for flag, default, what in (
+        ("connection-limit", 200, "CONNECTION LIMIT"),
+        ("statement-timeout-ms", 60_000, "statement_timeout, in milliseconds,"),
+        (
+            "idle-in-transaction-timeout-ms",
+            60_000,
+            "idle_in_transaction_session_timeout, in milliseconds,",
+        ),
+    ):
+        variable = f"TENANT_{flag.upper().replace('-', '_')}"
+        parser.add_argument(
+            f"--tenant-{flag}",
+            type=int,
+            default=int(_env(variable) or default),
+            help=f"{what} of each namespace's PostgreSQL roles (env OPTUNA_OPERATOR_{variable}).",
+        )
 
 
 def _allowed_from(value: str | None) -> list[dict[str, Any]]:

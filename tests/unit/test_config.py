@@ -62,3 +62,19 @@ def test_a_bad_value_stops_the_operator_with_a_reason(value: str, message: str) 
         settings("--dashboard-allowed-from", value)
     assert message in str(exc.value)
     assert "--dashboard-allowed-from" in str(exc.value)
+
+
+def test_tenant_limits_come_from_flags_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = settings()
+    assert (
+        defaults.tenant_connection_limit,
+        defaults.tenant_statement_timeout_ms,
+        defaults.tenant_idle_in_transaction_timeout_ms,
+    ) == (200, 60_000, 60_000)
+    assert settings("--tenant-connection-limit", "7").tenant_connection_limit == 7
+    monkeypatch.setenv("OPTUNA_OPERATOR_TENANT_STATEMENT_TIMEOUT_MS", "5000")
+    assert settings().tenant_statement_timeout_ms == 5000
+    with pytest.raises(SystemExit, match="--tenant-idle-in-transaction-timeout-ms"):
+        settings("--tenant-idle-in-transaction-timeout-ms", "0")
