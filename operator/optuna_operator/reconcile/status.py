@@ -5,6 +5,7 @@ record from the spec, the observations, the plan and what the act step did.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -33,6 +34,7 @@ from optuna_operator.reconcile.model import (
 from optuna_operator.storage.study_store import (
     DirectionsMismatchError,
     NotOwnedError,
+    StudySummary,
     WarmStartError,
 )
 
@@ -72,49 +74,10 @@ def build_status(
     )
     status.start_time = status.start_time or handle.start_time
 
-    # Children
-    for name in plan.delete_jobs:
-        events.append(
-            Event("Normal", "ReplacingWorkers", f"Deleted Job {name}: the worker template changed")
-        )
     job = acted.job
-    if plan.job == "restart" and observed.job is not None:
-        events.append(
-            Event("Normal", "RestartingWorkers", f"Deleted completed Job {observed.job.name}")
-        )
-    if plan.job in ("requeue", "stop") and observed.job is not None:
-        why = (
-            "the worker spec changed; its replacement waits for admission"
-            if plan.job == "requeue"
-            else "spec.suspend is true"
-            if study.spec.suspend
-            else "the study is done"
-        )
-        events.append(
-            Event("Normal", "DeletedQueuedJob", f"Deleted Job {observed.job.name}: {why}")
-        )
-    if acted.job_created and job is not None:
-        events.append(Event("Normal", "CreatedJob", f"Created Job {job.name}"))
+    events += _children_events(study, observed, plan, acted)
     _dashboard_status(study, acted, set_, status, events)
-
-    # Progress
-    budget = study.spec.budget.trials
-    status.trials = TrialCounts(
-        complete=summary.complete,
-        pruned=summary.pruned,
-        failed=summary.failed,
-        running=summary.running,
-        waiting=summary.waiting,
-        budget=budget,
-    )
-    status.progress = f"{summary.finished}/{budget}" if budget else str(summary.finished)
-    status.best_trial = summary.best
-    status.pareto_front = summary.pareto_front[:PARETO_FRONT_LIMIT] or None
-    status.workers = WorkerCounts(
-        active=job.active if job else 0,
-        succeeded=job.succeeded if job else 0,
-        failed=job.failed if job else 0,
-    )
+    _progress(status, summary, job, study.spec.budget.trials)
 
     # Phase and its conditions
     phase = plan.phase
@@ -132,24 +95,7 @@ def build_status(
         "spec.suspend is true" if suspend else "Workers may run",
     )
     ready = job.ready if job else 0
-    workers_reason: str = Reason.WORKERS_PENDING
-    workers_message = f"{ready} of {study.spec.workers.parallelism} workers ready"
-    if acted.rejected is not None:
-        workers_reason, workers_message = acted.rejected
-    elif ready > 0:
-        workers_reason = Reason.WORKERS_RUNNING
-    elif phase.phase in ("Succeeded", "Failed", "Suspended"):
-        workers_reason = Reason.WORKERS_STOPPED
-    elif phase.phase == "Queued":
-        workers_reason, workers_message = phase.reason, phase.message
-    elif observed.pods_refused is not None:
-        workers_reason = Reason.WORKER_PODS_REFUSED
-        workers_message = f"The Job cannot create worker pods: {observed.pods_refused}"
-    elif job is not None and job.failed > 0:
-        workers_reason = Reason.WORKERS_CRASHING
-        workers_message = f"{job.failed} worker pods failed and are restarted by the Job" + (
-            f"; last: {observed.workers_message}" if observed.workers_message else ""
-        )
+    workers_reason, workers_message = _workers_condition(study, observed, acted, phase)
     set_(ConditionType.WORKERS_READY, ready > 0, workers_reason, workers_message)
     if phase.phase == "Pending" and workers_reason in (
         Reason.WORKERS_CRASHING,
@@ -158,6 +104,27 @@ def build_status(
         phase = Phase("Pending", workers_reason, workers_message)
         if _reason_changed(old, ConditionType.WORKERS_READY, workers_reason, "False"):
             events.append(Event("Warning", workers_reason, workers_message))
+    events += _outcome(study, status, old, phase, acted, set_, observed.now)
+    if acted.importances is not None:
+        status.param_importances = acted.importances
+    best = summary.best
+    previous_best = old.best_trial.number if old.best_trial else None
+    if best is not None and len(study.spec.directions) == 1 and best.number != previous_best:
+        message = f"Trial {best.number} is the best so far: {best.values[0]:.6g}"
+        events.append(Event("Normal", "NewBestTrial", message))
+    return status, events
+
+
+def _outcome(
+    study: TuningStudy,
+    status: TuningStudyStatus,
+    old: TuningStudyStatus,
+    phase: Phase,
+    acted: Acted,
+    set_: Any,
+    now: datetime,
+) -> list[Event]:
+    """Succeeded and Failed, the completion time, and the event of a phase just reached."""
     succeeded, failed = phase.phase == "Succeeded", phase.phase == "Failed"
     set_(
         ConditionType.SUCCEEDED,
@@ -172,26 +139,93 @@ def build_status(
         phase.message if failed else "No failure",
     )
     if succeeded or failed:
-        status.completion_time = status.completion_time or observed.now
+        status.completion_time = status.completion_time or now
     else:
         status.completion_time = None
-    if acted.importances is not None:
-        status.param_importances = acted.importances
     if phase.phase != old.phase and (succeeded or failed):
-        events.append(Event("Normal" if succeeded else "Warning", phase.phase, phase.message))
-    elif acted.rejected is not None and _reason_changed(old, ConditionType.FAILED, phase.reason):
-        events.append(Event("Warning", phase.reason, phase.message))
-    best = summary.best
-    previous_best = old.best_trial.number if old.best_trial else None
-    if best is not None and len(study.spec.directions) == 1 and best.number != previous_best:
-        events.append(
-            Event(
-                "Normal",
-                "NewBestTrial",
-                f"Trial {best.number} is the best so far: {best.values[0]:.6g}",
-            )
+        return [Event("Normal" if succeeded else "Warning", phase.phase, phase.message)]
+    if acted.rejected is not None and _reason_changed(old, ConditionType.FAILED, phase.reason):
+        return [Event("Warning", phase.reason, phase.message)]
+    return []
+
+
+def _workers_condition(
+    study: TuningStudy, observed: Observed, acted: Acted, phase: Phase
+) -> tuple[str, str]:
+    """WorkersReady's reason and message: the first that applies, from a refused child to
+    crashing pods."""
+    job = acted.job
+    ready = job.ready if job else 0
+    if acted.rejected is not None:
+        return acted.rejected
+    if ready > 0:
+        return Reason.WORKERS_RUNNING, f"{ready} of {study.spec.workers.parallelism} workers ready"
+    if phase.phase in ("Succeeded", "Failed", "Suspended"):
+        return Reason.WORKERS_STOPPED, f"0 of {study.spec.workers.parallelism} workers ready"
+    if phase.phase == "Queued":
+        return phase.reason, phase.message
+    if observed.pods_refused is not None:
+        return (
+            Reason.WORKER_PODS_REFUSED,
+            f"The Job cannot create worker pods: {observed.pods_refused}",
         )
-    return status, events
+    if job is not None and job.failed > 0:
+        last = f"; last: {observed.workers_message}" if observed.workers_message else ""
+        return (
+            Reason.WORKERS_CRASHING,
+            f"{job.failed} worker pods failed and are restarted by the Job{last}",
+        )
+    return Reason.WORKERS_PENDING, f"0 of {study.spec.workers.parallelism} workers ready"
+
+
+def _children_events(
+    study: TuningStudy, observed: Observed, plan: Plan, acted: Acted
+) -> list[Event]:
+    """What the act step did to the worker Jobs, as events."""
+    events = [
+        Event("Normal", "ReplacingWorkers", f"Deleted Job {name}: the worker template changed")
+        for name in plan.delete_jobs
+    ]
+    if plan.job == "restart" and observed.job is not None:
+        events.append(
+            Event("Normal", "RestartingWorkers", f"Deleted completed Job {observed.job.name}")
+        )
+    if plan.job in ("requeue", "stop") and observed.job is not None:
+        why = (
+            "the worker spec changed; its replacement waits for admission"
+            if plan.job == "requeue"
+            else "spec.suspend is true"
+            if study.spec.suspend
+            else "the study is done"
+        )
+        events.append(
+            Event("Normal", "DeletedQueuedJob", f"Deleted Job {observed.job.name}: {why}")
+        )
+    if acted.job_created and acted.job is not None:
+        events.append(Event("Normal", "CreatedJob", f"Created Job {acted.job.name}"))
+    return events
+
+
+def _progress(
+    status: TuningStudyStatus, summary: StudySummary, job: JobState | None, budget: int | None
+) -> None:
+    """Trial counts, the best trial or Pareto front, and worker counts."""
+    status.trials = TrialCounts(
+        complete=summary.complete,
+        pruned=summary.pruned,
+        failed=summary.failed,
+        running=summary.running,
+        waiting=summary.waiting,
+        budget=budget,
+    )
+    status.progress = f"{summary.finished}/{budget}" if budget else str(summary.finished)
+    status.best_trial = summary.best
+    status.pareto_front = summary.pareto_front[:PARETO_FRONT_LIMIT] or None
+    status.workers = WorkerCounts(
+        active=job.active if job else 0,
+        succeeded=job.succeeded if job else 0,
+        failed=job.failed if job else 0,
+    )
 
 
 def storage_failure_status(
