@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -14,9 +15,16 @@ from optuna_operator import manifests
 from optuna_operator.api import BestTrial, TuningStudy
 from optuna_operator.applied import conflict_message, manifest_hash
 from optuna_operator.conditions import Reason
-from optuna_operator.dashboards import DashboardConflict, DashboardSender
+from optuna_operator.dashboards import DashboardConflict, DashboardSender, Sent
 from optuna_operator.kube import Cluster
-from optuna_operator.reconcile.model import Acted, ChildConflict, Observed, Plan, StorageRef
+from optuna_operator.reconcile.model import (
+    Acted,
+    ChildConflict,
+    JobState,
+    Observed,
+    Plan,
+    StorageRef,
+)
 from optuna_operator.reconcile.observe import controller_uid, job_state
 from optuna_operator.storage.study_store import StorageError, StoreRegistry
 
@@ -25,6 +33,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _JobsSent:
+    """The worker Job after the act step, and what changed."""
+
+    job: JobState | None
+    created: bool = False
+    applied: tuple[dict[str, Any], ...] = ()
+    deleted: tuple[tuple[str, str], ...] = ()
+    rejected: tuple[str, str] | None = None
 
 
 class Actor:
@@ -46,61 +65,13 @@ class Actor:
     def act(self, study: TuningStudy, observed: Observed, plan: Plan) -> Acted:
         """Apply or delete what the plan names; a child the API server refuses, or whose
         name another owner holds, is reported, not raised, so the status can say why."""
-        ns = study.metadata.namespace
         assert observed.storage is not None and observed.handle is not None
-        desired_job = observed.desired_job
-        applied: list[dict[str, Any]] = []
-        deleted: list[tuple[str, str]] = []
-        for name in plan.delete_jobs:
-            self.cluster.delete("Job", ns, name)
-            deleted.append(("Job", name))
-        job, job_created = observed.job, False
-        rejected: tuple[str, str] | None = None
-        if plan.job in ("restart", "requeue", "stop") and job is not None:
-            self.cluster.delete("Job", ns, job.name)
-            deleted.append(("Job", job.name))
-            job = None
-        elif plan.job == "apply":
-            try:
-                if job is None:  # not in the cache: a Job of that name may be someone else's
-                    self._check_controlled(study, desired_job)
-                send = self.cluster.create if observed.queue else self.cluster.apply
-                stored, job_created = send(desired_job)
-                applied.append(stored)
-                job = job_state(stored)
-            except ApiException as exc:
-                rejected = (
-                    Reason.CHILD_REJECTED,
-                    _refusal(exc, "Job", desired_job["metadata"]["name"]),
-                )
-            except ChildConflict as exc:
-                rejected = (Reason.CHILD_CONFLICT, str(exc))
-        dashboard, dashboard_created = observed.dashboard, False
-        if plan.delete_old_dashboard:
-            # Made by an earlier release and controlled by this study (the watch caches
-            # only such): the namespace's read-only dashboard replaces it.
-            name = manifests.study_dashboard_name(study)
-            for kind in ("Deployment", "Service"):
-                self.cluster.delete(kind, ns, name)
-                deleted.append((kind, name))
+        jobs = self._act_on_jobs(study, observed, plan)
+        old = self._delete_old_dashboard(study) if plan.delete_old_dashboard else Sent(None)
+        dashboard = Sent(observed.dashboard)
+        rejected = jobs.rejected
         if plan.dashboard != "none" and rejected is None:
-            assert observed.context is not None
-            try:
-                sent = self.dashboards.send(
-                    study,
-                    observed.context,
-                    plan.dashboard,
-                    observed.desired_dashboard,
-                    observed.dashboard,
-                )
-                dashboard, dashboard_created = sent.deployment, sent.created
-                applied += sent.applied
-                deleted += sent.deleted
-            except ApiException as exc:
-                name = manifests.dashboard_name(study)
-                rejected = (Reason.CHILD_REJECTED, _refusal(exc, "Deployment", name))
-            except DashboardConflict as exc:
-                rejected = (Reason.CHILD_CONFLICT, str(exc))
+            dashboard, rejected = self._act_on_dashboard(study, observed, plan)
         if plan.fail_stale_trials:
             try:
                 self.stores.fail_stale_trials(
@@ -114,15 +85,72 @@ class Actor:
         if study.spec.export is not None and observed.summary.best is not None:
             self._export(study, observed.summary.best)
         return Acted(
-            job=job,
-            job_created=job_created,
-            dashboard=dashboard,
-            dashboard_created=dashboard_created,
+            job=jobs.job,
+            job_created=jobs.created,
+            dashboard=dashboard.deployment,
+            dashboard_created=dashboard.created,
             rejected=rejected,
             importances=importances,
-            applied=tuple(applied),
-            deleted=tuple(deleted),
+            applied=jobs.applied + dashboard.applied,
+            deleted=jobs.deleted + old.deleted + dashboard.deleted,
         )
+
+    def _act_on_jobs(self, study: TuningStudy, observed: Observed, plan: Plan) -> _JobsSent:
+        """Delete Jobs of an older template, then restart, requeue, stop or apply the Job."""
+        ns = study.metadata.namespace
+        deleted = [("Job", name) for name in plan.delete_jobs]
+        for _, name in deleted:
+            self.cluster.delete("Job", ns, name)
+        job = observed.job
+        if plan.job in ("restart", "requeue", "stop") and job is not None:
+            self.cluster.delete("Job", ns, job.name)
+            return _JobsSent(None, deleted=(*deleted, ("Job", job.name)))
+        if plan.job != "apply":
+            return _JobsSent(job, deleted=tuple(deleted))
+        desired = observed.desired_job
+        try:
+            if job is None:  # not in the cache: a Job of that name may be someone else's
+                self._check_controlled(study, desired)
+            send = self.cluster.create if observed.queue else self.cluster.apply
+            stored, created = send(desired)
+        except ApiException as exc:
+            refusal = _refusal(exc, "Job", desired["metadata"]["name"])
+            return _JobsSent(job, deleted=tuple(deleted), rejected=(Reason.CHILD_REJECTED, refusal))
+        except ChildConflict as exc:
+            rejected = (Reason.CHILD_CONFLICT, str(exc))
+            return _JobsSent(job, deleted=tuple(deleted), rejected=rejected)
+        return _JobsSent(job_state(stored), created, (stored,), tuple(deleted))
+
+    def _delete_old_dashboard(self, study: TuningStudy) -> Sent:
+        """A study's own dashboard made by a release before 0.2 and controlled by this study
+        (the watch caches only such): the namespace's read-only dashboard replaces it."""
+        name = manifests.study_dashboard_name(study)
+        for kind in ("Deployment", "Service"):
+            self.cluster.delete(kind, study.metadata.namespace, name)
+        return Sent(None, deleted=(("Deployment", name), ("Service", name)))
+
+    def _act_on_dashboard(
+        self, study: TuningStudy, observed: Observed, plan: Plan
+    ) -> tuple[Sent, tuple[str, str] | None]:
+        """Send the dashboard the plan names; a refusal or a conflict is reported."""
+        assert observed.context is not None
+        try:
+            sent = self.dashboards.send(
+                study,
+                observed.context,
+                plan.dashboard,
+                observed.desired_dashboard,
+                observed.dashboard,
+            )
+        except ApiException as exc:
+            name = manifests.dashboard_name(study)
+            return Sent(observed.dashboard), (
+                Reason.CHILD_REJECTED,
+                _refusal(exc, "Deployment", name),
+            )
+        except DashboardConflict as exc:
+            return Sent(observed.dashboard), (Reason.CHILD_CONFLICT, str(exc))
+        return sent, None
 
     def _check_controlled(
         self, study: TuningStudy, desired: dict[str, Any], cached: dict[str, Any] | None = None
