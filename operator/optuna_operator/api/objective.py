@@ -1,0 +1,196 @@
+"""What each trial runs: `Objective` (a Python function or a command) and the declarative
+search space of a command objective, with the CEL rules that keep it consistent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
+
+from optuna_operator.api.cel import cel, rules
+from optuna_operator.api.constants import MAX_CHOICES, MAX_PARAMETERS
+from optuna_operator.api.types import Choice, Model, ParamName
+
+__all__ = [
+    "SEARCH_SPACE_SCHEMA",
+    "CategoricalRange",
+    "FloatRange",
+    "IntRange",
+    "Objective",
+    "Parameter",
+    "ParameterCondition",
+]
+
+
+class FloatRange(Model):
+    """A float parameter sampled from [low, high]."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("self.low < self.high", "float: low must be less than high"),
+            cel("!self.log || self.low > 0.0", "float: log scale needs low > 0"),
+            cel(
+                "!(self.log && has(self.step))",
+                "float: step cannot be combined with log scale",
+            ),
+            cel(
+                "!has(self.step) || self.step <= self.high - self.low",
+                "float: step must fit in the range high - low",
+            ),
+        )
+    )
+    low: float = Field(description="Lower bound (inclusive).")
+    high: float = Field(description="Upper bound (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+    step: float | None = Field(
+        None, gt=0, description="Discretization step; values are low + k*step."
+    )
+
+
+class IntRange(Model):
+    """An integer parameter sampled from [low, high]."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("self.low < self.high", "int: low must be less than high"),
+            cel("!self.log || self.low > 0", "int: log scale needs low > 0"),
+            cel(
+                "!self.log || self.step == 1",
+                "int: log scale needs step 1",
+            ),
+            cel(
+                "self.step <= self.high - self.low",
+                "int: step must fit in the range high - low",
+            ),
+        )
+    )
+    low: int = Field(description="Lower bound (inclusive).")
+    high: int = Field(description="Upper bound (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+    step: int = Field(1, ge=1, description="Step between values.")
+
+
+class CategoricalRange(Model):
+    """A parameter chosen from a list of values."""
+
+    choices: list[Choice] = Field(
+        min_length=1,
+        max_length=MAX_CHOICES,
+        description="Values to choose from: strings or integers, each once.",
+        # Duplicates are rejected by the API server ("Duplicate value").
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class ParameterCondition(Model):
+    """Sample this parameter only when a categorical parameter has one of the values."""
+
+    param: ParamName = Field(
+        description="Name of an unconditional categorical parameter of the search space."
+    )
+    in_: list[Choice] = Field(
+        alias="in",
+        min_length=1,
+        max_length=16,
+        description="Values of that parameter for which this parameter is sampled.",
+    )
+
+
+class Parameter(Model):
+    """One parameter of a declarative search space; exactly one of float, int, categorical."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "[has(self.float), has(self.int), has(self.categorical)].filter(x, x).size() == 1",
+                "set exactly one of float, int or categorical for each parameter",
+            ),
+            cel(
+                "!has(self.when) || self.when.param != self.name",
+                "a parameter cannot depend on itself",
+            ),
+        )
+    )
+    name: ParamName
+    float_: FloatRange | None = Field(None, alias="float", description="A float range.")
+    int_: IntRange | None = Field(None, alias="int", description="An integer range.")
+    categorical: CategoricalRange | None = Field(None, description="A list of choices.")
+    when: ParameterCondition | None = Field(
+        None, description="Sample only when another parameter has one of the given values."
+    )
+
+
+SEARCH_SPACE_SCHEMA: dict[str, Any] = {
+    # The API server rejects duplicate names itself ("Duplicate value"), at no CEL cost.
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+    "x-kubernetes-validations": [
+        # One level of conditions keeps the space acyclic without ordering rules, which the
+        # API server's CEL cost budget cannot afford over a list of parameters.
+        cel(
+            "self.all(p, !has(p.when) || self.exists(q, q.name == p.when.param"
+            " && has(q.categorical) && !has(q.when)))",
+            "searchSpace: when.param must name a categorical parameter that has no when itself",
+        ),
+        cel(
+            "self.all(p, !has(p.when) || self.exists(q, q.name == p.when.param"
+            " && has(q.categorical) && p.when.__in__.all(v, v in q.categorical.choices)))",
+            "searchSpace: every value in when.in must be one of the parent parameter's choices",
+        ),
+    ],
+}
+
+
+class Objective(Model):
+    """What each trial runs: a Python function or a command in any language."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.function) != has(self.command)",
+                "objective: set exactly one of function or command",
+            ),
+            cel(
+                "!has(self.command) || has(self.searchSpace)",
+                "objective.command needs a searchSpace: the command cannot ask for "
+                "parameters itself",
+            ),
+            cel(
+                "!has(self.function) || !has(self.searchSpace)",
+                "objective.searchSpace is only used with command: a function objective "
+                "defines its parameters with trial.suggest_*",
+            ),
+        )
+    )
+    function: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$",
+        max_length=256,
+        description="Python define-by-run objective as module:attribute, called with an "
+        "optuna.Trial; returns a float, or a tuple of floats for several directions.",
+    )
+    command: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Command run once per trial. '{name}' in an argument is replaced by the "
+        "parameter's value; parameters also arrive as OPTUNA_PARAM_<NAME> environment "
+        "variables and as a JSON file named by OPTUNA_PARAMS_FILE. The command reports "
+        "'optuna:report <step> <value>' and 'optuna:result <v1> [<v2> ...]' lines on stdout.",
+    )
+    search_space: (
+        Annotated[list[Parameter], Field(json_schema_extra=SEARCH_SPACE_SCHEMA)] | None
+    ) = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PARAMETERS,
+        description="Declarative search space for command objectives. A parameter with "
+        "`when` is sampled only when its parent has one of the listed values.",
+    )
+    trial_timeout_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Fail a trial that runs longer than this. A command is stopped; a "
+        "function's worker process is ended and replaced (Python cannot interrupt native code).",
+    )
