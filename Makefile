@@ -70,7 +70,7 @@ bench: venv postgres pgbouncer ## Benchmarks: status refresh, worker throughput,
 faults: venv binaries postgres ## Fault scenarios (db/API outage, pod deletion, inf, hung trial): recovery time, trials lost
 	PYTHONPATH=hack:. $(BIN)/python -u hack/faults.py
 
-crds: venv ## Regenerate crds/ (api.py) and the admission policy in deploy/ and the chart (admission.py)
+crds: venv ## Regenerate crds/ (api/) and the admission policy in deploy/ and the chart (admission.py)
 	$(BIN)/optuna-operator crds --output-dir crds
 	$(BIN)/optuna-operator crds --output-dir charts/optuna-operator/crds
 	$(BIN)/optuna-operator admission-policy --output-dir deploy

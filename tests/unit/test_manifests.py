@@ -265,7 +265,7 @@ def test_shm_size_run_as_user_and_user_volumes_reach_the_pod() -> None:
 
 
 def test_reserved_env_names_are_the_contracts() -> None:
-    # api.py cannot import contract (contract imports api and Optuna); the CRD's rule that
+    # api/ cannot import contract (contract imports api and Optuna); the CRD's rule that
     # keeps studies from overriding these names must still list exactly the contract's.
     from optuna_operator import contract
 
