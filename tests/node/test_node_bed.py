@@ -9,8 +9,10 @@ checks one thing about it. A command objective keeps trials short on a 2-core ma
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import textwrap
+import urllib.request
 from typing import Any
 
 import pytest
@@ -241,6 +243,54 @@ def test_dashboard_answers_only_the_allowed_namespaces(
     body = netcheck.until_answer(kube, allowed, "client", urls["ClusterIP"], STUDY).text
     names = [s["study_name"] for s in json.loads(body)["study_summaries"]]
     assert any(STUDY in n for n in names), names
+
+
+def test_port_forward_is_the_way_in_and_lists_only_its_namespaces_studies(
+    kube: Kube, study_ns: str, finished: dict[str, Any]
+) -> None:
+    """With the NetworkPolicy enforced, `kubectl port-forward` (through the API server and
+    the kubelet, never the pod network) still reaches the namespace's dashboard, and it lists
+    this namespace's studies only, from its read-only role."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    forward = subprocess.Popen(
+        [
+            str(kube.bed.bin_dir / "kubectl"),
+            "--kubeconfig",
+            str(kube.bed.kubeconfig),
+            "port-forward",
+            "-n",
+            study_ns,
+            "svc/optuna-dashboard",
+            f"{port}:8080",
+            "--address=127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+    def listed() -> list[str] | None:
+        try:
+            url = f"http://127.0.0.1:{port}/api/studies"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                studies = json.loads(response.read())["study_summaries"]
+        except OSError:
+            return None
+        return [str(s["study_name"]) for s in studies]
+
+    try:
+        names = kube.wait_for(listed, "the dashboard through kubectl port-forward", 120)
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+    assert names and all(name.startswith(f"{study_ns}.") for name in names), names
+    assert any(STUDY in name for name in names), names
+    # The dashboard holds no read-write credential: its only Secret is the read-only password.
+    deployment = kube.get("deployment", "optuna-dashboard", "-n", study_ns)
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    refs = [e["valueFrom"]["secretKeyRef"]["key"] for e in container.get("env", [])]
+    assert refs == ["readonly-password"], refs
 
 
 def test_workers_reach_postgresql_through_the_projects_pgbouncer_image(
