@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
 
-from optuna_operator.api import Budget, Direction
+from optuna_operator.api import Budget, Direction, PhaseName
 
 __all__ = [
     "FINISHED_PHASES",
@@ -24,7 +23,6 @@ __all__ = [
     "too_many_failures",
 ]
 
-PhaseName = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
 FINISHED_PHASES: tuple[PhaseName, ...] = ("Succeeded", "Failed")
 
 

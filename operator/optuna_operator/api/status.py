@@ -28,12 +28,16 @@ __all__ = [
     "DashboardStatus",
     "NonFinite",
     "ObjectiveValue",
+    "PhaseName",
     "TrialCounts",
     "TuningStudyStatus",
     "WorkerCounts",
     "json_safe",
     "value_text",
 ]
+
+# The study's phases, spelled once (lifecycle.py says what each means for the rules).
+PhaseName = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
 
 
 class Condition(Model):
@@ -157,13 +161,11 @@ class TuningStudyStatus(Model):
     observed_generation: int | None = Field(
         None, description="metadata.generation of the spec this status describes."
     )
-    phase: Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"] | None = (
-        Field(
-            None,
-            description="Summary: Pending (no workers yet), Queued (the worker Job waits for "
-            "admission by Kueue), Running, Suspended (spec.suspend), "
-            "Succeeded (a budget or the goal was reached) or Failed (see the Failed condition).",
-        )
+    phase: PhaseName | None = Field(
+        None,
+        description="Summary: Pending (no workers yet), Queued (the worker Job waits for "
+        "admission by Kueue), Running, Suspended (spec.suspend), "
+        "Succeeded (a budget or the goal was reached) or Failed (see the Failed condition).",
     )
     conditions: list[Condition] = Field(
         default_factory=list,
