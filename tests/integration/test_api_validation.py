@@ -234,6 +234,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("negative parallelism", _with("workers", {"parallelism": -1}), "parallelism"),
     (
+        "the same metric name twice",
+        _with("directions", TWO, "metricNames", ["loss", "loss"]),
+        "metricNames must be distinct",
+    ),
+    (
         "a read-only dashboard Secret without spec.storage",
         _with("dashboard", {"secretRef": {"name": "ro"}}),
         "dashboard.secretRef is for a study on its own storage",

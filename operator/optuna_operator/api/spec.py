@@ -197,6 +197,11 @@ class TuningStudySpec(Model):
                 "metricNames must have one name per direction",
             ),
             cel(
+                "!has(self.metricNames) || "
+                "self.metricNames.all(n, self.metricNames.exists_one(m, m == n))",
+                "metricNames must be distinct: each names one objective value",
+            ),
+            cel(
                 "!has(self.dashboard) || !has(self.dashboard.secretRef) || has(self.storage)",
                 "dashboard.secretRef is for a study on its own storage (spec.storage); with "
                 "the default storage the namespace's dashboard uses its read-only role",
