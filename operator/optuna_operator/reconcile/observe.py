@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from kubernetes.client.exceptions import ApiException
 
-from optuna_operator import kueue, manifests
+from optuna_operator import manifests
 from optuna_operator.api import TuningStudy
 from optuna_operator.applied import applied_hash, with_hash
 from optuna_operator.conditions import Reason
@@ -30,6 +30,7 @@ from optuna_operator.reconcile.model import (
     StorageRef,
     owner_of,
 )
+from optuna_operator.reconcile.queues import AdmissionReader
 from optuna_operator.storage.study_store import StoreRegistry, StudyHandle
 from optuna_operator.storage.tenancy import Tenancy, TenancyError
 
@@ -120,8 +121,7 @@ class Observer:
         self.tenancy = tenancy
         # (namespace, name, key) -> (value, read at monotonic time)
         self._secrets: dict[tuple[str, str, str], tuple[str | None, float]] = {}
-        # (namespace, LocalQueue) -> (its ClusterQueue, read at monotonic time)
-        self._cluster_queues: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self.queues = AdmissionReader(cluster)
         # uids of studies whose 0.1.0 `<study>-storage` copy was looked at by this process
         self._scrubbed: set[str] = set()
 
@@ -192,7 +192,7 @@ class Observer:
         old_dashboard = None if own_storage else children.dashboard
         admission = None
         if ctx.queue_name is not None and current is not None and current.suspended:
-            admission = self._admission(study.metadata.namespace, ctx.queue_name, current)
+            admission = self.queues.admission(study.metadata.namespace, ctx.queue_name, current)
         return Observed(
             now=now,
             storage=storage,
@@ -312,52 +312,3 @@ class Observer:
             dashboard_password_key=tenant.readonly_password_key if tenant else None,
             dashboard_allowed_from=self.settings.dashboard_allowed_from,
         )
-
-    def _admission(self, namespace: str, queue: str, job: JobState) -> kueue.Admission:
-        """Kueue's view of a suspended queued Job: its Workload, and the LocalQueue's
-        ClusterQueue while the Workload has none. Read only while the Job is suspended."""
-        for version in kueue.VERSIONS:
-            try:
-                workloads = self.cluster.list_path(
-                    kueue.workloads_path(version, namespace), f"{kueue.JOB_UID_LABEL}={job.uid}"
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    continue  # this version is not served; try the older one
-                if exc.status == 403:
-                    return kueue.Admission(
-                        queue,
-                        None,
-                        False,
-                        "the operator may not list Kueue Workloads (grant get/list on "
-                        "workloads.kueue.x-k8s.io)",
-                    )
-                raise
-            workload = workloads[0] if workloads else None
-            return kueue.admission(queue, workload, self._cluster_queue(version, namespace, queue))
-        return kueue.Admission(
-            queue,
-            None,
-            False,
-            "Kueue is not installed (the API server serves no workloads.kueue.x-k8s.io); "
-            "the worker Job stays suspended",
-        )
-
-    def _cluster_queue(self, version: str, namespace: str, queue: str) -> str | None:
-        """spec.clusterQueue of a LocalQueue, cached like Secrets: queues are rarely
-        rewired, and a waiting study is refreshed every status interval."""
-        key = (namespace, queue)
-        cached = self._cluster_queues.get(key)
-        if cached is not None and time.monotonic() - cached[1] < SECRET_TTL_SECONDS:
-            return cached[0]
-        try:
-            local_queue = self.cluster.get_cluster_object(
-                kueue.local_queue_path(version, namespace, queue)
-            )
-        except ApiException as exc:
-            if exc.status != 403:
-                raise
-            local_queue = None
-        name = ((local_queue or {}).get("spec") or {}).get("clusterQueue")
-        self._cluster_queues[key] = (str(name) if name else None, time.monotonic())
-        return str(name) if name else None

@@ -1,0 +1,76 @@
+"""Kueue's view of a study's waiting worker Job, read for the observe step: its Workload
+and the ClusterQueue of its LocalQueue (cached: queues are rarely rewired, and a waiting
+study is refreshed every status interval)."""
+
+from __future__ import annotations
+
+import time
+
+from kubernetes.client.exceptions import ApiException
+
+from optuna_operator import kueue
+from optuna_operator.kube import Cluster
+from optuna_operator.reconcile.model import JobState
+
+__all__ = ["AdmissionReader"]
+
+# A LocalQueue's ClusterQueue is read again at most this often.
+QUEUE_TTL_SECONDS = 60.0
+
+
+class AdmissionReader:
+    """Reads why a queued Job waits; read only while the Job is suspended."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        # (namespace, LocalQueue) -> (its ClusterQueue, read at monotonic time)
+        self._cluster_queues: dict[tuple[str, str], tuple[str | None, float]] = {}
+
+    def admission(self, namespace: str, queue: str, job: JobState) -> kueue.Admission:
+        """Kueue's view of a suspended queued Job: its Workload, and the LocalQueue's
+        ClusterQueue while the Workload has none. Read only while the Job is suspended."""
+        for version in kueue.VERSIONS:
+            try:
+                workloads = self.cluster.list_path(
+                    kueue.workloads_path(version, namespace), f"{kueue.JOB_UID_LABEL}={job.uid}"
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue  # this version is not served; try the older one
+                if exc.status == 403:
+                    return kueue.Admission(
+                        queue,
+                        None,
+                        False,
+                        "the operator may not list Kueue Workloads (grant get/list on "
+                        "workloads.kueue.x-k8s.io)",
+                    )
+                raise
+            workload = workloads[0] if workloads else None
+            return kueue.admission(queue, workload, self._cluster_queue(version, namespace, queue))
+        return kueue.Admission(
+            queue,
+            None,
+            False,
+            "Kueue is not installed (the API server serves no workloads.kueue.x-k8s.io); "
+            "the worker Job stays suspended",
+        )
+
+    def _cluster_queue(self, version: str, namespace: str, queue: str) -> str | None:
+        """spec.clusterQueue of a LocalQueue, cached like Secrets: queues are rarely
+        rewired, and a waiting study is refreshed every status interval."""
+        key = (namespace, queue)
+        cached = self._cluster_queues.get(key)
+        if cached is not None and time.monotonic() - cached[1] < QUEUE_TTL_SECONDS:
+            return cached[0]
+        try:
+            local_queue = self.cluster.get_cluster_object(
+                kueue.local_queue_path(version, namespace, queue)
+            )
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            local_queue = None
+        name = ((local_queue or {}).get("spec") or {}).get("clusterQueue")
+        self._cluster_queues[key] = (str(name) if name else None, time.monotonic())
+        return str(name) if name else None
