@@ -26,7 +26,7 @@ from testbed.binaries import ensure_binaries
 from testbed.controlplane import start_control_plane
 from testbed.errors import BedError
 from testbed.executorconfig import DEFAULT_CAPACITY, ExecutorConfig
-from testbed.kubeapi import ApiError, KubeApi
+from testbed.kubeapi import KubeApi
 from testbed.kubeconfig import read_kubeconfig
 from testbed.paths import HACK_DIR, REPO_ROOT, versions
 from testbed.pgbouncer import PgBouncer, install_auth_lookup, start_pgbouncer
@@ -167,12 +167,9 @@ class Bed:
         name = self.options.node_name
 
         def schedulable() -> bool:
-            try:
-                node = api.get(f"/api/v1/nodes/{name}")
-            except ApiError as err:
-                if err.status == 404:
-                    return False
-                raise
+            node = api.get_or_none(f"/api/v1/nodes/{name}")
+            if node is None:
+                return False
             ready = any(
                 c["type"] == "Ready" and c["status"] == "True"
                 for c in node.get("status", {}).get("conditions", [])

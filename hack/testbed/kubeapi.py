@@ -85,6 +85,15 @@ class KubeApi:
     def get(self, path: str, params: Mapping[str, str] | None = None) -> JSON:
         return self.request("GET", path, params=params)
 
+    def get_or_none(self, path: str) -> JSON | None:
+        """The object at `path`, or None while it does not exist (404)."""
+        try:
+            return self.get(path)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
     def post(self, path: str, body: JSON) -> JSON:
         return self.request("POST", path, body)
 

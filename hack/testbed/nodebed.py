@@ -641,12 +641,9 @@ state = "{self.run_dir / "state"}"
         name = self.options.node_name
 
         def node_has_ip() -> bool:
-            try:
-                node = api.get(f"/api/v1/nodes/{name}")
-            except ApiError as err:
-                if err.status == 404:
-                    return False
-                raise
+            node = api.get_or_none(f"/api/v1/nodes/{name}")
+            if node is None:
+                return False
             addresses = node.get("status", {}).get("addresses", [])
             return any(a.get("type") == "InternalIP" for a in addresses)
 
