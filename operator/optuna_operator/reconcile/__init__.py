@@ -14,7 +14,7 @@ its children, and periodically only while work runs.
 """
 
 from optuna_operator.applied import APPLIED_HASH_ANNOTATION
-from optuna_operator.reconcile.decide import decide, decide_phase, goal_reached
+from optuna_operator.reconcile.decide import decide, decide_phase
 from optuna_operator.reconcile.model import (
     Acted,
     ChildConflict,
@@ -49,7 +49,6 @@ __all__ = [
     "build_status",
     "decide",
     "decide_phase",
-    "goal_reached",
     "job_state",
     "termination_message",
 ]

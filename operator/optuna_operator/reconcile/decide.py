@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from optuna_operator.api import Direction, TuningStudy
+from optuna_operator.api import TuningStudy
 from optuna_operator.applied import applied_hash
 from optuna_operator.conditions import Reason
 from optuna_operator.dashboards import decide_dashboard
@@ -23,13 +23,7 @@ from optuna_operator.storage.study_store import StudySummary
 __all__ = [
     "decide",
     "decide_phase",
-    "goal_reached",
 ]
-
-
-def goal_reached(goal: float | None, direction: Direction, best: float | None) -> bool:
-    """Whether a best value meets the goal in the study's direction."""
-    return goal_met(goal, direction, best)
 
 
 def decide_phase(
