@@ -412,9 +412,11 @@ def _add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _parser(prog: str, operator_commands: bool) -> argparse.ArgumentParser:
+    from optuna_operator import __version__
     from optuna_operator.config import add_run_arguments
 
     parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="subcommand", required=True)
     if operator_commands:
         run = sub.add_parser("run", help="Run the operator (kopf).")

@@ -6,8 +6,8 @@ import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from optuna_operator import __version__
 from optuna_operator.api import TuningStudy, TuningStudyStatus
-from optuna_operator.config import OPERATOR_VERSION
 
 __all__ = ["forget", "observe", "observe_reconcile", "serve"]
 
@@ -43,7 +43,7 @@ BUILD_INFO = Gauge(
 
 def serve(port: int) -> None:
     """Serve /metrics on `port`."""
-    BUILD_INFO.labels(OPERATOR_VERSION).set(1)
+    BUILD_INFO.labels(__version__).set(1)
     start_http_server(port)
 
 

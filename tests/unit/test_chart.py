@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from optuna_operator.config import OPERATOR_VERSION, add_run_arguments, settings_from_args
+from optuna_operator import __version__
+from optuna_operator.config import add_run_arguments, settings_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "optuna-operator"
@@ -205,9 +206,9 @@ def test_chart_crds_parse_and_include_kopf_peering() -> None:
 
 def test_chart_versions_follow_the_operator() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["appVersion"] == OPERATOR_VERSION
+    assert chart["appVersion"] == __version__
     images = render()
-    assert operator_container(images)["image"].endswith(f":{OPERATOR_VERSION}")
+    assert operator_container(images)["image"].endswith(f":{__version__}")
 
 
 # ------------------------------------------------------------------- what the operator reads
@@ -241,7 +242,7 @@ def test_operator_cli_accepts_the_default_arguments() -> None:
     assert settings.peering == "optuna-operator"
     assert settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
     assert settings.metrics_port == 9090
-    assert settings.worker_image == f"ghcr.io/optuna-operator/worker:{OPERATOR_VERSION}"
+    assert settings.worker_image == f"ghcr.io/optuna-operator/worker:{__version__}"
     probe_ports = {container[p]["httpGet"]["port"] for p in ("livenessProbe", "readinessProbe")}
     assert probe_ports == {"health"}
     assert {"name": "health", "containerPort": 8080} in container["ports"]
