@@ -10,8 +10,9 @@ from prometheus_client import REGISTRY
 from optuna_operator import metrics
 from optuna_operator.api import TuningStudy, TuningStudyStatus
 from optuna_operator.config import OperatorSettings
-from optuna_operator.controller import Controller, EventRecorder
+from optuna_operator.controller import Controller
 from optuna_operator.reconcile import Children, Event, Outcome, Reconciler
+from optuna_operator.recorder import EventRecorder
 
 
 class RecordingCluster:
@@ -64,7 +65,7 @@ def test_only_spec_changes_and_deletion_queue_a_study() -> None:
     status_write["metadata"]["resourceVersion"] = "99"
     status_write["status"] = {"phase": "Running"}
     c.on_study("MODIFIED", status_write)
-    assert len(c.queue) == 0 and c.studies[("ns", "s")]["status"] == {"phase": "Running"}
+    assert len(c.queue) == 0 and c.cache.studies[("ns", "s")]["status"] == {"phase": "Running"}
     c.on_study("MODIFIED", body(generation=2))
     assert len(c.queue) == 1
 
@@ -75,7 +76,7 @@ def test_a_late_event_does_not_overwrite_a_newer_object() -> None:
     newer["metadata"]["resourceVersion"] = "50"
     c.on_study(None, newer)
     c.on_study("MODIFIED", body())  # resourceVersion 11
-    assert c.studies[("ns", "s")]["metadata"]["resourceVersion"] == "50"
+    assert c.cache.studies[("ns", "s")]["metadata"]["resourceVersion"] == "50"
 
 
 def test_child_events_queue_the_owner_only_when_progress_changes() -> None:
@@ -98,7 +99,7 @@ def test_child_events_queue_the_owner_only_when_progress_changes() -> None:
     c.on_child("Job", "MODIFIED", {**job, "status": {"active": 1, "ready": 1}})
     assert len(c.queue) == 1
     c.on_child("Job", "DELETED", job)
-    assert c.jobs[("ns", "s")] == {}
+    assert c.cache.jobs[("ns", "s")] == {}
 
 
 def test_deleting_a_study_drops_its_caches_and_metric_series() -> None:
@@ -109,7 +110,7 @@ def test_deleting_a_study_drops_its_caches_and_metric_series() -> None:
     labels = {"namespace": "ns", "name": "s", "phase": "Running"}
     assert REGISTRY.get_sample_value("optuna_operator_study_phase", labels) == 1
     c.on_study("DELETED", body())
-    assert ("ns", "s") not in c.studies and len(c.queue) == 0
+    assert ("ns", "s") not in c.cache.studies and len(c.queue) == 0
     assert REGISTRY.get_sample_value("optuna_operator_study_phase", labels) is None
 
 
@@ -159,12 +160,12 @@ def test_the_event_explaining_a_status_is_posted_before_the_status() -> None:
         events=[Event("Warning", "Failed", "The API server refused Job s-workers")],
     )
     c = Controller(FixedOutcome(cluster, failed), interval=10.0)  # type: ignore[arg-type]
-    c.sync(body(), Children())
+    c.syncer.sync(body(), Children())
     assert cluster.calls == ["event Failed", "status Failed"]
 
     # A spec the models refuse takes the same order.
     cluster.calls.clear()
     invalid = body()
     del invalid["spec"]["objective"]
-    c.sync(invalid, Children())
+    c.syncer.sync(invalid, Children())
     assert cluster.calls == ["event InvalidSpec", "status Failed"]
