@@ -123,6 +123,9 @@ class Scale(BenchCluster):
     def __init__(self, bed: Bed) -> None:
         super().__init__(bed)
         self.idle_url = bed.create_database(IDLE_DATABASE)
+        # Optuna's tables exist before the operator starts: both creating them at once race
+        # on alembic_version. One storage for every study made here (one connect, not 200).
+        self.idle_storage = optuna.storages.RDBStorage(self.idle_url)
         self.idle = 0
 
     def setup(self) -> None:
@@ -151,7 +154,7 @@ class Scale(BenchCluster):
             if i % 5 == 4:
                 # Finished before the operator sees it: one trial in, a budget of one.
                 study = optuna.create_study(
-                    storage=self.idle_url, study_name=f"{ns}.{name}", direction="minimize"
+                    storage=self.idle_storage, study_name=f"{ns}.{name}", direction="minimize"
                 )
                 study.add_trial(optuna.trial.create_trial(value=1.0))
                 # Made outside the operator: resumed only on request (ownership).
