@@ -90,7 +90,7 @@ EXAMPLES_IMAGE ?= ghcr.io/optuna-operator/worker-examples:$(IMAGE_TAG)
 PGBOUNCER_IMAGE ?= ghcr.io/optuna-operator/pgbouncer:$(IMAGE_TAG)
 CHART := charts/optuna-operator
 
-.PHONY: images kind-demo chart-lint
+.PHONY: images kind-demo chart-lint release
 
 images: ## Build the operator, worker, worker-examples and PgBouncer images (Docker if an engine answers, else buildah)
 	@if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then \
@@ -110,6 +110,9 @@ chart-lint: binaries ## helm lint the chart with default and ci/ values; chart C
 	for values in $(CHART)/ci/*-values.yaml; do "$$helm" lint --strict $(CHART) -f "$$values"; done
 	@diff -u crds/tuning.optuna-operator.io_tuningstudies.yaml $(CHART)/crds/tuning.optuna-operator.io_tuningstudies.yaml \
 	  || { echo "$(CHART)/crds differs from crds/: run make crds" >&2; exit 1; }
+
+release: binaries node-packages ## dist/: chart package (lint + helm template on Kubernetes 1.30-1.34), CRD bundle, OCI image archives, SHA256SUMS
+	BUILD_CA_BUNDLE=$(BUILD_CA_BUNDLE) hack/release.sh
 
 # --------------------------------------------------------------------------- the node bed
 # A real kubelet, containerd + runc, CNI, kube-proxy and kube-router's NetworkPolicy
