@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from testbed import procs
+from testbed.audit import AUDIT_LOG
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import start_control_plane
 from testbed.errors import BedError
@@ -83,6 +84,11 @@ class Bed:
     def logs_dir(self) -> Path:
         """Component logs: etcd.log, kube-apiserver.log, executor.log, postgres.log, ..."""
         return self.directory / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log of every list and watch (testbed.audit reads it)."""
+        return self.logs_dir / AUDIT_LOG
 
     @property
     def pod_logs_dir(self) -> Path:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.audit import AUDIT_LOG, AUDIT_POLICY
 from testbed.certs import Pki, generate_pki
 from testbed.kubeapi import ApiError, KubeApi
 from testbed.kubeconfig import Credentials, write_kubeconfig
@@ -37,6 +38,8 @@ class ControlPlane:
     admin_kubeconfig: Path
     admin: Credentials
     pki: Pki
+    # Every list and watch request (testbed.audit reads it).
+    audit_log: Path
 
 
 def _http_ok(url: str) -> bool:
@@ -97,6 +100,8 @@ def start_control_plane(
 
     api_port = free_port()
     server = f"https://127.0.0.1:{api_port}"
+    audit_policy, audit_log = directory / "audit-policy.json", logs / AUDIT_LOG
+    audit_policy.write_text(json.dumps(AUDIT_POLICY))
     apiserver = sup.spawn(
         "kube-apiserver",
         [
@@ -122,6 +127,9 @@ def start_control_plane(
             f"--proxy-client-cert-file={pki.front_proxy.cert}",
             f"--proxy-client-key-file={pki.front_proxy.key}",
             "--profiling=false",
+            f"--audit-policy-file={audit_policy}",
+            f"--audit-log-path={audit_log}",
+            "--audit-log-format=json",
             *extra_apiserver_args,
         ],
         logs / "kube-apiserver.log",
@@ -214,4 +222,4 @@ def start_control_plane(
     # Pods cannot be created in a namespace until its default ServiceAccount exists.
     sup.wait_until(default_sa_exists, "the default ServiceAccount", timeout_s, everything)
     api.close()
-    return ControlPlane(server, admin_kubeconfig, admin, pki)
+    return ControlPlane(server, admin_kubeconfig, admin, pki, audit_log)

@@ -1,7 +1,12 @@
 """The kopf layer: watch events in, nothing else. kopf watches TuningStudies, worker Jobs and
 dashboard Deployments and hands every event to the Controller, which decides what to
 reconcile and when (controller.py). Only `on.event` handlers are used: they need no
-finalizer and write no bookkeeping annotations."""
+finalizer and write no bookkeeping annotations.
+
+The Job and Deployment watches carry a label selector, so the API server sends only the
+operator's children: kopf's `labels=` filter on a handler alone is applied on the client,
+after every Job and Deployment of the cluster has been sent and decoded.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +28,19 @@ from optuna_operator.peering import PeeringGate
 from optuna_operator.reconcile import Reconciler
 from optuna_operator.storage.study_store import StoreRegistry
 
-__all__ = ["api_client", "build_registry"]
+__all__ = ["CHILD_SELECTOR", "api_client", "build_registry"]
 
 log = logging.getLogger(__name__)
 
 RECONCILE_WORKERS = 8
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+# The children's watches, filtered by the API server (labelSelector on list and watch).
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+CHILD_RESOURCES = (("batch", "jobs"), ("apps", "deployments"))
 
 
 def api_client() -> k8s.ApiClient:
+    """A Kubernetes client from the pod's service account, or else the kubeconfig."""
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
@@ -43,12 +53,62 @@ def _event_type(event: kopf.RawEvent) -> str | None:
     return str(kind) if kind else None
 
 
+class Runtime:
+    """What the operator opens at start-up and closes at clean-up."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.stores: StoreRegistry | None = None
+        self.cluster: Cluster | None = None
+        self.reconciler: Reconciler | None = None
+        self.controller: Controller | None = None
+        self.loop: asyncio.Task[None] | None = None
+
+    def start(self) -> Controller:
+        """Open the clients, start the reconcile loop and the metrics endpoint."""
+        settings = self.settings
+        self.stores = StoreRegistry()
+        self.cluster = Cluster(api_client())
+        self.reconciler = Reconciler(self.cluster, self.stores, settings)
+        peering = None
+        if settings.peering:
+            clusterwide = not settings.namespaces
+            peering = PeeringGate(
+                self.cluster, settings.peering, settings.peering_priority, clusterwide
+            )
+        self.controller = Controller(
+            self.reconciler, settings.status_interval, RECONCILE_WORKERS, peering
+        )
+        self.loop = asyncio.create_task(self.controller.run(), name="reconcile loop")
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port)
+        return self.controller
+
+    def close(self) -> None:
+        """Stop the loop and close what start opened."""
+        if self.loop is not None:
+            self.loop.cancel()
+        if self.reconciler is not None:
+            self.reconciler.close()
+        if self.stores is not None:
+            self.stores.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def on_event(self, kind: str, event: kopf.RawEvent) -> None:
+        """Hand a watch event to the controller."""
+        assert self.controller is not None, "events arrive only after start-up"
+        body, event_type = dict(event["object"]), _event_type(event)
+        if kind == "TuningStudy":
+            self.controller.on_study(event_type, body)
+        else:
+            self.controller.on_child(kind, event_type, body)
+
+
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     """Handlers bound to one Controller, created at start-up and closed at clean-up."""
     registry = kopf.OperatorRegistry()
-    operator_settings = settings  # the startup handler's own `settings` is kopf's
-    state: dict[str, Any] = {}
-    managed = {"app.kubernetes.io/managed-by": MANAGED_BY}
+    runtime = Runtime(settings)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -58,56 +118,26 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Startup handlers run before any watch starts: the selectors apply from the first.
         settings.posting.level = logging.INFO
-        stores = StoreRegistry()
-        cluster = Cluster(api_client())
-        reconciler = Reconciler(cluster, stores, operator_settings)
-        peering = (
-            PeeringGate(
-                cluster,
-                operator_settings.peering,
-                operator_settings.peering_priority,
-                clusterwide=not operator_settings.namespaces,
-            )
-            if operator_settings.peering
-            else None
-        )
-        controller = Controller(
-            reconciler, operator_settings.status_interval, RECONCILE_WORKERS, peering
-        )
-        state.update(stores=stores, cluster=cluster, controller=controller, reconciler=reconciler)
-        state["loop"] = asyncio.create_task(controller.run(), name="reconcile loop")
-        if operator_settings.metrics_port:
-            metrics.serve(operator_settings.metrics_port)
+        for group, plural in CHILD_RESOURCES:
+            settings.watching.label_selectors[group, plural] = CHILD_SELECTOR
+        runtime.start()
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
-        loop: asyncio.Task[None] | None = state.get("loop")
-        if loop is not None:
-            loop.cancel()
-        reconciler: Reconciler | None = state.get("reconciler")
-        if reconciler is not None:
-            reconciler.close()
-        stores: StoreRegistry | None = state.get("stores")
-        if stores is not None:
-            stores.close()
-        cluster: Cluster | None = state.get("cluster")
-        if cluster is not None:
-            cluster.close()
+        runtime.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="study")
     async def study_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller: Controller = state["controller"]
-        controller.on_study(_event_type(event), dict(event["object"]))
+        runtime.on_event("TuningStudy", event)
 
-    @kopf.on.event("batch", "v1", "jobs", registry=registry, id="worker-job", labels=managed)
+    @kopf.on.event("batch", "v1", "jobs", registry=registry, id="worker-job", labels=MANAGED)
     async def job_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller: Controller = state["controller"]
-        controller.on_child("Job", _event_type(event), dict(event["object"]))
+        runtime.on_event("Job", event)
 
-    @kopf.on.event("apps", "v1", "deployments", registry=registry, id="dashboard", labels=managed)
+    @kopf.on.event("apps", "v1", "deployments", registry=registry, id="dashboard", labels=MANAGED)
     async def dashboard_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller: Controller = state["controller"]
-        controller.on_child("Deployment", _event_type(event), dict(event["object"]))
+        runtime.on_event("Deployment", event)
 
     return registry

@@ -8,6 +8,10 @@ import pytest
 from kubernetes import client
 from tests.integration.studies import OperatorProcess, Studies, study_body, wait_for
 
+from optuna_operator.handlers import CHILD_SELECTOR
+from testbed import Bed
+from testbed.audit import AuditedRequest, audited_requests
+
 SLOW = {"function": "tests.integration.objectives:slow_quadratic"}
 
 
@@ -274,3 +278,32 @@ def test_time_budget_ends_the_study(studies: Studies) -> None:
     assert studies.condition("clock", "Succeeded")["reason"] == "TimeBudgetReached"
     assert 0 < status["trials"]["complete"] < 10000
     assert status["trials"]["running"] == 0
+
+
+def test_child_watches_ask_the_api_server_for_labelled_children_only(
+    studies: Studies, bed: Bed
+) -> None:
+    """kopf's `labels=` filter alone is applied after the API server has sent every Job and
+    Deployment of the cluster; the API server's audit log shows the selector in the
+    operator's list and watch requests themselves."""
+
+    def kopf_requests(resource: str) -> list[AuditedRequest]:
+        return [
+            r
+            for r in audited_requests(bed.audit_log)
+            if r.user_agent.startswith("kopf/") and r.resource == resource
+        ]
+
+    def watching() -> bool:
+        return all(
+            any(r.verb == "watch" for r in kopf_requests(resource))
+            for resource in ("jobs", "deployments")
+        )
+
+    wait_for(watching, 60, "the operator's watches of Jobs and Deployments")
+    for resource in ("jobs", "deployments"):
+        requests = kopf_requests(resource)
+        assert {r.verb for r in requests} == {"list", "watch"}, requests
+        assert {r.label_selector for r in requests} == {CHILD_SELECTOR}, requests
+    # TuningStudies are all the operator's: their watch needs no selector.
+    assert {r.label_selector for r in kopf_requests("tuningstudies")} == {None}
