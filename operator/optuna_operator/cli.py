@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from optuna_operator.client import StudyClient, StudyView
 
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
 __all__ = ["kubectl_main", "main"]
 
 
@@ -197,7 +199,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 def dashboard_command(args: argparse.Namespace, service: str, namespace: str) -> list[str]:
     """kubectl port-forward to the dashboard's Service, through the API server."""
-    from optuna_operator.manifests import DASHBOARD_PORT
+    from optuna_operator.client import DASHBOARD_PORT
 
     command = ["kubectl", "port-forward", "-n", namespace, f"svc/{service}"]
     command.append(f"{args.port}:{DASHBOARD_PORT}")
@@ -250,12 +252,13 @@ def _create(args: argparse.Namespace) -> int:
         parallelism=args.parallelism,
         image=args.image,
         sampler=args.sampler,
+        pruner=args.pruner,
         seed=args.seed,
         storage_secret=args.storage_secret,
-        dashboard=not args.no_dashboard,
+        dashboard=False if args.no_dashboard else None,
     )
     if args.dry_run:
-        body = manifest(study)
+        body = manifest(study, only_set=True)
         if not body["metadata"]["namespace"]:
             del body["metadata"]["namespace"]
         print(yaml.safe_dump(body, sort_keys=False).rstrip("\n"))
@@ -298,29 +301,62 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", help="kubeconfig context to use.")
 
 
-def _add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def command(
-        name: str, func: Callable[[argparse.Namespace], int], help_: str, study: bool = True
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        _add_connection(p)
-        if study:
-            p.add_argument("name", help="TuningStudy name.")
-        p.set_defaults(func=func, client_command=True)
-        return p
+def _command(
+    sub: Subparsers,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    help_: str,
+    study: bool = True,
+) -> argparse.ArgumentParser:
+    """A user command: connection flags, the study's name unless study=False."""
+    p = sub.add_parser(name, help=help_, description=help_)
+    _add_connection(p)
+    if study:
+        p.add_argument("name", help="TuningStudy name.")
+    p.set_defaults(func=func, client_command=True)
+    return p
 
-    def watchable(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-w", "--watch", action="store_true", help="Keep updating until done.")
-        p.add_argument("--interval", type=float, default=2.0, help="Seconds between updates.")
 
-    p = command(
-        "list", _list, "Studies with phase, progress, running trials and best value.", study=False
+def _watchable(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-w", "--watch", action="store_true", help="Keep updating until done.")
+    p.add_argument("--interval", type=float, default=2.0, help="Seconds between updates.")
+
+
+def _add_user_commands(sub: Subparsers) -> None:
+    _add_view_commands(sub)
+    _add_result_commands(sub)
+    _add_create(sub)
+    p = _command(
+        sub,
+        "wait",
+        _wait,
+        "Wait with a live progress line until the study finishes; print the best trial. "
+        "Exit 1: Failed; 3: timed out.",
+    )
+    p.add_argument("--timeout", type=float, help="Give up after this many seconds.")
+    p = sub.add_parser(
+        "completion",
+        help="Print a shell completion script: "
+        'eval "$(optuna-operator completion bash)" in ~/.bashrc (zsh: in ~/.zshrc).',
+    )
+    p.add_argument("shell", choices=["bash", "zsh"])
+    p.set_defaults(func=_completion)
+
+
+def _add_view_commands(sub: Subparsers) -> None:
+    p = _command(
+        sub,
+        "list",
+        _list,
+        "Studies with phase, progress, running trials and best value.",
+        study=False,
     )
     p.add_argument("-A", "--all-namespaces", action="store_true", help="Every namespace.")
-    watchable(p)
-    p = command("status", _status, "Counts, best trial, conditions and recent events of a study.")
-    watchable(p)
-    p = command(
+    _watchable(p)
+    p = _command(sub, "status", _status, "Counts, best trial, conditions and recent events.")
+    _watchable(p)
+    p = _command(
+        sub,
         "trials",
         _trials,
         "What the API holds about trials: counts by state, the best trial or the Pareto front "
@@ -333,7 +369,10 @@ def _add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         choices=["complete", "pruned", "failed", "running", "waiting"],
         help="Only this state (status has details of complete trials only, counts of others).",
     )
-    p = command("best", _best, "The best trial's parameters, for scripts and training jobs.")
+
+
+def _add_result_commands(sub: Subparsers) -> None:
+    p = _command(sub, "best", _best, "The best trial's parameters, for scripts and training jobs.")
     p.add_argument(
         "-o",
         "--output",
@@ -348,20 +387,28 @@ def _add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="Prefix for -o env names (e.g. HP_); names are upper-cased, other characters "
         "than letters, digits and _ become _.",
     )
-    p = command(
-        "logs", _logs, "Worker pods' logs (through the API server and the nodes' kubelets)."
+    p = _command(
+        sub, "logs", _logs, "Worker pods' logs (through the API server and the nodes' kubelets)."
     )
     p.add_argument("--tail", type=int, help="Last lines of each pod.")
-    p = command(
+    p = _command(
+        sub,
         "dashboard",
         _dashboard,
         "Port-forward to the study's optuna-dashboard (kubectl port-forward) and print the URL.",
     )
     p.add_argument("--port", type=int, default=8080, help="Local port.")
-    p = command(
+
+
+def _add_create(sub: Subparsers) -> None:
+    from optuna_operator.api import Direction, PrunerType, SamplerType
+
+    p = _command(
+        sub,
         "create",
         _create,
-        "Create a quick study from flags (a YAML file gives every field: kubectl apply).",
+        "Create a quick study from flags (a YAML file gives every field: kubectl apply). "
+        "What is not given is left to the API's defaults.",
     )
     objective = p.add_argument_group("objective (one of)")
     objective.add_argument(
@@ -382,40 +429,74 @@ def _add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument(
         "--direction",
         action="append",
-        choices=["minimize", "maximize"],
+        choices=[d.value for d in Direction],
         help="Per objective (repeatable; default minimize).",
     )
     p.add_argument("--metric-name", action="append", help="Name per objective (repeatable).")
     p.add_argument("--trials", type=int, help="Trial budget.")
     p.add_argument("--timeout-seconds", type=int, help="Time budget.")
-    p.add_argument("--parallelism", type=int, default=1, help="Worker pods.")
+    p.add_argument("--parallelism", type=int, help="Worker pods (API default: 1).")
     p.add_argument("--image", help="Worker image (default: the operator's).")
     p.add_argument(
-        "--sampler", default="TPE", help="TPE, Random, CmaEs, NSGAII, ... (default TPE)."
+        "--sampler", choices=[t.value for t in SamplerType], help="Sampler (API default: TPE)."
+    )
+    p.add_argument(
+        "--pruner", choices=[t.value for t in PrunerType], help="Pruner (API default: None)."
     )
     p.add_argument("--seed", type=int, help="Sampler seed.")
+    _add_create_options(p)
+
+
+def _add_create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage-secret",
         help="name[:key] of a Secret with the storage URL (default: the operator's).",
     )
     p.add_argument("--no-dashboard", action="store_true", help="Do not run optuna-dashboard.")
-    p.add_argument("--dry-run", action="store_true", help="Print the TuningStudy, create nothing.")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print the TuningStudy with only what was given (for Git), create nothing.",
+    )
     p.add_argument("--wait", action="store_true", help="Then wait with a live progress line.")
     p.add_argument("--timeout", type=float, help="With --wait: give up after this many seconds.")
-    p = command(
-        "wait",
-        _wait,
-        "Wait with a live progress line until the study finishes; print the best trial. "
-        "Exit 1: Failed; 3: timed out.",
-    )
-    p.add_argument("--timeout", type=float, help="Give up after this many seconds.")
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from optuna_operator.formatting import completion_script
+
+    parser = _parser("optuna-operator", operator_commands=True)
+    print(completion_script(_completion_spec(parser), args.shell))
+    return 0
+
+
+def _completion_spec(parser: argparse.ArgumentParser) -> dict[str, dict[str, list[str] | None]]:
+    """Each subcommand's options ("" holds the top level's): None for a flag, else the
+    option's choices (empty: any value); "<study>" when it takes a study's name and "<arg>"
+    for a positional with choices. What a shell needs to complete a command line."""
+    spec: dict[str, dict[str, list[str] | None]] = {"": {"--help": None, "--version": None}}
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        options: dict[str, list[str] | None] = {}
+        for action in command._actions:
+            choices = [str(c) for c in action.choices or []]
+            for flag in action.option_strings:
+                options[flag] = None if action.nargs == 0 else choices
+            if not action.option_strings:
+                options["<study>" if action.dest == "name" else "<arg>"] = choices
+        spec[name] = options
+    return spec
 
 
 def _parser(prog: str, operator_commands: bool) -> argparse.ArgumentParser:
     from optuna_operator import __version__
     from optuna_operator.config import add_run_arguments
 
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        epilog="Exit codes of the user's commands: 0 done; 1 the study Failed or the API "
+        "refused; 2 bad arguments; 3 wait timed out; 4 the cluster could not be reached.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="subcommand", required=True)
     if operator_commands:
@@ -464,6 +545,10 @@ def _parser(prog: str, operator_commands: bool) -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes of the user's commands; the parser's epilog lists them.
+EXIT_UNREACHABLE = 4
+
+
 def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "client_command", False):
@@ -471,26 +556,30 @@ def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         code: int = args.func(args)
         return code
     from kubernetes.client import ApiException
+    from kubernetes.config import ConfigException
+    from urllib3.exceptions import HTTPError
 
     try:
         code = args.func(args)
     except ApiException as exc:
-        if exc.status == 404 and getattr(args, "name", None):
-            print(
-                f"TuningStudy {args.name!r} not found in "
-                f"{args.namespace or 'the current context namespace'}",
-                file=sys.stderr,
-            )
-        else:
-            print(
-                f"the Kubernetes API answered {exc.status} {exc.reason}: {_api_message(exc)}",
-                file=sys.stderr,
-            )
+        print(_refusal(exc, args), file=sys.stderr)
         return 1
+    except (HTTPError, ConfigException) as exc:
+        # A traceback through urllib3's retries says less than one line (issue 23).
+        print(f"{parser.prog} {args.subcommand}: {_unreachable(exc)}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except ValueError as exc:  # bad flags the models refused (pydantic errors are ValueErrors)
         print(f"{parser.prog} {args.subcommand}: {exc}", file=sys.stderr)
         return 2
     return code
+
+
+def _refusal(exc: Exception, args: argparse.Namespace) -> str:
+    status, reason = getattr(exc, "status", None), getattr(exc, "reason", "")
+    if status == 404 and getattr(args, "name", None):
+        where = args.namespace or "the current context namespace"
+        return f"TuningStudy {args.name!r} not found in {where}"
+    return f"the Kubernetes API answered {status} {reason}: {_api_message(exc)}"
 
 
 def _api_message(exc: Exception) -> str:
@@ -501,6 +590,23 @@ def _api_message(exc: Exception) -> str:
         return str(json.loads(body)["message"]) if body else ""
     except (ValueError, KeyError, TypeError):
         return str(body)
+
+
+def _unreachable(exc: Exception) -> str:
+    """One line for a cluster that cannot be reached or a kubeconfig that names none."""
+    import re
+
+    from urllib3.exceptions import MaxRetryError
+
+    if not isinstance(exc, MaxRetryError):
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"no usable kubeconfig: {text} (check --kubeconfig, $KUBECONFIG and --context)"
+    pool = exc.pool
+    where = f"{getattr(pool, 'scheme', 'https')}://{getattr(pool, 'host', '?')}"
+    where += f":{pool.port}" if getattr(pool, "port", None) else ""
+    found = re.search(r"\[Errno [^\]]*\] ?([^\n]*)", str(exc.reason))
+    why = found.group(1) if found else type(exc.reason).__name__
+    return f"cannot reach the Kubernetes API at {where}: {why} (is the cluster up? check --context)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,13 +38,14 @@ from optuna_operator.api import (
 )
 from optuna_operator.formatting import progress_line
 from optuna_operator.lifecycle import FINISHED_PHASES
-from optuna_operator.manifests import STUDY_LABEL
 from optuna_operator.views import EventLine, StudyView
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = [
+    "DASHBOARD_PORT",
+    "STUDY_LABEL",
     "TERMINAL_PHASES",
     "EventLine",
     "LiveLine",
@@ -58,6 +59,12 @@ __all__ = [
 ]
 
 TERMINAL_PHASES = FINISHED_PHASES
+# manifests.STUDY_LABEL, spelled here because manifests imports the contract module and with it
+# Optuna and SQLAlchemy, which a client install (the `client` extra) does not have; a unit test
+# checks the two agree.
+STUDY_LABEL = "optuna-operator.io/study"
+# manifests.DASHBOARD_PORT, for the same reason: the port of the namespace's dashboard Service.
+DASHBOARD_PORT = 8080
 
 
 class StudyFailedError(RuntimeError):
@@ -115,41 +122,46 @@ def quick_study(
     metric_names: Sequence[str] | None = None,
     trials: int | None = None,
     timeout_seconds: int | None = None,
-    parallelism: int = 1,
+    parallelism: int | None = None,
     image: str | None = None,
-    sampler: str = "TPE",
+    sampler: str | None = None,
+    pruner: str | None = None,
     seed: int | None = None,
     storage_secret: str | None = None,
-    dashboard: bool = True,
+    dashboard: bool | None = None,
 ) -> TuningStudy:
     """A TuningStudy from the few settings most studies change. Types, enums and bounds are
     checked here (pydantic.ValidationError); rules across fields (CEL, e.g. a command needs
     a searchSpace) by the API server when it is submitted.
 
-    namespace: empty for the namespace of the client that submits it. storage_secret:
-    `name[:key]` of a Secret in the namespace with the storage URL; without it the
-    operator's default storage is used.
+    A setting left at None is left out of the spec, so the API's default applies (one worker,
+    the TPE sampler, no pruner, the dashboard on) and `manifest(study, only_set=True)` shows
+    only what was given. namespace: empty for the namespace of the client that submits it.
+    storage_secret: `name[:key]` of a Secret in the namespace with the storage URL; without it
+    the operator's default storage is used.
     """
     spec: dict[str, Any] = {
         "directions": list(directions),
+        "metricNames": list(metric_names) if metric_names else None,
         "objective": {
             "function": function,
             "command": list(command) if command else None,
             "searchSpace": [p.to_wire() for p in search_space] if search_space else None,
         },
+        # Always sent, even empty: the API requires it and says what it needs.
         "budget": {"trials": trials, "timeoutSeconds": timeout_seconds},
         "sampler": {"type": sampler, "seed": seed},
+        "pruner": {"type": pruner},
         "workers": {"parallelism": parallelism, "image": image},
         "dashboard": {"enabled": dashboard},
     }
-    if metric_names:
-        spec["metricNames"] = list(metric_names)
     if storage_secret:
         secret, _, key = storage_secret.partition(":")
         spec["storage"] = {"secretRef": {"name": secret, "key": key or "url"}}
+    given = {k: v for k, v in _drop_none(spec).items() if v != {} or k == "budget"}
     return TuningStudy(
         metadata=Metadata(name=name, namespace=namespace),
-        spec=TuningStudySpec.model_validate(_drop_none(spec)),
+        spec=TuningStudySpec.model_validate(given),
     )
 
 
@@ -159,11 +171,19 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
-def manifest(study: TuningStudy) -> dict[str, Any]:
-    """The object to send: spec and metadata only (status belongs to the operator)."""
+def manifest(study: TuningStudy, *, only_set: bool = False) -> dict[str, Any]:
+    """The object to send: spec and metadata only (status belongs to the operator).
+
+    only_set: the spec as given, without the defaults the API fills in (YAML for Git that
+    keeps following the API's defaults); else every field.
+    """
     body = study.to_wire()
     body.pop("status", None)
     body["metadata"] = {"name": study.metadata.name, "namespace": study.metadata.namespace}
+    if only_set:
+        body["spec"] = study.spec.model_dump(
+            by_alias=True, exclude_none=True, exclude_unset=True, mode="json"
+        )
     return body
 
 
@@ -198,18 +218,7 @@ class StudyClient:
         api = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=path, context=context
         )
-        if namespace is None:
-            _, current = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                config_file=path
-            )
-            chosen = current
-            if context:
-                contexts, _ = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                    config_file=path
-                )
-                chosen = next((c for c in contexts if c["name"] == context), current)
-            namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
-        return cls(api, namespace)
+        return cls(api, namespace or _context_namespace(path, context))
 
     def close(self) -> None:
         self.api.close()  # type: ignore[no-untyped-call]
@@ -363,11 +372,32 @@ class StudyClient:
         return logs
 
     def load_optuna_study(self, name: str, storage_url: str) -> optuna.Study:
-        """The Optuna study behind the TuningStudy, for analysis (needs the storage URL)."""
-        import optuna
-
+        """The Optuna study behind the TuningStudy, for analysis (needs the storage URL and
+        Optuna with a database driver: the `worker` extra)."""
         study_name = self.get(name).status.study_name or f"{self.namespace}.{name}"
-        return optuna.load_study(study_name=study_name, storage=storage_url)
+        study: optuna.Study = _import_optuna().load_study(
+            study_name=study_name, storage=storage_url
+        )
+        return study
+
+
+def _context_namespace(path: str | None, context: str | None) -> str:
+    """The namespace of the kubeconfig's context (the current one unless named), as kubectl."""
+    contexts, current = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+        config_file=path
+    )
+    chosen = next((c for c in contexts if c["name"] == context), current) if context else current
+    return str((chosen or {}).get("context", {}).get("namespace") or "default")
+
+
+def _import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as exc:  # a `client`-only install
+        raise ImportError(
+            "load_optuna_study needs Optuna: pip install 'optuna-operator[worker]'"
+        ) from exc
+    return optuna
 
 
 def _in_cluster() -> bool:

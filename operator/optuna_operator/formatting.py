@@ -19,6 +19,7 @@ __all__ = [
     "age",
     "best_document",
     "best_output",
+    "completion_script",
     "env_lines",
     "progress_line",
     "status_text",
@@ -349,3 +350,65 @@ def best_output(view: StudyView, fmt: str, prefix: str = "") -> str:
     if fmt == "yaml":
         return yaml.safe_dump(doc, sort_keys=True).rstrip("\n")
     raise ValueError(f"unknown output format {fmt!r}: json, yaml or env")
+
+
+_BASH_COMPLETION = """\
+# {shell} completion for optuna-operator and kubectl-optuna, generated from the CLI's own
+# parser by `optuna-operator completion {shell}`. Study names come from kubectl.
+_optuna_operator_complete() {{
+  local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} cmd="" ns="" i
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    case ${{COMP_WORDS[i]}} in
+      -n|--namespace) ns=${{COMP_WORDS[i+1]}} ;;
+      -*) ;;
+      *) [[ -z $cmd ]] && cmd=${{COMP_WORDS[i]}} ;;
+    esac
+  done
+  local values="" value_option=0 options="" study=0 positional=""
+  case "$cmd $prev" in
+{values}
+  esac
+  if ((value_option)); then
+    COMPREPLY=($(compgen -W "$values" -- "$cur"))
+    return
+  fi
+  case "$cmd" in
+{commands}
+  esac
+  if [[ $cur == -* || -z $cmd ]]; then
+    COMPREPLY=($(compgen -W "$options" -- "$cur"))
+  elif [[ -n $positional ]]; then
+    COMPREPLY=($(compgen -W "$positional" -- "$cur"))
+  elif ((study)); then
+    local names
+    names=$(kubectl get tuningstudies.tuning.optuna-operator.io ${{ns:+-n "$ns"}} \\
+      -o 'jsonpath={{.items[*].metadata.name}}' 2>/dev/null)
+    COMPREPLY=($(compgen -W "$names" -- "$cur"))
+  fi
+}}
+complete -o default -F _optuna_operator_complete optuna-operator kubectl-optuna"""
+
+
+def completion_script(spec: dict[str, dict[str, list[str] | None]], shell: str) -> str:
+    """A bash or zsh completion script from the CLI's commands and options (see
+    cli._completion_spec). zsh runs the bash function through bashcompinit."""
+    values, commands = [], []
+    for command, options in spec.items():
+        flags = [o for o in options if o.startswith("-")]
+        names = [c for c in spec if c] + flags if not command else flags
+        lines = [f'options="{" ".join(names)}"']
+        if "<study>" in options:
+            lines.append("study=1")
+        if options.get("<arg>"):
+            lines.append(f'positional="{" ".join(options["<arg>"] or [])}"')
+        commands.append(f'    "{command}") {"; ".join(lines)} ;;')
+        for flag in flags:
+            if options[flag] is not None:
+                words = " ".join(options[flag] or [])
+                values.append(f'    "{command} {flag}") value_option=1; values="{words}" ;;')
+    script = _BASH_COMPLETION.format(
+        shell=shell, values="\n".join(values), commands="\n".join(commands)
+    )
+    if shell == "zsh":
+        script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+    return script

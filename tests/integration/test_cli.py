@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,75 @@ def test_kubectl_explain_describes_the_status(bed: Bed, crd_installed: None) -> 
     assert "Optuna trial number" in explained
     conditions = kubectl(bed, "explain", "tuningstudy.status.conditions").stdout
     assert "one per type" in conditions
+
+
+def test_create_dry_run_yaml_applies_and_the_api_fills_the_defaults(
+    bed: Bed, namespace: str, crd_installed: None
+) -> None:
+    """The minimal YAML of `create --dry-run` (only what was given) is what the API server
+    takes, with the pruner and sampler names the CLI offers; the server fills the rest."""
+    printed = kubectl(
+        bed, "optuna", "create", "git-quad", "--function", QUADRATIC, "--trials", "4",
+        "--sampler", "CMAES", "--pruner", "Median", "--dry-run",
+    ).stdout  # fmt: skip
+    assert "workers" not in printed and "deletionPolicy" not in printed
+    path = bed.kubeconfig.parent / f"{namespace}-git-quad.yaml"
+    path.write_text(printed)
+    kubectl(bed, "apply", "-n", namespace, "-f", str(path))
+    got = kubectl(bed, "get", "tuningstudy", "git-quad", "-n", namespace, "-o", "json")
+    stored = json.loads(got.stdout)
+    assert stored["spec"]["sampler"]["type"] == "CMAES"
+    assert stored["spec"]["pruner"]["type"] == "Median"
+    assert stored["spec"]["workers"]["parallelism"] == 1  # the API's default, not the CLI's
+
+    # Shell completion offers the study's name, read through the same kubectl.
+    script = kubectl(bed, "optuna", "completion", "bash").stdout
+    env = {"KUBECONFIG": str(bed.kubeconfig), "PATH": f"{bed.bin_dir}:{os.environ['PATH']}"}
+    driver = (
+        f"{script}\nCOMP_WORDS=(kubectl-optuna status -n {namespace} git); COMP_CWORD=4\n"
+        '_optuna_operator_complete; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    offered = subprocess.run(
+        ["bash", "-c", driver], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert offered == ["git-quad"]
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_code_4(tmp_path: Path) -> None:
+    # A bound socket that does not listen refuses every connection, and holding it keeps
+    # any other process from taking the port while the test runs.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+                    "users": [{"name": "u", "user": {}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
+        )
+        cli = str(Path(sys.executable).parent / "optuna-operator")
+        for argv in (
+            ["list"],
+            ["status", "quad"],
+            ["create", "q", "--function", "m:f", "--trials", "1"],
+        ):
+            done = subprocess.run(
+                [cli, *argv, "--kubeconfig", str(kubeconfig)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode == 4, done.stderr
+            assert done.stdout == ""
+            assert done.stderr.splitlines() == [
+                f"optuna-operator {argv[0]}: cannot reach the Kubernetes API at "
+                f"https://127.0.0.1:{port}: Connection refused (is the cluster up? check --context)"
+            ]

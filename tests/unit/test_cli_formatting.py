@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -273,3 +274,87 @@ def test_dashboard_port_forwards_the_service_through_the_api_server() -> None:
         "--context",
         "ctx",
     ]
+
+
+def test_create_dry_run_prints_only_what_was_given(capsys: pytest.CaptureFixture[str]) -> None:
+    """YAML meant for Git: the flags given plus apiVersion, kind and metadata; every default
+    stays the API's (a later default applies to the study too)."""
+    code = cli.main(["create", "quad", "--function", "m:f", "--trials", "5", "--dry-run"])
+    assert code == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {
+        "apiVersion": "tuning.optuna-operator.io/v1alpha1",
+        "kind": "TuningStudy",
+        "metadata": {"name": "quad"},
+        "spec": {
+            "directions": ["minimize"],  # required: the CLI's default
+            "objective": {"function": "m:f"},
+            "budget": {"trials": 5},
+        },
+    }
+    argv = ["create", "q", "-n", "team-a", "--function", "m:f", "--timeout-seconds", "60"]
+    argv += ["--sampler", "CMAES", "--pruner", "Median", "--parallelism", "3", "--no-dashboard"]
+    assert cli.main([*argv, "--dry-run"]) == 0
+    body = yaml.safe_load(capsys.readouterr().out)
+    assert body["metadata"] == {"name": "q", "namespace": "team-a"}
+    assert body["spec"] == {
+        "directions": ["minimize"],
+        "objective": {"function": "m:f"},
+        "budget": {"timeoutSeconds": 60},
+        "sampler": {"type": "CMAES"},
+        "pruner": {"type": "Median"},
+        "workers": {"parallelism": 3},
+        "dashboard": {"enabled": False},
+    }
+
+
+def test_create_offers_the_apis_sampler_and_pruner_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from optuna_operator.api import PrunerType, SamplerType
+
+    with pytest.raises(SystemExit):
+        cli.main(["create", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "{" + ",".join(t.value for t in SamplerType) + "}" in usage
+    assert "{" + ",".join(t.value for t in PrunerType) + "}" in usage
+    assert "CmaEs" not in usage
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["create", "q", "--function", "m:f", "--sampler", "CmaEs", "--dry-run"])
+    assert refused.value.code == 2
+    assert "invalid choice: 'CmaEs'" in capsys.readouterr().err
+
+
+def complete(script: str, *words: str) -> list[str]:
+    """What bash offers for the command line `words` (the last one being completed)."""
+    line = " ".join(shlex.quote(w) for w in words)
+    driver = (
+        f"{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; COMPREPLY=()\n"
+        'kubectl() { echo "quad xgb"; }\n'  # stands in for the cluster's studies
+        '_optuna_operator_complete; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    out = subprocess.run(["bash", "-c", driver], capture_output=True, text=True, check=True)
+    return [w for w in out.stdout.splitlines() if w]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_script_completes_commands_options_choices_and_studies(
+    shell: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    if shell == "zsh":
+        # zsh runs the same function through bashcompinit; bash checks the rest.
+        first, _, script = script.partition("\n")
+        assert first == "autoload -U +X bashcompinit && bashcompinit"
+    assert "complete -o default -F _optuna_operator_complete optuna-operator kubectl-optuna" in (
+        script
+    )
+    assert complete(script, "optuna-operator", "cr") == ["crds", "create"]
+    assert "CMAES" in complete(script, "optuna-operator", "create", "--sampler", "")
+    assert complete(script, "optuna-operator", "create", "--pruner", "Me") == ["Median"]
+    assert complete(script, "optuna-operator", "create", "--pr") == ["--pruner"]
+    assert complete(script, "optuna-operator", "completion", "") == ["bash", "zsh"]
+    assert complete(script, "optuna-operator", "status", "") == ["quad", "xgb"]
+    assert complete(script, "optuna-operator", "status", "-n", "x", "q") == ["quad"]
+    # A free value (a path, a number) is left to bash's default completion.
+    assert complete(script, "optuna-operator", "list", "--kubeconfig", "") == []
