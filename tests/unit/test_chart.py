@@ -689,6 +689,24 @@ def exported_series() -> set[str]:
     return names
 
 
+def counter_series() -> set[str]:
+    """The series rate() and increase() may read: counters' and histograms' (never a gauge,
+    whose drops they would take for counter resets)."""
+    from prometheus_client import REGISTRY
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    return {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("optuna_operator")
+        for suffix in suffixes.get(family.type, [])
+    }
+
+
+def rated(expr: str) -> set[str]:
+    return set(re.findall(r"\b(?:rate|irate|increase)\(\s*(optuna_operator_[a-z_]+)", expr))
+
+
 def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b(optuna_operator_[a-z_]+)\b", expr))
 
@@ -732,11 +750,18 @@ def test_alerts_use_only_metrics_the_operator_exports() -> None:
     for alert, rule in rules.items():
         assert balanced(rule["expr"]), alert
         assert metric_names(rule["expr"]) <= exported, alert
+        assert rated(rule["expr"]) <= counter_series(), alert
         assert job in rule["expr"], alert
         assert rule["labels"]["severity"] in ("critical", "warning")
     # The rules' job is the metrics Service's name: the ServiceMonitor's default job label.
     assert one(docs, "Service", "-metrics")["metadata"]["name"] == f"{RELEASE}-metrics"
     assert "[2h]" in rules["OptunaStudyNoProgress"]["expr"]
+    assert rated(rules["OptunaStudyNoProgress"]["expr"]) == {
+        "optuna_operator_study_trials_finished_total"
+    }
+    # A failed study stays Failed: the alert fires on the change and resolves an hour later.
+    failed = rules["OptunaStudyFailed"]["expr"]
+    assert "unless on (namespace, name)" in failed and 'phase="Failed"} offset 1h' in failed
     # Study series keep the study's namespace label (honorLabels), which the alerts group by.
     endpoint = one(docs, "ServiceMonitor")["spec"]["endpoints"][0]
     assert endpoint["honorLabels"] is True
@@ -758,6 +783,7 @@ def test_grafana_dashboard_parses_and_queries_only_exported_metrics() -> None:
     for expr in exprs:
         assert balanced(expr), expr
         assert metric_names(expr) and metric_names(expr) <= exported, expr
+        assert rated(expr) <= counter_series(), expr
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
 
