@@ -5,8 +5,11 @@ schema check one connection at a time. The operator and the workers open every s
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -15,18 +18,27 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, exists, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
-from optuna_operator.contract import MAX_RETRIES
+from optuna_operator.contract import (
+    ERROR_ATTR,
+    INTERRUPTED_ATTR,
+    MAX_RETRIES,
+    STDERR_ATTR,
+    WORKER_ATTR,
+)
 
 __all__ = [
     "CONNECT_TIMEOUT_SECONDS",
+    "FAULT_ENV",
     "IDLE_PING_SECONDS",
+    "KILL_BETWEEN_FAIL_AND_RETRY",
     "POOL_RECYCLE_SECONDS",
     "HeartbeatStorage",
+    "RetryOf",
     "check_schema_version",
     "engine_kwargs",
     "heartbeat_storage",
@@ -126,43 +138,122 @@ def ping_after_idle(engine: Engine, idle_seconds: float = IDLE_PING_SECONDS) -> 
 _LAST_USED = "optuna_operator_last_used"
 
 
+# Set only by tests (tests/integration/test_worker_faults.py): the process SIGKILLs itself
+# inside a fail-and-retry transaction, after the failure is written and before the retry is,
+# to show that the two commit together or not at all.
+FAULT_ENV = "OPTUNA_OPERATOR_TEST_FAULT"
+KILL_BETWEEN_FAIL_AND_RETRY = "kill-between-fail-and-retry"
+
+# The attributes of one run of a trial, not of its parameters: a retry does not inherit them.
+_RUN_ATTRS = frozenset({WORKER_ATTR, ERROR_ATTR, INTERRUPTED_ATTR, STDERR_ATTR})
+
+RetryOf = Callable[[FrozenTrial], FrozenTrial | None]
+
+
 class HeartbeatStorage(RDBStorage):
-    """An RDBStorage that fails a stale trial and enqueues its retry in one transaction.
+    """An RDBStorage that fails a stale trial and enqueues its retry in one transaction, and
+    that also fails a RUNNING trial that never had a heartbeat.
 
     Optuna fails a stale trial in one transaction and enqueues its retry in the next. A
     worker's trial slot (worker_storage.py) frees when the trial fails, so in between another
     worker could take that slot for a new trial and leave the retry waiting for ever once the
-    budget is full. Here both happen under the study row's lock, which slot claims take too,
-    and Optuna's own pass (fail_stale_trials) finds nothing left to do.
+    budget is full, and a process stopped in between loses the retry. Here both happen under
+    the study row's lock, which slot claims take too, and Optuna's own pass
+    (fail_stale_trials) finds nothing left to do.
+
+    Optuna never fails a RUNNING trial without a heartbeat row (a bare `study.ask()` from a
+    notebook, a client that died before its first heartbeat): such a trial would hold one of
+    the budget's slots for ever. A scan that finds one that an earlier scan of this storage
+    also found writes it a stand-in heartbeat (the database's clock, as heartbeats use), so
+    it goes stale one grace period later, like a trial whose heartbeat stopped then. Waiting
+    one scan first leaves a client its first heartbeat: one written between the scan's read
+    and its insert would fail on the unique heartbeat row.
     """
 
+    _silent: frozenset[int] = frozenset()
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        for trial_id in super()._get_stale_trial_ids(study_id):
-            self._fail_and_retry(study_id, trial_id)
+        stale = super()._get_stale_trial_ids(study_id)
+        self._stand_in_heartbeats(study_id)
+        for trial_id in stale:
+            self.fail_and_retry(trial_id, retry_of_stale_trial, "its heartbeat stopped")
         return []
 
-    def _fail_and_retry(self, study_id: int, trial_id: int) -> None:
+    def _stand_in_heartbeats(self, study_id: int) -> None:
+        trials, beats = models.TrialModel, models.TrialHeartbeatModel
+        # A client's own first heartbeat that wins the race makes the insert a duplicate:
+        # ignored (rolled back), as the trial has its heartbeat then.
+        with _create_scoped_session(self.scoped_session, True) as session:
+            rows = session.execute(
+                select(trials.trial_id, trials.number).where(
+                    trials.study_id == study_id,
+                    trials.state == TrialState.RUNNING,
+                    ~exists().where(beats.trial_id == trials.trial_id),
+                )
+            ).all()
+            silent = {int(trial_id): int(number) for trial_id, number in rows}
+            seen_before = sorted(silent.keys() & self._silent)
+            for trial_id in seen_before:
+                session.add(beats(trial_id=trial_id, heartbeat=func.now()))
+        self._silent = frozenset(silent.keys() - set(seen_before))
+        if seen_before:
+            log.warning(
+                "Trials %s run without a heartbeat; failed (and retried) if none comes "
+                "within the grace period",
+                [silent[trial_id] for trial_id in seen_before],
+            )
+
+    def fail_and_retry(
+        self,
+        trial_id: int,
+        retry_of: RetryOf,
+        why: str,
+        user_attrs: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Fail a RUNNING trial (writing `user_attrs` on it) and enqueue `retry_of(trial)`,
+        unless that is None, in one transaction under the study row's lock; `why` is for
+        the log. False when the trial was no longer RUNNING (finished, or failed by another
+        process)."""
         with _create_scoped_session(self.scoped_session) as session:
+            study_id = session.execute(
+                select(models.TrialModel.study_id).where(models.TrialModel.trial_id == trial_id)
+            ).scalar_one()
+            # The lock order of a slot claim: the study row, then the trial row.
             models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
             trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
             if trial.state != TrialState.RUNNING:
-                return  # finished meanwhile, or failed by another process
+                return False
             number = int(trial.number)
-            retry = retry_of_stale_trial(self._build_frozen_trial_from_trial_model(trial))
+            retry = retry_of(self._build_frozen_trial_from_trial_model(trial))
+            for key, value in (user_attrs or {}).items():
+                self._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, value
+                )
             trial.state = TrialState.FAIL
             trial.datetime_complete = datetime.now()  # local time, as Optuna writes it
+            session.flush()
+            _fault_point(KILL_BETWEEN_FAIL_AND_RETRY)
             if retry is not None:
                 self._get_prepared_new_trial(study_id, retry, session)
         log.warning(
-            "Trial %d failed: its heartbeat stopped%s",
+            "Trial %d failed: %s%s",
             number,
+            why,
             "; its parameters are enqueued again" if retry is not None else "",
         )
+        return True
+
+
+def _fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        log.warning("Fault %s: killing this process", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def retry_of_stale_trial(failed: FrozenTrial) -> FrozenTrial | None:
     """The waiting copy of a stale trial, as Optuna's RetryFailedTrialCallback makes it (the
-    same system attributes), or None after MAX_RETRIES retries of the same parameters."""
+    same system attributes), or None after MAX_RETRIES retries of the same parameters. The
+    attributes of the failed run (its worker, its error) stay with it."""
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
     if len(history) > MAX_RETRIES:
         return None
@@ -170,7 +261,7 @@ def retry_of_stale_trial(failed: FrozenTrial) -> FrozenTrial | None:
         state=TrialState.WAITING,
         params=failed.params,
         distributions=failed.distributions,
-        user_attrs=failed.user_attrs,
+        user_attrs={k: v for k, v in failed.user_attrs.items() if k not in _RUN_ATTRS},
         system_attrs={
             "failed_trial": failed.number,
             **failed.system_attrs,

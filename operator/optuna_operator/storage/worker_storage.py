@@ -20,8 +20,11 @@ transaction writes the trial's first heartbeat, so a worker killed right after i
 trial that stays RUNNING without a heartbeat (Optuna never fails those as stale, and such a
 trial would hold its slot for ever), and the trial's `worker` attribute, which saves a
 transaction per trial; both in one statement. When every slot is held, `ask` raises
-`TrialSlotsTaken`: the worker waits while running trials may still fail and free one, and
-stops once finished trials fill the budget.
+`TrialSlotsTaken` (worker/runner.py decides whether to wait or to leave).
+
+A trial this process fails (interrupted by SIGTERM, timed out) is failed with its reason and
+its retry in one transaction too (HeartbeatStorage.fail_and_retry): a kill at any point
+leaves either both or neither, and a trial left RUNNING is failed and retried as stale.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
@@ -41,11 +45,24 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
-from optuna_operator.contract import STORAGE_ENV, WORKER_ATTR, ConfigError, describe_url
-from optuna_operator.storage.engines import heartbeat_storage
+from optuna_operator.contract import (
+    RETRY_OF_ATTR,
+    STORAGE_ENV,
+    WORKER_ATTR,
+    ConfigError,
+    describe_url,
+)
+from optuna_operator.storage.engines import RetryOf, heartbeat_storage
 from optuna_operator.storage.outage import OutageTolerantStorage
 
-__all__ = ["TrialSlotsTaken", "WorkerStorage", "load_study", "make_storage"]
+__all__ = [
+    "TrialSlotsTaken",
+    "WorkerStorage",
+    "load_study",
+    "make_storage",
+    "no_retry",
+    "retry_of_interrupted",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +103,40 @@ class WorkerStorage(OutageTolerantStorage):
     # writes one again as the trial starts, which can be skipped once.
     _fresh_heartbeat: int | None = None
 
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        # Trials whose coming FAIL (Optuna's tell) also writes these and enqueues a retry.
+        self._on_fail: dict[int, tuple[RetryOf, str, dict[str, Any]]] = {}
+        super().__init__(url, **kwargs)
+
     def configure(self, worker_id: str, trial_budget: int | None) -> None:
         self.worker_id = worker_id
         self.trial_budget = trial_budget
+
+    def fail_when_told(
+        self, trial_id: int, retry_of: RetryOf, why: str, user_attrs: dict[str, Any]
+    ) -> None:
+        """Make Optuna's coming tell of FAIL for this trial write `user_attrs` and enqueue
+        `retry_of(trial)` in the same transaction as the failure."""
+        self._on_fail[trial_id] = (retry_of, why, user_attrs)
+
+    def fail_now(self, trial_id: int, why: str, user_attrs: dict[str, Any]) -> bool:
+        """Fail a running trial with its reason, in one transaction, without a retry; False
+        when it had finished (or was failed as stale) already."""
+        return self._guarded_fail(trial_id, no_retry, why, user_attrs)
+
+    def scan_stale_next(self) -> None:
+        """Let the next stale-trial scan run even if one ran less than an interval ago."""
+        self._next_stale_scan = 0.0
+
+    def _guarded_fail(
+        self, trial_id: int, retry_of: RetryOf, why: str, user_attrs: dict[str, Any]
+    ) -> bool:
+        return self.guard.call(
+            f"failing trial {trial_id}",
+            lambda: self.fail_and_retry(trial_id, retry_of, why, user_attrs),
+            # A lost connection after the commit: the retry, with the failure, is there.
+            lambda: self._trial_reached(trial_id, TrialState.FAIL),
+        )
 
     # ------------------------------------------------------------------ a new trial
     def _create_new_trial(
@@ -125,6 +173,12 @@ class WorkerStorage(OutageTolerantStorage):
 
     # ------------------------------------------------------------------ a waiting trial
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.FAIL and trial_id in self._on_fail:
+            retry_of, why, attrs = self._on_fail.pop(trial_id)
+            if not self._guarded_fail(trial_id, retry_of, why, attrs):
+                # What RDBStorage raises for a trial finished elsewhere (failed as stale).
+                raise UpdateFinishedTrialError(f"trial {trial_id} is finished already")
+            return True
         if state != TrialState.RUNNING:
             started: bool = super().set_trial_state_values(trial_id, state, values)
             return started
@@ -199,6 +253,23 @@ class WorkerStorage(OutageTolerantStorage):
         self._next_stale_scan = now + float(self.heartbeat_interval or 0)
         stale: list[int] = super()._get_stale_trial_ids(study_id)
         return stale
+
+
+def no_retry(failed: FrozenTrial) -> None:
+    """For a failure that is the objective's own (a timeout): nothing to retry."""
+    return None
+
+
+def retry_of_interrupted(failed: FrozenTrial) -> FrozenTrial | None:
+    """The waiting copy of a trial stopped by SIGTERM, as `study.enqueue_trial` makes it, or
+    None for a trial stopped before it sampled anything."""
+    if not failed.params:
+        return None
+    return optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        system_attrs={"fixed_params": failed.params},
+        user_attrs={RETRY_OF_ATTR: failed.number},
+    )
 
 
 # A new trial's first heartbeat and its `worker` attribute, in one statement: a round trip
