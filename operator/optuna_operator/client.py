@@ -374,10 +374,9 @@ class StudyClient:
     def load_optuna_study(self, name: str, storage_url: str) -> optuna.Study:
         """The Optuna study behind the TuningStudy, for analysis (needs the storage URL and
         Optuna with a database driver: the `worker` extra)."""
+        loader = _import_optuna()  # before any request: a client install says what it lacks
         study_name = self.get(name).status.study_name or f"{self.namespace}.{name}"
-        study: optuna.Study = _import_optuna().load_study(
-            study_name=study_name, storage=storage_url
-        )
+        study: optuna.Study = loader.load_study(study_name=study_name, storage=storage_url)
         return study
 
 
