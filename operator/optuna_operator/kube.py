@@ -1,4 +1,5 @@
-"""The few Kubernetes calls the reconciler makes, over one shared ApiClient."""
+"""The few Kubernetes calls the operator makes, over one shared ApiClient: `ClusterReader`
+has the reads (what observe uses), `Cluster` adds the writes (what prepare and act use)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from optuna_operator.api import API_VERSION, PLURAL
 
-__all__ = ["FIELD_MANAGER", "Cluster"]
+__all__ = ["FIELD_MANAGER", "Cluster", "ClusterReader"]
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ _PATHS = {
 }
 
 
-class Cluster:
-    """The reconciler's Kubernetes calls over one shared ApiClient."""
+class ClusterReader:
+    """The operator's Kubernetes reads over one shared ApiClient."""
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.api = api_client
@@ -71,6 +72,81 @@ class Cluster:
         path = f"{prefix}/namespaces/{namespace}/{plural}"
         return f"{path}/{name}" if name else path
 
+    def namespace_uid(self, namespace: str) -> str | None:
+        """A namespace's uid (a re-created namespace of the same name has another), read
+        with the `list` on namespaces the operator holds; None when it cannot be read."""
+        try:
+            result = self._call(
+                "GET",
+                "/api/v1/namespaces",
+                query=[("fieldSelector", f"metadata.name={namespace}")],
+            )
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+        items = result.get("items") or []
+        return str(items[0]["metadata"]["uid"]) if items else None
+
+    def list_path(self, path: str, selector: str) -> list[dict[str, Any]]:
+        """The items of a collection at an API path (custom resources of other projects)."""
+        result = self._call("GET", path, query=[("labelSelector", selector)])
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def get_cluster_object(self, path: str) -> dict[str, Any] | None:
+        """GET any object by its API path; None when it does not exist."""
+        try:
+            result: dict[str, Any] = self._call("GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self._call("GET", self._path(kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        result = self._call("GET", self._path(kind, namespace), query=[("labelSelector", selector)])
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        result = self._call(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def last_event_message(self, namespace: str, kind: str, name: str, reason: str) -> str | None:
+        """The message of the newest Event with `reason` about an object, if any."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name},reason={reason}"
+        result = self._call(
+            "GET", f"/api/v1/namespaces/{namespace}/events", query=[("fieldSelector", selector)]
+        )
+        events = result.get("items") or []
+        if not events:
+            return None
+        newest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return str(newest.get("message") or "")[:500] or None
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """The decoded value, or None when the key is absent; raises 404 as ApiException."""
+        secret = self.core.read_namespaced_secret(name, namespace)
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode() if raw is not None else None
+
+
+class Cluster(ClusterReader):
+    """The operator's Kubernetes calls, reads and writes."""
+
     def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Server-side apply: creates, or patches only the fields this operator owns.
         Returns the object as stored and whether this call created it."""
@@ -106,28 +182,6 @@ class Cluster:
                 raise
             return existing, False
         return result, True
-
-    def namespace_uid(self, namespace: str) -> str | None:
-        """A namespace's uid (a re-created namespace of the same name has another), read
-        with the `list` on namespaces the operator holds; None when it cannot be read."""
-        try:
-            result = self._call(
-                "GET",
-                "/api/v1/namespaces",
-                query=[("fieldSelector", f"metadata.name={namespace}")],
-            )
-        except ApiException as exc:
-            if exc.status in (403, 404):
-                return None
-            raise
-        items = result.get("items") or []
-        return str(items[0]["metadata"]["uid"]) if items else None
-
-    def list_path(self, path: str, selector: str) -> list[dict[str, Any]]:
-        """The items of a collection at an API path (custom resources of other projects)."""
-        result = self._call("GET", path, query=[("labelSelector", selector)])
-        items: list[dict[str, Any]] = result.get("items", [])
-        return items
 
     def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
         """JSON merge patch (RFC 7386) of an object: `None` removes a key."""
@@ -196,49 +250,6 @@ class Cluster:
         }
         self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
 
-    def get_cluster_object(self, path: str) -> dict[str, Any] | None:
-        """GET any object by its API path; None when it does not exist."""
-        try:
-            result: dict[str, Any] = self._call("GET", path)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return result
-
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            result: dict[str, Any] = self._call("GET", self._path(kind, namespace, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return result
-
-    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        result = self._call("GET", self._path(kind, namespace), query=[("labelSelector", selector)])
-        items: list[dict[str, Any]] = result.get("items", [])
-        return items
-
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        result = self._call(
-            "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]
-        )
-        items: list[dict[str, Any]] = result.get("items", [])
-        return items
-
-    def last_event_message(self, namespace: str, kind: str, name: str, reason: str) -> str | None:
-        """The message of the newest Event with `reason` about an object, if any."""
-        selector = f"involvedObject.kind={kind},involvedObject.name={name},reason={reason}"
-        result = self._call(
-            "GET", f"/api/v1/namespaces/{namespace}/events", query=[("fieldSelector", selector)]
-        )
-        events = result.get("items") or []
-        if not events:
-            return None
-        newest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-        return str(newest.get("message") or "")[:500] or None
-
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         try:
             self._call(
@@ -251,9 +262,3 @@ class Cluster:
                 return False
             raise
         return True
-
-    def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """The decoded value, or None when the key is absent; raises 404 as ApiException."""
-        secret = self.core.read_namespaced_secret(name, namespace)
-        raw = (secret.data or {}).get(key)
-        return base64.b64decode(raw).decode() if raw is not None else None

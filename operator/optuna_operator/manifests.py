@@ -165,7 +165,9 @@ def workers_job_prefix(study: TuningStudy) -> str:
     return f"{study.metadata.name}-workers"
 
 
-def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
+def _worker_container(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
+    """The worker container: the env contract (worker config, storage URL, pod identity)
+    before the user's env, the security floor, and the user's optional fields."""
     workers = study.spec.workers
     config = worker_config(study, ctx.deadline).to_wire()
     env: list[dict[str, Any]] = [
@@ -198,6 +200,11 @@ def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
         "resources": workers.resources.to_wire() if workers.resources else None,
     }
     container.update({k: v for k, v in optional_container.items() if v})
+    return container
+
+
+def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
+    workers = study.spec.workers
     security = dict(POD_SECURITY_CONTEXT)
     if workers.run_as_user is not None:
         security["runAsUser"] = workers.run_as_user
@@ -206,7 +213,7 @@ def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": security,
-        "containers": [container],
+        "containers": [_worker_container(study, ctx)],
         "volumes": [
             {"name": WORKER_VOLUME_NAMES[0], "emptyDir": {}},
             # Memory-backed: the runtime's default 64Mi /dev/shm starves PyTorch DataLoaders.

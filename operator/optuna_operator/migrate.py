@@ -24,9 +24,10 @@ from optuna.storages import RDBStorage
 from optuna_operator.api import GROUP, PLURAL, VERSION, TuningStudy
 from optuna_operator.config import SecretKey
 from optuna_operator.kube import Cluster
+from optuna_operator.storage.admin import ADMIN_SEARCH_PATH, LEGACY_SCHEMA
 from optuna_operator.storage.engines import engine_kwargs
 from optuna_operator.storage.study_store import OWNER_ATTR
-from optuna_operator.storage.tenancy import ADMIN_SEARCH_PATH, LEGACY_SCHEMA, Tenancy
+from optuna_operator.storage.tenancy import Tenancy
 
 __all__ = ["Moved", "migrate_namespace", "run_migrate"]
 
@@ -48,6 +49,28 @@ def _storage(url: str, search_path: str | None = None) -> RDBStorage:
     return RDBStorage(url, engine_kwargs=kwargs)
 
 
+class _Storages:
+    """The namespace's schema (target) and, opened only when a legacy study exists, the
+    shared schema of 0.1.0 (source)."""
+
+    def __init__(self, target_url: str, admin_url: str) -> None:
+        self.target = _storage(target_url)
+        self.admin_url = admin_url
+        self._source: RDBStorage | None = None
+
+    def source(self) -> RDBStorage:
+        # The admin reads `public` only after legacy_study_exists found Optuna's tables
+        # there to be its own; the system catalog still resolves first.
+        if self._source is None:
+            self._source = _storage(self.admin_url, f"{ADMIN_SEARCH_PATH},{LEGACY_SCHEMA}")
+        return self._source
+
+    def close(self) -> None:
+        for storage in (self._source, self.target):
+            if storage is not None:
+                storage.engine.dispose()
+
+
 def migrate_namespace(
     cluster: Cluster,
     tenancy: Tenancy,
@@ -62,56 +85,55 @@ def migrate_namespace(
     ).get("items", [])
     if not items:
         return []
-    creds = tenancy.ensure(namespace, admin_url)
-    target = _storage(creds.url)
-    source: RDBStorage | None = None  # opened only when a legacy study exists
+    storages = _Storages(tenancy.ensure(namespace, admin_url).url, admin_url)
     results = []
     try:
         for body in items:
             study = TuningStudy.model_validate(
                 {"metadata": body["metadata"], "spec": body.get("spec") or {}}
             )
-            name = study.study_name
-
-            def result(outcome: str, study: TuningStudy = study, name: str = name) -> Moved:
-                return Moved(namespace, study.metadata.name, name, outcome)
-
-            if study.spec.storage is not None:
-                results.append(result("skipped: spec.storage is set (your own database)"))
-                continue
-            if study.spec.study_name and not include_custom_names:
-                results.append(result("skipped: custom studyName (see --include-custom-names)"))
-                continue
-            if not tenancy.legacy_study_exists(admin_url, name):
-                results.append(result("skipped: not in the shared schema"))
-                continue
-            # The admin reads `public` only after legacy_study_exists found Optuna's tables
-            # there to be its own; the system catalog still resolves first.
-            source = source or _storage(admin_url, f"{ADMIN_SEARCH_PATH},{LEGACY_SCHEMA}")
-            source_id = source.get_study_id_from_name(name)
-            try:
-                target.get_study_id_from_name(name)
-                results.append(result("skipped: already in the namespace's schema"))
-                continue
-            except KeyError:
-                pass
-            optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target)
-            target_id = target.get_study_id_from_name(name)
-            owner = {
-                "namespace": namespace,
-                "name": study.metadata.name,
-                "uid": study.metadata.uid or "",
-            }
-            target.set_study_system_attr(target_id, OWNER_ATTR, owner)
-            copied = len(target.get_all_trials(target_id, deepcopy=False))
-            if delete_source and copied == len(source.get_all_trials(source_id, deepcopy=False)):
-                source.delete_study(source_id)
-            results.append(result(f"moved ({copied} trials)"))
+            outcome = _migrate_one(study, storages, tenancy, include_custom_names, delete_source)
+            results.append(Moved(namespace, study.metadata.name, study.study_name, outcome))
     finally:
-        for storage in (source, target):
-            if storage is not None:
-                storage.engine.dispose()
+        storages.close()
     return results
+
+
+def _migrate_one(
+    study: TuningStudy,
+    storages: _Storages,
+    tenancy: Tenancy,
+    include_custom_names: bool,
+    delete_source: bool,
+) -> str:
+    """Copy one TuningStudy's 0.1.0 study into its namespace's schema, recording the
+    TuningStudy as its owner; what happened, as the CLI prints it."""
+    name, target = study.study_name, storages.target
+    if study.spec.storage is not None:
+        return "skipped: spec.storage is set (your own database)"
+    if study.spec.study_name and not include_custom_names:
+        return "skipped: custom studyName (see --include-custom-names)"
+    if not tenancy.legacy_study_exists(storages.admin_url, name):
+        return "skipped: not in the shared schema"
+    source = storages.source()
+    source_id = source.get_study_id_from_name(name)
+    try:
+        target.get_study_id_from_name(name)
+        return "skipped: already in the namespace's schema"
+    except KeyError:
+        pass
+    optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target)
+    target_id = target.get_study_id_from_name(name)
+    owner = {
+        "namespace": study.metadata.namespace,
+        "name": study.metadata.name,
+        "uid": study.metadata.uid or "",
+    }
+    target.set_study_system_attr(target_id, OWNER_ATTR, owner)
+    copied = len(target.get_all_trials(target_id, deepcopy=False))
+    if delete_source and copied == len(source.get_all_trials(source_id, deepcopy=False)):
+        source.delete_study(source_id)
+    return f"moved ({copied} trials)"
 
 
 def run_migrate(args: argparse.Namespace) -> int:

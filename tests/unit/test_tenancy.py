@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from optuna_operator.config import _pooler
 from optuna_operator.storage import tenancy
+from optuna_operator.storage.admin import AdminEngines
 from optuna_operator.storage.tenancy import (
     POOLED_URL_KEY,
     READONLY_PASSWORD_KEY,
@@ -162,7 +163,7 @@ def test_a_new_secret_appears_only_after_its_roles_can_log_in(
         "provision",
         lambda conn, names, pw, ro, limits, uid: calls.append(("provision", pw)),
     )
-    monkeypatch.setattr(tenancy.Tenancy, "_engine", lambda self, url: _NoEngine())
+    monkeypatch.setattr(AdminEngines, "engine", lambda self, url: _NoEngine())
     cluster = _RecordingCluster(calls, winner)
     creds = tenancy.Tenancy(cluster).ensure("team-a", admin)  # type: ignore[arg-type]
     ours = calls[0][1]

@@ -38,18 +38,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from optuna_operator.contract import redact
 from optuna_operator.kube import Cluster
 from optuna_operator.manifests import MANAGED_BY
-from optuna_operator.storage.engines import engine_kwargs
+from optuna_operator.storage.admin import AdminEngines
 
 __all__ = [
-    "ADMIN_SEARCH_PATH",
-    "LEGACY_SCHEMA",
     "POOLED_URL_KEY",
     "READONLY_PASSWORD_KEY",
     "SCHEMA_COMMENT",
@@ -64,11 +62,9 @@ __all__ = [
     "archive_name",
     "pooled_url",
     "retire_schema_of_deleted_namespace",
-    "revoke_public_create",
     "scram_verifier",
     "tenant_names",
     "tenant_secret",
-    "untrusted_tables",
     "with_user",
 ]
 
@@ -89,28 +85,6 @@ MAX_IDENTIFIER = 63
 # Generated passwords are URL-safe base64. Passwords read back from the Secret (which the
 # namespace's users may edit) must match this before they reach SQL.
 _PASSWORD = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-STATEMENT_TIMEOUT_MS = 30_000
-# Unqualified names on admin connections resolve only in the system catalog.
-ADMIN_SEARCH_PATH = "pg_catalog"
-# Where operator 0.1.0 kept every study: the admin's default search_path.
-LEGACY_SCHEMA = "public"
-# Optuna's tables (RDBStorage models, Alembic's version table): what a 0.1.0 study is
-# read from, so each must be the admin's own table before the admin reads any of them.
-OPTUNA_TABLES = (
-    "studies",
-    "study_directions",
-    "study_user_attributes",
-    "study_system_attributes",
-    "trials",
-    "trial_params",
-    "trial_values",
-    "trial_intermediate_values",
-    "trial_user_attributes",
-    "trial_system_attributes",
-    "trial_heartbeats",
-    "version_info",
-    "alembic_version",
-)
 
 
 @dataclass(frozen=True)
@@ -332,49 +306,8 @@ def provision(
     idempotent. The admin needs CREATEROLE (or superuser) and CREATE on the database."""
     quote = conn.dialect.identifier_preparer.quote_identifier
     role, reader, schema = (quote(n) for n in (names.role, names.readonly_role, names.schema))
-    for name, quoted, secret in (
-        (names.role, role, password),
-        (names.readonly_role, reader, readonly_password),
-    ):
-        existing = conn.execute(
-            text(
-                "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_catalog.pg_roles "
-                "WHERE rolname = :n"
-            ),
-            {"n": name},
-        ).scalar()
-        if existing:
-            # Never hand a privileged role's password to a namespace.
-            raise TenancyError(
-                "TenantRoleConflict",
-                f"PostgreSQL role {name} exists with privileges the operator never grants; "
-                "a database administrator must rename or drop it",
-            )
-        # Only the SCRAM verifier reaches the server, never the password: statements may be
-        # logged (log_statement, errors). It is a bind parameter (psycopg2 quotes it).
-        if existing is None:
-            conn.execute(
-                text(
-                    f"CREATE ROLE {quoted} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :pw"
-                ),
-                {"pw": scram_verifier(secret)},
-            )
-        else:
-            conn.execute(
-                text(f"ALTER ROLE {quoted} LOGIN PASSWORD :pw"), {"pw": scram_verifier(secret)}
-            )
-        conn.execute(text(f"ALTER ROLE {quoted} SET search_path = {schema}"))
-        # Integers formatted by Python (DDL takes no bind parameters): nothing to inject.
-        conn.execute(text(f"ALTER ROLE {quoted} CONNECTION LIMIT {int(limits.connection_limit)}"))
-        conn.execute(
-            text(f"ALTER ROLE {quoted} SET statement_timeout = {int(limits.statement_timeout_ms)}")
-        )
-        conn.execute(
-            text(
-                f"ALTER ROLE {quoted} SET idle_in_transaction_session_timeout = "
-                f"{int(limits.idle_in_transaction_timeout_ms)}"
-            )
-        )
+    _ensure_role(conn, names.role, password, schema, limits)
+    _ensure_role(conn, names.readonly_role, readonly_password, schema, limits)
     # A CREATEROLE admin (not a superuser) must be a member of the role to create a schema
     # it owns and to set default privileges for it (PostgreSQL 15).
     conn.execute(text(f"GRANT {role} TO CURRENT_USER"))
@@ -396,6 +329,45 @@ def provision(
     )
 
 
+def _ensure_role(
+    conn: Connection, name: str, password: str, schema: str, limits: TenantLimits
+) -> None:
+    """Create or update one LOGIN role of a namespace: its password, search_path (the
+    quoted `schema`) and limits. A role of that name with privileges the operator never
+    grants is refused: its password must never reach a namespace."""
+    quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+    existing = conn.execute(
+        text(
+            "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_catalog.pg_roles "
+            "WHERE rolname = :n"
+        ),
+        {"n": name},
+    ).scalar()
+    if existing:
+        raise TenancyError(
+            "TenantRoleConflict",
+            f"PostgreSQL role {name} exists with privileges the operator never grants; "
+            "a database administrator must rename or drop it",
+        )
+    # Only the SCRAM verifier reaches the server, never the password: statements may be
+    # logged (log_statement, errors). It is a bind parameter (psycopg2 quotes it).
+    create = f"CREATE ROLE {quoted} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :pw"
+    alter = f"ALTER ROLE {quoted} LOGIN PASSWORD :pw"
+    conn.execute(text(create if existing is None else alter), {"pw": scram_verifier(password)})
+    conn.execute(text(f"ALTER ROLE {quoted} SET search_path = {schema}"))
+    # Integers formatted by Python (DDL takes no bind parameters): nothing to inject.
+    conn.execute(text(f"ALTER ROLE {quoted} CONNECTION LIMIT {int(limits.connection_limit)}"))
+    conn.execute(
+        text(f"ALTER ROLE {quoted} SET statement_timeout = {int(limits.statement_timeout_ms)}")
+    )
+    conn.execute(
+        text(
+            f"ALTER ROLE {quoted} SET idle_in_transaction_session_timeout = "
+            f"{int(limits.idle_in_transaction_timeout_ms)}"
+        )
+    )
+
+
 def _provisioned_digest(
     admin_url: str,
     names: TenantNames,
@@ -406,41 +378,6 @@ def _provisioned_digest(
 ) -> str:
     parts = (admin_url, names.role, password, readonly_password, repr(limits), str(namespace_uid))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
-
-
-def revoke_public_create(conn: Connection) -> bool:
-    """Take CREATE on schema `public` from PUBLIC where the server still grants it
-    (PostgreSQL 14 and older, or a database upgraded from one); whether it was revoked."""
-    granted = conn.execute(
-        text(
-            "SELECT pg_catalog.has_schema_privilege('public', n.oid, 'CREATE') "
-            "FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public'"
-        )
-    ).scalar()
-    if not granted:
-        return False
-    conn.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
-    return True
-
-
-def untrusted_tables(conn: Connection, schema: str) -> list[str]:
-    """Optuna's tables in `schema` that are not plain tables of the connected role (a view
-    or a table some other role made): the admin must not read them, as a view or a trigger
-    there would run with the admin's rights."""
-    rows = conn.execute(
-        text(
-            "SELECT c.relname, c.relkind, pg_catalog.pg_get_userbyid(c.relowner) "
-            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = :schema AND c.relname = ANY(:tables)"
-        ),
-        {"schema": schema, "tables": list(OPTUNA_TABLES)},
-    ).all()
-    user = conn.execute(text("SELECT current_user")).scalar()
-    return sorted(
-        f"{schema}.{name} ({'table' if kind == 'r' else 'not a table'} owned by {owner})"
-        for name, kind, owner in rows
-        if kind != "r" or owner != user
-    )
 
 
 class Tenancy:
@@ -463,57 +400,7 @@ class Tenancy:
         self._locks: dict[str, threading.Lock] = {}
         # namespace -> (credentials, digest of what was provisioned, checked at)
         self._cache: dict[str, tuple[TenantCredentials, str, float]] = {}
-        self._engines: dict[str, Engine] = {}
-
-    def close(self) -> None:
-        """Dispose of the admin engines."""
-        with self._lock:
-            engines = list(self._engines.values())
-            self._engines.clear()
-        for engine in engines:
-            engine.dispose()
-
-    def _engine(self, admin_url: str) -> Engine:
-        created = False
-        with self._lock:
-            engine = self._engines.get(admin_url)
-            if engine is None:
-                created = True
-                # Unpooled: namespaces are set up rarely; no admin connection idles.
-                engine = create_engine(
-                    admin_url,
-                    **engine_kwargs(
-                        admin_url,
-                        "optuna-operator-admin",
-                        None,
-                        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-                        search_path=ADMIN_SEARCH_PATH,
-                    ),
-                )
-                self._engines[admin_url] = engine
-        if created:
-            # Outside the lock every namespace shares: a slow server stalls this thread only.
-            self._harden(engine)
-        return engine
-
-    @staticmethod
-    def _harden(engine: Engine) -> None:
-        """Once per admin URL: no one but the schema's owner creates objects in `public`."""
-        try:
-            with engine.begin() as conn:
-                if revoke_public_create(conn):
-                    log.warning(
-                        "Revoked CREATE on schema public from PUBLIC: this PostgreSQL let every "
-                        "role create objects there, where a tenant could plant one for the "
-                        "operator's storage role to run"
-                    )
-        except SQLAlchemyError as exc:
-            # Not fatal: admin connections never resolve names in `public` anyway.
-            log.error(
-                "Could not revoke CREATE on schema public from PUBLIC (%s); a database "
-                "administrator should run: REVOKE CREATE ON SCHEMA public FROM PUBLIC",
-                redact(str(exc).splitlines()[0], engine.url.render_as_string(False)),
-            )
+        self.admin = AdminEngines()
 
     def ensure(self, namespace: str, admin_url: str) -> TenantCredentials:
         """The namespace's credentials, creating or repairing roles, schema and Secret."""
@@ -530,35 +417,19 @@ class Tenancy:
             return creds
 
     def legacy_study_exists(self, admin_url: str, study_name: str) -> bool:
-        """Whether operator 0.1.0 left a study of that name under the admin role (in
-        `public`): such a study must be moved with `optuna-operator migrate`, not shadowed by
-        a new empty one in the namespace's schema. Optuna's tables there are read only when
-        they are the admin's own tables, never a view or table another role planted."""
+        """Whether operator 0.1.0 left a study of that name under the admin role (see
+        `AdminEngines.legacy_study_exists`); raises TenancyError when it cannot tell."""
         try:
-            with self._engine(admin_url).connect() as conn:
-                untrusted = untrusted_tables(conn, LEGACY_SCHEMA)
-                if untrusted:
-                    log.warning(
-                        "Not reading %s: it is not the operator's own storage role's table; "
-                        "a database administrator should inspect and drop it",
-                        ", ".join(untrusted),
-                    )
-                    return False
-                if (
-                    conn.execute(text(f"SELECT to_regclass('{LEGACY_SCHEMA}.studies')")).scalar()
-                    is None
-                ):
-                    return False
-                found = conn.execute(
-                    text(f"SELECT 1 FROM {LEGACY_SCHEMA}.studies WHERE study_name = :n"),
-                    {"n": study_name},
-                ).first()
+            return self.admin.legacy_study_exists(admin_url, study_name)
         except SQLAlchemyError as exc:
             raise TenancyError(
                 "StorageUnreachable",
                 f"Cannot use the storage: {redact(str(exc).splitlines()[0], admin_url)}",
             ) from None
-        return found is not None
+
+    def close(self) -> None:
+        """Dispose of the admin engines."""
+        self.admin.close()
 
     def forget(self, namespace: str) -> None:
         """Check the namespace again on its next use: its Secret, its uid and its roles
@@ -630,7 +501,7 @@ class Tenancy:
     ) -> str:
         """Create or repair the namespace's roles and schema; the digest of what was set."""
         try:
-            with self._engine(admin_url).begin() as conn:
+            with self.admin.engine(admin_url).begin() as conn:
                 provision(conn, names, password, readonly_password, self.limits, namespace_uid)
         except SQLAlchemyError as exc:
             message = redact(str(exc).splitlines()[0], admin_url)
