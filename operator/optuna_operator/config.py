@@ -75,18 +75,15 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `run` command's flags; each defaults to its OPTUNA_OPERATOR_* variable (the chart
+    sets those)."""
+    _add_storage_arguments(parser)
     parser.add_argument(
         "--namespace",
         action="append",
         default=None,
         help="Namespace to watch (repeatable; env OPTUNA_OPERATOR_NAMESPACES, comma-"
         "separated). All namespaces when unset.",
-    )
-    parser.add_argument(
-        "--default-storage-secret",
-        default=_env("DEFAULT_STORAGE_SECRET"),
-        help="[namespace/]name[:key] of the Secret with the default storage URL, used by "
-        "studies without spec.storage; copied into the study's namespace for its pods.",
     )
     parser.add_argument("--worker-image", default=_env("WORKER_IMAGE", DEFAULT_WORKER_IMAGE))
     parser.add_argument(
@@ -130,6 +127,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("DEFAULT_QUEUE_NAME"),
         help="Kueue LocalQueue name for worker Jobs of studies without "
         "spec.workers.queueName (the LocalQueue must exist in each study's namespace).",
+    )
+
+
+def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where studies without spec.storage live, how their workers connect, and the limits
+    of each namespace's PostgreSQL roles."""
+    parser.add_argument(
+        "--default-storage-secret",
+        default=_env("DEFAULT_STORAGE_SECRET"),
+        help="[namespace/]name[:key] of the Secret with the admin storage URL for studies "
+        "without spec.storage: with it the operator sets up one PostgreSQL role and schema "
+        "per namespace; the URL itself never leaves this Secret.",
     )
     parser.add_argument(
         "--worker-pooler",
