@@ -6,6 +6,7 @@ and data directory, so the session's shared one stays up for everything else.
 
 from __future__ import annotations
 
+import signal
 import textwrap
 import time
 from collections.abc import Iterator
@@ -14,15 +15,19 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
 from tests.integration.test_worker_runtime import (
     OBJECTIVES,
     Bench,
     finished,
     states,
     wait_for,
+    wait_for_trial_running_on,
 )
 
 from optuna_operator.contract import STORAGE_OUTAGE_ENV, ExitCode
+from optuna_operator.storage.engines import FAULT_ENV, KILL_BETWEEN_FAIL_AND_RETRY
+from optuna_operator.storage.study_store import StoreRegistry
 from testbed.postgres import Postgres, postgres_ready, remove_postgres_data, start_postgres
 from testbed.supervisor import Supervisor
 
@@ -230,3 +235,66 @@ def test_a_timed_out_process_in_a_pool_is_replaced_in_the_pod(shared_bench: Benc
     assert 8 <= finished(trials) <= 9
     assert [t.number for t in trials if t.state == TrialState.FAIL] == [0]
     assert worker.log.read_text().count("Started trial process") == 3
+
+
+def _heartbeat_stale(url: str, trial_id: int, grace_seconds: int) -> bool:
+    """By the database's clock, as the stale-trial scan judges it."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    text(
+                        "SELECT now()::timestamp - heartbeat > make_interval(secs => :grace) "
+                        "FROM trial_heartbeats WHERE trial_id = :trial_id"
+                    ),
+                    {"trial_id": trial_id, "grace": grace_seconds},
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_kill_between_failing_a_trial_and_enqueuing_its_retry_loses_no_retry(
+    shared_bench: Bench,
+) -> None:
+    """SIGTERM fails the trial and enqueues its retry in one transaction, and so does the
+    stale-trial scan: a process SIGKILLed between the two steps (the fault hook) leaves the
+    trial RUNNING without a retry, neither half committed, and the next scan does both."""
+    bench = shared_bench
+    bench.create_study(["minimize"])
+    config = bench.config(objective={"function": "objectives:sleepy"}, budget={"trials": 1})
+    fault = {FAULT_ENV: KILL_BETWEEN_FAIL_AND_RETRY}
+    victim = bench.start(config, name=f"{bench.study_name}-victim", env=fault)
+    running = wait_for_trial_running_on(bench, victim)
+    victim.process.send_signal(signal.SIGTERM)
+    assert victim.wait(timeout=30) == -signal.SIGKILL
+    assert "Fault kill-between-fail-and-retry" in victim.log.read_text()
+
+    def after_the_kill() -> list[tuple[int, TrialState]]:
+        return [(t.number, t.state) for t in bench.trials()]
+
+    assert after_the_kill() == [(running.number, TrialState.RUNNING)]
+
+    # The stale-trial scan of a worker, killed at the same point.
+    wait_for(
+        lambda: _heartbeat_stale(bench.storage_url, running._trial_id, 10),
+        60,
+        "the trial's heartbeat to go stale",
+    )
+    scanner = bench.start(config, name=f"{bench.study_name}-scanner", env=fault)
+    assert scanner.wait(timeout=60) == -signal.SIGKILL
+    assert after_the_kill() == [(running.number, TrialState.RUNNING)]
+
+    # The operator's scan, not killed: the failure and the retry, together.
+    stores = StoreRegistry()
+    try:
+        stores.fail_stale_trials(bench.storage_url, bench.study_name, heartbeat_interval=5)
+    finally:
+        stores.close()
+    trials = {t.number: t for t in bench.trials()}
+    assert trials[running.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials.values() if t.number != running.number]
+    assert retry.state == TrialState.WAITING and retry.params == running.params
+    assert retry.system_attrs["failed_trial"] == running.number

@@ -26,9 +26,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_operator.api import WorkerConfig
 from optuna_operator.contract import ExitCode
+from optuna_operator.storage.study_store import StoreRegistry
+from optuna_operator.worker.settings import WAIT_FOR_SLOTS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WAIT = {WAIT_FOR_SLOTS_ENV: "1"}
 
 # User code as it would sit in an image's working directory.
 OBJECTIVES = """
@@ -260,7 +263,9 @@ def test_killed_worker_trial_is_failed_and_retried(bench: Bench) -> None:
     # when the SIGKILL lands (with short trials it could finish in between, a race that
     # failed 2 runs in 7).
     victim = bench.start(config, name=f"{bench.study_name}-victim", env={"TRIAL_SECONDS": "600"})
-    survivors = [bench.start(config, env={"TRIAL_SECONDS": "0.3"}) for _ in range(2)]
+    # Survivors that wait for slots (WAIT_FOR_SLOTS_ENV): by default they would leave once
+    # the killed trial holds the last slot, and the operator would start workers again.
+    survivors = [bench.start(config, env={"TRIAL_SECONDS": "0.3", **WAIT}) for _ in range(2)]
 
     killed = wait_for_trial_running_on(bench, victim)
     completed_before = {t.number for t in bench.trials() if t.state == TrialState.COMPLETE}
@@ -282,7 +287,7 @@ def test_killed_worker_trial_is_failed_and_retried(bench: Bench) -> None:
 def test_exact_budget_with_four_workers_and_one_killed(bench: Bench) -> None:
     """COMPLETE + PRUNED == budget.trials, never more, with 4 workers racing for the last
     slots; the slot of a SIGKILLed worker's trial comes back once its heartbeat is stale,
-    and the survivors wait for it instead of exiting while budget remains."""
+    and survivors told to wait for slots (WAIT_FOR_SLOTS_ENV) wait for it."""
     budget = 16
     bench.create_study(["minimize"])
     config = bench.config(objective={"function": "objectives:quick"}, budget={"trials": budget})
@@ -292,7 +297,7 @@ def test_exact_budget_with_four_workers_and_one_killed(bench: Bench) -> None:
     killed = wait_for_trial_running_on(bench, victim)
     victim.process.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=10) == -signal.SIGKILL
-    survivors = [bench.start(config, env={"TRIAL_SECONDS": "0.05"}) for _ in range(3)]
+    survivors = [bench.start(config, env={"TRIAL_SECONDS": "0.05", **WAIT}) for _ in range(3)]
 
     # Budget - 1 slots finish quickly; the last one is held by the killed trial, so the
     # survivors wait (heartbeats every 5 s: stale after 10 s) rather than stop.
@@ -311,6 +316,86 @@ def test_exact_budget_with_four_workers_and_one_killed(bench: Bench) -> None:
         w for w in survivors if "trial slots are running or finished; waiting" in w.log.read_text()
     ]
     assert waited, [w.log.read_text()[-2000:] for w in survivors]
+
+
+def test_workers_leave_when_live_trials_hold_the_last_slots(bench: Bench) -> None:
+    """Once running + finished trials fill the budget, waiting workers exit 0 at once (their
+    pods end and their GPUs free); a trial that fails afterwards goes to a worker started
+    again (here by the test, in a cluster by the operator) and the budget stays exact."""
+    budget = 3
+    bench.create_study(["minimize"])
+    config = bench.config(objective={"function": "objectives:quick"}, budget={"trials": budget})
+    slow = bench.start(config, name=f"{bench.study_name}-slow", env={"TRIAL_SECONDS": "600"})
+    held = wait_for_trial_running_on(bench, slow)
+    quick = [bench.start(config) for _ in range(2)]
+    for worker in quick:
+        assert worker.wait(timeout=60) == 0
+    # The slow worker's trial is alive (its heartbeat goes on), so no slot could come.
+    assert slow.process.poll() is None
+    assert finished(bench.trials()) == budget - 1
+    left = [w for w in quick if "no slot can come to this worker" in w.log.read_text()]
+    assert left, [w.log.read_text()[-2000:] for w in quick]
+
+    slow.process.send_signal(signal.SIGTERM)
+    assert slow.wait(timeout=20) == ExitCode.INTERRUPTED
+    again = bench.start(config)
+    assert again.wait(timeout=60) == 0
+    trials = {t.number: t for t in bench.trials()}
+    assert finished(list(trials.values())) == budget, states(list(trials.values()))
+    assert trials[held.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == held.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == held.params
+
+
+def _bare_ask(bench: Bench) -> FrozenTrial:
+    """A trial as a notebook's `ask()` leaves it: RUNNING, sampled, never told, and without
+    a heartbeat (the plain storage URL has none)."""
+    study = optuna.load_study(study_name=bench.study_name, storage=bench.storage_url)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(-10, 10)})
+    frozen: FrozenTrial = study._storage.get_trial(trial._trial_id)
+    return frozen
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_bare_ask_trial_is_failed_and_retried_by_the_operators_scan(bench: Bench) -> None:
+    """The slot of a trial that never had a heartbeat frees: the operator's stale scan fails
+    it and enqueues its retry, and the study reaches its exact budget."""
+    budget = 4
+    bench.create_study(["minimize"])
+    bare = _bare_ask(bench)
+    config = bench.config(objective={"function": "objectives:quick"}, budget={"trials": budget})
+    assert bench.start(config).wait(timeout=60) == 0
+
+    stores = StoreRegistry()
+    try:
+
+        def scanned_and_failed() -> bool:
+            stores.fail_stale_trials(bench.storage_url, bench.study_name, heartbeat_interval=5)
+            return {t.number: t for t in bench.trials()}[bare.number].state == TrialState.FAIL
+
+        wait_for(scanned_and_failed, 60, "the operator's scan to fail the bare ask() trial")
+    finally:
+        stores.close()
+    # Started again, as the operator does once the study has work and no workers.
+    assert bench.start(config).wait(timeout=60) == 0
+    trials = bench.trials()
+    assert finished(trials) == budget, states(trials)
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == bare.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == bare.params
+    assert states(trials)[TrialState.RUNNING] == 0
+
+
+def test_a_bare_ask_trial_is_failed_and_retried_by_a_waiting_workers_scan(bench: Bench) -> None:
+    budget = 3
+    bench.create_study(["minimize"])
+    bare = _bare_ask(bench)
+    config = bench.config(objective={"function": "objectives:quick"}, budget={"trials": budget})
+    assert bench.start(config, env=WAIT).wait(timeout=90) == 0
+    trials = bench.trials()
+    assert finished(trials) == budget, states(trials)
+    assert {t.number: t for t in trials}[bare.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == bare.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == bare.params
 
 
 def test_exact_budget_when_failed_trials_number_past_it(bench: Bench) -> None:

@@ -24,13 +24,11 @@ import optuna
 from optuna_operator.api import Parameter
 from optuna_operator.contract import (
     ERROR_ATTR,
-    INTERRUPTED_ATTR,
     STDERR_ATTR,
-    STORAGE_ENV,
     STORAGE_ENV_NAMES,
     ConfigError,
-    redact,
 )
+from optuna_operator.worker.objective_base import ObjectiveBase
 from optuna_operator.worker.protocol import (
     ProtocolError,
     Report,
@@ -75,7 +73,7 @@ def check_command(command: Sequence[str]) -> None:
         raise ConfigError(f"command not found: {program!r} is not on PATH")
 
 
-class CommandObjective:
+class CommandObjective(ObjectiveBase):
     def __init__(
         self,
         command: Sequence[str],
@@ -88,38 +86,25 @@ class CommandObjective:
         log_prefix: str = "",
         storage_url: str | None = None,
     ) -> None:
-        """`storage_url`: the worker's storage URL (default: $OPTUNA_STORAGE_URL), whose
-        credential never reaches a trial attribute (the command's stderr may print it)."""
+        super().__init__(n_objectives, stop, worker_id, timeout_seconds, storage_url)
         self._command = list(command)
         self._space = list(space)
         self._names = [p.name for p in space]
-        self._n_objectives = n_objectives
-        self._timeout = timeout_seconds
-        self._stop = stop
         self._study_name = study_name
         self._log_prefix = log_prefix
-        self._worker_id = worker_id
-        self._storage_url = storage_url if storage_url is not None else os.environ.get(STORAGE_ENV)
-        self.current: optuna.Trial | None = None  # to re-enqueue it after an interruption
-
-    def _redact(self, text: str) -> str:
-        """The text without the storage credential or any `scheme://user:password@`."""
-        return redact(text, self._storage_url)
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
         self.current = trial
         params = sample(trial, self._space)
         with tempfile.TemporaryDirectory(prefix=f"optuna-trial-{trial.number}-") as tmp:
             trial_dir = Path(tmp)
+            if self._stop.requested:
+                # The runner fails it with this reason and retries it (worker/runner.py).
+                raise WorkerInterrupted("stop requested before the trial started")
             try:
-                if self._stop.requested:
-                    raise WorkerInterrupted("stop requested before the trial started")
                 values = self._run(trial, params, trial_dir)
             except TrialFailed as err:
                 trial.set_user_attr(ERROR_ATTR, self._redact(str(err)))
-                raise
-            except WorkerInterrupted as err:
-                trial.set_user_attr(INTERRUPTED_ATTR, self._redact(str(err)))
                 raise
         return values[0] if self._n_objectives == 1 else list(values)
 

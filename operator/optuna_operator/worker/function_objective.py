@@ -12,21 +12,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
 
-from optuna_operator.contract import (
-    ERROR_ATTR,
-    INTERRUPTED_ATTR,
-    STORAGE_ENV,
-    ConfigError,
-    ExitCode,
-    redact,
-)
+from optuna_operator.contract import ERROR_ATTR, ConfigError, ExitCode
+from optuna_operator.worker.objective_base import ObjectiveBase
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
 from optuna_operator.worker.termination import report_exit
 
-__all__ = ["FunctionObjective", "TrialWatchdog", "check_values", "load_function"]
+__all__ = ["FailTrial", "FunctionObjective", "TrialWatchdog", "check_values", "load_function"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +51,11 @@ def load_function(reference: str) -> Objective:
     return target  # type: ignore[no-any-return]
 
 
+# Fails a running trial with these user attributes in one transaction (the worker storage's
+# fail_now); False when the trial had finished already.
+FailTrial = Callable[[int, str, dict[str, Any]], bool]
+
+
 class TrialWatchdog:
     """Enforces trialTimeoutSeconds on a function running in this process.
 
@@ -67,13 +64,19 @@ class TrialWatchdog:
     kernel) may not reach for hours, and it would run inside the user's cleanup code. So at
     the deadline this thread fails the trial with a clear error and ends the process with
     ExitCode.TRIAL_TIMEOUT; the Job replaces such a pod without counting it, and a pool of
-    trial processes starts a fresh one.
+    trial processes starts a fresh one. The error and the failure are one transaction: a
+    timeout is the objective's failure (it counts against maxFailedTrials, like a command's
+    timeout), never retried, and a kill in between leaves a trial that is failed and retried
+    as stale without an error that would count.
     """
 
-    def __init__(self, trial: optuna.Trial, timeout_seconds: float, worker_id: str) -> None:
+    def __init__(
+        self, trial: optuna.Trial, timeout_seconds: float, worker_id: str, fail: FailTrial
+    ) -> None:
         self._trial = trial
         self._timeout = timeout_seconds
         self._worker_id = worker_id
+        self._fail = fail
         # Held from expiry to exit: a trial that finishes at that moment must not be told.
         self._lock = threading.Lock()
         self._finished = False
@@ -97,10 +100,8 @@ class TrialWatchdog:
             message = f"timed out after {self._timeout:g} s (trialTimeoutSeconds)"
             trial = self._trial
             try:
-                trial.set_user_attr(ERROR_ATTR, message)
-                trial.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            except UpdateFinishedTrialError:
-                return  # it finished (or was failed as stale) just now
+                if not self._fail(trial._trial_id, message, {ERROR_ATTR: message}):
+                    return  # it finished (or was failed as stale) just now
             except Exception as err:
                 # The process ends all the same; the trial's heartbeat stops with it, so it is
                 # failed as stale and retried.
@@ -113,8 +114,12 @@ class TrialWatchdog:
             os._exit(int(ExitCode.TRIAL_TIMEOUT))
 
 
-class FunctionObjective:
-    """Calls the user's function and keeps the reason of a failure on the trial."""
+class FunctionObjective(ObjectiveBase):
+    """Calls the user's function and keeps the reason of a failure on the trial.
+
+    `fail_trial` (the worker storage's fail_now) must be set before a trial runs with a
+    time limit.
+    """
 
     def __init__(
         self,
@@ -125,34 +130,25 @@ class FunctionObjective:
         timeout_seconds: float | None = None,
         storage_url: str | None = None,
     ) -> None:
-        """`storage_url`: the worker's storage URL (default: $OPTUNA_STORAGE_URL), whose
-        credential never reaches a trial attribute (an exception's text may carry it)."""
+        super().__init__(n_objectives, stop, worker_id, timeout_seconds, storage_url)
         self._func = func
-        self._n_objectives = n_objectives
-        self._stop = stop
-        self._worker_id = worker_id
-        self._timeout = timeout_seconds
-        self._storage_url = storage_url if storage_url is not None else os.environ.get(STORAGE_ENV)
-        self.current: optuna.Trial | None = None  # to re-enqueue it after an interruption
-
-    def _redact(self, text: str) -> str:
-        """The text without the storage credential or any `scheme://user:password@`."""
-        return redact(text, self._storage_url)
+        self.fail_trial: FailTrial | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
         self.current = trial
         if self._stop.requested:
-            trial.set_user_attr(INTERRUPTED_ATTR, "stop requested before the trial started")
+            # The runner fails it with this reason (worker/runner.py).
             raise WorkerInterrupted("stop requested before the trial started")
         watchdog = None
         if self._timeout is not None:
-            watchdog = TrialWatchdog(trial, self._timeout, self._worker_id)
+            if self.fail_trial is None:
+                raise RuntimeError("a trial time limit needs the worker storage's fail_trial")
+            watchdog = TrialWatchdog(trial, self._timeout, self._worker_id, self.fail_trial)
             watchdog.start()
         self._stop.interrupt_objective = True
         try:
             result = self._func(trial)
-        except WorkerInterrupted as err:
-            trial.set_user_attr(INTERRUPTED_ATTR, self._redact(str(err)) or "interrupted")
+        except WorkerInterrupted:
             raise
         except Exception as err:
             trial.set_user_attr(ERROR_ATTR, _error_text(err, self._redact))

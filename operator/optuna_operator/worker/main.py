@@ -14,7 +14,7 @@ import optuna
 
 from optuna_operator.contract import STORAGE_ENV, ConfigError, ExitCode, TooManyFailures, redact
 from optuna_operator.worker.gpus import assign_gpus, visible_gpus
-from optuna_operator.worker.runner import run_process
+from optuna_operator.worker.internals import check_optuna_internals
 from optuna_operator.worker.settings import WorkerSettings, read_settings
 from optuna_operator.worker.signals import StopSignal
 from optuna_operator.worker.termination import report_exit
@@ -63,11 +63,22 @@ def _ensure_home() -> None:
 
 
 def _run(stop: StopSignal) -> tuple[ExitCode, str]:
+    check_optuna_internals()
     settings = read_settings()
     processes = settings.config.processes_per_pod
     if processes == 1:
-        return run_process(settings, 0, stop), ""
+        return _run_process(settings, 0, stop), ""
     return _run_pool(settings, processes, stop)
+
+
+def _run_process(
+    settings: WorkerSettings, index: int, stop: StopSignal, log_prefix: str = ""
+) -> ExitCode:
+    # Imported once the Optuna internals it builds on are checked: a missing private module
+    # must end in that check's clear message (exit code CONFIG), not in an ImportError.
+    from optuna_operator.worker.runner import run_process
+
+    return run_process(settings, index, stop, log_prefix)
 
 
 def _guarded(body: Callable[[], tuple[ExitCode, str]]) -> tuple[ExitCode, str]:
@@ -108,26 +119,7 @@ def _run_pool(settings: WorkerSettings, processes: int, stop: StopSignal) -> tup
         return child
 
     children = [spawn(index) for index in range(processes)]
-    forwarded = False
-    while True:
-        stopping = stop.requested or any(
-            c.exitcode in (ExitCode.CONFIG, ExitCode.TOO_MANY_FAILURES) for c in children
-        )
-        if stopping and not forwarded:
-            # A sibling's permanent error would hit the others too; do not wait for it.
-            for child in children:
-                if child.is_alive():
-                    child.terminate()  # SIGTERM: the child interrupts its trial and exits
-            forwarded = True
-        if not stopping:
-            for index, child in enumerate(children):
-                if child.exitcode == ExitCode.TRIAL_TIMEOUT:
-                    # Its trial hung past trialTimeoutSeconds and is failed; the GPU share
-                    # gets a fresh process rather than sitting idle for the rest of the study.
-                    children[index] = spawn(index)
-        if not any(c.is_alive() for c in children):
-            break
-        stop.wait(0.5)
+    forwarded = _supervise(children, spawn, stop)
     messages: dict[int, str] = {}
     while not results.empty():
         index, _, message = results.get()
@@ -147,6 +139,35 @@ def _run_pool(settings: WorkerSettings, processes: int, stop: StopSignal) -> tup
     return ExitCode.DONE, ""
 
 
+def _supervise(
+    children: list[multiprocessing.process.BaseProcess],
+    spawn: Callable[[int], multiprocessing.process.BaseProcess],
+    stop: StopSignal,
+) -> bool:
+    """Wait for the trial processes to end, forwarding a stop and replacing a process whose
+    trial timed out; True when a stop was forwarded."""
+    forwarded = False
+    while True:
+        stopping = stop.requested or any(
+            c.exitcode in (ExitCode.CONFIG, ExitCode.TOO_MANY_FAILURES) for c in children
+        )
+        if stopping and not forwarded:
+            # A sibling's permanent error would hit the others too; do not wait for it.
+            for child in children:
+                if child.is_alive():
+                    child.terminate()  # SIGTERM: the child interrupts its trial and exits
+            forwarded = True
+        if not stopping:
+            for index, child in enumerate(children):
+                if child.exitcode == ExitCode.TRIAL_TIMEOUT:
+                    # Its trial hung past trialTimeoutSeconds and is failed; the GPU share
+                    # gets a fresh process rather than sitting idle for the rest of the study.
+                    children[index] = spawn(index)
+        if not any(c.is_alive() for c in children):
+            return forwarded
+        stop.wait(0.5)
+
+
 def _child_main(index: int, cuda: str | None, results: SimpleQueue[tuple[int, int, str]]) -> None:
     if cuda is not None:
         # Before the objective is imported: CUDA reads this once, at initialization.
@@ -156,7 +177,8 @@ def _child_main(index: int, cuda: str | None, results: SimpleQueue[tuple[int, in
     stop.install()
 
     def body() -> tuple[ExitCode, str]:
-        return run_process(read_settings(), index, stop, log_prefix=f"[process {index}] "), ""
+        settings = read_settings()
+        return _run_process(settings, index, stop, log_prefix=f"[process {index}] "), ""
 
     code, message = _guarded(body)
     if message:

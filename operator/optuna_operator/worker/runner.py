@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -11,13 +12,19 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna_operator.api import WorkerConfig
 from optuna_operator.contract import (
     ERROR_ATTR,
-    RETRY_OF_ATTR,
+    INTERRUPTED_ATTR,
     ConfigError,
     ExitCode,
     TooManyFailures,
     describe_url,
+    redact,
 )
-from optuna_operator.storage.worker_storage import TrialSlotsTaken, load_study
+from optuna_operator.storage.worker_storage import (
+    TrialSlotsTaken,
+    WorkerStorage,
+    load_study,
+    retry_of_interrupted,
+)
 from optuna_operator.worker.budget import BudgetChecker, TrialCounter
 from optuna_operator.worker.command_objective import CommandObjective, check_command
 from optuna_operator.worker.factory import build_pruner, build_sampler, describe
@@ -25,6 +32,7 @@ from optuna_operator.worker.function_objective import FunctionObjective, load_fu
 from optuna_operator.worker.seeding import process_seed
 from optuna_operator.worker.settings import WorkerSettings
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
+from optuna_operator.worker.slots import SlotWaiter
 
 __all__ = ["build_objective", "run_process"]
 
@@ -32,32 +40,18 @@ log = logging.getLogger(__name__)
 
 TrialObjective = FunctionObjective | CommandObjective
 
-# How often a worker that found every trial slot held asks again: soon at first (the last
-# trials of a study usually finish within moments), then every SLOT_WAIT_SECONDS (a slot held
-# by a dead worker's trial frees only when its heartbeat goes stale).
-FIRST_SLOT_WAIT_SECONDS = 0.01
-SLOT_WAIT_SECONDS = 2.0
-
 
 def build_objective(
-    config: WorkerConfig,
-    stop: StopSignal,
-    worker_id: str,
-    log_prefix: str = "",
-    storage_url: str | None = None,
+    settings: WorkerSettings, stop: StopSignal, worker_id: str, log_prefix: str = ""
 ) -> TrialObjective:
-    """The trial objective; `storage_url` is redacted from the attributes it stores."""
+    """The trial objective; the storage URL is redacted from the attributes it stores."""
+    config, url = settings.config, settings.storage_url
     objective = config.objective
     n_objectives = len(config.directions)
+    timeout = objective.trial_timeout_seconds
     if objective.function:
-        return FunctionObjective(
-            load_function(objective.function),
-            n_objectives,
-            stop,
-            worker_id,
-            objective.trial_timeout_seconds,
-            storage_url=storage_url,
-        )
+        func = load_function(objective.function)
+        return FunctionObjective(func, n_objectives, stop, worker_id, timeout, storage_url=url)
     if objective.command:
         if not objective.search_space:
             raise ConfigError("objective.command needs objective.searchSpace")
@@ -66,16 +60,17 @@ def build_objective(
             objective.command,
             objective.search_space,
             n_objectives,
-            objective.trial_timeout_seconds,
+            timeout,
             stop,
             config.study_name,
             worker_id,
             log_prefix,
-            storage_url=storage_url,
+            storage_url=url,
         )
     raise ConfigError("objective: set function or command")
 
 
+@dataclass(eq=False)
 class _CheckedObjective:
     """The objective, then the study-wide rules that may stop this process's optimize() loop,
     and a log line for the trial.
@@ -84,28 +79,39 @@ class _CheckedObjective:
     optimize() reads each finished trial back from the database (several queries per trial).
     The trial is not told yet, so the rules count it from what the objective saw. The trial
     budget needs no check here: the next trial's slot claim (storage/worker_storage.py) answers it.
+
+    A trial interrupted by SIGTERM is failed by Optuna's tell; the storage writes its reason
+    and enqueues its retry in that same transaction (WorkerStorage.fail_when_told).
     """
 
-    def __init__(self, objective: TrialObjective, checker: BudgetChecker, stop: StopSignal) -> None:
-        self._objective = objective
-        self._checker = checker
-        self._stop = stop
-        self.failures: int | None = None
-        self.trials_run = 0
+    objective: TrialObjective
+    checker: BudgetChecker
+    stop: StopSignal
+    storage: WorkerStorage
+    storage_url: str
+    failures: int | None = field(default=None, init=False)
+    trials_run: int = field(default=0, init=False)
 
     @property
     def current(self) -> optuna.Trial | None:
-        return self._objective.current
+        return self.objective.current
 
     def __call__(self, trial: optuna.Trial) -> float | Sequence[float]:
         self.trials_run += 1
         try:
-            result = self._objective(trial)
+            result = self.objective(trial)
         except optuna.TrialPruned:
             log.info("Trial %d pruned", trial.number)
             self._after(trial, None)
             raise
-        except WorkerInterrupted:
+        except WorkerInterrupted as err:
+            reason = redact(str(err), self.storage_url) or "interrupted"
+            self.storage.fail_when_told(
+                trial._trial_id,
+                retry_of_interrupted,
+                f"interrupted ({reason})",
+                {INTERRUPTED_ATTR: reason},
+            )
             raise
         except Exception:
             self._after(trial, None)
@@ -115,11 +121,11 @@ class _CheckedObjective:
 
     def _after(self, trial: optuna.Trial, result: float | Sequence[float] | None) -> None:
         study = trial.study
-        if self._stop.requested:
+        if self.stop.requested:
             study.stop()
             return
         if ERROR_ATTR in trial.user_attrs:  # Optuna is about to record it as FAIL
-            self.failures = self._checker.too_many_failures(pending=1)
+            self.failures = self.checker.too_many_failures(pending=1)
             if self.failures is not None:
                 study.stop()
                 return
@@ -130,7 +136,7 @@ class _CheckedObjective:
                 result,
                 trial.params,
             )
-        reason = self._checker.stop_reason(count_trials=False, latest=result)
+        reason = self.checker.stop_reason(count_trials=False, latest=result)
         if reason is not None:
             log.info("Stopping: %s", reason)
             study.stop()
@@ -142,7 +148,41 @@ def run_process(
     """Raises ConfigError or TooManyFailures for the exits the operator acts on."""
     config = settings.config
     worker_id = f"{settings.pod_name}/{process_index}"
-    objective = build_objective(config, stop, worker_id, log_prefix, settings.storage_url)
+    objective = build_objective(settings, stop, worker_id, log_prefix)
+    study, storage = _open_study(settings, process_index, worker_id)
+    checker = BudgetChecker(
+        TrialCounter(storage, storage.get_study_id_from_name(config.study_name)),
+        config.budget,
+        config.directions,
+        config.deadline,
+    )
+    failures = checker.too_many_failures()
+    if failures is not None:
+        raise TooManyFailures(_failure_message(failures, config))
+    reason = checker.stop_reason()
+    if reason is not None:
+        log.info("Nothing to do: %s", reason)
+        return ExitCode.DONE
+    if isinstance(objective, FunctionObjective):
+        objective.fail_trial = storage.fail_now
+    checked = _CheckedObjective(objective, checker, stop, storage, settings.storage_url)
+    slots = SlotWaiter(checker, stop, storage, lambda: checked.trials_run, settings.wait_for_slots)
+    storage.guard.stop = stop.event
+    code = _optimize(study, storage, checked, slots, stop)
+    if checked.failures is not None:
+        raise TooManyFailures(_failure_message(checked.failures, config))
+    if code is None:
+        log.info("Stopped by signal")
+        return _after_signal(checker)
+    return code
+
+
+def _open_study(
+    settings: WorkerSettings, process_index: int, worker_id: str
+) -> tuple[optuna.Study, WorkerStorage]:
+    """Load the study with this process's sampler and pruner; its directions must be the
+    spec's."""
+    config = settings.config
     seed = process_seed(
         config.sampler.seed,
         worker_index=settings.worker_index,
@@ -167,12 +207,6 @@ def run_process(
             f"study {config.study_name!r} was created with directions {stored}, the spec says "
             f"{[d.value for d in config.directions]}"
         )
-    checker = BudgetChecker(
-        TrialCounter(storage, storage.get_study_id_from_name(config.study_name)),
-        config.budget,
-        config.directions,
-        config.deadline,
-    )
     log.info(
         "Loaded study %s from %s (%s seed=%s worker=%s)",
         config.study_name,
@@ -181,18 +215,18 @@ def run_process(
         seed,
         worker_id,
     )
-    failures = checker.too_many_failures()
-    if failures is not None:
-        raise TooManyFailures(_failure_message(failures, config))
-    reason = checker.stop_reason()
-    if reason is not None:
-        log.info("Nothing to do: %s", reason)
-        return ExitCode.DONE
+    return study, storage
 
-    checked = _CheckedObjective(objective, checker, stop)
-    slots = _SlotWaiter(checker, stop, checked)
-    storage.guard.stop = stop.event
-    while True:
+
+def _optimize(
+    study: optuna.Study,
+    storage: WorkerStorage,
+    checked: _CheckedObjective,
+    slots: SlotWaiter,
+    stop: StopSignal,
+) -> ExitCode | None:
+    """Run trials until the budget, the slots or a signal say stop; None when a signal did."""
+    while not stop.requested:
         try:
             # catch=(Exception,): a failing trial is recorded as FAIL and the loop goes on.
             study.optimize(checked, catch=(Exception,))
@@ -201,74 +235,36 @@ def run_process(
                 continue
             break
         except WorkerInterrupted:
-            try:
-                _requeue(study, objective.current)
-            except Exception as err:
-                # The database is down and the pod is going: the trial's heartbeat stops, so
-                # another worker fails it as stale and retries it.
-                log.warning("Could not enqueue the interrupted trial again: %s", err)
-            return _after_signal(checker)
+            return None
         except Exception as err:
-            if _told_elsewhere(err):
-                # During a database outage longer than the heartbeat grace period, another
-                # process failed this worker's trial as stale and enqueued its retry; the
-                # worker's own tell then finds it finished. Nothing is lost: go on.
-                trial = objective.current
-                log.warning(
-                    "Trial %s was finished by another process while this one ran it (failed "
-                    "as stale during a database outage, its retry enqueued); going on",
-                    trial.number if trial is not None else "?",
-                )
-                continue
-            if storage.guard.gave_up is None:
-                raise
-            if stop.requested:
-                log.warning("Stopping during a database outage: %s", storage.guard.gave_up)
-                return ExitCode.INTERRUPTED
-            # Optuna's tell path turns a storage error into UnboundLocalError; the outage is
-            # the reason worth reporting.
-            raise storage.guard.gave_up from err
+            if not _told_elsewhere(err):
+                return _storage_failure(err, storage, stop)
+            # During a database outage longer than the heartbeat grace period, another
+            # process failed this worker's trial as stale and enqueued its retry; the
+            # worker's own tell then finds it finished. Nothing is lost: go on.
+            trial = checked.current
+            log.warning(
+                "Trial %s was finished by another process while this one ran it (failed "
+                "as stale during a database outage, its retry enqueued); going on",
+                trial.number if trial is not None else "?",
+            )
+            continue
         break
-    if checked.failures is not None:
-        raise TooManyFailures(_failure_message(checked.failures, config))
+    return None if stop.requested else ExitCode.DONE
+
+
+def _storage_failure(err: Exception, storage: WorkerStorage, stop: StopSignal) -> ExitCode:
+    """Raise what ended the loop, unless the pod is going away anyway."""
+    if storage.guard.gave_up is None:
+        raise err
     if stop.requested:
-        log.info("Stopped by signal between trials")
-        return _after_signal(checker)
-    return ExitCode.DONE
-
-
-class _SlotWaiter:
-    """What a worker does when ask() finds no trial slot for it (storage/worker_storage.py)."""
-
-    def __init__(
-        self, checker: BudgetChecker, stop: StopSignal, checked: _CheckedObjective
-    ) -> None:
-        self._checker = checker
-        self._stop = stop
-        self._checked = checked
-        self._told = False
-        self._wait = FIRST_SLOT_WAIT_SECONDS
-        self._trials_at_last_wait = -1
-
-    def ask_again(self, taken: TrialSlotsTaken) -> bool:
-        """True to ask for a trial again (at once, or after a wait), False to stop."""
-        if self._stop.requested:
-            return False
-        if taken.waiting_trial_may_start:
-            return True  # the next ask starts a waiting trial first
-        reason = self._checker.stop_reason()
-        if reason is not None:
-            log.info("Stopping: %s", reason)
-            return False
-        if self._checked.trials_run != self._trials_at_last_wait:  # ran trials: wait anew
-            self._trials_at_last_wait = self._checked.trials_run
-            self._wait = FIRST_SLOT_WAIT_SECONDS
-        if not self._told:
-            self._told = True
-            log.info("%s; waiting for one to free up (a running trial may fail)", taken)
-        self._stop.event.wait(self._wait)
-        self._wait = min(self._wait * 2, SLOT_WAIT_SECONDS)
-        return not self._stop.requested
+        # The trial's heartbeat stops with the pod, so another process fails it as stale
+        # and retries it.
+        log.warning("Stopping during a database outage: %s", storage.guard.gave_up)
+        return ExitCode.INTERRUPTED
+    # Optuna's tell path turns a storage error into UnboundLocalError; the outage is the
+    # reason worth reporting.
+    raise storage.guard.gave_up from err
 
 
 def _told_elsewhere(err: BaseException) -> bool:
@@ -299,19 +295,6 @@ def _after_signal(checker: BudgetChecker) -> ExitCode:
         log.warning("Cannot tell whether the study is done (%s); exiting as interrupted", err)
         done = False
     return ExitCode.DONE if done else ExitCode.INTERRUPTED
-
-
-def _requeue(study: optuna.Study, trial: optuna.Trial | None) -> None:
-    """Give the interrupted trial's parameters to whichever worker asks next."""
-    if trial is None:
-        return
-    if not trial.params:
-        log.info("Trial %d interrupted before sampling; nothing to enqueue", trial.number)
-        return
-    study.enqueue_trial(
-        trial.params, user_attrs={RETRY_OF_ATTR: trial.number}, skip_if_exists=False
-    )
-    log.info("Trial %d interrupted; enqueued its parameters again", trial.number)
 
 
 def _failure_message(failures: int, config: WorkerConfig) -> str:

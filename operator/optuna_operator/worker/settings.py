@@ -18,7 +18,11 @@ from optuna_operator.contract import (
     ConfigError,
 )
 
-__all__ = ["WorkerSettings", "read_settings"]
+__all__ = ["WAIT_FOR_SLOTS_ENV", "WorkerSettings", "read_settings"]
+
+# "1": a worker that finds every trial slot held by live trials waits for one to free up
+# instead of leaving (the behaviour before issue 21; hack/bench_idle.py measures both).
+WAIT_FOR_SLOTS_ENV = "OPTUNA_OPERATOR_WAIT_FOR_SLOTS"
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class WorkerSettings:
     pod_name: str
     namespace: str
     worker_index: int | None  # the Job completion index, when the operator sets one
+    wait_for_slots: bool = False
 
 
 def read_settings(env: Mapping[str, str] = os.environ) -> WorkerSettings:
@@ -58,4 +63,5 @@ def read_settings(env: Mapping[str, str] = os.environ) -> WorkerSettings:
         pod_name=env.get(POD_NAME_ENV, "") or os.uname().nodename,
         namespace=env.get(POD_NAMESPACE_ENV, ""),
         worker_index=index,
+        wait_for_slots=env.get(WAIT_FOR_SLOTS_ENV, "") == "1",
     )
