@@ -102,6 +102,7 @@ build_images() {
 check_chart
 package_chart
 $chart_only || build_images
-(cd "$dist" && find . -maxdepth 1 -type f ! -name SHA256SUMS -printf '%f\n' | LC_ALL=C sort \
+# Only this version's files: dist/ may still hold an earlier release's.
+(cd "$dist" && find . -maxdepth 1 -type f -name "*-$version[.-]*" -printf '%f\n' | LC_ALL=C sort \
   | xargs sha256sum >SHA256SUMS)
-say "release $version in $dist: $(cd "$dist" && find . -maxdepth 1 -type f ! -name SHA256SUMS | wc -l) files and SHA256SUMS"
+say "release $version in $dist: $(wc -l <"$dist/SHA256SUMS") files and SHA256SUMS"
