@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # Retries of a failing study back off to at most a minute: a fixed Secret or database is
 # noticed within a minute though neither is watched.
 MAX_BACKOFF_SECONDS = 60.0
+# A study woken by trial changes is reconciled at most this often: a study finishing many
+# trials a second costs one refresh a second, not one per trial.
+WAKE_MIN_SECONDS = 1.0
 
 
 class Controller:
@@ -60,6 +63,11 @@ class Controller:
         # Half the threads at most for one namespace: the other tenants keep the rest.
         self.queue = WorkQueue(per_namespace=max(1, workers // 2))
         self._failures: dict[Key, int] = {}
+        # Optuna study name <-> the studies reconciled under it, for wake(); and when each
+        # study's last reconcile started.
+        self._by_name: dict[str, set[Key]] = {}
+        self._name_of: dict[Key, str] = {}
+        self._started: dict[Key, float] = {}
         self._workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
 
@@ -81,11 +89,31 @@ class Controller:
         for key in self.cache.put_child(kind, event_type, body):
             self.queue.add(key)
 
+    def wake(self, study_name: str) -> None:
+        """Trials of the Optuna study `study_name` changed (storage/notify.py): reconcile
+        the studies that run it, at most once per WAKE_MIN_SECONDS each."""
+        now = time.monotonic()
+        for key in self._by_name.get(study_name, ()):
+            since = now - self._started.get(key, -WAKE_MIN_SECONDS)
+            self.queue.add(key, max(0.0, WAKE_MIN_SECONDS - since))
+
+    def _remember_name(self, key: Key, study_name: str | None) -> None:
+        old = self._name_of.pop(key, None)
+        if old is not None:
+            self._by_name[old].discard(key)
+            if not self._by_name[old]:
+                del self._by_name[old]
+        if study_name is not None:
+            self._name_of[key] = study_name
+            self._by_name.setdefault(study_name, set()).add(key)
+
     def _forget(self, key: Key, body: dict[str, Any]) -> None:
         """Everything cached for a deleted study goes, metrics series included."""
         self.queue.forget(key)
         self.cache.forget(key)
         self._failures.pop(key, None)
+        self._started.pop(key, None)
+        self._remember_name(key, None)
         self.recorder.forget(str(body["metadata"].get("uid")))
         metrics.forget(*key)
         with contextlib.suppress(ValidationError):
@@ -115,7 +143,7 @@ class Controller:
             if body is None:
                 return
             loop = asyncio.get_running_loop()
-            started = time.monotonic()
+            started = self._started[key] = time.monotonic()
             result = await loop.run_in_executor(
                 self._executor,
                 self.syncer.sync,
@@ -135,6 +163,8 @@ class Controller:
     def _absorb(self, key: Key, result: SyncResult) -> None:
         if result.body is None:
             return
+        if result.study_name is not None:
+            self._remember_name(key, result.study_name)
         self.cache.keep_study(key, result.body)
         for obj in result.applied:
             self.cache.keep_child(key, obj)

@@ -26,6 +26,7 @@ from optuna_operator.kube import Cluster
 from optuna_operator.manifests import MANAGED_BY
 from optuna_operator.peering import PeeringGate
 from optuna_operator.reconcile import Reconciler
+from optuna_operator.storage.notify import TrialListener
 from optuna_operator.storage.study_store import StoreRegistry
 
 __all__ = ["CHILD_SELECTOR", "api_client", "build_registry"]
@@ -58,6 +59,7 @@ class Runtime:
 
     def __init__(self, settings: OperatorSettings) -> None:
         self.settings = settings
+        self.listener: TrialListener | None = None
         self.stores: StoreRegistry | None = None
         self.cluster: Cluster | None = None
         self.reconciler: Reconciler | None = None
@@ -67,7 +69,8 @@ class Runtime:
     def start(self) -> Controller:
         """Open the clients, start the reconcile loop and the metrics endpoint."""
         settings = self.settings
-        self.stores = StoreRegistry()
+        self.listener = TrialListener(asyncio.get_running_loop(), self._trials_changed)
+        self.stores = StoreRegistry(self.listener)
         self.cluster = Cluster(api_client())
         self.reconciler = Reconciler(self.cluster, self.stores, settings)
         peering = None
@@ -90,10 +93,16 @@ class Runtime:
             self.loop.cancel()
         if self.reconciler is not None:
             self.reconciler.close()
+        if self.listener is not None:
+            self.listener.close()
         if self.stores is not None:
             self.stores.close()
         if self.cluster is not None:
             self.cluster.close()
+
+    def _trials_changed(self, study_name: str) -> None:
+        if self.controller is not None:
+            self.controller.wake(study_name)
 
     def on_event(self, kind: str, event: kopf.RawEvent) -> None:
         """Hand a watch event to the controller."""

@@ -69,6 +69,8 @@ class SyncResult:
     requeue_after: float | None = None
     retry: bool = False
     errors: list[str] = field(default_factory=list)
+    # The Optuna study's name: trial changes announced under it wake this study.
+    study_name: str | None = None
 
 
 class StudySync:
@@ -131,6 +133,7 @@ class StudySync:
             requeue_after=outcome.requeue_after,
             retry=outcome.retry,
             errors=["storage"] if outcome.retry else [],
+            study_name=study.study_name,
         )
 
     def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,8 @@ PostgreSQL of the test bed: from a TuningStudy to a finished Optuna study with r
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import pytest
 from kubernetes import client
@@ -307,3 +309,20 @@ def test_child_watches_ask_the_api_server_for_labelled_children_only(
         assert {r.label_selector for r in requests} == {CHILD_SELECTOR}, requests
     # TuningStudies are all the operator's: their watch needs no selector.
     assert {r.label_selector for r in kopf_requests("tuningstudies")} == {None}
+
+
+def test_a_trial_added_to_an_idle_study_reaches_its_status_through_the_database(
+    studies: Studies,
+) -> None:
+    """A suspended study is never refreshed periodically; a trial its Optuna study gains
+    reaches the status only because the database announces it (storage/notify.py)."""
+    studies.create(study_body("told", suspend=True))
+    studies.wait_phase("told", "Suspended")
+    studies.optuna_study("told").add_trial(optuna.trial.create_trial(value=0.5))
+
+    def shown() -> dict[str, Any] | None:
+        status = studies.status("told")
+        return status if (status.get("trials") or {}).get("complete") == 1 else None
+
+    status = wait_for(shown, 60, "the added trial in the status")
+    assert status["phase"] == "Suspended"

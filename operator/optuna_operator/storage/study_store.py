@@ -7,6 +7,7 @@ the storages, one per URL, and the caches that keep a refresh to a few small que
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from optuna_operator.api import Direction
 from optuna_operator.contract import redact
 from optuna_operator.storage import importances
 from optuna_operator.storage.engines import engine_kwargs, heartbeat_storage
+from optuna_operator.storage.notify import TrialListener, install_trigger
 from optuna_operator.storage.study_setup import (
     OWNER_ATTR,
     DirectionsMismatchError,
@@ -51,6 +53,8 @@ __all__ = [
     "_dominates",
     "_non_dominated",
 ]
+
+log = logging.getLogger(__name__)
 
 # No pool: each namespace has its own credential, so pooled engines would keep idle
 # connections per namespace for as long as the operator runs (1,000 namespaces would
@@ -88,7 +92,10 @@ class StoreRegistry:
     cache has a lock of its own.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, listener: TrialListener | None = None) -> None:
+        # With a listener, each storage gets the trial trigger and its database a LISTEN
+        # connection (notify.py): trial changes wake their study's reconcile.
+        self._listener = listener
         self._storages: dict[str, RDBStorage] = {}
         self._scans = StudyScans()
         # Studies already checked, with the attributes last written: directions cannot change
@@ -130,7 +137,7 @@ class StoreRegistry:
 
         def make() -> RDBStorage:
             try:
-                return RDBStorage(
+                storage = RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs(
                         url,
@@ -141,8 +148,21 @@ class StoreRegistry:
                 )
             except (SQLAlchemyError, ValueError, ImportError) as exc:
                 _storage_error(exc, url)
+            if self._listener is not None:
+                self._install_trigger(storage, url)
+            return storage
 
         return self._once(self._storages, url, url, make)
+
+    @staticmethod
+    def _install_trigger(storage: RDBStorage, url: str) -> None:
+        try:
+            with storage.engine.begin() as conn:
+                install_trigger(conn)
+        except SQLAlchemyError as exc:
+            # Not the tables' owner (a storage made by hand): the refresh interval it is.
+            reason = redact(str(exc).splitlines()[0], url)
+            log.warning("No trial trigger: status follows trials at the refresh only: %s", reason)
 
     def close(self) -> None:
         """Close every pool."""
@@ -251,6 +271,8 @@ class StoreRegistry:
         """Counts, best trial and Pareto front; one pooled connection for the whole read
         (a second one requested while holding the first deadlocks a busy pool)."""
         storage = self.storage(url)
+        if self._listener is not None:
+            self._listener.watch(url)  # again after a listener broke
         cache, lock = self._scans.get(url, handle.study_id)
         try:
             # The scan cache of one study is read and advanced by one refresh at a time.
