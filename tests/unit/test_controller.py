@@ -169,3 +169,25 @@ def test_the_event_explaining_a_status_is_posted_before_the_status() -> None:
     del invalid["spec"]["objective"]
     c.syncer.sync(invalid, Children())
     assert cluster.calls == ["event InvalidSpec", "status Failed"]
+
+
+def test_the_cache_keeps_neither_managed_fields_nor_pod_templates() -> None:
+    c = controller()
+    job = {
+        "kind": "Job",
+        "metadata": {
+            "name": "s-workers-1",
+            "namespace": "ns",
+            "resourceVersion": "5",
+            "ownerReferences": [{"kind": "TuningStudy", "name": "s"}],
+            "managedFields": [{"manager": "optuna-operator", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"suspend": True, "parallelism": 2, "template": {"spec": {"containers": []}}},
+        "status": {"active": 1},
+    }
+    c.on_child("Job", "ADDED", job)
+    kept = c.cache.jobs[("ns", "s")]["s-workers-1"]
+    assert "managedFields" not in kept["metadata"]
+    assert kept["spec"] == {"suspend": True, "parallelism": 2}
+    assert kept["status"] == {"active": 1}
+    assert "managedFields" in job["metadata"]  # the event's object is left as it came

@@ -40,7 +40,8 @@ DECLARE study text;
 BEGIN
     EXECUTE format('SELECT study_name FROM %I.studies WHERE study_id = $1', TG_TABLE_SCHEMA)
         INTO study USING NEW.study_id;
-    PERFORM pg_notify('{CHANNEL}', study);
+    -- Never NULL: this runs inside the workers' writes, which an error would fail.
+    PERFORM pg_notify('{CHANNEL}', coalesce(study, ''));
     RETURN NULL;
 END $$
 """
