@@ -3,6 +3,7 @@ metric series dropped with the study."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -191,3 +192,26 @@ def test_the_cache_keeps_neither_managed_fields_nor_pod_templates() -> None:
     assert kept["spec"] == {"suspend": True, "parallelism": 2}
     assert kept["status"] == {"active": 1}
     assert "managedFields" in job["metadata"]  # the event's object is left as it came
+
+
+def test_trial_changes_wake_only_the_studies_that_run_that_optuna_study() -> None:
+    cluster = OrderRecordingCluster()
+    suspended = Outcome(TuningStudyStatus(phase="Suspended"))
+    c = Controller(FixedOutcome(cluster, suspended), interval=10.0)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[int, int]:
+        loop = asyncio.create_task(c.run())
+        c.on_study(None, body())
+        # Its name is known once its first reconcile is absorbed: a wake queues it then.
+        while not len(c.queue) or not cluster.calls:
+            c.wake("ns.s")
+            await asyncio.sleep(0.01)
+        c.queue.forget(("ns", "s"))
+        c.wake("ns.other")
+        unknown = len(c.queue)
+        c.wake("ns.s")  # the default Optuna study name of ns/s
+        known = len(c.queue)
+        loop.cancel()
+        return unknown, known
+
+    assert asyncio.run(scenario()) == (0, 1)
