@@ -28,14 +28,19 @@ from typing import Any
 import yaml
 
 from optuna_operator import api
+from optuna_operator.advice import DEFAULT_STARTUP_TRIALS, STARTUP_SHARE_LIMIT
 
 __all__ = [
+    "ADVICE_FILE",
+    "ADVICE_POLICY_NAME",
     "ALLOWED_VOLUME_KINDS",
     "POLICY_FILE",
     "POLICY_NAME",
+    "advice_policy_manifest",
     "binding_manifest",
     "chart_policy_yaml",
     "deploy_yaml",
+    "policy_files",
     "policy_manifest",
 ]
 
@@ -252,6 +257,25 @@ CONSISTENCY: list[dict[str, str]] = [
         "grid parameter: Optuna's GridSampler fails a partly fixed trial",
     },
 ]
+# `{name}` in a command argument that names no parameter would reach the command as
+# written. The worker fills only search-space names (protocol.py) and must leave other
+# braces alone (awk programs, `${VAR}`, `{{name}}` escapes), so a misspelt parameter is
+# caught here: a `{identifier}` not after `$` or `{`.
+_PLACEHOLDER = "(^|[^${])[{][A-Za-z_][A-Za-z0-9_]*[}]"
+_COMMAND = f"(has({_SPEC}.objective.command) ? {_SPEC}.objective.command : [])"
+_NAMES = f"({_HAS_SPACE} ? {_SPACE}.map(p, p.name) : [])"
+_UNKNOWN = (
+    f"a.findAll('{_PLACEHOLDER}').filter(m, !({_NAMES}.exists(n, m.endsWith('{{' + n + '}}'))))"
+)
+CONSISTENCY.append(
+    {
+        "expression": f"{_COMMAND}.all(a, size({_UNKNOWN}) == 0)",
+        "messageExpression": "'spec.objective.command: the placeholder ' + "
+        f"{_COMMAND}.map(a, {_UNKNOWN}).filter(ms, size(ms) > 0)[0][0].split('{{')[1]"
+        ".split('}')[0] + ' names no parameter of spec.objective.searchSpace; fix the name "
+        "(a literal brace in a script: put the script in a file)'",
+    }
+)
 for _rule in CONSISTENCY:
     _rule["reason"] = "Invalid"
 
@@ -329,3 +353,81 @@ def deploy_yaml() -> str:
 def chart_policy_yaml() -> str:
     """The policy alone; the chart names it per release and binds it from its values."""
     return HEADER + _dump(policy_manifest())
+
+
+# ------------------------------------------------------------------------- budget advice
+ADVICE_POLICY_NAME = "tuningstudy-budget-advice.optuna-operator.io"
+ADVICE_FILE = "budget-advice-policy.yaml"
+
+
+def _startup_trials_cel() -> str:
+    """advice.startup_trials in CEL: the sampler's startup trials, its options' or Optuna's
+    default (0 for samplers without a model)."""
+    sampler = f"{_SPEC}.sampler"
+    options = {"TPE": "tpe", "GP": "gp", "CMAES": "cmaes", "NSGAII": "nsga", "NSGAIII": "nsga"}
+    expression = "0"
+    for type_name, default in reversed(list(DEFAULT_STARTUP_TRIALS.items())):
+        field = options[type_name]
+        key = "populationSize" if field == "nsga" else "nStartupTrials"
+        given = f"{sampler}.{field}.{key}"
+        value = f"(has({sampler}.{field}) && has({given}) ? {given} : {default})"
+        expression = f"(variables.samplerType == '{type_name}' ? {value} : {expression})"
+    return expression
+
+
+def advice_policy_manifest(name: str = ADVICE_POLICY_NAME) -> dict[str, Any]:
+    """A second policy, bound with validationActions [Warn]: `kubectl apply` prints the
+    advice of advice.py that the spec alone shows, and stores the study anyway."""
+    trials = f"{_SPEC}.budget.trials"
+    sampler = f"{_SPEC}.sampler"
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Ignore",  # advice only: never in the way of a study
+            "matchConstraints": policy_manifest()["spec"]["matchConstraints"],
+            "variables": [
+                {
+                    "name": "samplerType",
+                    "expression": f"has({sampler}) && has({sampler}.type) ? {sampler}.type : 'TPE'",
+                },
+                {"name": "startupTrials", "expression": _startup_trials_cel()},
+            ],
+            "validations": [
+                {
+                    "expression": f"!has({trials}) || double(variables.startupTrials) "
+                    f"< {STARTUP_SHARE_LIMIT} * double({trials})",
+                    "messageExpression": "'the ' + variables.samplerType + ' sampler samples "
+                    "its first ' + string(variables.startupTrials) + ' trials at random, at "
+                    f"least half of budget.trials (' + string({trials}) + '): raise "
+                    "budget.trials or lower the sampler\\'s startup trials (status condition "
+                    "BudgetAdvice)'",
+                    "reason": "Invalid",
+                }
+            ],
+        },
+    }
+
+
+def policy_files(chart: bool) -> dict[str, str]:
+    """What `make crds` writes: deploy/ gets each policy with its binding, the chart the
+    policies alone (its templates name and bind them)."""
+    if chart:
+        return {
+            POLICY_FILE: chart_policy_yaml(),
+            ADVICE_FILE: HEADER + _dump(advice_policy_manifest()),
+        }
+    advice = (
+        _dump(advice_policy_manifest())
+        + "---\n"
+        + _dump(
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": ADVICE_POLICY_NAME},
+                "spec": {"policyName": ADVICE_POLICY_NAME, "validationActions": ["Warn"]},
+            }
+        )
+    )
+    return {POLICY_FILE: deploy_yaml(), ADVICE_FILE: advice}

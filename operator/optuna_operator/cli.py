@@ -80,19 +80,20 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _admission_policy(args: argparse.Namespace) -> int:
-    from optuna_operator.admission import POLICY_FILE, chart_policy_yaml, deploy_yaml
+    from optuna_operator.admission import policy_files
 
-    path = Path(args.output_dir) / POLICY_FILE
-    text = chart_policy_yaml() if args.chart else deploy_yaml()
-    if args.check:
-        if not path.exists() or path.read_text() != text:
-            print(f"{path} is out of date: run `make crds`", file=sys.stderr)
-            return 1
-        return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(path)
-    return 0
+    stale = 0
+    for name, text in policy_files(chart=args.chart).items():
+        path = Path(args.output_dir) / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                print(f"{path} is out of date: run `make crds`", file=sys.stderr)
+                stale = 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(path)
+    return stale
 
 
 # --------------------------------------------------------------------------- user commands

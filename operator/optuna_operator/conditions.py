@@ -8,7 +8,7 @@ from typing import Literal
 
 from optuna_operator.api import Condition
 
-__all__ = ["ConditionType", "Reason", "find", "now_rfc3339", "set_condition"]
+__all__ = ["ConditionType", "Reason", "ReasonedError", "find", "now_rfc3339", "set_condition"]
 
 
 class ConditionType(StrEnum):
@@ -20,6 +20,8 @@ class ConditionType(StrEnum):
     WORKERS_ADMITTED = "WorkersAdmitted"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    # True while the budget cannot work as meant (advice.py); a Warning event goes with it.
+    BUDGET_ADVICE = "BudgetAdvice"
 
 
 class Reason(StrEnum):
@@ -61,6 +63,7 @@ class Reason(StrEnum):
     RUNNING = "Running"
     TRIAL_BUDGET_REACHED = "TrialBudgetReached"
     TIME_BUDGET_REACHED = "TimeBudgetReached"
+    DEADLINE_REACHED = "DeadlineReached"
     GOAL_REACHED = "GoalReached"
     TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
     STUDY_DELETED = "StudyDeleted"
@@ -103,3 +106,13 @@ def set_condition(
         last_transition_time=transition,
     )
     return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
+
+
+class ReasonedError(Exception):
+    """An error a condition reports: a CamelCase reason and a sentence the user can act
+    on."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

@@ -33,6 +33,7 @@ __all__ = [
     "REPLACE_EXIT_CODES",
     "RETRY_OF_ATTR",
     "STDERR_ATTR",
+    "STOP_REQUEST_ATTR",
     "STORAGE_ENV",
     "STORAGE_ENV_NAMES",
     "STORAGE_OUTAGE_ENV",
@@ -97,6 +98,10 @@ class TooManyFailures(Exception):
 # ---------------------------------------------------------------------- study and trial attributes
 STUDY_ATTR_PREFIX = "optuna_operator:"
 STUDY_START_TIME_ATTR = f"{STUDY_ATTR_PREFIX}start_time"
+# The operator's request that workers start no more trials: {"reason": "TimeBudget",
+# "timeoutSeconds": N}. Active time is seen by the operator only; the budget it was written
+# for is part of it, so a raised budget.timeoutSeconds is not stopped by an old request.
+STOP_REQUEST_ATTR = f"{STUDY_ATTR_PREFIX}stop"
 
 # Why the objective failed. Only FAIL trials carrying it count against budget.maxFailedTrials:
 # trials failed by a lost heartbeat or a SIGTERM are infrastructure, they are retried, and

@@ -10,28 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from enum import StrEnum
 
-from optuna_operator.api import Budget, Direction, PhaseName
+from optuna_operator.api import Budget, Direction, PhaseName, StopReason
 
 __all__ = [
     "FINISHED_PHASES",
     "PhaseName",
     "StopReason",
+    "active_seconds",
     "goal_met",
     "stop_reason",
     "too_many_failures",
 ]
 
-FINISHED_PHASES: tuple[PhaseName, ...] = ("Succeeded", "Failed")
-
-
-class StopReason(StrEnum):
-    """Why a study needs no more trials."""
-
-    BUDGET = "trial budget reached"
-    GOAL = "goal reached"
-    DEADLINE = "time budget reached"
+FINISHED_PHASES = (PhaseName.SUCCEEDED, PhaseName.FAILED)
 
 
 def goal_met(goal: float | None, direction: Direction, value: float | None) -> bool:
@@ -53,17 +45,31 @@ def stop_reason(
     deadline: datetime | None,
     finished: Callable[[], int] | None,
     goal_reached: Callable[[], bool],
+    time_used: Callable[[], bool] = lambda: False,
 ) -> StopReason | None:
     """Why the study needs no more trials, or None. The counts are callables, asked only
     when their rule applies (the worker queries the database for them); `finished=None`
-    leaves the trial count out (after a trial the worker's slot claim answers it)."""
+    leaves the trial count out (after a trial the worker's slot claim answers it).
+
+    `deadline` is budget.deadline (wall clock). `time_used` says whether budget.timeoutSeconds
+    of active time is used up: the operator counts it (status.activeSeconds), the workers
+    read the operator's stop request from the database."""
     if finished is not None and budget.trials is not None and finished() >= budget.trials:
         return StopReason.BUDGET
     if budget.goal is not None and len(directions) == 1 and goal_reached():
         return StopReason.GOAL
+    if budget.timeout_seconds is not None and time_used():
+        return StopReason.TIME
     if deadline is not None and now >= _aware(deadline):
         return StopReason.DEADLINE
     return None
+
+
+def active_seconds(active: int | None, since: datetime | None, now: datetime) -> float:
+    """The study's active time at `now`: the seconds counted so far (status.activeSeconds)
+    plus the run of workers still going (since status.activeSince)."""
+    running = (now - _aware(since)).total_seconds() if since is not None else 0.0
+    return (active or 0) + max(0.0, running)
 
 
 def _aware(moment: datetime) -> datetime:

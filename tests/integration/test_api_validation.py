@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import yaml
 from kubernetes import client
 
 from optuna_operator.api import GROUP, PLURAL, VERSION, TuningStudy
+from testbed import Bed
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -169,7 +171,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         _with("directions", TWO, "budget", {"trials": 5, "goal": 0.1}),
         "goal works only with a single direction",
     ),
-    ("no budget", _with("budget", {"maxFailedTrials": 3}), "set trials or timeoutSeconds"),
+    (
+        "no budget",
+        _with("budget", {"maxFailedTrials": 3}),
+        "set trials, timeoutSeconds or deadline",
+    ),
     ("zero trials", _with("budget", {"trials": 0}), "budget.trials"),
     (
         "negative failed trials",
@@ -285,6 +291,13 @@ MOVED: list[tuple[str, dict[str, Any], str]] = [
         "enqueued parameter not in the search space",
         _with("enqueueTrials", [{"opt": "sgd", "dropout": 0.1}]),
         "parameter(s) dropout are not declared in spec.objective.searchSpace",
+    ),
+    # The worker fills `{name}` only for declared parameters and leaves other braces alone
+    # (awk, `${VAR}`), so a misspelt placeholder would reach the command as written.
+    (
+        "command placeholder naming no parameter",
+        _with("objective.command", ["python", "train.py", "--lr={learning_rate}", "{opt}"]),
+        "the placeholder learning_rate names no parameter of spec.objective.searchSpace",
     ),
     (
         "enqueued choice not a choice",
@@ -583,6 +596,41 @@ def test_the_valid_base_spec_is_accepted(
 ) -> None:
     created = _create(kube_api, namespace, VALID)
     assert created["spec"]["sampler"]["type"] == "TPE"
+
+
+def test_braces_that_are_no_placeholder_are_accepted(
+    kube_api: client.ApiClient, crd_installed: None, namespace: str
+) -> None:
+    command = ["sh", "-c", "awk '{print $1}' f; echo ${HOME} {{opt}} {opt} {layers}"]
+    _create(kube_api, namespace, _with("objective.command", command))
+
+
+def _kubectl_create_warnings(bed: Bed, namespace: str, body: dict[str, Any]) -> str:
+    """What `kubectl create` prints on stderr: the API server's warnings."""
+    kubectl = [str(bed.bin_dir / "kubectl"), "--kubeconfig", str(bed.kubeconfig)]
+    result = subprocess.run(
+        [*kubectl, "create", "--namespace", namespace, "-f", "-"],
+        input=json.dumps(body),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stderr
+
+
+def test_startup_trials_taking_half_the_budget_warn_at_apply(
+    bed: Bed, crd_installed: None, namespace: str
+) -> None:
+    # VALID: the TPE sampler's 10 random startup trials against budget.trials 10.
+    warned = _kubectl_create_warnings(bed, namespace, VALID)
+    assert "the TPE sampler samples its first 10 trials at random" in warned, warned
+    assert "budget.trials (10)" in warned and "BudgetAdvice" in warned, warned
+    fits = _with("budget", {"trials": 100}) | {"metadata": {"name": "fits"}}
+    assert "BudgetAdvice" not in _kubectl_create_warnings(bed, namespace, fits)
+    few = _with("sampler", {"type": "TPE", "tpe": {"nStartupTrials": 3}})
+    assert "BudgetAdvice" not in _kubectl_create_warnings(
+        bed, namespace, few | {"metadata": {"name": "few"}}
+    )
 
 
 def test_long_names_are_rejected(kube_api: client.ApiClient, crd_installed: None) -> None:

@@ -483,7 +483,7 @@ def test_cluster_wide_is_an_explicit_choice_and_ignores_the_list() -> None:
     assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "KopfPeering")]
     assert name(one(docs, "ClusterKopfPeering")) == "optuna-operator"
     assert parsed_settings(operator_container(docs), NAMESPACE).namespaces == ()
-    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "author-permissions")
     assert "matchResources" not in binding["spec"]
     # The ci example of the mode, and what the values file says it grants.
     assert render("-f", str(CHART / "ci" / "cluster-wide-values.yaml"))
@@ -816,8 +816,8 @@ def test_admission_policy_is_the_generated_one() -> None:
         "charts/optuna-operator/files/admission-policy.yaml is out of date: run `make crds`"
     )
     docs = render()
-    policy = one(docs, "ValidatingAdmissionPolicy")
-    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    policy = one(docs, "ValidatingAdmissionPolicy", "author-permissions")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "author-permissions")
     assert policy["spec"] == policy_manifest()["spec"]
     # Bound to the served namespaces only (default values: `default`).
     served = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["default"]}
@@ -828,6 +828,19 @@ def test_admission_policy_is_the_generated_one() -> None:
     }
 
 
+def test_budget_advice_policy_warns_only() -> None:
+    from optuna_operator.admission import ADVICE_FILE, advice_policy_manifest, policy_files
+
+    assert (CHART / "files" / ADVICE_FILE).read_text() == policy_files(chart=True)[ADVICE_FILE]
+    docs = render()
+    policy = one(docs, "ValidatingAdmissionPolicy", "budget-advice")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "budget-advice")
+    assert policy["spec"] == advice_policy_manifest()["spec"]
+    assert policy["spec"]["failurePolicy"] == "Ignore"
+    assert binding["spec"]["policyName"] == name(policy)
+    assert binding["spec"]["validationActions"] == ["Warn"]
+
+
 def test_admission_policy_values_tune_it() -> None:
     docs = render(
         "--set",
@@ -835,15 +848,19 @@ def test_admission_policy_values_tune_it() -> None:
         "--set",
         "admissionPolicy.validationActions={Warn,Audit}",
     )
-    conditions = one(docs, "ValidatingAdmissionPolicy")["spec"]["matchConditions"]
+    conditions = one(docs, "ValidatingAdmissionPolicy", "author-permissions")["spec"][
+        "matchConditions"
+    ]
     assert conditions[-1] == {
         "name": "not-exempt",
         "expression": '!request.userInfo.groups.exists(g, g in ["system:serviceaccounts:argocd"])',
     }
-    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "author-permissions")
     assert binding["spec"]["validationActions"] == ["Warn", "Audit"]
     namespaced = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
-    selector = one(namespaced, "ValidatingAdmissionPolicyBinding")["spec"]["matchResources"]
+    selector = one(namespaced, "ValidatingAdmissionPolicyBinding", "author-permissions")["spec"][
+        "matchResources"
+    ]
     assert selector["namespaceSelector"]["matchExpressions"] == [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from optuna_operator.api import BestTrial, TuningStudy
+from optuna_operator.api import BestTrial, TuningStudy, TuningStudyStatus
 from optuna_operator.conditions import set_condition
 from optuna_operator.contract import redact
 from optuna_operator.reconcile import JobState, decide_phase
@@ -25,41 +25,68 @@ def best(value: float) -> BestTrial:
 
 
 def test_running_until_the_trial_budget_is_met() -> None:
-    phase = decide_phase(study({"trials": 10}), StudySummary(complete=9), RUNNING_JOB, START, START)
+    phase = decide_phase(study({"trials": 10}), StudySummary(complete=9), RUNNING_JOB, START)
     assert (phase.phase, phase.reason) == ("Running", "Running")
 
 
 def test_pruned_trials_count_towards_the_budget() -> None:
     summary = StudySummary(complete=6, pruned=4)
     idle = JobState(name="w", succeeded=2, complete=True)
-    phase = decide_phase(study({"trials": 10}), summary, idle, START, START)
+    phase = decide_phase(study({"trials": 10}), summary, idle, START)
     assert (phase.phase, phase.reason) == ("Succeeded", "TrialBudgetReached")
 
 
 def test_waits_for_running_workers_before_succeeding() -> None:
-    phase = decide_phase(
-        study({"trials": 10}), StudySummary(complete=10), RUNNING_JOB, START, START
-    )
+    phase = decide_phase(study({"trials": 10}), StudySummary(complete=10), RUNNING_JOB, START)
     assert phase.phase == "Running" and "waiting for workers" in phase.message
 
 
-def test_time_budget() -> None:
-    later = START + timedelta(seconds=61)
-    phase = decide_phase(study({"timeoutSeconds": 60}), StudySummary(), None, later, START)
-    assert (phase.phase, phase.reason) == ("Succeeded", "TimeBudgetReached")
+def with_status(tuning: TuningStudy, **status: Any) -> TuningStudy:
+    return tuning.model_copy(update={"status": TuningStudyStatus.model_validate(status)})
+
+
+def test_time_budget_counts_active_time_only() -> None:
+    later = START + timedelta(days=3)
+    queued_for_days = with_status(study({"timeoutSeconds": 60}), activeSeconds=10)
+    phase = decide_phase(queued_for_days, StudySummary(), None, later)
+    assert phase.phase == "Pending"  # three days waiting used 10 s of the budget
+    running = with_status(study({"timeoutSeconds": 60}), activeSeconds=10, activeSince=START)
+    assert decide_phase(running, StudySummary(), None, START + timedelta(seconds=49)).phase == (
+        "Pending"
+    )
+    phase = decide_phase(running, StudySummary(), None, START + timedelta(seconds=50))
+    assert (phase.phase, phase.reason, phase.ended_by) == (
+        "Succeeded",
+        "TimeBudgetReached",
+        "TimeBudget",
+    )
+
+
+def test_deadline_is_wall_clock() -> None:
+    deadline = START + timedelta(hours=1)
+    tuning = study({"trials": 10, "deadline": deadline.isoformat()})
+    assert decide_phase(tuning, StudySummary(), None, deadline - timedelta(seconds=1)).phase == (
+        "Pending"
+    )
+    phase = decide_phase(tuning, StudySummary(), None, deadline)
+    assert (phase.phase, phase.reason, phase.ended_by) == (
+        "Succeeded",
+        "DeadlineReached",
+        "Deadline",
+    )
 
 
 def test_goal_is_direction_aware() -> None:
     maximize = study({"trials": 100, "goal": 0.9})
     minimize = study({"trials": 100, "goal": 0.9}, directions=["minimize"])
     reached = StudySummary(complete=5, best=best(0.95))
-    assert decide_phase(maximize, reached, None, START, START).reason == "GoalReached"
-    assert decide_phase(minimize, reached, None, START, START).phase == "Pending"
+    assert decide_phase(maximize, reached, None, START).reason == "GoalReached"
+    assert decide_phase(minimize, reached, None, START).phase == "Pending"
 
 
 def test_too_many_failed_trials_fail_with_the_last_error() -> None:
     summary = StudySummary(failed=4, failed_by_objective=3, last_error="ValueError: bad lr")
-    phase = decide_phase(study({"trials": 10, "maxFailedTrials": 2}), summary, None, START, START)
+    phase = decide_phase(study({"trials": 10, "maxFailedTrials": 2}), summary, None, START)
     assert (phase.phase, phase.reason) == ("Failed", "TooManyFailedTrials")
     assert "ValueError: bad lr" in phase.message
 
@@ -70,12 +97,12 @@ def test_failed_job_carries_the_worker_message() -> None:
         failed_reason="PodFailurePolicy",
         failed_message="ModuleNotFoundError: No module named 'train'",
     )
-    phase = decide_phase(study({"trials": 10}), StudySummary(), job, START, START)
+    phase = decide_phase(study({"trials": 10}), StudySummary(), job, START)
     assert phase.phase == "Failed" and "No module named 'train'" in phase.message
 
 
 def test_suspended() -> None:
-    phase = decide_phase(study({"trials": 10}, suspend=True), StudySummary(), None, START, START)
+    phase = decide_phase(study({"trials": 10}, suspend=True), StudySummary(), None, START)
     assert phase.phase == "Suspended"
 
 

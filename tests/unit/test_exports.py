@@ -19,6 +19,8 @@ def _imports() -> list[tuple[str, str, str]]:
                 "optuna_operator"
             ):
                 for alias in node.names:
+                    if alias.name == "*":  # a package face re-exporting a module's __all__
+                        continue
                     found.append((str(path.relative_to(PACKAGE)), str(node.module), alias.name))
     return found
 

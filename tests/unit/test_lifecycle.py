@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from optuna_operator.api import Budget, Direction
-from optuna_operator.lifecycle import StopReason, goal_met, stop_reason, too_many_failures
+from optuna_operator.lifecycle import (
+    StopReason,
+    active_seconds,
+    goal_met,
+    stop_reason,
+    too_many_failures,
+)
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 PAST, FUTURE = NOW - timedelta(seconds=1), NOW + timedelta(hours=1)
@@ -42,6 +48,22 @@ def test_stop_reason(
     count = None if finished is None else (lambda: finished)
     got = stop_reason(Budget.model_validate(budget), directions, NOW, deadline, count, lambda: goal)
     assert got == expected
+
+
+def test_time_budget_is_asked_only_with_a_timeout() -> None:
+    timed = Budget.model_validate({"timeoutSeconds": 60})
+    assert stop_reason(timed, ONE, NOW, None, None, lambda: False, lambda: True) == (
+        StopReason.TIME
+    )
+    assert stop_reason(timed, ONE, NOW, None, None, lambda: False, lambda: False) is None
+    untimed = Budget.model_validate({"trials": 10})
+    assert stop_reason(untimed, ONE, NOW, None, None, lambda: False, lambda: True) is None
+
+
+def test_active_time_adds_the_open_run() -> None:
+    assert active_seconds(None, None, NOW) == 0
+    assert active_seconds(30, None, NOW) == 30
+    assert active_seconds(30, NOW - timedelta(seconds=15), NOW) == 45
 
 
 def test_counts_are_asked_only_when_their_rule_applies() -> None:

@@ -35,6 +35,8 @@ def study(**spec: Any) -> TuningStudy:
         "objective": {"function": "m:f"},
         "budget": {"trials": 10},
         "dashboard": {"enabled": False},
+        # No startup trials: the BudgetAdvice of a 10-trial TPE study is tested on its own.
+        "sampler": {"type": "Random"},
         **spec,
     }
     return TuningStudy.model_validate({"metadata": {"name": "s", "namespace": "ns"}, "spec": body})
@@ -238,3 +240,31 @@ def test_replaced_workers_are_not_reported_as_failures() -> None:
     ]
     message = termination_message(pods)
     assert message == "exit code 1 (error, Error): RuntimeError: CUDA error"
+
+
+def test_budget_advice_when_startup_trials_take_half_the_budget() -> None:
+    s = study(sampler={"type": "TPE"})
+    o = observed(StudySummary(complete=2), running())
+    status, events = build_status(s, o, plan_for(s, o), Acted(job=running()))
+    advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
+    assert (advice.status, advice.reason) == ("True", "StartupTrialsDominate")
+    assert "first 10 trials at random, 100% of budget.trials (10)" in advice.message
+    assert [(e.type, e.reason) for e in events] == [("Warning", "StartupTrialsDominate")]
+    # Said once: the next pass, with the condition already True, records no event.
+    _, events = build_status(
+        s.model_copy(update={"status": status}), o, plan_for(s, o), Acted(job=running())
+    )
+    assert [e.reason for e in events] == []
+    fits = study(sampler={"type": "TPE"}, budget={"trials": 100})
+    status, _ = build_status(fits, o, plan_for(fits, o), Acted(job=running()))
+    advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
+    assert (advice.status, advice.reason) == ("False", "BudgetFits")
+
+
+def test_budget_advice_when_most_trials_are_pruned() -> None:
+    s = study(budget={"trials": 100})
+    o = observed(StudySummary(complete=2, pruned=9), running())
+    status, _ = build_status(s, o, plan_for(s, o), Acted(job=running()))
+    advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
+    assert (advice.status, advice.reason) == ("True", "MostTrialsPruned")
+    assert advice.message.startswith("9 of 11 finished trials were pruned")

@@ -22,24 +22,9 @@ files.
 
 from __future__ import annotations
 
-from optuna_operator.api.constants import (
-    API_VERSION,
-    GROUP,
-    KIND,
-    MAX_CHOICES,
-    MAX_DIRECTIONS,
-    MAX_GRID_VALUES_PER_PARAMETER,
-    MAX_LISTED_GRID_VALUES,
-    MAX_NAME_LENGTH,
-    MAX_PARAMETERS,
-    MAX_TIMEOUT_SECONDS,
-    PARETO_FRONT_LIMIT,
-    PLURAL,
-    VERSION,
-    WORKER_ENV_NAMES,
-    WORKER_MOUNT_PATHS,
-    WORKER_VOLUME_NAMES,
-)
+# Every constant is part of the face; constants.py lists them once.
+from optuna_operator.api import constants
+from optuna_operator.api.constants import *  # noqa: F403
 from optuna_operator.api.objective import (
     CategoricalRange,
     FloatRange,
@@ -87,6 +72,7 @@ from optuna_operator.api.status import (
     Condition,
     DashboardStatus,
     PhaseName,
+    StopReason,
     TrialCounts,
     TuningStudyStatus,
     WorkerCounts,
@@ -98,22 +84,6 @@ from optuna_operator.api.worker_config import WorkerConfig
 from optuna_operator.api.workers import WorkersSpec
 
 __all__ = [
-    "API_VERSION",
-    "GROUP",
-    "KIND",
-    "MAX_CHOICES",
-    "MAX_DIRECTIONS",
-    "MAX_GRID_VALUES_PER_PARAMETER",
-    "MAX_LISTED_GRID_VALUES",
-    "MAX_NAME_LENGTH",
-    "MAX_PARAMETERS",
-    "MAX_TIMEOUT_SECONDS",
-    "PARETO_FRONT_LIMIT",
-    "PLURAL",
-    "VERSION",
-    "WORKER_ENV_NAMES",
-    "WORKER_MOUNT_PATHS",
-    "WORKER_VOLUME_NAMES",
     "BasePrunerSpec",
     "BestTrial",
     "Budget",
@@ -147,6 +117,7 @@ __all__ = [
     "SamplerSpec",
     "SamplerType",
     "SecretKeyRef",
+    "StopReason",
     "StorageSpec",
     "SuccessiveHalvingOptions",
     "TPEOptions",
@@ -163,3 +134,4 @@ __all__ = [
     "json_safe",
     "value_text",
 ]
+__all__ += constants.__all__

@@ -16,6 +16,7 @@ __all__ = [
     "cel",
     "cel_list",
     "only_for",
+    "options_only_for",
     "rules",
 ]
 
@@ -35,6 +36,11 @@ def only_for(field: str, type_name: str, section: str) -> dict[str, str]:
         f"!has(self.{field}) || self.type == '{type_name}'",
         f"{section}.{field} is only valid when {section}.type is {type_name}",
     )
+
+
+def options_only_for(section: str, **types: str) -> list[dict[str, str]]:
+    """`only_for` for each options field (keyword) and the type it belongs to (value)."""
+    return [only_for(field, type_name, section) for field, type_name in types.items()]
 
 
 def cel_list(items: tuple[str, ...]) -> str:

@@ -23,21 +23,27 @@ __all__ = [
 ]
 
 
+def _range_rules(kind: str, zero: str, log_step: str, log_step_message: str, step_fits: str) -> Any:
+    """The CEL rules of a numeric range: low < high, a log scale above zero, how a step may
+    combine with a log scale, and a step that fits in the range."""
+    return rules(
+        cel("self.low < self.high", f"{kind}: low must be less than high"),
+        cel(f"!self.log || self.low > {zero}", f"{kind}: log scale needs low > 0"),
+        cel(log_step, f"{kind}: {log_step_message}"),
+        cel(step_fits, f"{kind}: step must fit in the range high - low"),
+    )
+
+
 class FloatRange(Model):
     """A float parameter sampled from [low, high]."""
 
     model_config = ConfigDict(
-        json_schema_extra=rules(
-            cel("self.low < self.high", "float: low must be less than high"),
-            cel("!self.log || self.low > 0.0", "float: log scale needs low > 0"),
-            cel(
-                "!(self.log && has(self.step))",
-                "float: step cannot be combined with log scale",
-            ),
-            cel(
-                "!has(self.step) || self.step <= self.high - self.low",
-                "float: step must fit in the range high - low",
-            ),
+        json_schema_extra=_range_rules(
+            "float",
+            "0.0",
+            "!(self.log && has(self.step))",
+            "step cannot be combined with log scale",
+            "!has(self.step) || self.step <= self.high - self.low",
         )
     )
     low: float = Field(description="Lower bound (inclusive).")
@@ -52,17 +58,12 @@ class IntRange(Model):
     """An integer parameter sampled from [low, high]."""
 
     model_config = ConfigDict(
-        json_schema_extra=rules(
-            cel("self.low < self.high", "int: low must be less than high"),
-            cel("!self.log || self.low > 0", "int: log scale needs low > 0"),
-            cel(
-                "!self.log || self.step == 1",
-                "int: log scale needs step 1",
-            ),
-            cel(
-                "self.step <= self.high - self.low",
-                "int: step must fit in the range high - low",
-            ),
+        json_schema_extra=_range_rules(
+            "int",
+            "0",
+            "!self.log || self.step == 1",
+            "log scale needs step 1",
+            "self.step <= self.high - self.low",
         )
     )
     low: int = Field(description="Lower bound (inclusive).")

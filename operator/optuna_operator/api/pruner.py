@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from pydantic import ConfigDict, Field
 
-from optuna_operator.api.cel import cel, only_for, rules
+from optuna_operator.api.cel import cel, only_for, options_only_for, rules
 from optuna_operator.api.types import IntOrAuto, Model, defaulted
 
 __all__ = [
@@ -121,15 +121,13 @@ class WilcoxonOptions(Model):
 
 
 PRUNER_OPTION_RULES = (
-    only_for("median", "Median", "pruner"),
-    only_for("percentile", "Percentile", "pruner"),
+    *options_only_for("pruner", median="Median", percentile="Percentile"),
     cel(
         "self.type != 'Percentile' || has(self.percentile)",
         "pruner.type Percentile needs pruner.percentile.percentile",
     ),
-    only_for("successiveHalving", "SuccessiveHalving", "pruner"),
-    only_for("hyperband", "Hyperband", "pruner"),
-    only_for("threshold", "Threshold", "pruner"),
+    *options_only_for("pruner", successiveHalving="SuccessiveHalving", hyperband="Hyperband"),
+    *options_only_for("pruner", threshold="Threshold"),
     cel(
         "self.type != 'Threshold' || has(self.threshold)",
         "pruner.type Threshold needs pruner.threshold with lower or upper",

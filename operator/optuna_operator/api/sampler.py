@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from optuna_operator.api.cel import cel, only_for, rules
+from optuna_operator.api.cel import cel, options_only_for, rules
 from optuna_operator.api.constants import MAX_LISTED_GRID_VALUES, MAX_PARAMETERS
 from optuna_operator.api.types import Model, Scalar
 
@@ -132,15 +132,12 @@ class SamplerSpec(Model):
 
     model_config = ConfigDict(
         json_schema_extra=rules(
-            only_for("tpe", "TPE", "sampler"),
-            only_for("cmaes", "CMAES", "sampler"),
+            *options_only_for("sampler", tpe="TPE", cmaes="CMAES"),
             cel(
                 "!has(self.nsga) || self.type == 'NSGAII' || self.type == 'NSGAIII'",
                 "sampler.nsga is only valid when sampler.type is NSGAII or NSGAIII",
             ),
-            only_for("gp", "GP", "sampler"),
-            only_for("qmc", "QMC", "sampler"),
-            only_for("grid", "Grid", "sampler"),
+            *options_only_for("sampler", gp="GP", qmc="QMC", grid="Grid"),
         )
     )
     type: SamplerType = Field(SamplerType.TPE, description="Sampling algorithm.")

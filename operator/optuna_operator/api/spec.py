@@ -4,6 +4,7 @@ the rules across sections; and TuningStudy, the whole object as the API server r
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import ConfigDict, Field
@@ -58,8 +59,8 @@ class Budget(Model):
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
-                "has(self.trials) || has(self.timeoutSeconds)",
-                "budget: set trials or timeoutSeconds so the study ends",
+                "has(self.trials) || has(self.timeoutSeconds) || has(self.deadline)",
+                "budget: set trials, timeoutSeconds or deadline so the study ends",
             ),
         )
     )
@@ -73,7 +74,14 @@ class Budget(Model):
         None,
         ge=1,
         le=MAX_TIMEOUT_SECONDS,
-        description="Wall-clock limit from the start of the study (at most ten years).",
+        description="Active time: seconds worker pods may run in all (at most ten years). "
+        "The clock stops while the study is Suspended, Queued in Kueue or waiting for quota; "
+        "status.activeSeconds shows it. Trials running when it ends finish.",
+    )
+    deadline: datetime | None = Field(
+        None,
+        description="Wall-clock end (RFC 3339, e.g. 2027-01-31T18:00:00Z): no trial starts "
+        "after it, whatever the study's state.",
     )
     max_failed_trials: int = Field(
         20, ge=0, description="Mark the study Failed when more trials than this have failed."

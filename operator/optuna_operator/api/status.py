@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,6 +30,7 @@ __all__ = [
     "NonFinite",
     "ObjectiveValue",
     "PhaseName",
+    "StopReason",
     "TrialCounts",
     "TuningStudyStatus",
     "WorkerCounts",
@@ -36,16 +38,36 @@ __all__ = [
     "value_text",
 ]
 
-# The study's phases, spelled once (lifecycle.py says what each means for the rules).
-PhaseName = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+
+class PhaseName(StrEnum):
+    """The study's phases, spelled once; `reconcile/decide.py:decide_phase` is the one
+    function that picks one, and lifecycle.py says which are final."""
+
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class StopReason(StrEnum):
+    """Which budget ended the study (status.reason), and why a worker needs no more
+    trials: the same words on both sides."""
+
+    BUDGET = "TrialBudget"  # budget.trials finished
+    TIME = "TimeBudget"  # budget.timeoutSeconds of active time used
+    DEADLINE = "Deadline"  # budget.deadline passed
+    GOAL = "Goal"  # budget.goal reached
+    FAILURES = "FailureBudget"  # more than budget.maxFailedTrials failed
 
 
 class Condition(Model):
     """One aspect of the study's state, shaped like metav1.Condition."""
 
     type: str = Field(
-        description="StorageReady, WorkersReady, DashboardAvailable, Suspended, Succeeded "
-        "or Failed."
+        description="StorageReady, WorkersReady, WorkersAdmitted (Kueue), DashboardAvailable, "
+        "Suspended, Succeeded, Failed or BudgetAdvice (True: the budget cannot work as meant)."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="Why, as a CamelCase word (e.g. TrialBudgetReached).")
@@ -199,6 +221,20 @@ class TuningStudyStatus(Model):
     )
     workers: WorkerCounts | None = Field(None, description="Pods of the current worker Job.")
     dashboard: DashboardStatus | None = Field(None, description="Where the dashboard is served.")
+    reason: StopReason | None = Field(
+        None,
+        description="Which budget ended the study: TrialBudget, TimeBudget (active time), "
+        "Deadline (wall clock), Goal or FailureBudget.",
+    )
+    active_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="Seconds worker pods have run (not counting Suspended, Queued or waiting "
+        "for quota), up to activeSince: what budget.timeoutSeconds is counted against.",
+    )
+    active_since: datetime | None = Field(
+        None, description="When the running workers started; absent while none run."
+    )
     start_time: datetime | None = Field(None, description="When the study started.")
     completion_time: datetime | None = Field(
         None, description="When the study reached Succeeded or Failed."

@@ -1,12 +1,14 @@
 """Level-based reconcile of one TuningStudy, one file per step, read in this order:
 
-1. `observe.py`: the storage and the Optuna study (database), the worker Jobs and the
+1. `prepare.py`: what the database must hold before it can be read (the namespace's role
+   and Secret, the Optuna study), set up on first sight and only checked afterwards;
+2. `observe.py`: reads only: the study's summary (database), the worker Jobs and the
    dashboard (from the watch caches the controller hands in, not from GETs);
-2. `decide.py`: a pure function of spec + observations says what each child should do and
+3. `decide.py`: a pure function of spec + observations says what each child should do and
    when to look again;
-3. `act.py`: apply or delete exactly what the plan names; nothing is sent when nothing
+4. `act.py`: apply or delete exactly what the plan names; nothing is sent when nothing
    differs;
-4. `status.py`: a pure function derives the status and the events.
+5. `status.py`: a pure function derives the status and the events.
 
 `model.py` holds what the steps hand each other; `reconciler.py` is the loop that runs
 them. The controller (controller.py) decides *when* it runs: on changes of the study or

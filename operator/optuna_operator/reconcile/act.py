@@ -1,4 +1,4 @@
-"""Step 3, act: apply or delete the children the plan names, fail stale trials, compute
+"""Step 4, act: apply or delete the children the plan names, fail stale trials, compute
 importances once, export the best trial.
 """
 
@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
+from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator import manifests
-from optuna_operator.api import BestTrial, TuningStudy
+from optuna_operator.api import BestTrial, StopReason, TuningStudy
 from optuna_operator.applied import conflict_message, manifest_hash
 from optuna_operator.conditions import Reason
+from optuna_operator.contract import STOP_REQUEST_ATTR
 from optuna_operator.dashboards import DashboardConflict, DashboardSender, Sent
 from optuna_operator.kube import Cluster
 from optuna_operator.reconcile.model import (
@@ -24,9 +26,10 @@ from optuna_operator.reconcile.model import (
     Observed,
     Plan,
     StorageRef,
+    controller_uid,
 )
-from optuna_operator.reconcile.observe import controller_uid, job_state
-from optuna_operator.storage.study_store import StorageError, StoreRegistry
+from optuna_operator.reconcile.observe import job_state
+from optuna_operator.storage.study_store import StorageError, StoreRegistry, StudyHandle
 
 __all__ = [
     "Actor",
@@ -47,7 +50,7 @@ class _JobsSent:
 
 
 class Actor:
-    """Step 3, act: apply or delete exactly what the plan names; the only step that changes
+    """Step 4, act: apply or delete exactly what the plan names; the only step that changes
     the cluster's children. Nothing is sent when nothing differs."""
 
     def __init__(self, cluster: Cluster, stores: StoreRegistry) -> None:
@@ -56,6 +59,8 @@ class Actor:
         self.dashboards = DashboardSender(cluster)
         # (namespace, ConfigMap name) -> digest of the spec.export ConfigMap last applied
         self._exports: dict[tuple[str, str], str] = {}
+        # (storage URL, study id) -> the stop request last written there
+        self._stop_requests: dict[tuple[str, int], dict[str, str | int | None]] = {}
 
     def forget(self, study: TuningStudy) -> None:
         """Drop what is cached for a deleted study."""
@@ -81,6 +86,8 @@ class Actor:
                 )
             except StorageError as exc:  # the next refresh tries again
                 log.warning("Could not fail stale trials of %s: %s", observed.handle.name, exc)
+        if plan.stop_workers:
+            self._stop_workers(study, observed.storage, observed.handle)
         importances = self._importances(observed.storage, study) if plan.importances else None
         if study.spec.export is not None and observed.summary.best is not None:
             self._export(study, observed.summary.best)
@@ -173,6 +180,28 @@ class Actor:
         if self._exports.get(key) != digest:
             self.cluster.apply(config_map)
             self._exports[key] = digest
+
+    def _stop_workers(self, study: TuningStudy, storage: StorageRef, handle: StudyHandle) -> None:
+        """Ask the workers, through the study's system attributes they read before each
+        trial, to start no more: the time budget (active time) ran out. Written once."""
+        request: dict[str, str | int | None] = {
+            "reason": StopReason.TIME.value,
+            "timeoutSeconds": study.spec.budget.timeout_seconds,
+        }
+        key = (storage.url, handle.study_id)
+        if self._stop_requests.get(key) == request:
+            return
+        try:
+            self.stores.storage(storage.url).set_study_system_attr(
+                handle.study_id, STOP_REQUEST_ATTR, request
+            )
+        except (StorageError, SQLAlchemyError) as exc:  # the next refresh tries again
+            log.warning(
+                "Could not ask the workers of %s to stop: %s", handle.name, type(exc).__name__
+            )
+            return
+        self._stop_requests[key] = request
+        log.info("Asked the workers of %s to stop: the time budget ran out", handle.name)
 
     def _importances(self, storage: StorageRef, study: TuningStudy) -> dict[str, float] | None:
         try:

@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from optuna_operator import kueue, manifests
-from optuna_operator.api import TuningStudy, TuningStudyStatus
-from optuna_operator.conditions import Reason
+from optuna_operator.api import StopReason, TuningStudy, TuningStudyStatus
+from optuna_operator.conditions import ReasonedError
 from optuna_operator.dashboards import DashboardAction
 from optuna_operator.lifecycle import PhaseName
 from optuna_operator.storage.study_store import Owner, StudyHandle, StudySummary
@@ -30,6 +30,7 @@ __all__ = [
     "Plan",
     "StorageProblem",
     "StorageRef",
+    "controller_uid",
     "owner_of",
 ]
 
@@ -72,6 +73,9 @@ class Phase:
     phase: PhaseName
     reason: str
     message: str
+    # Which budget ended the study (status.reason); None while it runs or when it failed
+    # for another cause.
+    ended_by: StopReason | None = None
 
 
 @dataclass(frozen=True)
@@ -85,13 +89,8 @@ class StorageRef:
     tenant: TenantCredentials | None = None
 
 
-class StorageProblem(Exception):
+class StorageProblem(ReasonedError):
     """The storage cannot be used for a reason the user can fix; shown as a condition."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -141,6 +140,8 @@ class Plan:
     dashboard: DashboardAction = "none"
     delete_old_dashboard: bool = False
     fail_stale_trials: bool = False
+    # The time budget ran out while workers run: they are told through the database.
+    stop_workers: bool = False
     importances: bool = False
     # Seconds until the next periodic reconcile; None: only changes wake this study.
     requeue_after: float | None = None
@@ -176,6 +177,14 @@ class Outcome:
 
 class ChildConflict(Exception):
     """An object with a child's name exists and is not controlled by this TuningStudy."""
+
+
+def controller_uid(obj: dict[str, Any] | None) -> str | None:
+    """The uid of the object's controlling owner, if any."""
+    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
 
 
 def owner_of(study: TuningStudy) -> Owner:

@@ -9,7 +9,7 @@ import time
 from kubernetes.client.exceptions import ApiException
 
 from optuna_operator import kueue
-from optuna_operator.kube import Cluster
+from optuna_operator.kube import ClusterReader
 from optuna_operator.reconcile.model import JobState
 
 __all__ = ["AdmissionReader"]
@@ -21,7 +21,7 @@ QUEUE_TTL_SECONDS = 60.0
 class AdmissionReader:
     """Reads why a queued Job waits; read only while the Job is suspended."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: ClusterReader) -> None:
         self.cluster = cluster
         # (namespace, LocalQueue) -> (its ClusterQueue, read at monotonic time)
         self._cluster_queues: dict[tuple[str, str], tuple[str | None, float]] = {}

@@ -1,4 +1,4 @@
-"""The reconcile loop of one study: observe -> decide -> act -> status."""
+"""The reconcile loop of one study: prepare -> observe -> decide -> act -> status."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from optuna_operator.reconcile.act import Actor
 from optuna_operator.reconcile.decide import decide
 from optuna_operator.reconcile.model import Children, Outcome, StorageProblem, owner_of
 from optuna_operator.reconcile.observe import Observer
+from optuna_operator.reconcile.prepare import Preparer
 from optuna_operator.reconcile.status import (
     build_status,
     redact_status,
@@ -24,11 +25,10 @@ from optuna_operator.storage.study_store import (
     StoreRegistry,
     WarmStartError,
 )
-from optuna_operator.storage.tenancy import Tenancy, TenantLimits
 
 __all__ = ["Reconciler"]
 
-# What observe raises when the storage or the study cannot be used: a condition says why.
+# What prepare and observe raise when the storage or the study cannot be used: a condition says why.
 STORAGE_PROBLEMS = (
     StorageProblem,
     StorageError,
@@ -39,34 +39,25 @@ STORAGE_PROBLEMS = (
 
 
 class Reconciler:
-    """Runs the four steps for one study at a time; holds the clients and the caches shared
+    """Runs the five steps for one study at a time; holds the clients and the caches shared
     across studies (safe under concurrent reconciles)."""
 
     def __init__(self, cluster: Cluster, stores: StoreRegistry, settings: OperatorSettings) -> None:
         self.cluster = cluster
         self.stores = stores
         self.settings = settings
-        # A rotated password leaves its old URL behind: drop its storage and caches.
-        self.tenancy = Tenancy(
-            cluster,
-            on_rotate=lambda url: self.stores.drop_url(url),
-            pooler=settings.worker_pooler,
-            limits=TenantLimits(
-                connection_limit=settings.tenant_connection_limit,
-                statement_timeout_ms=settings.tenant_statement_timeout_ms,
-                idle_in_transaction_timeout_ms=settings.tenant_idle_in_transaction_timeout_ms,
-            ),
-        )
-        self.observer = Observer(cluster, stores, settings, self.tenancy)
+        self.preparer = Preparer(cluster, stores, settings)
+        self.observer = Observer(cluster, stores, settings)
         self.actor = Actor(cluster, stores)
 
     def reconcile(
         self, study: TuningStudy, children: Children, now: datetime | None = None
     ) -> Outcome:
-        """Observe, decide, act, and build the status of one study."""
+        """Prepare, observe, decide, act, and build the status of one study."""
         now = now or datetime.now(UTC)
         try:
-            observed = self.observer.observe(study, children, now)
+            prepared = self.preparer.prepare(study)
+            observed = self.observer.observe(study, prepared, children, now)
         except STORAGE_PROBLEMS as exc:
             status, events = storage_failure_status(study, *storage_failure(exc))
             return Outcome(status, events, retry=True)
@@ -87,18 +78,17 @@ class Reconciler:
     def delete_study(self, study: TuningStudy) -> bool:
         """Delete the Optuna study (deletionPolicy Delete) when this resource owns it; False
         when it did not exist or belongs to someone else."""
-        storage = self.observer.resolve_storage(study)
+        storage = self.preparer.resolve_storage(study)
         return self.stores.delete_study(storage.url, study.study_name, owner_of(study))
 
     def forget(self, study: TuningStudy) -> None:
         """Drop what is cached for a deleted study; its namespace's credentials are read
         again (a namespace being deleted deletes its studies, and one re-created under the
         same name must not reuse the old credentials or schema)."""
-        self.tenancy.forget(study.metadata.namespace)
-        self.observer.forget(study)
+        self.preparer.forget(study)
         self.actor.forget(study)
         self.stores.forget(study.study_name)
 
     def close(self) -> None:
         """Close what the reconciler opened itself (the admin engines)."""
-        self.tenancy.close()
+        self.preparer.close()

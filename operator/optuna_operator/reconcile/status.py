@@ -1,4 +1,4 @@
-"""Step 4, status: pure functions derive the TuningStudy's status and the events to
+"""Step 5, status: pure functions derive the TuningStudy's status and the events to
 record from the spec, the observations, the plan and what the act step did.
 """
 
@@ -11,9 +11,11 @@ from typing import Any
 import optuna
 
 from optuna_operator import kueue, manifests
+from optuna_operator.advice import budget_advice
 from optuna_operator.api import (
     PARETO_FRONT_LIMIT,
     DashboardStatus,
+    PhaseName,
     TrialCounts,
     TuningStudy,
     TuningStudyStatus,
@@ -22,6 +24,7 @@ from optuna_operator.api import (
 from optuna_operator.conditions import ConditionType, Reason, find, set_condition
 from optuna_operator.config import OPERATOR_VERSION
 from optuna_operator.contract import redact
+from optuna_operator.lifecycle import FINISHED_PHASES, active_seconds
 from optuna_operator.reconcile.model import (
     Acted,
     Event,
@@ -57,13 +60,13 @@ def build_status(
     status.optuna_version = optuna.__version__
     status.operator_version = OPERATOR_VERSION
     status.observed_generation = generation
-    events: list[Event] = []
 
     def set_(type_: ConditionType, ok: bool | None, reason: str, message: str) -> None:
         status.conditions = set_condition(status.conditions, type_, ok, reason, message, generation)
 
     handle, summary = observed.handle, observed.summary
     assert handle is not None
+    events: list[Event] = []
     if handle.created:
         events.append(Event("Normal", Reason.STUDY_CREATED, f"Created Optuna study {handle.name}"))
     set_(
@@ -73,17 +76,64 @@ def build_status(
         f"Optuna study {handle.name} is ready",
     )
     status.start_time = status.start_time or handle.start_time
-
-    job = acted.job
     events += _children_events(study, observed, plan, acted)
     _dashboard_status(study, acted, set_, status, events)
-    _progress(status, summary, job, study.spec.budget.trials)
+    _progress(status, summary, acted.job, study.spec.budget.trials)
+    _active_time(status, acted.job, observed.now)
+    events += _advice(study, summary, set_)
+    phase = _settled_phase(study, observed, plan, acted, status, set_, events)
+    status.reason = phase.ended_by
+    events += _outcome(study, status, old, phase, acted, set_, observed.now)
+    if acted.importances is not None:
+        status.param_importances = acted.importances
+    best = summary.best
+    previous_best = old.best_trial.number if old.best_trial else None
+    if best is not None and len(study.spec.directions) == 1 and best.number != previous_best:
+        message = f"Trial {best.number} is the best so far: {best.values[0]:.6g}"
+        events.append(Event("Normal", "NewBestTrial", message))
+    return status, events
 
-    # Phase and its conditions
-    phase = plan.phase
+
+def _advice(study: TuningStudy, summary: StudySummary, set_: Any) -> list[Event]:
+    """The BudgetAdvice condition, and a Warning event when its advice is new."""
+    advice = budget_advice(study.spec, summary.finished, summary.pruned)
+    if advice is None:
+        set_(ConditionType.BUDGET_ADVICE, False, "BudgetFits", "No advice on the budget")
+        return []
+    new = _reason_changed(study.status, ConditionType.BUDGET_ADVICE, advice.reason)
+    set_(ConditionType.BUDGET_ADVICE, True, advice.reason, advice.message)
+    return [Event("Warning", advice.reason, advice.message)] if new else []
+
+
+def _active_time(status: TuningStudyStatus, job: JobState | None, now: datetime) -> None:
+    """Count the time worker pods run (budget.timeoutSeconds): a run opens when the first
+    worker is ready and closes into activeSeconds when none is. Written only when a run
+    opens or closes, so a refresh of a running study writes nothing new."""
+    running = job is not None and job.ready > 0 and not job.suspended
+    if running and status.active_since is None:
+        status.active_since = now
+        status.active_seconds = status.active_seconds or 0
+    elif not running and status.active_since is not None:
+        used = active_seconds(status.active_seconds, status.active_since, now)
+        status.active_seconds, status.active_since = int(used), None
+
+
+def _settled_phase(
+    study: TuningStudy,
+    observed: Observed,
+    plan: Plan,
+    acted: Acted,
+    status: TuningStudyStatus,
+    set_: Any,
+    events: list[Event],
+) -> Phase:
+    """The planned phase as the act step left it (a refused child fails the study; a queued
+    Job says what Kueue waits for; pending workers say why), with the Suspended, Admitted
+    and WorkersReady conditions."""
+    phase, job = plan.phase, acted.job
     if acted.rejected is not None:
-        phase = Phase("Failed", *acted.rejected)
-    elif phase.phase == "Queued" and observed.admission is not None:
+        phase = Phase(PhaseName.FAILED, *acted.rejected)
+    elif phase.phase == PhaseName.QUEUED and observed.admission is not None:
         phase = replace(phase, message=observed.admission.sentence())
     _admission_condition(study, observed, job, status, set_)
     status.phase = phase.phase
@@ -97,22 +147,14 @@ def build_status(
     ready = job.ready if job else 0
     workers_reason, workers_message = _workers_condition(study, observed, acted, phase)
     set_(ConditionType.WORKERS_READY, ready > 0, workers_reason, workers_message)
-    if phase.phase == "Pending" and workers_reason in (
+    if phase.phase == PhaseName.PENDING and workers_reason in (
         Reason.WORKERS_CRASHING,
         Reason.WORKER_PODS_REFUSED,
     ):
-        phase = Phase("Pending", workers_reason, workers_message)
-        if _reason_changed(old, ConditionType.WORKERS_READY, workers_reason, "False"):
+        phase = Phase(PhaseName.PENDING, workers_reason, workers_message)
+        if _reason_changed(study.status, ConditionType.WORKERS_READY, workers_reason, "False"):
             events.append(Event("Warning", workers_reason, workers_message))
-    events += _outcome(study, status, old, phase, acted, set_, observed.now)
-    if acted.importances is not None:
-        status.param_importances = acted.importances
-    best = summary.best
-    previous_best = old.best_trial.number if old.best_trial else None
-    if best is not None and len(study.spec.directions) == 1 and best.number != previous_best:
-        message = f"Trial {best.number} is the best so far: {best.values[0]:.6g}"
-        events.append(Event("Normal", "NewBestTrial", message))
-    return status, events
+    return phase
 
 
 def _outcome(
@@ -125,7 +167,7 @@ def _outcome(
     now: datetime,
 ) -> list[Event]:
     """Succeeded and Failed, the completion time, and the event of a phase just reached."""
-    succeeded, failed = phase.phase == "Succeeded", phase.phase == "Failed"
+    succeeded, failed = phase.phase == PhaseName.SUCCEEDED, phase.phase == PhaseName.FAILED
     set_(
         ConditionType.SUCCEEDED,
         succeeded,
@@ -160,9 +202,9 @@ def _workers_condition(
         return acted.rejected
     if ready > 0:
         return Reason.WORKERS_RUNNING, f"{ready} of {study.spec.workers.parallelism} workers ready"
-    if phase.phase in ("Succeeded", "Failed", "Suspended"):
+    if phase.phase in (*FINISHED_PHASES, PhaseName.SUSPENDED):
         return Reason.WORKERS_STOPPED, f"0 of {study.spec.workers.parallelism} workers ready"
-    if phase.phase == "Queued":
+    if phase.phase == PhaseName.QUEUED:
         return phase.reason, phase.message
     if observed.pods_refused is not None:
         return (
@@ -238,7 +280,7 @@ def storage_failure_status(
     status.conditions = set_condition(
         status.conditions, ConditionType.STORAGE_READY, False, reason, message, generation
     )
-    status.phase = status.phase or "Pending"
+    status.phase = status.phase or PhaseName.PENDING
     status.observed_generation = generation
     status.study_name = study.study_name
     events = []

@@ -42,6 +42,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from optuna_operator.conditions import ReasonedError
 from optuna_operator.contract import redact
 from optuna_operator.kube import Cluster
 from optuna_operator.manifests import MANAGED_BY
@@ -97,13 +98,8 @@ class TenantLimits:
     idle_in_transaction_timeout_ms: int = 60_000
 
 
-class TenancyError(Exception):
+class TenancyError(ReasonedError):
     """The namespace's credentials cannot be set up for a reason a user can act on."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)

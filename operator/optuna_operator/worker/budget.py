@@ -6,6 +6,7 @@ Optuna's MaxTrialsCallback loads every trial of the study to count them; studies
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 from sqlalchemy import Engine, and_, exists, func, select
 
 from optuna_operator.api import Budget, Direction
-from optuna_operator.contract import ERROR_ATTR
+from optuna_operator.contract import ERROR_ATTR, STOP_REQUEST_ATTR
 from optuna_operator.lifecycle import StopReason, goal_met, stop_reason, too_many_failures
 from optuna_operator.storage.outage import OutageTolerantStorage, guarded_engine_call
 
@@ -57,6 +58,22 @@ class TrialCounter:
             )
         )
         return int(self._scalar("counting failed trials", query))
+
+    def stop_requested(self, timeout_seconds: int) -> bool:
+        """Whether the operator asked the workers to stop because `timeout_seconds` of
+        active time (which only it counts) ran out. A request written for another budget
+        (the user since raised it) does not count."""
+        attrs = models.StudySystemAttributeModel
+        # max(): one row always (NULL without a request); (study, key) is unique anyway.
+        query = select(func.max(attrs.value_json)).where(
+            attrs.study_id == self._study_id, attrs.key == STOP_REQUEST_ATTR
+        )
+        raw = self._scalar("reading the operator's stop request", query)
+        try:
+            request = json.loads(raw) if raw else None
+        except ValueError:
+            return False
+        return isinstance(request, dict) and request.get("timeoutSeconds") == timeout_seconds
 
     def reached(self, goal: float, direction: Direction) -> bool:
         """Whether any complete trial's first value is at least as good as the goal."""
@@ -111,6 +128,7 @@ class BudgetChecker:
             self.deadline,
             finished=self.counter.finished if count_trials else None,
             goal_reached=goal_reached,
+            time_used=lambda: self.counter.stop_requested(self.budget.timeout_seconds or 0),
         )
 
     def seconds_left(self) -> float | None:
