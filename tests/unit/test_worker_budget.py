@@ -103,6 +103,8 @@ def test_a_stale_trial_is_retried_with_its_parameters_at_most_max_retries_times(
     assert retry.state == TrialState.WAITING and retry.params == {"x": 0.5}
     # The attributes Optuna's RetryFailedTrialCallback writes.
     assert retry.system_attrs == {"failed_trial": 7, "retry_history": [7]}
+    # The failed run's own attributes (its worker, an error) stay with it.
+    assert retry.user_attrs == {}
 
     again = retry
     for number in range(8, 8 + MAX_RETRIES):
