@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from optuna_operator.api import BestTrial, TuningStudy
+from optuna_operator.api import BestTrial, TuningStudy, TuningStudyStatus
 from optuna_operator.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.controller import WorkQueue
 from optuna_operator.reconcile import (
@@ -104,6 +104,27 @@ def test_a_finished_study_gets_no_workers_and_no_refresh() -> None:
     plan = plan_for(study(), observed(StudySummary(complete=10), done))
     assert (plan.job, plan.phase.phase, plan.requeue_after) == ("none", "Succeeded", None)
     assert plan.importances
+
+
+def test_importances_are_computed_again_when_a_study_finishes_with_more_trials() -> None:
+    done = running(active=0, ready=0, succeeded=2, complete=True)
+    finished = study().model_copy(
+        update={
+            "status": TuningStudyStatus(param_importances={"x": 1.0}, param_importances_trials=10)
+        }
+    )
+    assert not plan_for(finished, observed(StudySummary(complete=10), done)).importances
+    # budget.trials raised from 10 to 20, and the study finished again
+    more = finished.model_copy(update={"spec": study(budget={"trials": 20}).spec})
+    plan = plan_for(more, observed(StudySummary(complete=20), done))
+    assert plan.importances
+    status, _ = build_status(
+        more,
+        observed(StudySummary(complete=20), done),
+        plan,
+        Acted(job=done, importances={"x": 0.5}),
+    )
+    assert (status.param_importances, status.param_importances_trials) == ({"x": 0.5}, 20)
 
 
 def test_a_finished_study_waits_for_running_workers() -> None:

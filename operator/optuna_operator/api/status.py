@@ -217,7 +217,13 @@ class TuningStudyStatus(Model):
     param_importances: dict[str, float] | None = Field(
         None,
         description="Parameter importances (Optuna's default evaluator, fANOVA), computed "
-        "once the study finished.",
+        "when the study finished (single-objective studies).",
+    )
+    param_importances_trials: int | None = Field(
+        None,
+        ge=0,
+        description="Finished trials paramImportances were computed over: a study that "
+        "continues with a larger budget gets them again when it finishes.",
     )
     workers: WorkerCounts | None = Field(None, description="Pods of the current worker Job.")
     dashboard: DashboardStatus | None = Field(None, description="Where the dashboard is served.")

@@ -1,5 +1,5 @@
 """Step 4, act: apply or delete the children the plan names, fail stale trials, compute
-importances once, export the best trial.
+importances when a study finishes, export the best trial.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
         fail_stale_trials=bool(observed.summary.running) and workers_gone,
         stop_workers=time_up and not workers_gone,
         importances=phase.phase == PhaseName.SUCCEEDED
-        and study.status.param_importances is None
+        and study.status.param_importances_trials != observed.summary.finished
         and len(study.spec.directions) == 1,
         requeue_after=_next_look(study, observed, phase, interval),
     )

@@ -86,6 +86,7 @@ def build_status(
     events += _outcome(study, status, old, phase, acted, set_, observed.now)
     if acted.importances is not None:
         status.param_importances = acted.importances
+        status.param_importances_trials = summary.finished
     best = summary.best
     previous_best = old.best_trial.number if old.best_trial else None
     if best is not None and len(study.spec.directions) == 1 and best.number != previous_best:
