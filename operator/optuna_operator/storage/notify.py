@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg2
-from sqlalchemy import Connection, text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.contract import redact
 from optuna_operator.storage.engines import engine_kwargs
@@ -60,11 +61,19 @@ END $$
 """
 
 
-def install_trigger(conn: Connection) -> None:
-    """Create the trigger on the `trials` table the connection's search_path resolves to;
-    idempotent. Needs the table's owner (the namespace's role, which created it)."""
-    conn.execute(text(_FUNCTION))
-    conn.execute(text(_TRIGGER))
+def install_trigger(engine: Engine, url: str) -> bool:
+    """Create the trigger on the `trials` table the search_path resolves to; idempotent.
+    Needs the table's owner (the namespace's role, which created it); False without."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(_FUNCTION))
+            conn.execute(text(_TRIGGER))
+    except SQLAlchemyError as exc:
+        # A storage made by hand, not the tables' owner: the refresh interval it is.
+        reason = redact(str(exc).splitlines()[0], url)
+        log.warning("No trial trigger: status follows trials at the refresh only: %s", reason)
+        return False
+    return True
 
 
 def database_of(url: str) -> str:

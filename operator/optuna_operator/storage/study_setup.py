@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "claim_study",
     "create_study",
     "delete_owned_study",
+    "find_or_create_study",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,23 @@ def create_study(storage: RDBStorage, new: NewStudy) -> int | None:
         study.enqueue_trial(params, skip_if_exists=True)
     log.info("Created Optuna study %s (%d trials copied)", new.name, len(history))
     return study._study_id
+
+
+def find_or_create_study(
+    storage: RDBStorage, new: NewStudy, before_create: Callable[[], None] | None
+) -> tuple[int, bool]:
+    """The study's id, and whether this call created it. `before_create` runs before a
+    study is created and may refuse by raising."""
+    try:
+        return storage.get_study_id_from_name(new.name), False
+    except KeyError:
+        pass
+    if before_create is not None:
+        before_create()
+    created_id = create_study(storage, new)
+    if created_id is None:  # another reconcile created it meanwhile
+        return storage.get_study_id_from_name(new.name), False
+    return created_id, True
 
 
 def _check_owner(name: str, owner: Owner, recorded: object, adopt: bool) -> None:

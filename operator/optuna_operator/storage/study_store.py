@@ -7,7 +7,6 @@ the storages, one per URL, and the caches that keep a refresh to a few small que
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,8 +30,8 @@ from optuna_operator.storage.study_setup import (
     Owner,
     WarmStartError,
     claim_study,
-    create_study,
     delete_owned_study,
+    find_or_create_study,
 )
 from optuna_operator.storage.summary import StudyScans, StudySummary, summarize
 from optuna_operator.storage.summary import dominates as _dominates
@@ -53,8 +52,6 @@ __all__ = [
     "_dominates",
     "_non_dominated",
 ]
-
-log = logging.getLogger(__name__)
 
 # No pool: each namespace has its own credential, so pooled engines would keep idle
 # connections per namespace for as long as the operator runs (1,000 namespaces would
@@ -110,21 +107,19 @@ class StoreRegistry:
         with self._lock:
             return self._url_locks.setdefault(url, threading.Lock())
 
-    def _cached(self, table: dict[Any, RDBStorage], key: Any) -> RDBStorage | None:
-        with self._lock:
-            return table.get(key)
-
     def _once(
         self, table: dict[Any, RDBStorage], key: Any, url: str, make: Callable[[], RDBStorage]
     ) -> RDBStorage:
         """table[key], made by `make` on first use. Connecting happens under this URL's lock
         only, never under the lock every study shares: a tenant's hanging database stalls
         that tenant's reconciles only."""
-        existing = self._cached(table, key)
+        with self._lock:
+            existing = table.get(key)
         if existing is not None:
             return existing
         with self._url_lock(url):
-            existing = self._cached(table, key)
+            with self._lock:
+                existing = table.get(key)
             if existing is not None:
                 return existing
             made = make()
@@ -149,20 +144,10 @@ class StoreRegistry:
             except (SQLAlchemyError, ValueError, ImportError) as exc:
                 _storage_error(exc, url)
             if self._listener is not None:
-                self._install_trigger(storage, url)
+                install_trigger(storage.engine, url)
             return storage
 
         return self._once(self._storages, url, url, make)
-
-    @staticmethod
-    def _install_trigger(storage: RDBStorage, url: str) -> None:
-        try:
-            with storage.engine.begin() as conn:
-                install_trigger(conn)
-        except SQLAlchemyError as exc:
-            # Not the tables' owner (a storage made by hand): the refresh interval it is.
-            reason = redact(str(exc).splitlines()[0], url)
-            log.warning("No trial trigger: status follows trials at the refresh only: %s", reason)
 
     def close(self) -> None:
         """Close every pool."""
@@ -228,7 +213,7 @@ class StoreRegistry:
         new = NewStudy(name, tuple(directions), metric_names, enqueue, warm_start)
         storage = self.storage(url)
         try:
-            study_id, created = self._find_or_create(storage, new, before_create)
+            study_id, created = find_or_create_study(storage, new, before_create)
             start_time = claim_study(
                 storage, study_id, new, attrs, owner, adopt=adopt, created=created
             )
@@ -237,22 +222,6 @@ class StoreRegistry:
         handle = StudyHandle(study_id, name, new.directions, start_time, created)
         self._handles[(url, name)] = (handle, wanted)
         return handle
-
-    @staticmethod
-    def _find_or_create(
-        storage: RDBStorage, new: NewStudy, before_create: Callable[[], None] | None
-    ) -> tuple[int, bool]:
-        """The study's id, and whether this call created it."""
-        try:
-            return storage.get_study_id_from_name(new.name), False
-        except KeyError:
-            pass
-        if before_create is not None:
-            before_create()  # may refuse (raises)
-        created_id = create_study(storage, new)
-        if created_id is None:  # another reconcile created it meanwhile
-            return storage.get_study_id_from_name(new.name), False
-        return created_id, True
 
     def delete_study(self, url: str, name: str, owner: Owner | None = None) -> bool:
         """Delete the study; with an `owner`, only when it records exactly that owner
