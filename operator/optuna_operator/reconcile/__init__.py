@@ -30,7 +30,7 @@ from optuna_operator.reconcile.model import (
     StorageProblem,
     StorageRef,
 )
-from optuna_operator.reconcile.observe import job_state, termination_message
+from optuna_operator.reconcile.observe import termination_message
 from optuna_operator.reconcile.reconciler import Reconciler
 from optuna_operator.reconcile.status import build_status
 
@@ -51,6 +51,5 @@ __all__ = [
     "build_status",
     "decide",
     "decide_phase",
-    "job_state",
     "termination_message",
 ]

@@ -28,7 +28,6 @@ from optuna_operator.reconcile.model import (
     StorageRef,
     controller_uid,
 )
-from optuna_operator.reconcile.observe import job_state
 from optuna_operator.storage.study_store import StorageError, StoreRegistry, StudyHandle
 
 __all__ = [
@@ -126,7 +125,7 @@ class Actor:
         except ChildConflict as exc:
             rejected = (Reason.CHILD_CONFLICT, str(exc))
             return _JobsSent(job, deleted=tuple(deleted), rejected=rejected)
-        return _JobsSent(job_state(stored), created, (stored,), tuple(deleted))
+        return _JobsSent(JobState.from_job(stored), created, (stored,), tuple(deleted))
 
     def _delete_old_dashboard(self, study: TuningStudy) -> Sent:
         """A study's own dashboard made by a release before 0.2 and controlled by this study

@@ -1,5 +1,6 @@
 """What the reconcile steps hand each other: observations, the plan, what was done,
-the outcome. Plain frozen dataclasses, no behaviour.
+the outcome. Plain frozen dataclasses, and the few readers of object metadata they are
+built from.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any, Literal
 
 from optuna_operator import kueue, manifests
 from optuna_operator.api import StopReason, TuningStudy, TuningStudyStatus
+from optuna_operator.applied import applied_hash
 from optuna_operator.conditions import ReasonedError
 from optuna_operator.dashboards import DashboardAction
 from optuna_operator.lifecycle import PhaseName
@@ -64,6 +66,29 @@ class JobState:
     suspended: bool = False
     uid: str = ""
     queue: str | None = None  # the Job's Kueue queue label
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any]) -> JobState:
+        """The fields of a Job object the reconcile acts on."""
+        status = job.get("status") or {}
+        conditions = {
+            c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"
+        }
+        failed = conditions.get("Failed")
+        return cls(
+            name=job["metadata"]["name"],
+            active=status.get("active", 0) or 0,
+            ready=status.get("ready", 0) or 0,
+            succeeded=status.get("succeeded", 0) or 0,
+            failed=status.get("failed", 0) or 0,
+            complete="Complete" in conditions,
+            failed_reason=failed.get("reason", "Failed") if failed else None,
+            failed_message=failed.get("message", "") if failed else None,
+            applied_hash=applied_hash(job),
+            suspended=bool((job.get("spec") or {}).get("suspend")),
+            uid=str(job["metadata"].get("uid") or ""),
+            queue=(job["metadata"].get("labels") or {}).get(manifests.QUEUE_LABEL),
+        )
 
 
 @dataclass(frozen=True)

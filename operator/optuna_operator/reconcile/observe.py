@@ -11,7 +11,7 @@ from typing import Any
 
 from optuna_operator import manifests
 from optuna_operator.api import TuningStudy
-from optuna_operator.applied import applied_hash, with_hash
+from optuna_operator.applied import with_hash
 from optuna_operator.config import OperatorSettings
 from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode
 from optuna_operator.dashboards import desired_dashboard
@@ -23,30 +23,8 @@ from optuna_operator.storage.study_store import StoreRegistry
 
 __all__ = [
     "Observer",
-    "job_state",
     "termination_message",
 ]
-
-
-def job_state(job: dict[str, Any]) -> JobState:
-    """The fields of a Job object the reconcile acts on."""
-    status = job.get("status") or {}
-    conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    failed = conditions.get("Failed")
-    return JobState(
-        name=job["metadata"]["name"],
-        active=status.get("active", 0) or 0,
-        ready=status.get("ready", 0) or 0,
-        succeeded=status.get("succeeded", 0) or 0,
-        failed=status.get("failed", 0) or 0,
-        complete="Complete" in conditions,
-        failed_reason=failed.get("reason", "Failed") if failed else None,
-        failed_message=failed.get("message", "") if failed else None,
-        applied_hash=applied_hash(job),
-        suspended=bool((job.get("spec") or {}).get("suspend")),
-        uid=str(job["metadata"].get("uid") or ""),
-        queue=(job["metadata"].get("labels") or {}).get(manifests.QUEUE_LABEL),
-    )
 
 
 def termination_message(pods: list[dict[str, Any]]) -> str | None:
@@ -94,7 +72,7 @@ def split_jobs(
         if controller_uid(job) != study.metadata.uid:
             continue
         if job["metadata"]["name"] == desired_name:
-            current = job_state(job)
+            current = JobState.from_job(job)
         else:
             stale.append(job["metadata"]["name"])
     return current, tuple(sorted(stale))
