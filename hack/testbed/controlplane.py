@@ -14,6 +14,7 @@ import ssl
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from testbed.audit import AUDIT_LOG, AUDIT_POLICY
@@ -21,6 +22,7 @@ from testbed.certs import Pki, generate_pki
 from testbed.kubeapi import ApiError, KubeApi
 from testbed.kubeconfig import Credentials, write_kubeconfig
 from testbed.ports import free_port
+from testbed.procs import ProcessRecord
 from testbed.supervisor import Supervisor
 
 __all__ = ["ControlPlane", "start_control_plane"]
@@ -64,26 +66,30 @@ def _etcd_healthy(port: int) -> bool:
         return bool(json.loads(resp.read()).get("health") == "true")
 
 
-def start_control_plane(
-    sup: Supervisor,
-    directory: Path,
-    logs: Path,
-    bin_dir: Path,
-    timeout_s: float = 180.0,
-    extra_apiserver_args: Sequence[str] = (),
-) -> ControlPlane:
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = generate_pki(directory / "pki")
+@dataclass(frozen=True)
+class _Launch:
+    """Where and how the components start: shared by every step below."""
 
-    etcd_port, peer_port = free_port(), free_port()
-    etcd_url = f"http://127.0.0.1:{etcd_port}"
-    peer_url = f"http://127.0.0.1:{peer_port}"
-    etcd = sup.spawn(
+    sup: Supervisor
+    directory: Path
+    logs: Path
+    bin_dir: Path
+    timeout_s: float
+
+    def spawn(self, name: str, args: list[str]) -> ProcessRecord:
+        argv = [str(self.bin_dir / name), *args]
+        log = self.logs / f"{name}.log"
+        return self.sup.spawn(name, argv, log, death_signal=ORPHANED)
+
+
+def _start_etcd(launch: _Launch) -> tuple[ProcessRecord, str]:
+    etcd_url = f"http://127.0.0.1:{free_port()}"
+    peer_url = f"http://127.0.0.1:{free_port()}"
+    etcd = launch.spawn(
         "etcd",
         [
-            str(bin_dir / "etcd"),
             "--name=testbed",
-            f"--data-dir={directory / 'etcd'}",
+            f"--data-dir={launch.directory / 'etcd'}",
             f"--listen-client-urls={etcd_url}",
             f"--advertise-client-urls={etcd_url}",
             f"--listen-peer-urls={peer_url}",
@@ -93,83 +99,65 @@ def start_control_plane(
             "--unsafe-no-fsync=true",
             "--log-level=warn",
         ],
-        logs / "etcd.log",
-        death_signal=ORPHANED,
     )
-    sup.wait_until(lambda: _etcd_healthy(etcd_port), "etcd /health", timeout_s, [etcd])
+    port = int(etcd_url.rsplit(":", 1)[1])
+    launch.sup.wait_until(lambda: _etcd_healthy(port), "etcd /health", launch.timeout_s, [etcd])
+    return etcd, etcd_url
 
-    api_port = free_port()
-    server = f"https://127.0.0.1:{api_port}"
-    audit_policy, audit_log = directory / "audit-policy.json", logs / AUDIT_LOG
+
+def _apiserver_args(launch: _Launch, pki: Pki, etcd_url: str, port: int) -> list[str]:
+    """kube-apiserver's flags; the audit log records every list and watch (audit.py)."""
+    audit_policy = launch.directory / "audit-policy.json"
     audit_policy.write_text(json.dumps(AUDIT_POLICY))
-    apiserver = sup.spawn(
-        "kube-apiserver",
-        [
-            str(bin_dir / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={api_port}",
-            f"--cert-dir={directory / 'apiserver-certs'}",
-            f"--tls-cert-file={pki.serving.cert}",
-            f"--tls-private-key-file={pki.serving.key}",
-            f"--client-ca-file={pki.ca_cert}",
-            "--authorization-mode=RBAC",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--service-account-issuer={SA_ISSUER}",
-            f"--service-account-key-file={pki.sa_pub}",
-            f"--service-account-signing-key-file={pki.sa_key}",
-            "--allow-privileged=true",
-            f"--requestheader-client-ca-file={pki.ca_cert}",
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={pki.front_proxy.cert}",
-            f"--proxy-client-key-file={pki.front_proxy.key}",
-            "--profiling=false",
-            f"--audit-policy-file={audit_policy}",
-            f"--audit-log-path={audit_log}",
-            "--audit-log-format=json",
-            *extra_apiserver_args,
-        ],
-        logs / "kube-apiserver.log",
-        death_signal=ORPHANED,
-    )
-    admin = Credentials(server, pki.ca_cert, pki.admin.cert, pki.admin.key)
-    api = KubeApi(admin, timeout_s=10)
-    sup.wait_until(
-        lambda: api.get_text("/readyz")[0] == 200,
-        "kube-apiserver /readyz",
-        timeout_s,
-        [etcd, apiserver],
-    )
+    return [
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--cert-dir={launch.directory / 'apiserver-certs'}",
+        f"--tls-cert-file={pki.serving.cert}",
+        f"--tls-private-key-file={pki.serving.key}",
+        f"--client-ca-file={pki.ca_cert}",
+        "--authorization-mode=RBAC",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-account-issuer={SA_ISSUER}",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        "--allow-privileged=true",
+        f"--requestheader-client-ca-file={pki.ca_cert}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.front_proxy.cert}",
+        f"--proxy-client-key-file={pki.front_proxy.key}",
+        "--profiling=false",
+        f"--audit-policy-file={audit_policy}",
+        f"--audit-log-path={launch.logs / AUDIT_LOG}",
+        "--audit-log-format=json",
+    ]
 
-    admin_kubeconfig = directory / "admin.kubeconfig"
-    write_kubeconfig(admin_kubeconfig, admin, "testbed-admin")
-    kcm_kubeconfig = directory / "controller-manager.kubeconfig"
-    write_kubeconfig(
-        kcm_kubeconfig,
-        Credentials(server, pki.ca_cert, pki.controller_manager.cert, pki.controller_manager.key),
-        "system:kube-controller-manager",
-    )
-    scheduler_kubeconfig = directory / "scheduler.kubeconfig"
-    write_kubeconfig(
-        scheduler_kubeconfig,
-        Credentials(server, pki.ca_cert, pki.scheduler.cert, pki.scheduler.key),
-        "system:kube-scheduler",
-    )
 
-    kcm_port = free_port()
-    kcm = sup.spawn(
+def _kubeconfig(launch: _Launch, server: str, pki: Pki, client: str, user: str) -> Path:
+    """A kubeconfig for one component, authenticated by its client certificate."""
+    cert = getattr(pki, client)
+    path = launch.directory / f"{client.replace('_', '-')}.kubeconfig"
+    write_kubeconfig(path, Credentials(server, pki.ca_cert, cert.cert, cert.key), user)
+    return path
+
+
+def _start_controller_manager(
+    launch: _Launch, kubeconfig: Path, pki: Pki
+) -> tuple[ProcessRecord, int]:
+    port = free_port()
+    kcm = launch.spawn(
         "kube-controller-manager",
         [
-            str(bin_dir / "kube-controller-manager"),
-            f"--kubeconfig={kcm_kubeconfig}",
-            f"--authentication-kubeconfig={kcm_kubeconfig}",
-            f"--authorization-kubeconfig={kcm_kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
-            f"--secure-port={kcm_port}",
-            f"--cert-dir={directory / 'controller-manager-certs'}",
+            f"--secure-port={port}",
+            f"--cert-dir={launch.directory / 'controller-manager-certs'}",
             "--leader-elect=false",
             # The default set: job, garbagecollector, namespace, serviceaccount(-token),
             # replicaset, deployment, endpoint(slice), podgc, nodelifecycle and the rest.
@@ -182,44 +170,78 @@ def start_control_plane(
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--profiling=false",
         ],
-        logs / "kube-controller-manager.log",
-        death_signal=ORPHANED,
     )
-    scheduler_port = free_port()
-    scheduler = sup.spawn(
+    return kcm, port
+
+
+def _start_scheduler(launch: _Launch, kubeconfig: Path) -> tuple[ProcessRecord, int]:
+    port = free_port()
+    scheduler = launch.spawn(
         "kube-scheduler",
         [
-            str(bin_dir / "kube-scheduler"),
-            f"--kubeconfig={scheduler_kubeconfig}",
-            f"--authentication-kubeconfig={scheduler_kubeconfig}",
-            f"--authorization-kubeconfig={scheduler_kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
-            f"--secure-port={scheduler_port}",
-            f"--cert-dir={directory / 'scheduler-certs'}",
+            f"--secure-port={port}",
+            f"--cert-dir={launch.directory / 'scheduler-certs'}",
             "--leader-elect=false",
             "--profiling=false",
         ],
-        logs / "kube-scheduler.log",
-        death_signal=ORPHANED,
     )
+    return scheduler, port
+
+
+def _ready(api: KubeApi) -> bool:
+    return api.get_text("/readyz")[0] == 200
+
+
+def _default_sa_exists(api: KubeApi) -> bool:
+    try:
+        api.get("/api/v1/namespaces/default/serviceaccounts/default")
+    except ApiError as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def start_control_plane(
+    sup: Supervisor,
+    directory: Path,
+    logs: Path,
+    bin_dir: Path,
+    timeout_s: float = 180.0,
+    extra_apiserver_args: Sequence[str] = (),
+) -> ControlPlane:
+    """etcd, then the API server on it, then the controller-manager and the scheduler;
+    returns once pods can be created in `default`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    launch = _Launch(sup, directory, logs, bin_dir, timeout_s)
+    pki = generate_pki(directory / "pki")
+    etcd, etcd_url = _start_etcd(launch)
+    api_port = free_port()
+    server = f"https://127.0.0.1:{api_port}"
+    args = [*_apiserver_args(launch, pki, etcd_url, api_port), *extra_apiserver_args]
+    apiserver = launch.spawn("kube-apiserver", args)
+    admin = Credentials(server, pki.ca_cert, pki.admin.cert, pki.admin.key)
+    api = KubeApi(admin, timeout_s=10)
+    sup.wait_until(partial(_ready, api), "kube-apiserver /readyz", timeout_s, [etcd, apiserver])
+
+    admin_kubeconfig = directory / "admin.kubeconfig"
+    write_kubeconfig(admin_kubeconfig, admin, "testbed-admin")
+    kcm_config = _kubeconfig(
+        launch, server, pki, "controller_manager", "system:kube-controller-manager"
+    )
+    kcm, kcm_port = _start_controller_manager(launch, kcm_config, pki)
+    scheduler_config = _kubeconfig(launch, server, pki, "scheduler", "system:kube-scheduler")
+    scheduler, scheduler_port = _start_scheduler(launch, scheduler_config)
     everything = [etcd, apiserver, kcm, scheduler]
-    sup.wait_until(
-        lambda: _https_healthz(kcm_port), "kube-controller-manager /healthz", timeout_s, everything
-    )
-    sup.wait_until(
-        lambda: _https_healthz(scheduler_port), "kube-scheduler /healthz", timeout_s, everything
-    )
-
-    def default_sa_exists() -> bool:
-        try:
-            api.get("/api/v1/namespaces/default/serviceaccounts/default")
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
-
+    for port, what in ((kcm_port, "kube-controller-manager"), (scheduler_port, "kube-scheduler")):
+        sup.wait_until(partial(_https_healthz, port), f"{what} /healthz", timeout_s, everything)
     # Pods cannot be created in a namespace until its default ServiceAccount exists.
-    sup.wait_until(default_sa_exists, "the default ServiceAccount", timeout_s, everything)
+    sup.wait_until(
+        lambda: _default_sa_exists(api), "the default ServiceAccount", timeout_s, everything
+    )
     api.close()
-    return ControlPlane(server, admin_kubeconfig, admin, pki, audit_log)
+    return ControlPlane(server, admin_kubeconfig, admin, pki, logs / AUDIT_LOG)
