@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -34,9 +35,11 @@ import optuna
 from kubernetes import watch
 from sqlalchemy import create_engine, text
 
-from bench_cluster import GROUP, PLURAL, VERSION, BenchCluster
+from bench_cluster import GROUP, PLURAL, ROOT, VERSION, BenchCluster
 from optuna_operator.storage.tenancy import tenant_names
 from testbed import Bed
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 RUNNING_NAMESPACE = "scale-running"
 IDLE_NAMESPACES = 10  # idle studies are spread over several namespaces
@@ -129,6 +132,17 @@ class Scale(BenchCluster):
         self.idle = 0
 
     def setup(self) -> None:
+        # `kubectl wait` in start_operator fails on a CRD that has no conditions yet.
+        self.kubectl("apply", "-f", str(ROOT / "crds"))
+        crd = f"crd/{PLURAL}.{GROUP}"
+        while "Established" not in self.kubectl("get", crd, "-o", "jsonpath={.status.conditions}"):
+            time.sleep(0.5)
+        if os.environ.get("BENCH_SCALE_MEMTRACE"):
+            # hack/memtrace/sitecustomize.py traces the operator's heap (started from here).
+            os.environ["PYTHONPATH"] = (
+                f"{ROOT / 'hack' / 'memtrace'}:{os.environ.get('PYTHONPATH', '')}"
+            )
+            os.environ["OPERATOR_MEMTRACE"] = str(self.bed.directory / "memtrace.txt")
         self.start_operator([RUNNING_NAMESPACE, *self._idle_namespaces()], INTERVAL)
         for ns in self._idle_namespaces():
             self.core.create_namespaced_secret(
@@ -203,6 +217,17 @@ class Scale(BenchCluster):
             "cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
         }
 
+    def memtrace(self) -> str:
+        """The operator's heap by package (BENCH_SCALE_MEMTRACE=1), or nothing."""
+        report = os.environ.get("OPERATOR_MEMTRACE")
+        if not report or self.operator is None:
+            return ""
+        os.kill(self.operator.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        while not Path(report).exists() and time.monotonic() < deadline:
+            time.sleep(1)
+        return Path(report).read_text() if Path(report).exists() else "no memtrace report"
+
     def status_lag(self) -> tuple[float, float]:
         """p50 and p95 seconds a finished trial waits to appear in its study's status."""
         engine = create_engine(self.bed.storage_url)
@@ -276,6 +301,14 @@ def bench_scale() -> None:
         scale = Scale(bed)
         try:
             scale.setup()
+            scale.wait_reconciled()
+            assert scale.operator is not None
+            # What the operator holds before idle studies come: imports, clients, threads.
+            print(
+                f"  operator RSS with the {RUNNING} running studies only: "
+                f"{process_usage(scale.operator.pid)[0]:.0f} MiB",
+                flush=True,
+            )
             rows = []
             print(
                 f"  {'N':>5} {'catch-up':>9} {'API req/s':>10} {'per idle':>9} "
@@ -289,6 +322,7 @@ def bench_scale() -> None:
                 # Reconciles queued by the last status writes and child events settle first.
                 time.sleep(2 * INTERVAL)
                 quiet = scale.quiet_minute()
+                print(scale.memtrace(), end="", flush=True)
                 p50, p95 = scale.status_lag()
                 idle = n - RUNNING
                 per_idle = (
