@@ -286,22 +286,28 @@ def test_killed_worker_trial_is_failed_and_retried(bench: Bench) -> None:
 
 def test_exact_budget_with_four_workers_and_one_killed(bench: Bench) -> None:
     """COMPLETE + PRUNED == budget.trials, never more, with 4 workers racing for the last
-    slots; the slot of a SIGKILLed worker's trial comes back once its heartbeat is stale,
-    and survivors told to wait for slots (WAIT_FOR_SLOTS_ENV) wait for it."""
+    slots; survivors told to wait for slots (WAIT_FOR_SLOTS_ENV) wait for the slot a live
+    trial holds, and get it once its worker is SIGKILLed and its heartbeat goes stale."""
     budget = 16
     bench.create_study(["minimize"])
     config = bench.config(objective={"function": "objectives:quick"}, budget={"trials": budget})
     # The victim's trial outlasts the test: it holds a slot until it is failed as stale.
     victim = bench.start(config, name=f"{bench.study_name}-victim", env={"TRIAL_SECONDS": "600"})
-
     killed = wait_for_trial_running_on(bench, victim)
-    victim.process.send_signal(signal.SIGKILL)
-    assert victim.wait(timeout=10) == -signal.SIGKILL
     survivors = [bench.start(config, env={"TRIAL_SECONDS": "0.05", **WAIT}) for _ in range(3)]
 
-    # Budget - 1 slots finish quickly; the last one is held by the killed trial, so the
-    # survivors wait (heartbeats every 5 s: stale after 10 s) rather than stop.
-    wait_for(lambda: finished(bench.trials()) == budget - 1, 60, f"{budget - 1} finished trials")
+    # Budget - 1 slots finish quickly; the last one is held by the victim's trial, alive, so
+    # every survivor comes to wait for it (killed only then: a kill before the survivors
+    # start could go stale while they are still importing on a busy machine).
+    def all_waiting() -> bool:
+        logs = [w.log.read_text() for w in survivors]
+        return all("trial slots are running or finished; waiting" in log for log in logs)
+
+    wait_for(all_waiting, 90, "every survivor to wait for a slot")
+    assert finished(bench.trials()) == budget - 1
+    victim.process.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    # Heartbeats every 5 s: stale after 10 s; a survivor fails it and runs its retry.
     assert [w.process.poll() for w in survivors] == [None, None, None]
     for worker in survivors:
         assert worker.wait(timeout=90) == 0
@@ -312,10 +318,6 @@ def test_exact_budget_with_four_workers_and_one_killed(bench: Bench) -> None:
     logs = [w.log.read_text()[-3000:] for w in survivors]
     assert [r.state for r in retries] == [TrialState.COMPLETE], logs
     assert states(list(trials.values()))[TrialState.RUNNING] == 0
-    waited = [
-        w for w in survivors if "trial slots are running or finished; waiting" in w.log.read_text()
-    ]
-    assert waited, [w.log.read_text()[-2000:] for w in survivors]
 
 
 def test_workers_leave_when_live_trials_hold_the_last_slots(bench: Bench) -> None:
