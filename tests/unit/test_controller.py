@@ -80,9 +80,9 @@ def test_a_late_event_does_not_overwrite_a_newer_object() -> None:
     assert c.cache.studies[("ns", "s")]["metadata"]["resourceVersion"] == "50"
 
 
-def test_child_events_queue_the_owner_only_when_progress_changes() -> None:
-    c = controller()
-    job = {
+def worker_job(**extra: Any) -> dict[str, Any]:
+    """A worker Job of study ns/s as a watch event carries it; `extra` adds top-level keys."""
+    return {
         "kind": "Job",
         "metadata": {
             "name": "s-workers-1",
@@ -91,7 +91,13 @@ def test_child_events_queue_the_owner_only_when_progress_changes() -> None:
             "ownerReferences": [{"kind": "TuningStudy", "name": "s"}],
         },
         "status": {"active": 1},
+        **extra,
     }
+
+
+def test_child_events_queue_the_owner_only_when_progress_changes() -> None:
+    c = controller()
+    job = worker_job()
     c.on_child("Job", "ADDED", job)
     assert len(c.queue) == 1
     c.queue.forget(("ns", "s"))
@@ -174,18 +180,10 @@ def test_the_event_explaining_a_status_is_posted_before_the_status() -> None:
 
 def test_the_cache_keeps_neither_managed_fields_nor_pod_templates() -> None:
     c = controller()
-    job = {
-        "kind": "Job",
-        "metadata": {
-            "name": "s-workers-1",
-            "namespace": "ns",
-            "resourceVersion": "5",
-            "ownerReferences": [{"kind": "TuningStudy", "name": "s"}],
-            "managedFields": [{"manager": "optuna-operator", "fieldsV1": {"f:spec": {}}}],
-        },
-        "spec": {"suspend": True, "parallelism": 2, "template": {"spec": {"containers": []}}},
-        "status": {"active": 1},
-    }
+    job = worker_job(
+        spec={"suspend": True, "parallelism": 2, "template": {"spec": {"containers": []}}}
+    )
+    job["metadata"]["managedFields"] = [{"manager": "optuna-operator", "fieldsV1": {}}]
     c.on_child("Job", "ADDED", job)
     kept = c.cache.jobs[("ns", "s")]["s-workers-1"]
     assert "managedFields" not in kept["metadata"]
