@@ -40,6 +40,7 @@ __all__ = [
     "STUDY_ATTR_PREFIX",
     "STUDY_START_TIME_ATTR",
     "WARM_START_ATTR",
+    "WARM_START_COUNT_ATTR",
     "WORKER_ATTR",
     "ConfigError",
     "ExitCode",
@@ -117,6 +118,8 @@ RETRY_OF_ATTR = "retry_of"
 WORKER_ATTR = "worker"
 # On a trial copied by spec.warmStart: "<source study>#<trial number>".
 WARM_START_ATTR = "warm_start_from"
+# On the study: how many trials spec.warmStart copied into it (set once, at creation).
+WARM_START_COUNT_ATTR = f"{STUDY_ATTR_PREFIX}warm_start_trials"
 
 # A trial whose worker keeps dying (OOM, a crashing CUDA kernel) is retried this often, not
 # forever; preemptions rarely hit the same parameters more than twice.

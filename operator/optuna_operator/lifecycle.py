@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from optuna_operator.api import Budget, Direction, PhaseName, StopReason
+from optuna_operator.api import Budget, Direction, PhaseName, StopReason, WarmStartSpec
 
 __all__ = [
     "FINISHED_PHASES",
@@ -21,6 +21,7 @@ __all__ = [
     "goal_met",
     "stop_reason",
     "too_many_failures",
+    "trial_budget",
 ]
 
 FINISHED_PHASES = (PhaseName.SUCCEEDED, PhaseName.FAILED)
@@ -63,6 +64,15 @@ def stop_reason(
     if deadline is not None and now >= _aware(deadline):
         return StopReason.DEADLINE
     return None
+
+
+def trial_budget(budget: Budget, warm_start: WarmStartSpec | None, copied: int) -> Budget:
+    """The budget the finished count (warm-start copies included) is held against: the
+    `copied` trials are added to budget.trials unless warmStart.countTowardsBudget says they
+    count. The operator's status and the workers' slot claim both use it."""
+    if budget.trials is None or not copied or (warm_start and warm_start.count_towards_budget):
+        return budget
+    return budget.model_copy(update={"trials": budget.trials + copied})
 
 
 def active_seconds(active: int | None, since: datetime | None, now: datetime) -> float:

@@ -26,6 +26,7 @@ from optuna_operator.contract import (
     STORAGE_ENV,
     ExitCode,
 )
+from optuna_operator.lifecycle import trial_budget
 
 __all__ = [
     "DASHBOARD_PORT",
@@ -97,6 +98,7 @@ class ChildContext:
     worker_image: str
     dashboard_image: str
     deadline: datetime | None = None
+    copied_trials: int = 0  # trials spec.warmStart copied in (StudyHandle.copied)
     # Kueue LocalQueue of the worker Job (spec.workers.queueName or the operator's default).
     queue_name: str | None = None
     # The namespace's read-only role: its URL carries no password, which reaches the
@@ -146,18 +148,20 @@ def _storage_env(ctx: ChildContext) -> dict[str, Any]:
     }
 
 
-def worker_config(study: TuningStudy, deadline: datetime | None) -> WorkerConfig:
+def worker_config(study: TuningStudy, ctx: ChildContext) -> WorkerConfig:
+    """What each worker process is told: the study, its objective and the budget it counts
+    finished trials (warm-start copies included) against."""
     spec = study.spec
     return WorkerConfig(
         study_name=study.study_name,
         directions=spec.directions,
         objective=spec.objective,
-        budget=spec.budget,
+        budget=trial_budget(spec.budget, spec.warm_start, ctx.copied_trials),
         sampler=spec.sampler,
         pruner=spec.pruner,
         processes_per_pod=spec.workers.processes_per_pod,
         heartbeat_interval_seconds=spec.workers.heartbeat_interval_seconds,
-        deadline=deadline,
+        deadline=ctx.deadline,
     )
 
 
@@ -169,7 +173,7 @@ def _worker_container(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
     """The worker container: the env contract (worker config, storage URL, pod identity)
     before the user's env, the security floor, and the user's optional fields."""
     workers = study.spec.workers
-    config = worker_config(study, ctx.deadline).to_wire()
+    config = worker_config(study, ctx).to_wire()
     env: list[dict[str, Any]] = [
         {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
         _storage_env(ctx),

@@ -67,8 +67,40 @@ def test_warm_start_copies_the_finished_trials_first(studies: Studies) -> None:
     assert [t.params for t in copied] == [t.params for t in source_done]
     assert [t.value for t in copied] == [t.value for t in source_done]
     # The history is there before the first new trial: TPE (5 startup trials) samples the
-    # first new trial from it, and only the budget's remainder runs.
+    # first new trial from it. The copies do not count towards budget.trials (the default):
+    # nine trials of its own run, and the status shows the copies apart.
     assert [t.number for t in copied] == list(range(len(copied)))
     assert min(t.number for t in fresh) == len(copied)
-    assert len(copied) + len([t for t in fresh if t.state == TrialState.COMPLETE]) >= 9
-    assert status["trials"]["complete"] + status["trials"]["pruned"] >= 9
+    assert len([t for t in fresh if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 9
+    assert status["trials"]["copied"] == len(copied) == len(source_done)
+    assert status["progress"] == "9/9"
+    assert status["trials"]["complete"] + status["trials"]["pruned"] == 9 + len(copied)
+
+
+def test_warm_start_is_capped_and_may_count_towards_the_budget(studies: Studies) -> None:
+    studies.create(study_body("history", budget={"trials": 6}))
+    studies.wait_phase("history", "Succeeded")
+    studies.create(
+        study_body(
+            "capped",
+            budget={"trials": 5},
+            sampler={"type": "Random"},
+            warmStart={
+                "studyName": f"{studies.namespace}.history",
+                "maxTrials": 2,
+                "countTowardsBudget": True,
+            },
+        )
+    )
+    status = studies.wait_phase("capped", "Succeeded")
+    storage_url = studies.storage_url()
+    source = optuna.load_study(study_name=f"{studies.namespace}.history", storage=storage_url)
+    capped = optuna.load_study(study_name=f"{studies.namespace}.capped", storage=storage_url)
+    copied = [t for t in capped.trials if "warm_start_from" in t.user_attrs]
+    source_done = [t for t in source.trials if t.state == TrialState.COMPLETE]
+    # The two most recent complete trials, and they count: three trials of its own run.
+    assert [t.params for t in copied] == [t.params for t in source_done[-2:]]
+    assert status["trials"]["copied"] == 2
+    assert status["progress"] == "5/5"
+    finished = [t for t in capped.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 5

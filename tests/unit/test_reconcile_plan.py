@@ -99,6 +99,17 @@ def test_a_completed_job_of_an_unfinished_study_restarts() -> None:
     assert plan.job == "restart"
 
 
+def test_workers_that_left_are_not_restarted_while_live_trials_hold_every_slot() -> None:
+    left = running(active=0, ready=0, succeeded=2, complete=True)
+    held = observed(StudySummary(complete=9, running=1), left)
+    plan = plan_for(study(), held)
+    assert (plan.job, plan.phase.phase, plan.requeue_after) == ("none", "Running", INTERVAL)
+    assert "hold the last slots" in plan.phase.message and plan.fail_stale_trials
+    # The stale scan failed that trial and enqueued its retry: new workers get a slot.
+    retried = observed(StudySummary(complete=9, failed=1, waiting=1), left)
+    assert plan_for(study(), retried).job == "restart"
+
+
 def test_a_finished_study_gets_no_workers_and_no_refresh() -> None:
     done = running(active=0, ready=0, succeeded=2, complete=True)
     plan = plan_for(study(), observed(StudySummary(complete=10), done))

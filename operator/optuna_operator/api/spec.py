@@ -158,8 +158,18 @@ class WarmStartSpec(Model):
         max_length=128,
         description="Optuna study name (status.studyName of another TuningStudy) in the same "
         "storage. Its COMPLETE trials are copied once, when this study is created; their "
-        "parameter distributions must be compatible with this study's search space, and they "
-        "count towards budget.trials.",
+        "parameter distributions must be compatible with this study's search space.",
+    )
+    max_trials: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Copy at most this many COMPLETE trials, the most recent ones.",
+    )
+    count_towards_budget: bool = Field(
+        False,
+        description="Whether copied trials count towards budget.trials. Default false: the "
+        "budget is this study's own trials; status.trials.copied shows the copies.",
     )
 
 

@@ -92,6 +92,11 @@ class TrialCounts(Model):
     running: int = Field(0, description="Trials running now.")
     waiting: int = Field(0, description="Enqueued trials no worker has taken yet.")
     budget: int | None = Field(None, description="spec.budget.trials, when set.")
+    copied: int | None = Field(
+        None,
+        description="Complete trials spec.warmStart copied in (counted in complete); they "
+        "count towards the budget only with warmStart.countTowardsBudget.",
+    )
 
 
 # JSON has no Infinity or NaN: a status patch holding one is not JSON, the API server refuses

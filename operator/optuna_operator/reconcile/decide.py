@@ -19,6 +19,7 @@ from optuna_operator.lifecycle import (
     goal_met,
     stop_reason,
     too_many_failures,
+    trial_budget,
 )
 from optuna_operator.reconcile.model import JobAction, JobState, Observed, Phase, Plan
 from optuna_operator.storage.study_store import StudySummary
@@ -27,6 +28,7 @@ __all__ = [
     "decide",
     "decide_phase",
     "ended_by",
+    "slot_free",
 ]
 
 # The Succeeded condition's reason for each budget that ends a study.
@@ -38,10 +40,15 @@ _DONE_REASONS = {
 }
 
 
-def ended_by(study: TuningStudy, summary: StudySummary, now: datetime) -> StopReason | None:
+def ended_by(
+    study: TuningStudy, summary: StudySummary, now: datetime, copied: int = 0
+) -> StopReason | None:
     """Which budget, if any, says the study needs no more trials: lifecycle's rules over the
     summary, the status's active time and budget.deadline."""
-    budget, directions = study.spec.budget, list(study.spec.directions)
+    budget, directions = (
+        trial_budget(study.spec.budget, study.spec.warm_start, copied),
+        list(study.spec.directions),
+    )
     if too_many_failures(budget, summary.failed_by_objective):
         return StopReason.FAILURES
     best = summary.best
@@ -61,10 +68,12 @@ def ended_by(study: TuningStudy, summary: StudySummary, now: datetime) -> StopRe
     )
 
 
-def _done_message(study: TuningStudy, summary: StudySummary, stop: StopReason) -> str:
+def _done_message(study: TuningStudy, summary: StudySummary, stop: StopReason, copied: int) -> str:
     budget, best = study.spec.budget, summary.best
     if stop == StopReason.BUDGET:
-        return f"{summary.finished} of {budget.trials} trials finished"
+        counted = trial_budget(study.spec.budget, study.spec.warm_start, copied).trials or 0
+        own = summary.finished - (counted - (budget.trials or 0))
+        return f"{own} of {budget.trials} trials finished"
     if stop == StopReason.GOAL and best is not None:
         return f"Trial {best.number} reached the goal {budget.goal} with {best.values[0]}"
     if stop == StopReason.TIME:
@@ -78,9 +87,11 @@ def decide_phase(
     job: JobState | None,
     now: datetime,
     queue: str | None = None,
+    copied: int = 0,
 ) -> Phase:
-    """The study's phase from its budget, the database and the worker Job."""
-    stop = ended_by(study, summary, now)
+    """The study's phase from its budget, the database and the worker Job; `copied`:
+    trials warm start copied in."""
+    stop = ended_by(study, summary, now, copied)
     if stop == StopReason.FAILURES:
         detail = f"; last error: {summary.last_error}" if summary.last_error else ""
         return Phase(
@@ -97,7 +108,7 @@ def decide_phase(
             f"Worker Job {job.name} failed ({job.failed_reason}): {job.failed_message}",
         )
     if stop is not None:
-        message = _done_message(study, summary, stop)
+        message = _done_message(study, summary, stop, copied)
         if job is not None and job.active > 0 and not study.spec.suspend:
             return Phase(PhaseName.RUNNING, Reason.RUNNING, f"{message}; waiting for workers")
         return Phase(PhaseName.SUCCEEDED, _DONE_REASONS[stop], message, ended_by=stop)
@@ -109,9 +120,27 @@ def decide_phase(
             Reason.WAITING_FOR_ADMISSION,
             f"The worker Job waits for admission by Kueue in LocalQueue {queue}",
         )
+    if job is not None and job.complete and not slot_free(study, summary, copied):
+        return Phase(
+            PhaseName.RUNNING,
+            Reason.RUNNING,
+            f"{summary.running} running trials hold the last slots of budget.trials and their "
+            "workers are gone: the stale-trial scan fails and retries them",
+        )
     if job is None or job.ready == 0:
         return Phase(PhaseName.PENDING, Reason.WORKERS_PENDING, "Waiting for worker pods to start")
     return Phase(PhaseName.RUNNING, Reason.RUNNING, f"{job.ready} workers running")
+
+
+def slot_free(study: TuningStudy, summary: StudySummary, copied: int = 0) -> bool:
+    """Whether a new worker could get a trial: no trial budget, a trial waiting (a retry),
+    or fewer running + finished trials than the budget (warm-start copies as it counts)."""
+    trials = trial_budget(study.spec.budget, study.spec.warm_start, copied).trials
+    return trials is None or summary.waiting > 0 or summary.running + summary.finished < trials
+
+
+def _copied(observed: Observed) -> int:
+    return observed.handle.copied if observed.handle else 0
 
 
 def _job_action(study: TuningStudy, observed: Observed, finished: bool) -> JobAction:
@@ -130,7 +159,10 @@ def _job_action(study: TuningStudy, observed: Observed, finished: bool) -> JobAc
         # Bounded work is done: no new workers, and no queued Job left to be admitted later.
         return "stop" if queued and job is not None and job.suspended else "none"
     if job is not None and job.complete:
-        return "restart"  # workers exited but the study is not done (e.g. budget raised)
+        # Workers exited but the study is not done (e.g. budget raised). Workers also leave
+        # when live trials hold every slot: while those trials hold them, new workers would
+        # only leave again; the stale-trial scan frees a dead worker's slot, then they start.
+        return "restart" if slot_free(study, observed.summary, _copied(observed)) else "none"
     if queued and study.spec.suspend:
         return "stop" if job is not None else "none"
     if job is not None and changed and (queued or job.queue is not None):
@@ -165,10 +197,11 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     """The phase, what to do with each child, and when to look again. Pure: unit-tested
     without a cluster. Called only when the storage and the study are usable."""
     job = observed.job
-    phase = decide_phase(study, observed.summary, job, observed.now, observed.queue)
+    copied = _copied(observed)
+    phase = decide_phase(study, observed.summary, job, observed.now, observed.queue, copied)
     workers_gone = job is None or job.active == 0
     # Only the operator sees active time: running workers are told through the database.
-    time_up = ended_by(study, observed.summary, observed.now) == StopReason.TIME
+    time_up = ended_by(study, observed.summary, observed.now, copied) == StopReason.TIME
     return Plan(
         phase=phase,
         job=_job_action(study, observed, phase.phase in FINISHED_PHASES),

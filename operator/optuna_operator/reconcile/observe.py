@@ -160,6 +160,7 @@ class Observer:
             dashboard_image=self.settings.dashboard_image,
             # The wall-clock deadline only: active time is the operator's to count.
             deadline=study.spec.budget.deadline,
+            copied_trials=prepared.handle.copied,
             queue_name=study.spec.workers.queue_name or self.settings.default_queue_name,
             dashboard_url=tenant.readonly_url if tenant else None,
             dashboard_password_key=tenant.readonly_password_key if tenant else None,

@@ -67,6 +67,7 @@ class Preparer:
         """The study's storage and Optuna study, set up when missing; raises on storage
         problems (a condition says why)."""
         storage = self.resolve_storage(study)
+        warm = study.spec.warm_start
         handle = self.stores.ensure_study(
             storage.url,
             study.study_name,
@@ -78,7 +79,8 @@ class Preparer:
                 "operator_version": OPERATOR_VERSION,
                 "optuna_version": optuna.__version__,
             },
-            warm_start=study.spec.warm_start.study_name if study.spec.warm_start else None,
+            warm_start=warm.study_name if warm else None,
+            warm_start_max=warm.max_trials if warm else None,
             owner=owner_of(study),
             adopt=study.spec.adopt_existing_study,
             before_create=(lambda: self._refuse_legacy(study)) if storage.tenant else None,

@@ -37,6 +37,7 @@ from optuna_operator.reconcile.model import (
 from optuna_operator.storage.study_store import (
     DirectionsMismatchError,
     NotOwnedError,
+    StudyHandle,
     StudySummary,
     WarmStartError,
 )
@@ -78,7 +79,7 @@ def build_status(
     status.start_time = status.start_time or handle.start_time
     events += _children_events(study, observed, plan, acted)
     _dashboard_status(study, acted, set_, status, events)
-    _progress(status, summary, acted.job, study.spec.budget.trials)
+    _progress(status, summary, acted.job, study.spec.budget.trials, _counted_copies(study, handle))
     _active_time(status, acted.job, observed.now)
     events += _advice(study, summary, set_)
     phase = _settled_phase(study, observed, plan, acted, status, set_, events)
@@ -249,10 +250,22 @@ def _children_events(
     return events
 
 
+def _counted_copies(study: TuningStudy, handle: StudyHandle) -> tuple[int, int]:
+    """(trials warm start copied in, how many of them are left out of the budget)."""
+    warm = study.spec.warm_start
+    return handle.copied, 0 if warm is None or warm.count_towards_budget else handle.copied
+
+
 def _progress(
-    status: TuningStudyStatus, summary: StudySummary, job: JobState | None, budget: int | None
+    status: TuningStudyStatus,
+    summary: StudySummary,
+    job: JobState | None,
+    budget: int | None,
+    copies: tuple[int, int] = (0, 0),
 ) -> None:
-    """Trial counts, the best trial or Pareto front, and worker counts."""
+    """Trial counts, the best trial or Pareto front, and worker counts. Progress counts the
+    trials the budget counts: warm-start copies only with countTowardsBudget."""
+    copied, left_out = copies
     status.trials = TrialCounts(
         complete=summary.complete,
         pruned=summary.pruned,
@@ -260,8 +273,10 @@ def _progress(
         running=summary.running,
         waiting=summary.waiting,
         budget=budget,
+        copied=copied or None,
     )
-    status.progress = f"{summary.finished}/{budget}" if budget else str(summary.finished)
+    counted = summary.finished - left_out
+    status.progress = f"{counted}/{budget}" if budget else str(counted)
     status.best_trial = summary.best
     status.pareto_front = summary.pareto_front[:PARETO_FRONT_LIMIT] or None
     status.workers = WorkerCounts(

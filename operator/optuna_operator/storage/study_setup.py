@@ -23,6 +23,7 @@ from optuna_operator.contract import (
     STUDY_ATTR_PREFIX,
     STUDY_START_TIME_ATTR,
     WARM_START_ATTR,
+    WARM_START_COUNT_ATTR,
     from_optuna_direction,
     to_optuna_direction,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "NotOwnedError",
     "Owner",
     "WarmStartError",
+    "Claimed",
     "claim_study",
     "create_study",
     "delete_owned_study",
@@ -91,12 +93,22 @@ class NewStudy:
     metric_names: list[str] | None = None
     enqueue: list[dict[str, Any]] | None = None
     warm_start: str | None = None
+    warm_start_max: int | None = None  # copy at most this many, the most recent
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What resuming a study tells: when it started, how many trials warm start copied."""
+
+    start_time: datetime
+    copied: int
 
 
 def _warm_start_trials(
-    storage: RDBStorage, source_name: str, n_objectives: int
+    storage: RDBStorage, source_name: str, n_objectives: int, most: int | None
 ) -> list[FrozenTrial]:
-    """The COMPLETE trials of another study, as new trials marked with where they came from."""
+    """The COMPLETE trials of another study (the `most` recent ones), as new trials marked
+    with where they came from."""
     try:
         source = optuna.load_study(study_name=source_name, storage=storage)
     except KeyError:
@@ -108,6 +120,8 @@ def _warm_start_trials(
             f"spec.warmStart.studyName {source_name!r} has {len(source.directions)} objectives, "
             f"this study {n_objectives}"
         )
+    complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    chosen = sorted(complete, key=lambda t: t.number)[-most:] if most else complete
     return [
         optuna.trial.create_trial(
             params=t.params,
@@ -115,7 +129,7 @@ def _warm_start_trials(
             values=t.values,
             user_attrs={**t.user_attrs, WARM_START_ATTR: f"{source_name}#{t.number}"},
         )
-        for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for t in chosen
     ]
 
 
@@ -123,7 +137,9 @@ def create_study(storage: RDBStorage, new: NewStudy) -> int | None:
     """The new study's id; None when another process created it first (only the creator
     may record itself as the owner)."""
     history = (
-        _warm_start_trials(storage, new.warm_start, len(new.directions)) if new.warm_start else []
+        _warm_start_trials(storage, new.warm_start, len(new.directions), new.warm_start_max)
+        if new.warm_start
+        else []
     )
     try:
         study = optuna.create_study(
@@ -140,6 +156,7 @@ def create_study(storage: RDBStorage, new: NewStudy) -> int | None:
             study.set_metric_names(new.metric_names)
     # Copied before anything is enqueued: the sampler sees the history from trial one.
     study.add_trials(history)
+    storage.set_study_system_attr(study._study_id, WARM_START_COUNT_ATTR, len(history))
     for params in new.enqueue or []:
         study.enqueue_trial(params, skip_if_exists=True)
     log.info("Created Optuna study %s (%d trials copied)", new.name, len(history))
@@ -189,10 +206,11 @@ def claim_study(
     *,
     adopt: bool,
     created: bool,
-) -> datetime:
+) -> Claimed:
     """Check that the study may be resumed by `owner` with these directions, record the
-    owner and `attrs`, and return when its time budget started. `adopt`: a study that
-    records no owner may be taken over; `created`: this process just created it."""
+    owner and `attrs`, and return when it started and how many trials warm start copied.
+    `adopt`: a study that records no owner may be taken over; `created`: this process just
+    created it."""
     system_attrs = storage.get_study_system_attrs(study_id)
     if owner is not None and not created:
         # Studies of operator 0.1.0 record no owner: the TuningStudy naming one claims it
@@ -217,7 +235,8 @@ def claim_study(
         # workers' deadline (part of their pod template) stays put.
         start = datetime.now(UTC).isoformat()
         storage.set_study_system_attr(study_id, STUDY_START_TIME_ATTR, start)
-    return datetime.fromisoformat(start)
+    copied = system_attrs.get(WARM_START_COUNT_ATTR, 0)
+    return Claimed(datetime.fromisoformat(start), copied if isinstance(copied, int) else 0)
 
 
 def delete_owned_study(storage: RDBStorage, name: str, owner: Owner | None) -> bool:

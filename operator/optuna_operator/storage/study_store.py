@@ -79,6 +79,7 @@ class StudyHandle:
     directions: tuple[Direction, ...]
     start_time: datetime
     created: bool
+    copied: int = 0  # trials spec.warmStart copied in at creation
 
 
 class StoreRegistry:
@@ -193,6 +194,7 @@ class StoreRegistry:
         attrs: dict[str, Any],
         *,
         warm_start: str | None = None,
+        warm_start_max: int | None = None,
         owner: Owner | None = None,
         adopt: bool = False,
         before_create: Callable[[], None] | None = None,
@@ -210,16 +212,18 @@ class StoreRegistry:
         wanted = {**attrs, "owner": owner.to_attr()} if owner else dict(attrs)
         if cached is not None and cached[0].directions == tuple(directions) and cached[1] == wanted:
             return replace(cached[0], created=False)
-        new = NewStudy(name, tuple(directions), metric_names, enqueue, warm_start)
+        new = NewStudy(name, tuple(directions), metric_names, enqueue, warm_start, warm_start_max)
         storage = self.storage(url)
         try:
             study_id, created = find_or_create_study(storage, new, before_create)
-            start_time = claim_study(
+            claimed = claim_study(
                 storage, study_id, new, attrs, owner, adopt=adopt, created=created
             )
         except SQLAlchemyError as exc:
             _storage_error(exc, url)
-        handle = StudyHandle(study_id, name, new.directions, start_time, created)
+        handle = StudyHandle(
+            study_id, name, new.directions, claimed.start_time, created, claimed.copied
+        )
         self._handles[(url, name)] = (handle, wanted)
         return handle
 
