@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from optuna_operator.worker.protocol import (
+    Constraint,
     ProtocolError,
     Report,
     Result,
@@ -65,6 +66,8 @@ def test_protocol_lines() -> None:
     assert parse_line("  optuna:report 0 -1e3  ") == Report(0, -1000.0)
     assert parse_line("optuna:result 0.9 12.5") == Result((0.9, 12.5))
     assert parse_line("optuna:result inf") == Result((float("inf"),))
+    assert parse_line("optuna:constraint memory_gb 1.5") == Constraint("memory_gb", 1.5)
+    assert parse_line("optuna:constraint c0 -inf") == Constraint("c0", float("-inf"))
     assert parse_line("epoch 3 loss 0.25") is None
     assert parse_line("optuna:debug anything") is None
 
@@ -79,6 +82,10 @@ def test_protocol_lines() -> None:
         "optuna:report 1 nan",
         "optuna:result",
         "optuna:result 1 two",
+        "optuna:constraint",
+        "optuna:constraint memory_gb",
+        "optuna:constraint memory_gb 1 2",
+        "optuna:constraint memory_gb many",
     ],
 )
 def test_malformed_protocol_lines_are_errors(line: str) -> None:
@@ -93,3 +100,29 @@ def test_result_file_forms() -> None:
     for bad in ("", "[]", '"x"', "[true]", "NaN"):
         with pytest.raises(ProtocolError):
             parse_result_file(bad)
+
+
+def test_a_nan_constraint_is_an_error_naming_the_line() -> None:
+    with pytest.raises(ProtocolError, match=r"NaN reported in 'optuna:constraint memory_gb nan'"):
+        parse_line("optuna:constraint memory_gb nan")
+
+
+def test_result_file_constraints() -> None:
+    text = '{"values": [0.9, 12], "constraints": {"memory_gb": -0.5, "latency_ms": 3}}'
+    result = parse_result_file(text)
+    assert result == Result((0.9, 12.0), {"memory_gb": -0.5, "latency_ms": 3.0})
+    assert parse_result_file("[1, 2]").constraints == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"values": [1], "constraints": [0.5]}', "constraints must be an object"),
+        ('{"values": [1], "constraints": {"c": "low"}}', "constraint 'c' is 'low', not a number"),
+        ('{"values": [1], "constraints": {"c": true}}', "constraint 'c' is True, not a number"),
+        ('{"values": [1], "constraints": {"c": NaN}}', "NaN reported in"),
+    ],
+)
+def test_malformed_result_file_constraints_are_errors(text: str, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        parse_result_file(text)

@@ -30,6 +30,7 @@ from optuna_operator.contract import (
 )
 from optuna_operator.worker.objective_base import ObjectiveBase
 from optuna_operator.worker.protocol import (
+    Constraint,
     ProtocolError,
     Report,
     Result,
@@ -120,7 +121,7 @@ class CommandObjective(ObjectiveBase):
         except OSError as err:
             raise TrialFailed(f"cannot start {args[0]!r}: {err}") from err
         try:
-            result = self._supervise(trial, child)
+            result, constraints = self._supervise(trial, child)
         finally:
             child.kill()
         if child.returncode != 0:
@@ -144,12 +145,19 @@ class CommandObjective(ObjectiveBase):
                 f"command reported {len(result.values)} value(s), the study has "
                 f"{self._n_objectives}"
             )
+        # Before Optuna's tell: samplers read a finished trial's constraints.
+        for name, value in {**constraints, **result.constraints}.items():
+            trial.set_constraint(name, value)
         return list(result.values)
 
-    def _supervise(self, trial: optuna.Trial, child: Child) -> Result | None:
-        """Follow the child's stdout until it exits; prune, time out or stop it on the way."""
+    def _supervise(
+        self, trial: optuna.Trial, child: Child
+    ) -> tuple[Result | None, dict[str, float]]:
+        """Follow the child's stdout until it exits; prune, time out or stop it on the way.
+        Returns the last result line and the last value of each constraint line."""
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         result: Result | None = None
+        constraints: dict[str, float] = {}
         while True:
             exited = child.poll() is not None
             if exited:
@@ -160,6 +168,8 @@ class CommandObjective(ObjectiveBase):
                     raise TrialFailed(str(message))
                 if isinstance(message, Result):
                     result = message
+                elif isinstance(message, Constraint):
+                    constraints[message.name] = message.value
                 elif isinstance(message, Report) and self._n_objectives == 1:
                     # Optuna has no intermediate values for several objectives: ignored.
                     # Reports read after the exit still count: pruners compare later trials
@@ -169,7 +179,7 @@ class CommandObjective(ObjectiveBase):
                         child.kill()
                         raise optuna.TrialPruned(f"pruned at step {message.step}")
             if exited:
-                return result
+                return result, constraints
             if self._stop.requested:
                 child.kill()
                 raise WorkerInterrupted("stop requested during the trial")
@@ -207,7 +217,7 @@ class CommandObjective(ObjectiveBase):
         return env
 
 
-Message = Report | Result | ProtocolError
+Message = Report | Result | Constraint | ProtocolError
 
 
 class Child:
