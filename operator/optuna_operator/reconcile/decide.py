@@ -45,10 +45,8 @@ def ended_by(
 ) -> StopReason | None:
     """Which budget, if any, says the study needs no more trials: lifecycle's rules over the
     summary, the status's active time and budget.deadline."""
-    budget, directions = (
-        trial_budget(study.spec.budget, study.spec.warm_start, copied),
-        list(study.spec.directions),
-    )
+    budget = trial_budget(study.spec.budget, study.spec.warm_start, copied)
+    directions = list(study.spec.directions)
     if too_many_failures(budget, summary.failed_by_objective):
         return StopReason.FAILURES
     best = summary.best
