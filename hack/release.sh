@@ -7,9 +7,12 @@
 #   optuna-operator-crds-<version>.yaml    the CRDs the chart installs, as one file
 #   <image>-<version>.oci.tar              operator, worker, worker-examples, dashboard and
 #                                          pgbouncer as OCI archives (buildah; not with --chart-only)
+#   <image>-<version>.sbom.cdx.json        each image's SBOM (CycloneDX: its Debian packages and
+#                                          Python distributions, read from its filesystem)
 #   SHA256SUMS                             of everything above
 #
 # Usage: hack/release.sh [--chart-only]
+#        hack/release.sh --sbom ROOTFS IMAGE-NAME   (the SBOM of an unpacked root filesystem)
 # Environment:
 #   DIST_DIR         where the files go (default: dist/ in the repository)
 #   KUBE_VERSIONS    the matrix (default: 1.30.0 .. 1.34.0; the chart's kubeVersion is >=1.30)
@@ -25,6 +28,46 @@ chart_only=false
 
 say() { printf '[release] %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
+
+# A CycloneDX SBOM of a root filesystem from its package records alone (dpkg's status file,
+# every *.dist-info/METADATA under usr/ and opt/), so it needs no scanner and nothing run in
+# the image; sorted and without timestamps, so the same image gives the same file.
+sbom() {
+  python3 - "$1" "$2" <<'PY'
+import email.parser, json, sys
+from pathlib import Path
+from urllib.parse import quote
+
+root, image = Path(sys.argv[1]), sys.argv[2]
+found = set()
+status = root / "var/lib/dpkg/status"
+for block in status.read_text(errors="replace").split("\n\n") if status.is_file() else []:
+    fields = dict(l.split(": ", 1) for l in block.splitlines() if ": " in l and l[0] != " ")
+    if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+        name, version = fields["Package"], fields.get("Version", "")
+        arch = fields.get("Architecture", "all")
+        found.add((name, version, f"pkg:deb/debian/{name}@{quote(version)}?arch={arch}"))
+for base in ("usr", "opt"):
+    for meta in (root / base).glob("**/*.dist-info/METADATA"):
+        fields = email.parser.Parser().parsestr(meta.read_text(errors="replace"), headersonly=True)
+        name, version = fields["Name"], fields["Version"]
+        if name and version:
+            found.add((name, version, f"pkg:pypi/{name.lower().replace('_', '-')}@{version}"))
+components = [{"type": "library", "name": n, "version": v, "purl": p} for n, v, p in sorted(found)]
+print(json.dumps({
+    "bomFormat": "CycloneDX",
+    "specVersion": "1.5",
+    "version": 1,
+    "metadata": {"component": {"type": "container", "name": image}},
+    "components": components,
+}, indent=1))
+PY
+}
+
+if [[ "${1:-}" == "--sbom" ]]; then
+  sbom "$2" "$3"
+  exit
+fi
 
 version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 chart_field() { sed -n "s/^$1: *\"\{0,1\}\([^\"]*\)\"\{0,1\}$/\1/p" "$chart/Chart.yaml"; }
@@ -79,7 +122,7 @@ build_images() {
   # shellcheck source=hack/nodebed/common.sh
   . hack/nodebed/common.sh
   hack/nodebed/build-base.sh
-  local entry key dockerfile target name t0 args
+  local entry key dockerfile target name t0 args cid
   for entry in "${images[@]}"; do
     read -r key dockerfile target <<<"$entry"
     name="ghcr.io/optuna-operator/$key:$version"
@@ -92,6 +135,9 @@ build_images() {
       lock_images  # one image build at a time on this machine, as build-images.sh does
       bah "${args[@]}" . >"$dist/$key.build.log" 2>&1 || { tail -20 "$dist/$key.build.log" >&2; exit 1; }
       bah push -q "$name" "oci-archive:$dist/$key-$version.oci.tar:$name" >/dev/null
+      cid=$(bah from -q --pull=false "$name")
+      sbom "$(bah mount "$cid")" "$name" >"$dist/$key-$version.sbom.cdx.json"
+      bah umount "$cid" >/dev/null && bah rm "$cid" >/dev/null
       bah rmi -f "$name" >/dev/null 2>&1 || true
     ) || die "$name: build failed (log: $dist/$key.build.log)"
     rm -f "$dist/$key.build.log"

@@ -5,6 +5,7 @@ their checksums. The image archives are left to `make release` (minutes of build
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import tarfile
@@ -61,3 +62,37 @@ def test_release_refuses_a_kubernetes_version_the_chart_cannot_run_on(tmp_path: 
     assert "chart requires kubeVersion: >=1.30.0-0" in out.stderr
     assert "helm template --kube-version 1.29.0 failed" in out.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_sbom_lists_the_debian_packages_and_python_distributions(tmp_path: Path) -> None:
+    """What `make release` writes beside each image archive, from an unpacked filesystem."""
+    root = tmp_path / "rootfs"
+    dpkg = root / "var" / "lib" / "dpkg"
+    dpkg.mkdir(parents=True)
+    (dpkg / "status").write_text(
+        "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\n"
+        "Version: 2.36-9+deb12u9\nDescription: GNU C Library\n shared libraries\n\n"
+        "Package: removed\nStatus: deinstall ok config-files\nVersion: 1.0\n"
+    )
+    for site, name, version in (
+        ("usr/lib/python3/dist-packages", "PyYAML", "6.0.2"),
+        ("opt/optuna-operator/lib/python3.11/site-packages", "optuna_operator", "0.2.0"),
+    ):
+        info = root / site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    done = subprocess.run(
+        [str(ROOT / "hack" / "release.sh"), "--sbom", str(root), "ghcr.io/x/worker:0.2.0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    bom = json.loads(done.stdout)
+    assert (bom["bomFormat"], bom["specVersion"]) == ("CycloneDX", "1.5")
+    assert bom["metadata"]["component"] == {"type": "container", "name": "ghcr.io/x/worker:0.2.0"}
+    assert [c["purl"] for c in bom["components"]] == [
+        "pkg:pypi/pyyaml@6.0.2",
+        "pkg:deb/debian/libc6@2.36-9%2Bdeb12u9?arch=amd64",
+        "pkg:pypi/optuna-operator@0.2.0",
+    ]
