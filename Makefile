@@ -111,7 +111,7 @@ chart-lint: binaries ## helm lint the chart with default and ci/ values; chart C
 	@diff -u crds/tuning.optuna-operator.io_tuningstudies.yaml $(CHART)/crds/tuning.optuna-operator.io_tuningstudies.yaml \
 	  || { echo "$(CHART)/crds differs from crds/: run make crds" >&2; exit 1; }
 
-release: binaries node-packages ## dist/: chart package (lint + helm template on Kubernetes 1.30-1.34), CRD bundle, OCI image archives, SHA256SUMS
+release: binaries node-packages ## dist/: chart package (lint + helm template on Kubernetes 1.30-1.34), CRD bundle, OCI image archives with SBOMs, SHA256SUMS
 	BUILD_CA_BUNDLE=$(BUILD_CA_BUNDLE) hack/release.sh
 
 # --------------------------------------------------------------------------- the node bed
