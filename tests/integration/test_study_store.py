@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 
 import optuna
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import event
 
 from optuna_operator.api import Direction
 from optuna_operator.storage.study_store import DirectionsMismatchError, StoreRegistry
+from optuna_operator.storage.summary import CONSTRAINTS_KEY
 
 
 def _name() -> str:
@@ -44,20 +46,82 @@ def test_counts_and_best_follow_out_of_order_completion(storage_url: str) -> Non
     stores.close()
 
 
-def test_pareto_front_equals_optunas(storage_url: str) -> None:
+def _two_values(constrained: bool) -> Callable[[optuna.Trial], tuple[float, float]]:
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        a, b = trial.suggest_float("a", 0, 1), trial.suggest_float("b", 0, 1)
+        if constrained:  # the ideal corner (a high, b low) is infeasible
+            trial.set_constraint("gap", a - b - 0.3)
+        return a, b
+
+    return objective
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_pareto_front_equals_optunas(storage_url: str, constrained: bool) -> None:
     stores, name = StoreRegistry(), _name()
     directions = [Direction.MAXIMIZE, Direction.MINIMIZE]
     handle = stores.ensure_study(storage_url, name, directions, None, None, {})
     study = optuna.load_study(study_name=name, storage=storage_url)
     study.sampler = optuna.samplers.RandomSampler(seed=0)
     for batch in range(3):
-        study.optimize(lambda t: (t.suggest_float("a", 0, 1), t.suggest_float("b", 0, 1)), 15)
+        study.optimize(_two_values(constrained), 15)
         front = {t.number for t in stores.summarize(storage_url, handle).pareto_front}
         expected = {t.number for t in study.best_trials}
         if len(expected) <= 10:
             assert front == expected, batch
         else:  # status caps the front at 10 trials
             assert len(front) == 10 and front <= expected, batch
+    # The trial with the highest `a` is on the front of all trials; constrained, it is
+    # infeasible and left out.
+    highest_a = max(study.trials, key=lambda t: t.values[0])
+    assert (highest_a.number in front) is not constrained
+    assert (highest_a.constraints.get("gap", 0) > 0) is constrained
+    stores.close()
+
+
+def _tell(study: optuna.Study, value: float, constraints: dict[str, float]) -> int:
+    trial = study.ask()
+    for key, bound in constraints.items():
+        trial.set_constraint(key, bound)
+    study.tell(trial, value)
+    return trial.number
+
+
+def test_best_trial_is_the_best_feasible_one(storage_url: str) -> None:
+    stores, name = StoreRegistry(), _name()
+    handle = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], None, None, {})
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    _tell(study, 0.0, {"memory": 1.0})  # the lowest value, infeasible
+    feasible = _tell(study, 1.0, {"memory": 0.0, "latency": -2.0})
+    _tell(study, 0.5, {"memory": -1.0, "latency": float("inf")})
+    _tell(study, 2.0, {})  # no constraints at all: feasible, as in Optuna
+    best = stores.summarize(storage_url, handle).best
+    assert best is not None and best.number == feasible == study.best_trial.number
+    # The list form constraints_func writes under "constraints" counts the same.
+    old_style = study.ask()
+    study._storage.set_trial_system_attr(old_style._trial_id, CONSTRAINTS_KEY, [0.5, -1.0])
+    study.tell(old_style, -5.0)
+    best = stores.summarize(storage_url, handle).best
+    assert best is not None and best.number == feasible
+    newest = _tell(study, 0.25, {"memory": -0.5})
+    best = stores.summarize(storage_url, handle).best
+    assert best is not None and best.number == newest == study.best_trial.number
+    assert CONSTRAINTS_KEY == optuna.study._constrained_optimization._CONSTRAINTS_KEY
+    stores.close()
+
+
+def test_a_study_with_no_feasible_trial_has_no_best(storage_url: str) -> None:
+    stores, name = StoreRegistry(), _name()
+    directions = [Direction.MINIMIZE, Direction.MINIMIZE]
+    handle = stores.ensure_study(storage_url, name, directions, None, None, {})
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    for value in (1.0, 2.0):
+        trial = study.ask()
+        trial.set_constraint("c", value)
+        study.tell(trial, [value, -value])
+    summary = stores.summarize(storage_url, handle)
+    assert (summary.complete, summary.best, summary.pareto_front) == (2, None, [])
+    assert study.best_trials == []
     stores.close()
 
 

@@ -1,5 +1,5 @@
 """The status refresh's read of a study: trial counts by state, the best trial or Pareto
-front, and the failures the objective raised.
+front of the feasible trials, and the failures the objective raised.
 
 A refresh runs every few seconds for every study with running work, so each read here is
 an SQL aggregate or an incremental scan from what earlier refreshes learned (ScanCache):
@@ -21,6 +21,7 @@ from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
 from optuna_operator.contract import ERROR_ATTR, redact
 
 __all__ = [
+    "CONSTRAINTS_KEY",
     "ScanCache",
     "StudyScans",
     "StudySummary",
@@ -30,6 +31,11 @@ __all__ = [
 ]
 
 Front = dict[int, tuple[int, tuple[float, ...]]]  # trial_id -> (number, values)
+
+# Where Optuna keeps a trial's constraints (optuna.study._constrained_optimization): one
+# system attribute "constraints:<name>" per value (Trial.set_constraint), or one list under
+# "constraints" (constraints_func). A trial is feasible when every value is <= 0.
+CONSTRAINTS_KEY = "constraints"
 
 
 @dataclass
@@ -246,7 +252,35 @@ def _new_complete(
     for trial_id, number, objective, value, value_type in rows:
         entry = values.setdefault(trial_id, (number, [0.0] * n_obj))
         entry[1][objective] = _value(value, value_type)
-    return {tid: (num, tuple(v)) for tid, (num, v) in values.items()}, oldest_open
+    # Infeasible trials are never best, as in Optuna's best_trial and best_trials.
+    infeasible = _infeasible(conn, cache, study_id) if values else set()
+    new = {tid: (num, tuple(v)) for tid, (num, v) in values.items() if tid not in infeasible}
+    return new, oldest_open
+
+
+def _infeasible(conn: Connection, cache: ScanCache, study_id: int) -> set[int]:
+    """COMPLETE trials above the cursor with a constraint value > 0 (they set their
+    constraints before they completed, so none is missed)."""
+    rows = conn.execute(
+        text(
+            "SELECT a.trial_id, a.value_json FROM trial_system_attributes a "
+            "JOIN trials t ON t.trial_id = a.trial_id "
+            "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND t.trial_id > :after "
+            "AND (a.key = :key OR a.key LIKE :prefix)"
+        ),
+        {
+            "sid": study_id,
+            "after": cache.after_trial_id,
+            "key": CONSTRAINTS_KEY,
+            "prefix": f"{CONSTRAINTS_KEY}:%",
+        },
+    ).all()
+    return {trial_id for trial_id, raw in rows if _violated(json.loads(raw))}
+
+
+def _violated(value: object) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, (int, float)) and v > 0 for v in values)
 
 
 def _pareto_front(
