@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.unit import gobuild
+from tests.unit.gobuild import cached_binary
 
 from optuna_operator import __version__
 
@@ -31,14 +33,10 @@ RULE_VALUES += ["--set", "metrics.prometheusRule.noProgressFor=2h"]
 def promtool() -> Path:
     """promtool built with every service discovery left out (it reads only files here);
     cold, the build takes 10-15 minutes on two cores, then it is cached."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "optuna-operator"
-    cache = Path(os.environ.get("OPTUNA_OPERATOR_CACHE", cache))
-    binary = cache / "bin" / f"promtool-{PROMETHEUS}" / "promtool"
+    binary = cached_binary(f"promtool-{PROMETHEUS}", "promtool")
     if binary.is_file():
         return binary
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not Path(go).is_file():
-        pytest.fail("Go is needed to build promtool from the Go module proxy: install Go")
+    go = gobuild.go("promtool")
     with tempfile.TemporaryDirectory() as gobin:
         package = f"github.com/prometheus/prometheus/cmd/promtool@{PROMETHEUS}"
         built = subprocess.run(

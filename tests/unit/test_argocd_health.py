@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.unit import gobuild
+from tests.unit.gobuild import cached_binary
 
 from optuna_operator.api import PhaseName, TuningStudyStatus
 
@@ -39,15 +40,10 @@ def health_script() -> str:
 def runner() -> Path:
     """The Lua runner, built once per source and gopher-lua version into the project's cache."""
     digest = hashlib.sha256(RUNNER_SOURCE.read_bytes() + GOPHER_LUA.encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "optuna-operator"
-    binary = (
-        Path(os.environ.get("OPTUNA_OPERATOR_CACHE", cache)) / "bin" / f"argocd-health-{digest}"
-    )
+    binary = cached_binary(f"argocd-health-{digest}")
     if binary.is_file():
         return binary
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not Path(go).is_file():
-        pytest.fail("Go is needed to build the Argo CD health runner (gopher-lua): install Go")
+    go = gobuild.go("the Argo CD health runner (gopher-lua)")
     with tempfile.TemporaryDirectory() as work:
         shutil.copy(RUNNER_SOURCE, work)
         for step in (["mod", "init", "argocdhealth"], ["get", GOPHER_LUA]):
