@@ -11,11 +11,13 @@ namespace that they may not touch themselves. The policy asks the API server's a
 - `impersonate` on the ServiceAccount named by spec.workers.serviceAccountName: what the
   built-in `edit` and `admin` roles grant precisely because running a pod as an account is
   acting as it (kubernetes bootstrap policy, `system:aggregate-to-edit`);
-- `get` on every Secret the workers would read: env/envFrom, secret and projected volumes,
+- `get` on every Secret the workers would read: env/envFrom, secret and projected volumes
+  (of spec.workers and of every container and volume of spec.workers.podTemplate),
   spec.storage.secretRef, spec.dashboard.secretRef;
 - `use` on the PriorityClass of spec.workers.priorityClassName: the verb PodSecurityPolicy
   used for cluster-scoped objects a pod selects; nobody holds it until an admin grants it;
-- volumes only of the kinds the restricted Pod Security Standard allows (no hostPath, nfs...).
+- volumes only of the kinds the restricted Pod Security Standard allows (no hostPath, nfs...),
+  in spec.workers.volumes and spec.workers.podTemplate.spec.volumes alike.
 
 Only writes that change `spec` are checked, so the operator's own writes (status, its
 finalizer, any metadata) never are, and neither are label edits by other tools.
@@ -68,6 +70,23 @@ def _list(field: str) -> str:
     return f"(has({_WORKERS}.{field}) ? {_WORKERS}.{field} : [])"
 
 
+_OVERLAY = f"{_WORKERS}.podTemplate"
+
+
+def _overlay_list(field: str) -> str:
+    """A list of spec.workers.podTemplate.spec, or an empty list."""
+    return (
+        f"(has({_OVERLAY}) && has({_OVERLAY}.spec) && has({_OVERLAY}.spec.{field}) "
+        f"? {_OVERLAY}.spec.{field} : [])"
+    )
+
+
+# Every volume the worker pod gets from the study: workers.volumes and the overlay's.
+_VOLUMES = f"({_list('volumes')} + {_overlay_list('volumes')})"
+# The overlay's containers: init containers, sidecars and the worker's patch.
+_OVERLAY_CONTAINERS = f"({_overlay_list('initContainers')} + {_overlay_list('containers')})"
+
+
 def _can(resource: str, verb: str, name: str | None = None, group: str = "") -> str:
     # Always in the study's namespace, even for cluster-scoped PriorityClasses: RBAC then
     # accepts a RoleBinding there (this namespace may use it) as well as a ClusterRoleBinding.
@@ -87,7 +106,7 @@ _SECRET_NAMES = "\n+ ".join(
         " && has(e.valueFrom.secretKeyRef.name)).map(e, e.valueFrom.secretKeyRef.name)",
         _list("envFrom")
         + ".filter(e, has(e.secretRef) && has(e.secretRef.name)).map(e, e.secretRef.name)",
-        _list("volumes")
+        _VOLUMES
         + ".filter(v, has(v.secret) && has(v.secret.secretName)).map(v, v.secret.secretName)",
         "(has(object.spec.storage) ? [object.spec.storage.secretRef.name] : [])",
         "(has(object.spec.dashboard) && has(object.spec.dashboard.secretRef)"
@@ -105,13 +124,23 @@ VARIABLES: list[dict[str, str]] = [
         "expression": _SECRET_NAMES,
     },
     {
+        # One list per overlay container (CEL here has no flatten): the Secrets its env and
+        # envFrom read.
+        "name": "containerSecretNames",
+        "expression": _OVERLAY_CONTAINERS
+        + ".map(c, (has(c.env) ? c.env.filter(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef)"
+        " && has(e.valueFrom.secretKeyRef.name)).map(e, e.valueFrom.secretKeyRef.name) : [])"
+        " + (has(c.envFrom) ? c.envFrom.filter(e, has(e.secretRef) && has(e.secretRef.name))"
+        ".map(e, e.secretRef.name) : []))",
+    },
+    {
         "name": "projectedSecretVolumes",
-        "expression": _list("volumes") + ".filter(v, has(v.projected) && has(v.projected.sources)"
+        "expression": _VOLUMES + ".filter(v, has(v.projected) && has(v.projected.sources)"
         " && v.projected.sources.exists(s, has(s.secret) && has(s.secret.name)))",
     },
     {
         "name": "hostVolumes",
-        "expression": _list("volumes") + f".filter(v, v.exists(k, !(k in {_ALLOWED_KINDS_CEL})))"
+        "expression": _VOLUMES + f".filter(v, v.exists(k, !(k in {_ALLOWED_KINDS_CEL})))"
         f".map(v, v.name + ' (' + v.filter(k, !(k in {_ALLOWED_KINDS_CEL}))[0] + ')')",
     },
 ]
@@ -157,6 +186,18 @@ VALIDATIONS: list[dict[str, str]] = [
         "reason": "Forbidden",
     },
     {
+        "expression": "variables.containerSecretNames.all(ns, ns.all(n, "
+        f"{_can('secrets', 'get', 'n')}))",
+        "messageExpression": _denied(
+            "get every secret the containers of spec.workers.podTemplate read (' + "
+            "variables.containerSecretNames.map(ns, ns.join(', ')).filter(t, size(t) > 0)"
+            ".join(', ') + ') in namespace ' + request.namespace + '. Their env and envFrom "
+            "pass those Secrets to the pods of the study, so their author needs the get verb "
+            "on each.'"
+        ),
+        "reason": "Forbidden",
+    },
+    {
         "expression": "variables.projectedSecretVolumes.all(v, v.projected.sources.all(s, "
         f"!has(s.secret) || !has(s.secret.name) || {_can('secrets', 'get', 's.secret.name')}))",
         "messageExpression": _denied(
@@ -189,7 +230,8 @@ VALIDATIONS: list[dict[str, str]] = [
     },
     {
         "expression": "size(variables.hostVolumes) == 0",
-        "messageExpression": "'TuningStudy refused: spec.workers.volumes: volume ' + "
+        "messageExpression": "'TuningStudy refused: spec.workers.volumes or "
+        "podTemplate.spec.volumes: volume ' + "
         "variables.hostVolumes[0] + ' is not allowed. Worker pods may use only the volume "
         "kinds of the restricted Pod Security Standard: " + ", ".join(ALLOWED_VOLUME_KINDS) + ".'",
         "reason": "Forbidden",

@@ -12,12 +12,14 @@ from typing import Any
 from optuna_operator.api import (
     API_VERSION,
     KIND,
+    WORKER_ENV_NAMES,
     WORKER_MOUNT_PATHS,
     WORKER_VOLUME_NAMES,
     BestTrial,
     TuningStudy,
     WorkerConfig,
 )
+from optuna_operator.api.workers import OPERATOR_LABELS
 from optuna_operator.contract import (
     CONFIG_ENV,
     POD_NAME_ENV,
@@ -27,6 +29,7 @@ from optuna_operator.contract import (
     ExitCode,
 )
 from optuna_operator.lifecycle import trial_budget
+from optuna_operator.overlay import OperatorFields, apply_pod_overlay
 
 __all__ = [
     "DASHBOARD_PORT",
@@ -87,6 +90,13 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 # the worker creates it at start.
 WORKER_TMP, WORKER_SHM = WORKER_MOUNT_PATHS
 WORKER_HOME = f"{WORKER_TMP}/home"
+# What spec.workers.podTemplate cannot take from the worker pod.
+WORKER_OWNED = OperatorFields(
+    env=WORKER_ENV_NAMES,
+    volumes=WORKER_VOLUME_NAMES,
+    mount_paths=WORKER_MOUNT_PATHS,
+    labels=(*OPERATOR_LABELS, STUDY_LABEL),
+)
 
 
 @dataclass(frozen=True)
@@ -240,13 +250,15 @@ def _worker_pod_template(study: TuningStudy, ctx: ChildContext) -> dict[str, Any
         "imagePullSecrets": [{"name": n} for n in workers.image_pull_secrets or []],
     }
     pod_spec.update({k: v for k, v in optional_pod.items() if v})
-    return {
+    template = {
         "metadata": {
             "labels": {**(workers.pod_labels or {}), **labels(study, "worker")},
             "annotations": dict(workers.pod_annotations or {}),
         },
         "spec": pod_spec,
     }
+    overlay = workers.pod_template.to_wire() if workers.pod_template else None
+    return apply_pod_overlay(template, overlay, WORKER_OWNED)
 
 
 def template_hash(template: dict[str, Any]) -> str:

@@ -560,6 +560,91 @@ MOVED: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+def _pod_spec(**spec: Any) -> dict[str, Any]:
+    return _with("workers", {"podTemplate": {"spec": spec}})
+
+
+SIDECAR: dict[str, Any] = {"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}
+HOST = "hostNetwork, hostPID, hostIPC and nodeName are not allowed"
+# spec.workers.podTemplate (issue 23): what the overlay may not take, refused at apply.
+OVERLAY: list[tuple[str, dict[str, Any], str]] = [
+    ("overlay hostNetwork", _pod_spec(hostNetwork=True), HOST),
+    ("overlay hostPID", _pod_spec(hostPID=True), HOST),
+    ("overlay hostIPC", _pod_spec(hostIPC=True), HOST),
+    ("overlay nodeName", _pod_spec(nodeName="node-1"), HOST),
+    ("overlay service account", _pod_spec(serviceAccountName="x"), "workers.serviceAccountName"),
+    (
+        "overlay privileged sidecar",
+        _pod_spec(initContainers=[{**SIDECAR, "securityContext": {"privileged": True}}]),
+        "privileged containers are not allowed",
+    ),
+    (
+        "overlay added capability",
+        _pod_spec(
+            initContainers=[{**SIDECAR, "securityContext": {"capabilities": {"add": ["NET_RAW"]}}}]
+        ),
+        "capabilities cannot be added",
+    ),
+    (
+        "overlay privilege escalation",
+        _pod_spec(
+            initContainers=[{**SIDECAR, "securityContext": {"allowPrivilegeEscalation": True}}]
+        ),
+        "without privilege escalation",
+    ),
+    (
+        "overlay hostPort",
+        _pod_spec(initContainers=[{**SIDECAR, "ports": [{"containerPort": 80, "hostPort": 80}]}]),
+        "hostPort is not allowed",
+    ),
+    (
+        "overlay sidecar in containers",
+        _pod_spec(containers=[{"name": "proxy", "image": "proxy:1"}]),
+        "put sidecars in initContainers",
+    ),
+    (
+        "overlay worker command",
+        _pod_spec(containers=[{"name": "worker", "command": ["sh"]}]),
+        "are the operator's",
+    ),
+    (
+        "overlay worker image",
+        _pod_spec(containers=[{"name": "worker", "image": "other:1"}]),
+        "are the operator's",
+    ),
+    (
+        "overlay worker env contract",
+        _pod_spec(containers=[{"name": "worker", "env": [{"name": "OPTUNA_STORAGE_URL"}]}]),
+        "are set by the operator",
+    ),
+    (
+        "overlay worker mount on /tmp",
+        _pod_spec(
+            containers=[{"name": "worker", "volumeMounts": [{"name": "v", "mountPath": "/tmp"}]}]
+        ),
+        "the operator's writable emptyDirs",
+    ),
+    (
+        "overlay init container without image",
+        _pod_spec(initContainers=[{"name": "init"}]),
+        "needs an image",
+    ),
+    (
+        "overlay operator volume name",
+        _pod_spec(volumes=[{"name": "optuna-tmp", "emptyDir": {}}]),
+        "other than optuna-tmp",
+    ),
+    ("overlay dnsPolicy None alone", _pod_spec(dnsPolicy="None"), "dnsPolicy None needs dnsConfig"),
+    (
+        "overlay operator label",
+        _with(
+            "workers", {"podTemplate": {"metadata": {"labels": {"optuna-operator.io/study": "x"}}}}
+        ),
+        "the operator's own labels",
+    ),
+]
+
+
 def _custom(kube_api: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(kube_api)
 
@@ -575,11 +660,14 @@ def test_there_are_at_least_30_invalid_cases() -> None:
     assert len(INVALID) >= 30
     # Issue 11: at least 20 more, moved from run time; names stay unique.
     assert len(MOVED) >= 20
-    assert len({c[0] for c in INVALID + MOVED}) == len(INVALID + MOVED)
+    cases = INVALID + MOVED + OVERLAY
+    assert len({c[0] for c in cases}) == len(cases)
 
 
 @pytest.mark.parametrize(
-    ("case", "body", "message"), INVALID + MOVED, ids=[c[0] for c in INVALID + MOVED]
+    ("case", "body", "message"),
+    INVALID + MOVED + OVERLAY,
+    ids=[c[0] for c in INVALID + MOVED + OVERLAY],
 )
 def test_invalid_spec_is_rejected_with_an_actionable_message(
     kube_api: client.ApiClient, crd_installed: None, case: str, body: dict[str, Any], message: str
@@ -603,6 +691,49 @@ def test_braces_that_are_no_placeholder_are_accepted(
 ) -> None:
     command = ["sh", "-c", "awk '{print $1}' f; echo ${HOME} {{opt}} {opt} {layers}"]
     _create(kube_api, namespace, _with("objective.command", command))
+
+
+def test_a_pod_template_is_accepted_and_kept_as_written(
+    kube_api: client.ApiClient, crd_installed: None, namespace: str
+) -> None:
+    template = {
+        "metadata": {"labels": {"team": "a"}, "annotations": {"example.com/owner": "ml"}},
+        "spec": {
+            "initContainers": [
+                {
+                    **SIDECAR,
+                    "args": ["--port", "5000"],
+                    "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": True},
+                    "startupProbe": {"tcpSocket": {"port": 5000}},
+                }
+            ],
+            "containers": [
+                {
+                    "name": "worker",
+                    "env": [{"name": "PROXY", "value": "localhost:5000"}],
+                    "resources": {"requests": {"ephemeral-storage": "1Gi"}},
+                    "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}},
+                    "ports": [{"name": "metrics", "containerPort": 9090}],
+                }
+            ],
+            "volumes": [{"name": "cache", "emptyDir": {}}],
+            "tolerations": [{"key": "spot", "operator": "Exists"}],
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+            ],
+            "schedulingGates": [{"name": "example.com/gate"}],
+            "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["10.0.0.10"]},
+            "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["registry.local"]}],
+            "runtimeClassName": "gvisor",
+            "readinessGates": [{"conditionType": "example.com/ready"}],
+        },
+    }
+    stored = _create(kube_api, namespace, _with("workers", {"podTemplate": template}))
+    assert stored["spec"]["workers"]["podTemplate"] == template
+    study = TuningStudy.model_validate(stored)
+    assert study.spec.workers.pod_template is not None
+    assert study.spec.workers.pod_template.to_wire() == template
 
 
 def _kubectl_create_warnings(bed: Bed, namespace: str, body: dict[str, Any]) -> str:

@@ -288,3 +288,97 @@ def test_tenant_dashboard_reads_as_the_read_only_role_with_no_password_in_its_ar
             "valueFrom": {"secretKeyRef": {"name": "optuna-storage", "key": "readonly-password"}},
         }
     ]
+
+
+POD_TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"team": "a"}, "annotations": {"example.com/owner": "ml"}},
+    "spec": {
+        "initContainers": [
+            {
+                "name": "proxy",
+                "image": "proxy:1",
+                "restartPolicy": "Always",
+                "args": ["--port", "5000"],
+                "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}],
+                "securityContext": {"runAsUser": 1000, "privileged": False},
+                "startupProbe": {"tcpSocket": {"port": 5000}},
+            }
+        ],
+        "containers": [
+            {
+                "name": "worker",
+                "env": [{"name": "PROXY", "value": "localhost:5000"}],
+                "resources": {"requests": {"ephemeral-storage": "10Gi"}},
+                "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+            }
+        ],
+        "volumes": [{"name": "cache", "emptyDir": {"sizeLimit": "5Gi"}}],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+            }
+        ],
+        "schedulingGates": [{"name": "example.com/gate"}],
+        "dnsConfig": {"options": [{"name": "ndots", "value": "2"}]},
+        "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["registry.local"]}],
+        "runtimeClassName": "gvisor",
+        "readinessGates": [{"conditionType": "example.com/ready"}],
+    },
+}
+
+
+def test_pod_template_reaches_the_worker_pod_and_the_operator_keeps_its_fields() -> None:
+    plain = manifests.worker_job(study(), CTX)
+    gpu = {"limits": {"nvidia.com/gpu": 1}}
+    job = manifests.worker_job(
+        study(workers={"parallelism": 3, "resources": gpu, "podTemplate": POD_TEMPLATE}), CTX
+    )
+    pod, before = _pods(job), _pods(plain)
+    assert job["metadata"]["name"] != plain["metadata"]["name"]  # a new template, a new Job
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["startupProbe"] == {"tcpSocket": {"port": 5000}}
+    assert sidecar["securityContext"] == {
+        "runAsUser": 1000,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    worker = pod["containers"][0]
+    for owned in ("image", "command", "securityContext", "volumeMounts"):
+        assert worker[owned] == before["containers"][0][owned], owned
+    assert worker["env"][: len(before["containers"][0]["env"])] == before["containers"][0]["env"]
+    assert worker["env"][-1] == {"name": "PROXY", "value": "localhost:5000"}
+    assert worker["resources"]["requests"] == {"ephemeral-storage": "10Gi"}
+    assert worker["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert worker["lifecycle"]["preStop"]
+    for field in ("restartPolicy", "securityContext", "automountServiceAccountToken"):
+        assert pod[field] == before[field], field
+    for field in ("topologySpreadConstraints", "schedulingGates", "dnsConfig", "hostAliases"):
+        assert pod[field] == POD_TEMPLATE["spec"][field], field
+    assert pod["runtimeClassName"] == "gvisor"
+    assert [v["name"] for v in pod["volumes"]] == [*api.WORKER_VOLUME_NAMES, "cache"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "a" and labels["app.kubernetes.io/component"] == "worker"
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"example.com/owner": "ml"}
+
+
+def test_a_pod_template_pod_meets_restricted_pod_security() -> None:
+    job = manifests.worker_job(study(workers={"podTemplate": POD_TEMPLATE}), CTX)
+    pod = _pods(job)
+    for container in pod["initContainers"] + pod["containers"]:
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert "privileged" not in sc
+
+
+def test_without_a_pod_template_the_job_is_unchanged() -> None:
+    # The golden file is the template of every running study: an upgrade that changed it
+    # would replace their Jobs.
+    assert manifests.worker_job(study(workers={"parallelism": 3}), CTX) == manifests.worker_job(
+        study(workers={"parallelism": 3, "podTemplate": None}), CTX
+    )

@@ -27,7 +27,16 @@ from optuna_operator.api.types import (
 
 __all__ = [
     "OPERATOR_LABELS",
+    "Capabilities",
     "EnvVarObject",
+    "HostAlias",
+    "OverlayContainer",
+    "OverlaySecurityContext",
+    "PodSpecOverlay",
+    "PodTemplateMetadata",
+    "PodTemplateOverlay",
+    "ReadinessGate",
+    "SchedulingGate",
     "TolerationObject",
     "VolumeMountObject",
     "VolumeObject",
@@ -82,6 +91,308 @@ OPERATOR_LABELS = (
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/managed-by",
 )
+
+
+def _preserve_unknown(*entries: dict[str, str]) -> Any:
+    """json_schema_extra of a core/v1 object typed in part: the declared fields are checked
+    (and pruned of what they do not declare), every other field of it is passed on."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.pop("additionalProperties", None)
+        schema["x-kubernetes-preserve-unknown-fields"] = True
+        if entries:
+            schema["x-kubernetes-validations"] = list(entries)
+
+    return extra
+
+
+def _label_keys(field: str, path: str) -> dict[str, str]:
+    """The rule that a label map sets valid keys and none of the operator's own labels."""
+    return cel(
+        f"!has(self.{field}) || self.{field}.all(k, k.matches('{QUALIFIED_KEY}') "
+        f"&& !(k in {cel_list(OPERATOR_LABELS)}) && !k.startsWith('optuna-operator.io/'))",
+        f"{path}: keys must be valid label keys, and the operator's own labels "
+        "(app.kubernetes.io/name, instance, component, part-of, managed-by, "
+        "optuna-operator.io/*) cannot be set",
+    )
+
+
+_SHORT = Annotated[str, Field(max_length=253)]
+_CAPABILITY = Annotated[str, Field(max_length=64)]
+
+
+class Capabilities(Model):
+    """Linux capabilities: the operator drops ALL from every container; none may be added."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!has(self.add) || size(self.add) == 0",
+                "workers.podTemplate: capabilities cannot be added (the restricted Pod "
+                "Security Standard; the operator drops ALL from every container)",
+            )
+        )
+    )
+    add: list[_CAPABILITY] | None = Field(None, max_length=16, description="Refused.")
+    drop: list[_CAPABILITY] | None = Field(
+        None, max_length=64, description="Ignored: the operator drops ALL."
+    )
+
+
+class OverlaySecurityContext(Model):
+    """What a container of workers.podTemplate may say about its security: its user, group
+    and a read-only root filesystem. The operator sets the restricted floor on every
+    container (runAsNonRoot, allowPrivilegeEscalation false, capabilities drop ALL, seccomp
+    RuntimeDefault); other fields are dropped, privileged and added capabilities refused."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!has(self.privileged) || !self.privileged",
+                "workers.podTemplate: privileged containers are not allowed",
+            ),
+            cel(
+                "(!has(self.allowPrivilegeEscalation) || !self.allowPrivilegeEscalation) "
+                "&& (!has(self.runAsNonRoot) || self.runAsNonRoot)",
+                "workers.podTemplate: containers run as non-root without privilege escalation "
+                "(the restricted Pod Security Standard)",
+            ),
+        )
+    )
+    run_as_user: int | None = Field(None, ge=1, le=2147483647, description="A non-root uid.")
+    run_as_group: int | None = Field(None, ge=0, le=2147483647, description="A gid.")
+    run_as_non_root: bool | None = Field(None, description="Only true.")
+    read_only_root_filesystem: bool | None = Field(None, description="core/v1 field.")
+    allow_privilege_escalation: bool | None = Field(None, description="Only false.")
+    privileged: bool | None = Field(None, description="Refused when true.")
+    capabilities: Capabilities | None = Field(None, description="None may be added.")
+
+
+ContainerPortObject = Annotated[
+    dict[str, Any],
+    _open_object(
+        "ContainerPort",
+        name=_NAME,
+        containerPort={"type": "integer", "format": "int32"},
+        hostPort={"type": "integer", "format": "int32"},
+    ),
+]
+
+
+class OverlayContainer(Model):
+    """A container of workers.podTemplate (core/v1 Container): every field is passed on
+    except those the operator owns. The container named `worker` patches the worker
+    container (env, envFrom, volumeMounts, resources, lifecycle, ports and probes only)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=_preserve_unknown(
+            cel(
+                "!has(self.ports) || self.ports.all(p, !has(p.hostPort) || p.hostPort == 0)",
+                "workers.podTemplate: hostPort is not allowed (the restricted Pod Security "
+                "Standard); reach a pod through a Service",
+            ),
+        ),
+    )
+    name: str = Field(
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Container name (a DNS label); `worker` patches the worker container.",
+    )
+    image: ImageRef | None = Field(None, description="Image (not for `worker`).")
+    command: list[_SHORT] | None = Field(None, max_length=64, description="Not for `worker`.")
+    args: list[_SHORT] | None = Field(None, max_length=256, description="Not for `worker`.")
+    restart_policy: Literal["Always"] | None = Field(
+        None,
+        description="Always makes an init container a sidecar (Kubernetes 1.29+): it runs "
+        "beside the worker and stops when the worker ends.",
+    )
+    security_context: OverlaySecurityContext | None = Field(
+        None, description="User, group and read-only root filesystem (not for `worker`)."
+    )
+    env: list[EnvVarObject] | None = Field(None, max_length=256, description="core/v1 EnvVar.")
+    env_from: list[FreeObject] | None = Field(
+        None, max_length=64, description="core/v1 EnvFromSource list."
+    )
+    volume_mounts: list[VolumeMountObject] | None = Field(
+        None, max_length=64, description="core/v1 VolumeMount list."
+    )
+    resources: Resources | None = Field(
+        None, description="Container resources, e.g. requests: {ephemeral-storage: 10Gi}."
+    )
+    ports: list[ContainerPortObject] | None = Field(
+        None, max_length=32, description="core/v1 ContainerPort list, without hostPort."
+    )
+
+
+class SchedulingGate(Model):
+    """A core/v1 PodSchedulingGate: the pod waits until a controller removes it."""
+
+    name: str = Field(max_length=316, pattern=QUALIFIED_KEY, description="Gate name.")
+
+
+class HostAlias(Model):
+    """A core/v1 HostAlias: lines added to the pod's /etc/hosts."""
+
+    ip: str = Field(max_length=45, description="IP address.")
+    hostnames: list[Annotated[str, Field(max_length=253)]] | None = Field(
+        None, max_length=16, description="Host names for the address."
+    )
+
+
+class ReadinessGate(Model):
+    """A core/v1 PodReadinessGate."""
+
+    condition_type: str = Field(max_length=316, description="Pod condition type.")
+
+
+TopologySpreadObject = Annotated[
+    dict[str, Any],
+    _open_object(
+        "TopologySpreadConstraint",
+        topologyKey=_STRING,
+        whenUnsatisfiable=_STRING,
+        maxSkew={"type": "integer", "format": "int32"},
+    ),
+]
+_REFUSED = "Refused: the operator owns or forbids this field."
+# What an overlay may not take from the operator or the node; declared so that a rule can
+# refuse them by name rather than prune them silently.
+_OPERATOR_CONTAINER_FIELDS = ("image", "command", "args", "securityContext", "restartPolicy")
+
+
+class PodSpecOverlay(Model):
+    """core/v1 PodSpec fields the worker pod takes from workers.podTemplate.spec, merged as
+    `kubectl patch --type strategic` would: lists by name (hostAliases by ip, readinessGates
+    by conditionType, topologySpreadConstraints by topologyKey), tolerations appended."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!(has(self.hostNetwork) && self.hostNetwork) && !(has(self.hostPID) && "
+                "self.hostPID) && !(has(self.hostIPC) && self.hostIPC) && !has(self.nodeName)",
+                "workers.podTemplate.spec: hostNetwork, hostPID, hostIPC and nodeName are not "
+                "allowed (the restricted Pod Security Standard; nodeName skips the scheduler "
+                "and quotas: use nodeSelector or affinity)",
+            ),
+            cel(
+                "!has(self.serviceAccountName)",
+                "workers.podTemplate.spec.serviceAccountName: set workers.serviceAccountName "
+                "(its author needs the impersonate verb on the account)",
+            ),
+            cel(
+                "!has(self.containers) || self.containers.all(c, c.name == 'worker')",
+                "workers.podTemplate.spec.containers: only `worker` (a patch of the worker "
+                "container); put sidecars in initContainers with restartPolicy: Always, so "
+                "the pod ends when the worker does",
+            ),
+            cel(
+                "!has(self.containers) || self.containers.all(c, "
+                + " && ".join(f"!has(c.{f})" for f in _OPERATOR_CONTAINER_FIELDS)
+                + ")",
+                "workers.podTemplate.spec.containers[worker]: "
+                + ", ".join(_OPERATOR_CONTAINER_FIELDS)
+                + " are the operator's (use workers.image, workers.runAsUser)",
+            ),
+            cel(
+                "!has(self.containers) || self.containers.all(c, !has(c.env) || "
+                f"c.env.all(e, !(e.name in {cel_list(WORKER_ENV_NAMES)})))",
+                "workers.podTemplate.spec.containers[worker].env: "
+                + ", ".join(WORKER_ENV_NAMES)
+                + " are set by the operator and cannot be overridden",
+            ),
+            cel(
+                "!has(self.containers) || self.containers.all(c, !has(c.volumeMounts) || "
+                f"c.volumeMounts.all(m, !has(m.mountPath) || "
+                f"!(m.mountPath in {cel_list(WORKER_MOUNT_PATHS)})))",
+                "workers.podTemplate.spec.containers[worker].volumeMounts: "
+                + " and ".join(WORKER_MOUNT_PATHS)
+                + " are the operator's writable emptyDirs",
+            ),
+            cel(
+                "!has(self.initContainers) || self.initContainers.all(c, has(c.image) "
+                "&& c.name != 'worker')",
+                "workers.podTemplate.spec.initContainers: every init container needs an "
+                "image and a name other than worker",
+            ),
+            cel(
+                "!has(self.volumes) || self.volumes.all(v, has(v.name) "
+                "&& v.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') "
+                f"&& !(v.name in {cel_list(WORKER_VOLUME_NAMES)}))",
+                "workers.podTemplate.spec.volumes: every volume needs a name that is a DNS "
+                "label, other than " + " and ".join(WORKER_VOLUME_NAMES),
+            ),
+            cel(
+                "!has(self.dnsPolicy) || self.dnsPolicy != 'None' || has(self.dnsConfig)",
+                "workers.podTemplate.spec: dnsPolicy None needs dnsConfig",
+            ),
+        )
+    )
+
+    init_containers: list[OverlayContainer] | None = Field(
+        None, max_length=16, description="Init containers and sidecars (restartPolicy: Always)."
+    )
+    containers: list[OverlayContainer] | None = Field(
+        None, max_length=1, description="Only `worker`: a patch of the worker container."
+    )
+    volumes: list[VolumeObject] | None = Field(
+        None, max_length=64, description="core/v1 Volume list (restricted kinds only)."
+    )
+    tolerations: list[TolerationObject] | None = Field(
+        None, max_length=64, description="core/v1 Toleration list, added to workers'."
+    )
+    topology_spread_constraints: list[TopologySpreadObject] | None = Field(
+        None, max_length=16, description="core/v1 TopologySpreadConstraint list."
+    )
+    scheduling_gates: list[SchedulingGate] | None = Field(
+        None, max_length=16, description="The pods wait until every gate is removed."
+    )
+    dns_policy: Literal["ClusterFirst", "Default", "None"] | None = Field(
+        None, description="core/v1 DNSPolicy (None with dnsConfig)."
+    )
+    dns_config: FreeObject | None = Field(None, description="core/v1 PodDNSConfig.")
+    host_aliases: list[HostAlias] | None = Field(None, max_length=32, description="/etc/hosts.")
+    runtime_class_name: ObjectName | None = Field(None, description="A RuntimeClass.")
+    readiness_gates: list[ReadinessGate] | None = Field(
+        None, max_length=16, description="core/v1 PodReadinessGate list."
+    )
+    host_network: bool | None = Field(None, description=_REFUSED)
+    host_pid: bool | None = Field(None, alias="hostPID", description=_REFUSED)
+    host_ipc: bool | None = Field(None, alias="hostIPC", description=_REFUSED)
+    node_name: str | None = Field(None, max_length=253, description=_REFUSED)
+    service_account_name: str | None = Field(None, max_length=253, description=_REFUSED)
+
+
+class PodTemplateMetadata(Model):
+    """Labels and annotations added to the worker pods (the operator's own labels win)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            _label_keys("labels", "workers.podTemplate.metadata.labels"),
+            cel(
+                f"!has(self.annotations) || self.annotations.all(k, k.matches('{QUALIFIED_KEY}'))",
+                "workers.podTemplate.metadata.annotations: keys must be valid annotation keys",
+            ),
+        )
+    )
+    labels: dict[str, LabelValue] | None = Field(
+        None, description="Pod labels.", json_schema_extra={"maxProperties": 64}
+    )
+    annotations: dict[str, str] | None = Field(
+        None, description="Pod annotations.", json_schema_extra={"maxProperties": 64}
+    )
+
+
+class PodTemplateOverlay(Model):
+    """A strategic-merge overlay on the worker pod, for what the fields of workers lack:
+    init containers and sidecars, topologySpreadConstraints, schedulingGates, dnsConfig,
+    hostAliases, runtimeClassName, readinessGates, ephemeral-storage. The operator's own
+    fields win: the worker's command, image and environment contract, restartPolicy, the
+    ServiceAccount (workers.serviceAccountName) and the restricted security floor, which
+    every container gets."""
+
+    metadata: PodTemplateMetadata | None = Field(None, description="Pod labels, annotations.")
+    spec: PodSpecOverlay | None = Field(None, description="Pod spec fields merged in.")
 
 
 class WorkersSpec(Model):
@@ -148,14 +459,7 @@ class WorkersSpec(Model):
                 "|| t.operator != 'Exists' || !has(t.value) || size(t.value) == 0)",
                 "workers.tolerations: a toleration with operator Exists takes no value",
             ),
-            cel(
-                f"!has(self.podLabels) || self.podLabels.all(k, k.matches('{QUALIFIED_KEY}') "
-                f"&& !(k in {cel_list(OPERATOR_LABELS)}) "
-                "&& !k.startsWith('optuna-operator.io/'))",
-                "workers.podLabels: keys must be valid label keys, and the operator's own "
-                "labels (app.kubernetes.io/name, instance, component, part-of, managed-by, "
-                "optuna-operator.io/*) cannot be set",
-            ),
+            _label_keys("podLabels", "workers.podLabels"),
             cel(
                 f"!has(self.nodeSelector) || self.nodeSelector.all(k, "
                 f"k.matches('{QUALIFIED_KEY}'))",
@@ -257,6 +561,13 @@ class WorkersSpec(Model):
         ge=0,
         le=2147483647,
         description="Group id of the worker container and of its volumes (default 65532).",
+    )
+    pod_template: PodTemplateOverlay | None = Field(
+        None,
+        description="A strategic-merge overlay on the worker pod (core/v1 PodTemplateSpec "
+        "fields): init containers and sidecars, topology spread, scheduling gates, DNS, "
+        "extra volumes, labels. The operator's own fields win; host namespaces, hostPath "
+        "and privileged containers are refused.",
     )
     heartbeat_interval_seconds: int = Field(
         30,
