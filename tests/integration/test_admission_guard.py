@@ -140,6 +140,15 @@ def _study(name: str = "s", **workers: Any) -> dict[str, Any]:
     return study_body(name, suspend=True, workers={"parallelism": 1, **workers})
 
 
+SIDECAR = {"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}
+OVERLAY_DENIED = "may not get every secret the containers of spec.workers.podTemplate read (db)"
+
+
+def _overlay(**spec: Any) -> dict[str, Any]:
+    """A study whose workers.podTemplate.spec is `spec`."""
+    return _study(podTemplate={"spec": spec})
+
+
 def _policy_in_force(as_user: UserApi, kube_api: client.ApiClient, namespace: str) -> None:
     """The policy is picked up asynchronously; probe until it refuses a pod-less author."""
     _role(kube_api, namespace, "probe", [STUDIES_RULE])
@@ -220,6 +229,8 @@ def test_service_accounts_and_secrets_the_author_may_not_use_stay_out_of_reach(
     _create(dave, namespace, _study())
     mine = {"name": "T", "valueFrom": {"secretKeyRef": {"name": "mine", "key": "k"}}}
     _create(dave, namespace, _study(env=[mine]))
+    # The overlay's Secrets the author may read pass, in any container.
+    _create(dave, namespace, _overlay(initContainers=[{**SIDECAR, "env": [mine]}]))
 
     def ref(kind: str) -> dict[str, Any]:
         return {"secretKeyRef": {"name": "db", "key": "url"}} if kind == "env" else {}
@@ -247,6 +258,26 @@ def test_service_accounts_and_secrets_the_author_may_not_use_stay_out_of_reach(
             DB_DENIED,
         ),
         (_study(priorityClassName="high"), "may not use priorityclass high"),
+        # spec.workers.podTemplate: a sidecar's env and envFrom, the worker's patch, volumes.
+        (
+            _overlay(initContainers=[{**SIDECAR, "env": [{"name": "T", "valueFrom": ref("env")}]}]),
+            OVERLAY_DENIED,
+        ),
+        (
+            _overlay(initContainers=[{**SIDECAR, "envFrom": [{"secretRef": {"name": "db"}}]}]),
+            OVERLAY_DENIED,
+        ),
+        (
+            _overlay(containers=[{"name": "worker", "envFrom": [{"secretRef": {"name": "db"}}]}]),
+            OVERLAY_DENIED,
+        ),
+        (_overlay(volumes=[{"name": "creds", "secret": {"secretName": "db"}}]), DB_DENIED),
+        (
+            _overlay(
+                volumes=[{"name": "p", "projected": {"sources": [{"secret": {"name": "db"}}]}}]
+            ),
+            "may not get every secret projected into volume(s) p",
+        ),
         (
             study_body("s", suspend=True, export={"configMapName": "app-config"}),
             "may not update configmap app-config",
@@ -283,6 +314,20 @@ def test_host_volumes_are_refused_even_for_editors(
     status, message = _refused(users("erin"), namespace, body)
     assert status == 403
     assert "volume host (hostPath) is not allowed" in message, message
+    for volume in (
+        {"name": "host", "hostPath": {"path": "/"}},
+        {"name": "share", "nfs": {"server": "nfs.local", "path": "/"}},
+    ):
+        status, message = _refused(users("erin"), namespace, _overlay(volumes=[volume]))
+        assert status == 403
+        kind = next(k for k in volume if k != "name")
+        assert f"volume {volume['name']} ({kind}) is not allowed" in message, message
+    # The same editor may add a sidecar and an emptyDir: the policy lets it through.
+    _create(
+        users("erin"),
+        namespace,
+        _overlay(initContainers=[SIDECAR], volumes=[{"name": "cache", "emptyDir": {}}]),
+    )
 
 
 def test_priority_class_needs_the_use_verb(
