@@ -1,7 +1,7 @@
 # The operator image: `optuna-operator run` (kopf, the Kubernetes client, Optuna, psycopg2).
 # Runs as a fixed non-root uid with a read-only root filesystem (see charts/optuna-operator).
 #
-#   docker build -t ghcr.io/optuna-operator/operator:0.1.0 .      # or: make images
+#   docker build -t ghcr.io/optuna-operator/operator:0.2.0 .      # or: make images
 #
 # Build context: the repository root; Dockerfile.dockerignore keeps it to the package.
 

@@ -83,7 +83,7 @@ crds-check: venv ## Fail when crds/ or the admission policy differ from what the
 	$(BIN)/optuna-operator admission-policy --output-dir charts/optuna-operator/files --chart --check
 
 # --------------------------------------------------------------------------- images and chart
-IMAGE_TAG ?= 0.1.0
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 OPERATOR_IMAGE ?= ghcr.io/optuna-operator/operator:$(IMAGE_TAG)
 WORKER_IMAGE ?= ghcr.io/optuna-operator/worker:$(IMAGE_TAG)
 EXAMPLES_IMAGE ?= ghcr.io/optuna-operator/worker-examples:$(IMAGE_TAG)

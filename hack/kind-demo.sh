@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 KIND_CLUSTER=${KIND_CLUSTER:-optuna-demo}
 RELEASE_NAMESPACE=${RELEASE_NAMESPACE:-optuna-system}
 STUDY_NAMESPACE=${STUDY_NAMESPACE:-default}
-OPERATOR_IMAGE=${OPERATOR_IMAGE:-ghcr.io/optuna-operator/operator:0.1.0}
-EXAMPLES_IMAGE=${EXAMPLES_IMAGE:-ghcr.io/optuna-operator/worker-examples:0.1.0}
+OPERATOR_IMAGE=${OPERATOR_IMAGE:-ghcr.io/optuna-operator/operator:$(sed -n 's/^version = "\(.*\)"/\1/p' "$(dirname "$0")/../pyproject.toml")}
+EXAMPLES_IMAGE=${EXAMPLES_IMAGE:-ghcr.io/optuna-operator/worker-examples:$(sed -n 's/^version = "\(.*\)"/\1/p' "$(dirname "$0")/../pyproject.toml")}
 STUDY=xgb-regression
 CONTEXT="kind-${KIND_CLUSTER}"
 

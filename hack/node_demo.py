@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from demo import progress  # one progress line for both demos
+from optuna_operator import __version__
 from testbed.nodebed import NodeBed, NodeBedOptions, image_archives
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ DEV = ROOT / ".dev"
 EXAMPLE = ROOT / "examples" / "xgboost-regression.yaml"
 NAMESPACE = "demo"
 RELEASE_NAMESPACE = "optuna-system"
-TAG = os.environ.get("IMAGE_TAG", "0.1.0")
+TAG = os.environ.get("IMAGE_TAG", __version__)
 EXAMPLES_IMAGE = os.environ.get("EXAMPLES_IMAGE", f"ghcr.io/optuna-operator/worker-examples:{TAG}")
 DASHBOARD_REPO = "ghcr.io/optuna-operator/dashboard"
 TIMEOUT_S = int(os.environ.get("NODE_DEMO_TIMEOUT_S", "900"))

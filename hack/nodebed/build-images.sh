@@ -8,7 +8,7 @@
 # Usage: hack/nodebed/build-images.sh [operator|worker|examples|dashboard|pgbouncer ...]
 #        (default: all)
 # Environment:
-#   IMAGE_TAG                  tag of the images (default 0.1.0)
+#   IMAGE_TAG                  tag of the images (default: the version in pyproject.toml)
 #   OPERATOR_IMAGE, WORKER_IMAGE, EXAMPLES_IMAGE, DASHBOARD_IMAGE, PGBOUNCER_IMAGE   full names
 #   BUILD_CA_BUNDLE            a CA bundle mounted read-only into RUN steps at the path
 #                              Debian's pip and OpenSSL read, for machines behind a TLS proxy
@@ -18,7 +18,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 need buildah
 
-tag=${IMAGE_TAG:-0.1.0}
+tag=${IMAGE_TAG:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$(dirname "$0")/../../pyproject.toml")}
 declare -A names=(
   [operator]=${OPERATOR_IMAGE:-ghcr.io/optuna-operator/operator:$tag}
   [worker]=${WORKER_IMAGE:-ghcr.io/optuna-operator/worker:$tag}

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna_operator import __version__
+
 __all__ = [
     "DEFAULT_DASHBOARD_IMAGE",
     "DEFAULT_WORKER_IMAGE",
@@ -19,7 +21,8 @@ __all__ = [
     "settings_from_args",
 ]
 
-OPERATOR_VERSION = "0.1.0"
+# One version source: the package (pyproject.toml), as the chart and the images.
+OPERATOR_VERSION = __version__
 DEFAULT_WORKER_IMAGE = f"ghcr.io/optuna-operator/worker:{OPERATOR_VERSION}"
 DEFAULT_DASHBOARD_IMAGE = "ghcr.io/optuna/optuna-dashboard:v0.21.0"
 # The keys of a NetworkPolicyPeer (networking.k8s.io/v1).

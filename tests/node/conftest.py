@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
+from optuna_operator import __version__
 from testbed import BedError
 from testbed.nodebed import NodeBed, NodeBedOptions, image_archives
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "optuna-operator"
 IMAGES = ("pause", "busybox", "operator", "worker", "examples", "dashboard", "pgbouncer")
-TAG = "0.1.0"
+TAG = __version__  # what hack/nodebed/build-images.sh tags (pyproject.toml)
 EXAMPLES_IMAGE = f"ghcr.io/optuna-operator/worker-examples:{TAG}"
 BUSYBOX_IMAGE = "localhost/optuna-operator/busybox:1.35"
 PGBOUNCER_IMAGE = f"ghcr.io/optuna-operator/pgbouncer:{TAG}"
