@@ -14,7 +14,7 @@ TESTBED := PYTHONPATH=hack $(BIN)/python -m testbed
 # (test_chart.py), which the default rootdir-relative import mode refuses to collect.
 PYTEST := $(BIN)/pytest --import-mode=importlib
 
-.PHONY: help venv binaries kueue postgres pgbouncer lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench faults
+.PHONY: help venv binaries kueue promtool postgres pgbouncer lint unit integration test dev-cluster dev-cluster-down demo demo-down crds crds-check bench faults
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ binaries: ## Build etcd, Kubernetes and helm into the versioned cache (slow only
 kueue: ## Build Kueue for the opt-in `kueue` test fixture (10-20 minutes cold, then cached)
 	hack/build-kueue.sh
 
+promtool: ## Build promtool for the chart's alert and dashboard query tests (10-15 minutes cold, then cached)
+	hack/build-promtool.sh
+
 postgres: ## Install PostgreSQL from Debian's packages when it is missing
 	hack/install-postgres.sh
 
@@ -46,10 +49,10 @@ lint: venv ## ruff check, ruff format --check, mypy (strict)
 unit: venv ## Unit tests; no test bed needed
 	$(PYTEST) tests/unit
 
-integration: venv binaries kueue postgres pgbouncer ## Integration tests against a real test bed (one per session)
+integration: venv binaries kueue promtool postgres pgbouncer ## Integration tests against a real test bed (one per session)
 	$(PYTEST) tests/integration
 
-test: venv binaries kueue postgres pgbouncer lint crds-check ## What CI runs: lint, CRD drift, unit and integration tests
+test: venv binaries kueue promtool postgres pgbouncer lint crds-check ## What CI runs: lint, CRD drift, unit and integration tests
 	$(PYTEST) tests/unit tests/integration
 
 dev-cluster: venv binaries postgres ## Start the test bed in the background and write .dev/env

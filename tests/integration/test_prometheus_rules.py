@@ -6,23 +6,18 @@ series shaped like the operator's metrics."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from tests.unit import gobuild
-from tests.unit.gobuild import cached_binary
 
 from optuna_operator import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "optuna-operator"
-PROMETHEUS = "v0.316.0"  # the Go module version of Prometheus 3.x whose promtool runs here
 JOB = "optuna-operator-metrics"
 # The 2h the fixtures expect for OptunaStudyNoProgress.
 RULE_VALUES = ["--set", "metrics.prometheusRule.enabled=true"]
@@ -31,23 +26,14 @@ RULE_VALUES += ["--set", "metrics.prometheusRule.noProgressFor=2h"]
 
 @pytest.fixture(scope="module")
 def promtool() -> Path:
-    """promtool built with every service discovery left out (it reads only files here);
-    cold, the build takes 10-15 minutes on two cores, then it is cached."""
-    binary = cached_binary(f"promtool-{PROMETHEUS}", "promtool")
-    if binary.is_file():
-        return binary
-    go = gobuild.go("promtool")
-    with tempfile.TemporaryDirectory() as gobin:
-        package = f"github.com/prometheus/prometheus/cmd/promtool@{PROMETHEUS}"
-        built = subprocess.run(
-            ["nice", "-n", "19", go, "install", "-tags", "remove_all_sd", package],
-            env={**os.environ, "GOBIN": gobin},
-            capture_output=True,
-            text=True,
-        )
-        assert built.returncode == 0, f"building promtool failed:\n{built.stderr[-3000:]}"
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(Path(gobin) / "promtool", binary)
+    """promtool as `make promtool` (hack/build-promtool.sh, pinned in hack/versions.env)
+    built it, every service discovery left out: it reads only files here."""
+    out = subprocess.run(
+        [str(ROOT / "hack" / "build-promtool.sh"), "--print"], capture_output=True, text=True
+    )
+    binary = Path(out.stdout.strip().splitlines()[-1]) / "promtool"
+    if not binary.is_file():
+        pytest.fail(f"promtool is missing ({binary}): run `make promtool`")
     return binary
 
 
