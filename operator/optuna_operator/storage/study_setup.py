@@ -31,12 +31,12 @@ from optuna_operator.contract import (
 __all__ = [
     "LEGACY_ATTR",
     "OWNER_ATTR",
+    "Claimed",
     "DirectionsMismatchError",
     "NewStudy",
     "NotOwnedError",
     "Owner",
     "WarmStartError",
-    "Claimed",
     "claim_study",
     "create_study",
     "delete_owned_study",
