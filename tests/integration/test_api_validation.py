@@ -13,6 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from optuna_operator import manifests
 from optuna_operator.api import GROUP, PLURAL, VERSION, TuningStudy
 from testbed import Bed
 
@@ -693,47 +694,81 @@ def test_braces_that_are_no_placeholder_are_accepted(
     _create(kube_api, namespace, _with("objective.command", command))
 
 
-def test_a_pod_template_is_accepted_and_kept_as_written(
+POD_TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"team": "a"}, "annotations": {"example.com/owner": "ml"}},
+    "spec": {
+        "initContainers": [
+            {
+                **SIDECAR,
+                "args": ["--port", "5000"],
+                "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": True},
+                "startupProbe": {"tcpSocket": {"port": 5000}},
+            }
+        ],
+        "containers": [
+            {
+                "name": "worker",
+                "env": [{"name": "PROXY", "value": "localhost:5000"}],
+                "resources": {"requests": {"ephemeral-storage": "1Gi"}},
+                "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}},
+                "ports": [{"name": "metrics", "containerPort": 9090}],
+            }
+        ],
+        "volumes": [{"name": "cache", "emptyDir": {}}],
+        "tolerations": [{"key": "spot", "operator": "Exists"}],
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        "schedulingGates": [{"name": "example.com/gate"}],
+        "dnsPolicy": "None",
+        "dnsConfig": {"nameservers": ["10.0.0.10"]},
+        "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["registry.local"]}],
+        "runtimeClassName": "gvisor",
+        "readinessGates": [{"conditionType": "example.com/ready"}],
+    },
+}
+
+
+@pytest.mark.pod_security("restricted")
+def test_a_pod_template_is_kept_as_written_and_its_worker_pod_is_restricted(
     kube_api: client.ApiClient, crd_installed: None, namespace: str
 ) -> None:
-    template = {
-        "metadata": {"labels": {"team": "a"}, "annotations": {"example.com/owner": "ml"}},
-        "spec": {
-            "initContainers": [
-                {
-                    **SIDECAR,
-                    "args": ["--port", "5000"],
-                    "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": True},
-                    "startupProbe": {"tcpSocket": {"port": 5000}},
-                }
-            ],
-            "containers": [
-                {
-                    "name": "worker",
-                    "env": [{"name": "PROXY", "value": "localhost:5000"}],
-                    "resources": {"requests": {"ephemeral-storage": "1Gi"}},
-                    "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}},
-                    "ports": [{"name": "metrics", "containerPort": 9090}],
-                }
-            ],
-            "volumes": [{"name": "cache", "emptyDir": {}}],
-            "tolerations": [{"key": "spot", "operator": "Exists"}],
-            "topologySpreadConstraints": [
-                {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
-            ],
-            "schedulingGates": [{"name": "example.com/gate"}],
-            "dnsPolicy": "None",
-            "dnsConfig": {"nameservers": ["10.0.0.10"]},
-            "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["registry.local"]}],
-            "runtimeClassName": "gvisor",
-            "readinessGates": [{"conditionType": "example.com/ready"}],
-        },
-    }
+    """The API server stores the overlay as written; the worker Job built from it, and its
+    pod, pass the API server's own validation and Pod Security admission (restricted)."""
+    template = copy.deepcopy(POD_TEMPLATE)
+    # The API server admits a pod only with a RuntimeClass that exists: one per test.
+    template["spec"]["runtimeClassName"] = namespace
     stored = _create(kube_api, namespace, _with("workers", {"podTemplate": template}))
     assert stored["spec"]["workers"]["podTemplate"] == template
     study = TuningStudy.model_validate(stored)
     assert study.spec.workers.pod_template is not None
     assert study.spec.workers.pod_template.to_wire() == template
+    ctx = manifests.ChildContext(
+        storage_secret="db", storage_key="url", worker_image="w:1", dashboard_image="d:1"
+    )
+    job = manifests.worker_job(study, ctx)
+    client.BatchV1Api(kube_api).create_namespaced_job(namespace, job, dry_run="All")
+    pod = {"metadata": {"name": "worker", **job["spec"]["template"]["metadata"]}}
+    pod["spec"] = job["spec"]["template"]["spec"]
+    node = client.NodeV1Api(kube_api)
+    node.create_runtime_class({"metadata": {"name": namespace}, "handler": "runsc"})
+    try:
+        core = client.CoreV1Api(kube_api)
+        created = core.create_namespaced_pod(namespace, pod, dry_run="All")
+        # The control: without the floor the operator adds, the sidecar is refused.
+        bare = copy.deepcopy(pod)
+        del bare["spec"]["initContainers"][0]["securityContext"]
+        with pytest.raises(client.ApiException) as info:
+            core.create_namespaced_pod(namespace, bare, dry_run="All")
+        refusal = json.loads(info.value.body)["message"]
+        assert 'violates PodSecurity "restricted' in refusal, refusal
+        assert 'container "proxy" must set' in refusal, refusal
+    finally:
+        node.delete_runtime_class(namespace)
+    (sidecar,) = created.spec.init_containers
+    assert sidecar.restart_policy == "Always"
+    assert sidecar.security_context.capabilities.drop == ["ALL"]
+    assert created.spec.topology_spread_constraints[0].topology_key == "zone"
 
 
 def _kubectl_create_warnings(bed: Bed, namespace: str, body: dict[str, Any]) -> str:
