@@ -24,7 +24,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_operator.api import WorkerConfig
+from optuna_operator.api import PARETO_FRONT_LIMIT, Direction, WorkerConfig
 from optuna_operator.contract import ExitCode
 from optuna_operator.storage.study_store import StoreRegistry
 from optuna_operator.worker.settings import WAIT_FOR_SLOTS_ENV
@@ -71,6 +71,20 @@ def sleepy(trial):
 def countdown(trial):
     trial.suggest_float("x", 0, 1)
     return float(20 - trial.number)
+
+
+def constrained(trial):
+    a, b = trial.suggest_float("a", 0, 1), trial.suggest_float("b", 0, 1)
+    trial.set_constraint("gap", a - b - 0.3)  # the ideal corner (a high, b low) is infeasible
+    return a, b
+"""
+
+# The command form of `constrained` above.
+CONSTRAINED_COMMAND = """\
+import sys
+a, b = float(sys.argv[1]), float(sys.argv[2])
+print(f"optuna:constraint gap {a - b - 0.3!r}")
+print(f"optuna:result {a!r} {b!r}")
 """
 
 # Reports forever-ish and leaves a background grandchild, so only a process-group kill
@@ -713,3 +727,54 @@ def test_python_examples_run_through_the_worker(
         for trial in trials:
             has_dart = {"rate_drop", "skip_drop"} <= trial.params.keys()
             assert has_dart == (trial.params["booster"] == "dart")
+
+
+@pytest.mark.parametrize(
+    ("kind", "sampler"),
+    [
+        ("function", {"type": "NSGAII", "seed": 2, "nsga": {"populationSize": 8}}),
+        ("command", {"type": "TPE", "seed": 2, "tpe": {"nStartupTrials": 8}}),
+    ],
+)
+def test_constraints_reach_the_sampler_and_the_pareto_front(
+    bench: Bench, kind: str, sampler: dict[str, Any]
+) -> None:
+    """Constraints set through the worker (its storage, its slot claim) stay on the trials;
+    Optuna's feasible front and the operator's status front agree."""
+    script = bench.tmp / "constrained.py"
+    script.write_text(CONSTRAINED_COMMAND)
+    space = [{"name": n, "float": {"low": 0.0, "high": 1.0}} for n in ("a", "b")]
+    objective: dict[str, Any] = {
+        "function": {"function": "objectives:constrained"},
+        "command": {"command": [sys.executable, str(script), "{a}", "{b}"], "searchSpace": space},
+    }[kind]
+    directions: list[Literal["minimize", "maximize"]] = ["maximize", "minimize"]
+    study = bench.create_study(directions)
+    # The corner that dominates every other trial, but infeasible; and a feasible trial.
+    study.enqueue_trial({"a": 1.0, "b": 0.0})
+    study.enqueue_trial({"a": 0.5, "b": 0.4})
+    config = bench.config(
+        objective=objective,
+        directions=directions,
+        sampler=sampler,
+        budget={"trials": 24, "maxFailedTrials": 0},
+    )
+    bench.start(config)
+    bench.start(config)
+    assert bench.wait_all(timeout=120) == [0, 0]
+    trials = bench.trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 24
+    for trial in trials:
+        assert trial.constraints == {"gap": trial.params["a"] - trial.params["b"] - 0.3}
+    infeasible = {t.number for t in trials if t.constraints["gap"] > 0}
+    best = {t.number for t in study.best_trials}
+    assert 0 in infeasible and best and not best & infeasible
+    stores = StoreRegistry()
+    try:
+        handle = stores.ensure_study(
+            bench.storage_url, bench.study_name, [Direction(d) for d in directions], None, None, {}
+        )
+        front = {t.number for t in stores.summarize(bench.storage_url, handle).pareto_front}
+    finally:
+        stores.close()
+    assert front <= best and len(front) == min(len(best), PARETO_FRONT_LIMIT)
