@@ -59,7 +59,7 @@ def run(promtool: Path, *args: str, cwd: Path) -> str:
 def test_alerts_pass_promtool_check_and_their_unit_tests(promtool: Path, tmp_path: Path) -> None:
     rule = next(d for d in render(*RULE_VALUES) if d["kind"] == "PrometheusRule")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    assert "SUCCESS: 4 rules found" in run(promtool, "check", "rules", "rules.yaml", cwd=tmp_path)
+    assert "SUCCESS: 5 rules found" in run(promtool, "check", "rules", "rules.yaml", cwd=tmp_path)
     shutil.copy(Path(__file__).parent / "promtool" / "alerts-test.yaml", tmp_path)
     assert "SUCCESS" in run(promtool, "test", "rules", "alerts-test.yaml", cwd=tmp_path)
 

@@ -742,6 +742,7 @@ def test_alerts_use_only_metrics_the_operator_exports() -> None:
         "OptunaOperatorDown",
         "OptunaOperatorReconcileErrors",
         "OptunaStudyFailed",
+        "OptunaStudyMostlyPruned",
         "OptunaStudyNoProgress",
     }
     exported = exported_series()
