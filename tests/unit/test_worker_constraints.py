@@ -5,16 +5,19 @@ the trial with the reason."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
-from optuna_operator.api import Parameter
+from optuna_operator.api import Parameter, TuningStudy
 from optuna_operator.contract import ERROR_ATTR
 from optuna_operator.worker.command_objective import CommandObjective
 from optuna_operator.worker.signals import StopSignal
 
+REPO = Path(__file__).resolve().parents[2]
 SPACE = [Parameter.model_validate({"name": "x", "float": {"low": 0.0, "high": 1.0}})]
 
 
@@ -81,3 +84,23 @@ def test_a_malformed_constraint_line_fails_the_trial_with_the_reason(line: str, 
 def test_a_failed_command_sets_no_constraint() -> None:
     trial = _run("print('optuna:constraint c -1')\nraise SystemExit(2)\n")
     assert trial.state == TrialState.FAIL and trial.constraints == {}
+
+
+def test_the_constrained_command_example_keeps_too_big_models_off_the_front(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO)  # the example's command names its script from the repository root
+    body = yaml.safe_load((REPO / "examples" / "constrained-command.yaml").read_text())
+    spec = TuningStudy.model_validate(body).spec
+    assert spec.objective.command is not None and spec.objective.search_space is not None
+    study = optuna.create_study(directions=[d.value for d in spec.directions])
+    study.enqueue_trial({"width": 1024, "depth": 8})  # the most accurate, 16 GB
+    study.enqueue_trial({"width": 16, "depth": 1})
+    objective = CommandObjective(
+        spec.objective.command, spec.objective.search_space, 2, 60, StopSignal(), "s", "pod/0"
+    )
+    study.optimize(objective, n_trials=2)
+    big, small = study.trials
+    assert big.constraints == {"memory_gb": 12.384}
+    assert small.constraints == {"memory_gb": -3.968}
+    assert [t.number for t in study.best_trials] == [small.number]
