@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -137,12 +136,6 @@ class Scale(BenchCluster):
         crd = f"crd/{PLURAL}.{GROUP}"
         while "Established" not in self.kubectl("get", crd, "-o", "jsonpath={.status.conditions}"):
             time.sleep(0.5)
-        if os.environ.get("BENCH_SCALE_MEMTRACE"):
-            # hack/memtrace/sitecustomize.py traces the operator's heap (started from here).
-            os.environ["PYTHONPATH"] = (
-                f"{ROOT / 'hack' / 'memtrace'}:{os.environ.get('PYTHONPATH', '')}"
-            )
-            os.environ["OPERATOR_MEMTRACE"] = str(self.bed.directory / "memtrace.txt")
         self.start_operator([RUNNING_NAMESPACE, *self._idle_namespaces()], INTERVAL)
         for ns in self._idle_namespaces():
             self.core.create_namespaced_secret(
@@ -216,17 +209,6 @@ class Scale(BenchCluster):
             "rss_mib": rss,
             "cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
         }
-
-    def memtrace(self) -> str:
-        """The operator's heap by package (BENCH_SCALE_MEMTRACE=1), or nothing."""
-        report = os.environ.get("OPERATOR_MEMTRACE")
-        if not report or self.operator is None:
-            return ""
-        os.kill(self.operator.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 120
-        while not Path(report).exists() and time.monotonic() < deadline:
-            time.sleep(1)
-        return Path(report).read_text() if Path(report).exists() else "no memtrace report"
 
     def status_lag(self) -> tuple[float, float]:
         """p50 and p95 seconds a finished trial waits to appear in its study's status."""
@@ -322,7 +304,6 @@ def bench_scale() -> None:
                 # Reconciles queued by the last status writes and child events settle first.
                 time.sleep(2 * INTERVAL)
                 quiet = scale.quiet_minute()
-                print(scale.memtrace(), end="", flush=True)
                 p50, p95 = scale.status_lag()
                 idle = n - RUNNING
                 per_idle = (
