@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from optuna_operator.api import Parameter, TuningStudy
 from optuna_operator.contract import ERROR_ATTR
 from optuna_operator.worker.command_objective import CommandObjective
+from optuna_operator.worker.function_objective import FunctionObjective
 from optuna_operator.worker.signals import StopSignal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,3 +105,17 @@ def test_the_constrained_command_example_keeps_too_big_models_off_the_front(
     assert big.constraints == {"memory_gb": 12.384}
     assert small.constraints == {"memory_gb": -3.968}
     assert [t.number for t in study.best_trials] == [small.number]
+
+
+def test_a_functions_nan_constraint_fails_its_trial_with_optunas_reason() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_constraint("memory_gb", float("nan"))
+        return 1.0
+
+    study = optuna.create_study()
+    study.optimize(FunctionObjective(objective, 1, StopSignal(), "pod/0"), 1, catch=(Exception,))
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.FAIL and trial.constraints == {}
+    assert trial.user_attrs[ERROR_ATTR] == (
+        "ValueError: Attempted to set a constraint for 'memory_gb', but NaN is not allowed."
+    )
