@@ -635,6 +635,11 @@ OVERLAY: list[tuple[str, dict[str, Any], str]] = [
         _pod_spec(volumes=[{"name": "optuna-tmp", "emptyDir": {}}]),
         "other than optuna-tmp",
     ),
+    (
+        "overlay mount of no volume",
+        _pod_spec(initContainers=[{**SIDECAR, "volumeMounts": [{"name": "x", "mountPath": "/x"}]}]),
+        "every volumeMount must name a volume",
+    ),
     ("overlay dnsPolicy None alone", _pod_spec(dnsPolicy="None"), "dnsPolicy None needs dnsConfig"),
     (
         "overlay operator label",
@@ -703,6 +708,7 @@ POD_TEMPLATE: dict[str, Any] = {
                 "args": ["--port", "5000"],
                 "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": True},
                 "startupProbe": {"tcpSocket": {"port": 5000}},
+                "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
             }
         ],
         "containers": [
@@ -712,6 +718,7 @@ POD_TEMPLATE: dict[str, Any] = {
                 "resources": {"requests": {"ephemeral-storage": "1Gi"}},
                 "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}},
                 "ports": [{"name": "metrics", "containerPort": 9090}],
+                "volumeMounts": [{"name": "optuna-tmp", "mountPath": "/scratch"}],
             }
         ],
         "volumes": [{"name": "cache", "emptyDir": {}}],

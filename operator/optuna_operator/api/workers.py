@@ -395,6 +395,30 @@ class PodTemplateOverlay(Model):
     spec: PodSpecOverlay | None = Field(None, description="Pod spec fields merged in.")
 
 
+_SPEC = "self.podTemplate.spec"
+_NAMED = "exists(v, has(v.name) && v.name == m.name)"
+
+
+def _mounts_named(field: str) -> str:
+    """Every volumeMount of the overlay's `field` containers names a volume of the pod."""
+    return (
+        f"(!has({_SPEC}.{field}) || {_SPEC}.{field}.all(c, !has(c.volumeMounts) || "
+        f"c.volumeMounts.all(m, has(m.name) && (m.name in {cel_list(WORKER_VOLUME_NAMES)} || "
+        f"has(self.volumes) && self.volumes.{_NAMED} || "
+        f"has({_SPEC}.volumes) && {_SPEC}.volumes.{_NAMED}))))"
+    )
+
+
+# The overlay's mounts name a volume the pod will have: its own, workers.volumes or the
+# operator's (a sidecar may share the worker's /tmp); else the Job would fail at creation.
+_OVERLAY_MOUNTS = cel(
+    f"!has(self.podTemplate) || !has({_SPEC}) || "
+    f"{_mounts_named('containers')} && {_mounts_named('initContainers')}",
+    "workers.podTemplate: every volumeMount must name a volume of "
+    "workers.podTemplate.spec.volumes or workers.volumes",
+)
+
+
 class WorkersSpec(Model):
     """The worker Job: pods that pull trials from the shared study until the budget is met."""
 
@@ -460,6 +484,7 @@ class WorkersSpec(Model):
                 "workers.tolerations: a toleration with operator Exists takes no value",
             ),
             _label_keys("podLabels", "workers.podLabels"),
+            _OVERLAY_MOUNTS,
             cel(
                 f"!has(self.nodeSelector) || self.nodeSelector.all(k, "
                 f"k.matches('{QUALIFIED_KEY}'))",
