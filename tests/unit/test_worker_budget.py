@@ -131,3 +131,17 @@ def test_only_connections_idle_for_a_while_are_pinged(monkeypatch: pytest.Monkey
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
     assert len(pings) == 1
+
+
+def test_a_retry_does_not_inherit_the_failed_runs_constraints() -> None:
+    failed = optuna.trial.create_trial(
+        state=TrialState.FAIL,
+        params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 1)},
+        system_attrs={"constraints:memory_gb": 2.0, "constraints": [1.0], "kept": 1},
+    )
+    failed.number = 3
+    retry = retry_of_stale_trial(failed)
+    assert retry is not None
+    # Optuna keeps a constraint's first value: the retry must set its own.
+    assert retry.system_attrs == {"failed_trial": 3, "kept": 1, "retry_history": [3]}

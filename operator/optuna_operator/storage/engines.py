@@ -264,10 +264,17 @@ def retry_of_stale_trial(failed: FrozenTrial) -> FrozenTrial | None:
         user_attrs={k: v for k, v in failed.user_attrs.items() if k not in _RUN_ATTRS},
         system_attrs={
             "failed_trial": failed.number,
-            **failed.system_attrs,
+            # Not the failed run's constraints: the retry sets its own (Optuna would keep
+            # the first value of a name and ignore the retry's).
+            **{k: v for k, v in failed.system_attrs.items() if not _is_constraint(k)},
             "retry_history": history,
         },
     )
+
+
+def _is_constraint(key: str) -> bool:
+    """Optuna 5's trial constraint attributes (`constraints:<name>`, and the older list)."""
+    return key == "constraints" or key.startswith("constraints:")
 
 
 StorageT = TypeVar("StorageT", bound=RDBStorage)

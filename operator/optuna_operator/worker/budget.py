@@ -14,7 +14,7 @@ from typing import Any
 
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
-from sqlalchemy import Engine, and_, exists, func, select
+from sqlalchemy import Engine, Float, and_, cast, exists, func, select
 
 from optuna_operator.api import Budget, Direction
 from optuna_operator.contract import ERROR_ATTR, STOP_REQUEST_ATTR
@@ -76,10 +76,19 @@ class TrialCounter:
         return isinstance(request, dict) and request.get("timeoutSeconds") == timeout_seconds
 
     def reached(self, goal: float, direction: Direction) -> bool:
-        """Whether any complete trial's first value is at least as good as the goal."""
+        """Whether any complete, feasible trial's first value is at least as good as the
+        goal (a trial with a constraint value above 0 is infeasible: the status's best
+        trial leaves it out too)."""
         trials = models.TrialModel
         values = models.TrialValueModel
+        attrs = models.TrialSystemAttributeModel
         better = values.value <= goal if direction == Direction.MINIMIZE else values.value >= goal
+        # Optuna stores each constraint as JSON text of a float under `constraints:<name>`.
+        infeasible = exists().where(
+            attrs.trial_id == trials.trial_id,
+            attrs.key.startswith("constraints:"),
+            cast(attrs.value_json, Float) > 0,
+        )
         query = select(
             exists().where(
                 and_(
@@ -88,6 +97,7 @@ class TrialCounter:
                     trials.state == TrialState.COMPLETE,
                     values.objective == 0,
                     better,
+                    ~infeasible,
                 )
             )
         )

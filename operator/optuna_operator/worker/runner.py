@@ -136,7 +136,12 @@ class _CheckedObjective:
                 result,
                 trial.params,
             )
-        reason = self.checker.stop_reason(count_trials=False, latest=result)
+        # An infeasible trial (a constraint above 0) does not reach the goal: the status's
+        # best trial leaves it out too. Read only when there is a goal.
+        feasible = self.checker.budget.goal is None or all(
+            value <= 0 for value in trial.constraints.values()
+        )
+        reason = self.checker.stop_reason(count_trials=False, latest=result if feasible else None)
         if reason is not None:
             log.info("Stopping: %s", reason)
             study.stop()
