@@ -14,6 +14,8 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
+from optuna_operator.api.workers import SECURITY_ANNOTATION_PREFIXES
+
 __all__ = [
     "OperatorFields",
     "apply_pod_overlay",
@@ -64,6 +66,8 @@ LIST_KEYS: dict[str, str | None] = {
     "readinessGates": "conditionType",
     "imagePullSecrets": "name",
 }
+PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+HOOKS = ("postStart", "preStop")
 # Container security context: what a container may say for itself; the floor wins.
 OWN_SECURITY_FIELDS = ("runAsUser", "runAsGroup", "readOnlyRootFilesystem")
 SECURITY_FLOOR: dict[str, Any] = {
@@ -118,20 +122,33 @@ def merge_by_key(
     return merged
 
 
+def _unhosted(container: dict[str, Any]) -> dict[str, Any]:
+    """No hostPort, and no probe or lifecycle hook that has the kubelet call another host
+    (the API refuses both; dropped here too)."""
+    if "ports" in container:
+        container["ports"] = [
+            {k: v for k, v in port.items() if k != "hostPort"} for port in container["ports"]
+        ]
+    lifecycle = container.get("lifecycle") or {}
+    handlers = [container.get(p) for p in PROBES] + [lifecycle.get(h) for h in HOOKS]
+    for handler in handlers:
+        for action in ("httpGet", "tcpSocket"):
+            if isinstance(handler, dict) and isinstance(handler.get(action), dict):
+                handler[action].pop("host", None)
+    return container
+
+
 def secure_container(container: dict[str, Any]) -> dict[str, Any]:
     """An overlay container with the restricted floor: its own user, group and read-only
-    root filesystem kept, everything else of its security context replaced, no hostPort."""
+    root filesystem kept, everything else of its security context replaced, no host
+    reached through it."""
     secured = copy.deepcopy(container)
     own = secured.get("securityContext") or {}
     secured["securityContext"] = {
         **{k: own[k] for k in OWN_SECURITY_FIELDS if k in own},
         **copy.deepcopy(SECURITY_FLOOR),
     }
-    if "ports" in secured:
-        secured["ports"] = [
-            {k: v for k, v in port.items() if k != "hostPort"} for port in secured["ports"]
-        ]
-    return secured
+    return _unhosted(secured)
 
 
 def _patch_worker(
@@ -161,11 +178,7 @@ def _patch_worker(
                 if old.get(part) or value.get(part)
             }
         patched[field] = value
-    if "ports" in patched:
-        patched["ports"] = [
-            {k: v for k, v in port.items() if k != "hostPort"} for port in patched["ports"]
-        ]
-    return patched
+    return _unhosted(patched)
 
 
 def _containers(
@@ -191,7 +204,8 @@ def _metadata(
         extra = {
             k: v
             for k, v in (overlay.get(field) or {}).items()
-            if field == "annotations" or (k not in owned.labels and not k.startswith(_PREFIX))
+            if (field == "annotations" and not k.startswith(SECURITY_ANNOTATION_PREFIXES))
+            or (field == "labels" and k not in owned.labels and not k.startswith(_PREFIX))
         }
         if extra:
             merged[field] = {**extra, **base.get(field, {})}

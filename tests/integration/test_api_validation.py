@@ -566,6 +566,7 @@ def _pod_spec(**spec: Any) -> dict[str, Any]:
 
 
 SIDECAR: dict[str, Any] = {"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}
+HOST_H = {"host": "h", "port": 1}
 HOST = "hostNetwork, hostPID, hostIPC and nodeName are not allowed"
 # spec.workers.podTemplate (issue 23): what the overlay may not take, refused at apply.
 OVERLAY: list[tuple[str, dict[str, Any], str]] = [
@@ -639,6 +640,41 @@ OVERLAY: list[tuple[str, dict[str, Any], str]] = [
         "overlay mount of no volume",
         _pod_spec(initContainers=[{**SIDECAR, "volumeMounts": [{"name": "x", "mountPath": "/x"}]}]),
         "every volumeMount must name a volume",
+    ),
+    (
+        "overlay probe host",
+        _pod_spec(
+            initContainers=[{**SIDECAR, "startupProbe": {"httpGet": {"host": "h", "port": 1}}}]
+        ),
+        "probes and lifecycle hooks cannot name a host",
+    ),
+    (
+        "overlay hook host",
+        _pod_spec(
+            containers=[
+                {
+                    "name": "worker",
+                    "lifecycle": {"preStop": {"tcpSocket": {"host": "h", "port": 1}}},
+                }
+            ]
+        ),
+        "probes and lifecycle hooks cannot name a host",
+    ),
+    (
+        "overlay AppArmor annotation",
+        _with(
+            "workers",
+            {
+                "podTemplate": {
+                    "metadata": {
+                        "annotations": {
+                            "container.apparmor.security.beta.kubernetes.io/worker": "unconfined"
+                        }
+                    }
+                }
+            },
+        ),
+        "AppArmor and seccomp annotations cannot be set",
     ),
     ("overlay dnsPolicy None alone", _pod_spec(dnsPolicy="None"), "dnsPolicy None needs dnsConfig"),
     (

@@ -272,6 +272,53 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...], Any]] = [
         },
     ),
     (
+        "probes and hooks of a sidecar reach no other host",
+        {
+            "spec": {
+                "initContainers": [
+                    {
+                        **SIDECAR,
+                        "startupProbe": {"httpGet": {"host": "10.0.0.1", "port": 80}},
+                        "lifecycle": {"preStop": {"tcpSocket": {"host": "db", "port": 5432}}},
+                    }
+                ]
+            }
+        },
+        ("spec", "initContainers", 0),
+        {
+            **SIDECAR,
+            "securityContext": FLOOR,
+            "startupProbe": {"httpGet": {"port": 80}},
+            "lifecycle": {"preStop": {"tcpSocket": {"port": 5432}}},
+        },
+    ),
+    (
+        "probes of the worker reach no other host",
+        {
+            "spec": {
+                "containers": [
+                    {"name": "worker", "livenessProbe": {"httpGet": {"host": "x", "port": 1}}}
+                ]
+            }
+        },
+        ("spec", "containers", 0, "livenessProbe"),
+        {"httpGet": {"port": 1}},
+    ),
+    (
+        "AppArmor and seccomp annotations are dropped",
+        {
+            "metadata": {
+                "annotations": {
+                    "container.apparmor.security.beta.kubernetes.io/worker": "unconfined",
+                    "seccomp.security.alpha.kubernetes.io/pod": "unconfined",
+                    "b": "2",
+                }
+            }
+        },
+        ("metadata", "annotations"),
+        {"b": "2"},
+    ),
+    (
         "no init container may be named worker",
         {"spec": {"initContainers": [{"name": "worker", "image": "x"}]}},
         ("spec",),

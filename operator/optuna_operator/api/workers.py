@@ -27,6 +27,7 @@ from optuna_operator.api.types import (
 
 __all__ = [
     "OPERATOR_LABELS",
+    "SECURITY_ANNOTATION_PREFIXES",
     "Capabilities",
     "EnvVarObject",
     "HostAlias",
@@ -83,6 +84,11 @@ TolerationObject = Annotated[
 ]
 
 
+# Annotations that would loosen a pod's confinement (kubelet still reads AppArmor's).
+SECURITY_ANNOTATION_PREFIXES = (
+    "container.apparmor.security.beta.kubernetes.io/",
+    "seccomp.security.alpha.kubernetes.io/",
+)
 # Labels the operator sets on worker pods; the same key in podLabels would be dropped.
 OPERATOR_LABELS = (
     "app.kubernetes.io/name",
@@ -178,6 +184,46 @@ ContainerPortObject = Annotated[
     ),
 ]
 
+# Probes and lifecycle hooks: `host` would have the kubelet call any address (the baseline
+# Pod Security Standard forbids it from Kubernetes 1.34); declared so a rule can refuse it.
+_HOSTED = {
+    "type": "object",
+    "description": "core/v1 HTTPGetAction or TCPSocketAction, without host.",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {"host": _STRING},
+}
+_HANDLER: dict[str, Any] = {
+    "type": "object",
+    "description": "A core/v1 LifecycleHandler.",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {"httpGet": _HOSTED, "tcpSocket": _HOSTED},
+}
+HandlerObject = Annotated[dict[str, Any], _open_object("Probe", httpGet=_HOSTED, tcpSocket=_HOSTED)]
+LifecycleObject = Annotated[
+    dict[str, Any], _open_object("Lifecycle", postStart=_HANDLER, preStop=_HANDLER)
+]
+_PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+
+
+def _no_host(handler: str) -> str:
+    return (
+        f"(!has({handler}.httpGet) || !has({handler}.httpGet.host)) && "
+        f"(!has({handler}.tcpSocket) || !has({handler}.tcpSocket.host))"
+    )
+
+
+_NO_PROBE_HOST = cel(
+    " && ".join(f"(!has(self.{p}) || {_no_host(f'self.{p}')})" for p in _PROBES)
+    + " && (!has(self.lifecycle) || "
+    + " && ".join(
+        f"(!has(self.lifecycle.{h}) || {_no_host(f'self.lifecycle.{h}')})"
+        for h in ("postStart", "preStop")
+    )
+    + ")",
+    "workers.podTemplate: probes and lifecycle hooks cannot name a host (the kubelet would "
+    "call it); they reach the pod's own address",
+)
+
 
 class OverlayContainer(Model):
     """A container of workers.podTemplate (core/v1 Container): every field is passed on
@@ -192,6 +238,7 @@ class OverlayContainer(Model):
                 "workers.podTemplate: hostPort is not allowed (the restricted Pod Security "
                 "Standard); reach a pod through a Service",
             ),
+            _NO_PROBE_HOST,
         ),
     )
     name: str = Field(
@@ -223,6 +270,10 @@ class OverlayContainer(Model):
     ports: list[ContainerPortObject] | None = Field(
         None, max_length=32, description="core/v1 ContainerPort list, without hostPort."
     )
+    liveness_probe: HandlerObject | None = None
+    readiness_probe: HandlerObject | None = None
+    startup_probe: HandlerObject | None = None
+    lifecycle: LifecycleObject | None = None
 
 
 class SchedulingGate(Model):
@@ -370,8 +421,12 @@ class PodTemplateMetadata(Model):
         json_schema_extra=rules(
             _label_keys("labels", "workers.podTemplate.metadata.labels"),
             cel(
-                f"!has(self.annotations) || self.annotations.all(k, k.matches('{QUALIFIED_KEY}'))",
-                "workers.podTemplate.metadata.annotations: keys must be valid annotation keys",
+                f"!has(self.annotations) || self.annotations.all(k, "
+                f"k.matches('{QUALIFIED_KEY}') && "
+                + " && ".join(f"!k.startsWith('{p}')" for p in SECURITY_ANNOTATION_PREFIXES)
+                + ")",
+                "workers.podTemplate.metadata.annotations: keys must be valid annotation keys, "
+                "and AppArmor and seccomp annotations cannot be set (the restricted floor)",
             ),
         )
     )
