@@ -112,6 +112,11 @@ def _preserve_unknown(*entries: dict[str, str]) -> Any:
     return extra
 
 
+def _listed(max_items: int, description: str) -> Any:
+    """An optional list field of the overlay, bounded for the cost of CEL rules over it."""
+    return Field(None, max_length=max_items, description=description)
+
+
 def _label_keys(field: str, path: str) -> dict[str, str]:
     """The rule that a label map sets valid keys and none of the operator's own labels."""
     return cel(
@@ -247,8 +252,8 @@ class OverlayContainer(Model):
         description="Container name (a DNS label); `worker` patches the worker container.",
     )
     image: ImageRef | None = Field(None, description="Image (not for `worker`).")
-    command: list[_SHORT] | None = Field(None, max_length=64, description="Not for `worker`.")
-    args: list[_SHORT] | None = Field(None, max_length=256, description="Not for `worker`.")
+    command: list[_SHORT] | None = _listed(64, "Not for `worker`.")
+    args: list[_SHORT] | None = _listed(256, "Not for `worker`.")
     restart_policy: Literal["Always"] | None = Field(
         None,
         description="Always makes an init container a sidecar (Kubernetes 1.29+): it runs "
@@ -257,18 +262,14 @@ class OverlayContainer(Model):
     security_context: OverlaySecurityContext | None = Field(
         None, description="User, group and read-only root filesystem (not for `worker`)."
     )
-    env: list[EnvVarObject] | None = Field(None, max_length=256, description="core/v1 EnvVar.")
-    env_from: list[FreeObject] | None = Field(
-        None, max_length=64, description="core/v1 EnvFromSource list."
-    )
-    volume_mounts: list[VolumeMountObject] | None = Field(
-        None, max_length=64, description="core/v1 VolumeMount list."
-    )
+    env: list[EnvVarObject] | None = _listed(256, "core/v1 EnvVar.")
+    env_from: list[FreeObject] | None = _listed(64, "core/v1 EnvFromSource list.")
+    volume_mounts: list[VolumeMountObject] | None = _listed(64, "core/v1 VolumeMount list.")
     resources: Resources | None = Field(
         None, description="Container resources, e.g. requests: {ephemeral-storage: 10Gi}."
     )
-    ports: list[ContainerPortObject] | None = Field(
-        None, max_length=32, description="core/v1 ContainerPort list, without hostPort."
+    ports: list[ContainerPortObject] | None = _listed(
+        32, "core/v1 ContainerPort list, without hostPort."
     )
     liveness_probe: HandlerObject | None = None
     readiness_probe: HandlerObject | None = None
@@ -380,33 +381,29 @@ class PodSpecOverlay(Model):
         )
     )
 
-    init_containers: list[OverlayContainer] | None = Field(
-        None, max_length=16, description="Init containers and sidecars (restartPolicy: Always)."
+    init_containers: list[OverlayContainer] | None = _listed(
+        16, "Init containers and sidecars (restartPolicy: Always)."
     )
-    containers: list[OverlayContainer] | None = Field(
-        None, max_length=1, description="Only `worker`: a patch of the worker container."
+    containers: list[OverlayContainer] | None = _listed(
+        1, "Only `worker`: a patch of the worker container."
     )
-    volumes: list[VolumeObject] | None = Field(
-        None, max_length=64, description="core/v1 Volume list (restricted kinds only)."
+    volumes: list[VolumeObject] | None = _listed(64, "core/v1 Volume list (restricted kinds only).")
+    tolerations: list[TolerationObject] | None = _listed(
+        64, "core/v1 Toleration list, added to workers'."
     )
-    tolerations: list[TolerationObject] | None = Field(
-        None, max_length=64, description="core/v1 Toleration list, added to workers'."
+    topology_spread_constraints: list[TopologySpreadObject] | None = _listed(
+        16, "core/v1 TopologySpreadConstraint list."
     )
-    topology_spread_constraints: list[TopologySpreadObject] | None = Field(
-        None, max_length=16, description="core/v1 TopologySpreadConstraint list."
-    )
-    scheduling_gates: list[SchedulingGate] | None = Field(
-        None, max_length=16, description="The pods wait until every gate is removed."
+    scheduling_gates: list[SchedulingGate] | None = _listed(
+        16, "The pods wait until every gate is removed."
     )
     dns_policy: Literal["ClusterFirst", "Default", "None"] | None = Field(
         None, description="core/v1 DNSPolicy (None with dnsConfig)."
     )
     dns_config: FreeObject | None = Field(None, description="core/v1 PodDNSConfig.")
-    host_aliases: list[HostAlias] | None = Field(None, max_length=32, description="/etc/hosts.")
+    host_aliases: list[HostAlias] | None = _listed(32, "/etc/hosts.")
     runtime_class_name: ObjectName | None = Field(None, description="A RuntimeClass.")
-    readiness_gates: list[ReadinessGate] | None = Field(
-        None, max_length=16, description="core/v1 PodReadinessGate list."
-    )
+    readiness_gates: list[ReadinessGate] | None = _listed(16, "core/v1 PodReadinessGate list.")
     host_network: bool | None = Field(None, description=_REFUSED)
     host_pid: bool | None = Field(None, alias="hostPID", description=_REFUSED)
     host_ipc: bool | None = Field(None, alias="hostIPC", description=_REFUSED)
