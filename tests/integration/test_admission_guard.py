@@ -182,6 +182,13 @@ def test_edit_user_creates_and_view_user_reads_studies(
         namespace,
         _study(env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}]),
     )
+    # An overlay with labels only (no spec) and one with a sidecar reading a Secret pass.
+    _create(alice, namespace, _study(podTemplate={"metadata": {"labels": {"team": "a"}}}))
+    _create(
+        alice,
+        namespace,
+        _overlay(initContainers=[{**SIDECAR, "envFrom": [{"secretRef": {"name": "t"}}]}]),
+    )
     alice.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "by-alice", {"spec": {"workers": {"parallelism": 2}}}
     )

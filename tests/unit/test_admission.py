@@ -55,3 +55,17 @@ def test_allowed_volume_kinds_are_the_restricted_standards() -> None:
         "projected",
         "secret",
     }
+
+
+def test_the_overlays_secrets_and_volumes_are_checked_like_the_workers_fields() -> None:
+    # spec.workers.podTemplate hands Secrets to pods through its containers (env, envFrom)
+    # and its volumes; each list must reach the variables the validations read.
+    variables = {
+        v["name"]: v["expression"] for v in admission.policy_manifest()["spec"]["variables"]
+    }
+    overlay = "object.spec.workers.podTemplate.spec"
+    for field in ("initContainers", "containers"):
+        assert f"{overlay}.{field}" in variables["containerSecretNames"], field
+    for name in ("secretNames", "projectedSecretVolumes", "hostVolumes"):
+        assert f"{overlay}.volumes" in variables[name], name
+        assert "object.spec.workers.volumes" in variables[name], name
