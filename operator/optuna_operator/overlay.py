@@ -1,7 +1,8 @@
 """spec.workers.podTemplate applied to the worker pod: a strategic merge, pure, on dicts.
 
-Lists merge as `kubectl patch --type strategic` merges them (an entry replaces the base entry
-of the same key, or is appended); tolerations, which have no key, are appended. What the
+Lists merge by the keys `kubectl patch --type strategic` uses, but an entry replaces the base
+entry of its key whole (kubectl would merge their fields, which for a volume could give it two
+sources) or is appended; tolerations, which have no key, are appended. What the
 operator owns is never taken from the overlay: the worker's command, args, image and
 security context, the environment contract, its emptyDirs and their mounts, restartPolicy,
 the ServiceAccount and its token, the pod's security context and the operator's labels. Every
@@ -38,25 +39,7 @@ WORKER_PATCHABLE = (
     "readinessProbe",
     "startupProbe",
 )
-# Pod spec fields the operator owns (the API refuses them in an overlay; dropped here too).
-OPERATOR_POD_FIELDS = frozenset(
-    {
-        "containers",
-        "initContainers",
-        "restartPolicy",
-        "securityContext",
-        "serviceAccountName",
-        "serviceAccount",
-        "automountServiceAccountToken",
-        "hostNetwork",
-        "hostPID",
-        "hostIPC",
-        "hostUsers",
-        "nodeName",
-        "shareProcessNamespace",
-    }
-)
-# Key of each pod spec list (None: appended when not already there).
+# Key of each pod spec list an overlay may extend (None: appended when not already there).
 LIST_KEYS: dict[str, str | None] = {
     "volumes": "name",
     "tolerations": None,
@@ -64,8 +47,11 @@ LIST_KEYS: dict[str, str | None] = {
     "hostAliases": "ip",
     "schedulingGates": "name",
     "readinessGates": "conditionType",
-    "imagePullSecrets": "name",
 }
+# Pod spec fields an overlay may set; every other one (restartPolicy, securityContext, the
+# ServiceAccount and its token, host namespaces, nodeName...) stays the operator's, whatever
+# the API let through.
+POD_FIELDS = frozenset({*LIST_KEYS, "dnsPolicy", "dnsConfig", "runtimeClassName"})
 PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 HOOKS = ("postStart", "preStop")
 # Container security context: what a container may say for itself; the floor wins.
@@ -227,7 +213,7 @@ def apply_pod_overlay(
     if init:
         spec["initContainers"] = merge_by_key(spec.get("initContainers", []), init, "name")
     for field, value in patch.items():
-        if field in OPERATOR_POD_FIELDS:
+        if field not in POD_FIELDS:
             continue
         if field in LIST_KEYS:
             protected = owned.volumes if field == "volumes" else frozenset()

@@ -238,7 +238,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...], Any]] = [
         [{"name": "example.com/quota"}],
     ),
     (
-        "restartPolicy, the account, its token and host namespaces stay the operator's",
+        "restartPolicy, the account, its token, host namespaces and any unlisted field stay",
         {
             "spec": {
                 "restartPolicy": "Always",
@@ -248,6 +248,9 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...], Any]] = [
                 "hostPID": True,
                 "nodeName": "n1",
                 "securityContext": {"runAsUser": 0},
+                "shareProcessNamespace": True,
+                "hostUsers": True,
+                "priority": 1000000000,
             }
         },
         ("spec",),
