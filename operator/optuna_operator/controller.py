@@ -29,12 +29,11 @@ from optuna_operator import metrics
 from optuna_operator.peering import PeeringGate
 from optuna_operator.reconcile import Reconciler
 from optuna_operator.recorder import EventRecorder
-from optuna_operator.sync import StudySync, SyncResult, merge_patch, parse_study
+from optuna_operator.sync import StudySync, SyncResult, parse_study
 from optuna_operator.watchcache import WatchCache
 from optuna_operator.workqueue import Key, WorkQueue
 
-# merge_patch and WorkQueue are re-exported: tests written before the split import them here.
-__all__ = ["Controller", "WorkQueue", "merge_patch"]
+__all__ = ["Controller"]
 
 log = logging.getLogger(__name__)
 

@@ -121,7 +121,7 @@ def test_redact_removes_passwords() -> None:
 
 
 def test_status_merge_patch_removes_stale_nested_keys() -> None:
-    from optuna_operator.controller import merge_patch
+    from optuna_operator.sync import merge_patch
 
     old = {"bestTrial": {"number": 1, "params": {"booster": "dart", "rate_drop": 0.1}}, "x": 1}
     new = {"bestTrial": {"number": 2, "params": {"booster": "gbtree"}}}
@@ -135,7 +135,8 @@ def test_status_merge_patch_removes_stale_nested_keys() -> None:
 def test_pareto_front_matches_brute_force() -> None:
     import random
 
-    from optuna_operator.storage.study_store import _dominates, _non_dominated
+    from optuna_operator.storage.summary import dominates as _dominates
+    from optuna_operator.storage.summary import non_dominated as _non_dominated
 
     rng = random.Random(0)
     signs = (1, -1, 1)

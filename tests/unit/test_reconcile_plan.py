@@ -10,7 +10,6 @@ from typing import Any
 
 from optuna_operator.api import BestTrial, TuningStudy, TuningStudyStatus
 from optuna_operator.applied import APPLIED_HASH_ANNOTATION
-from optuna_operator.controller import WorkQueue
 from optuna_operator.reconcile import (
     Acted,
     JobState,
@@ -22,6 +21,7 @@ from optuna_operator.reconcile import (
     termination_message,
 )
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
+from optuna_operator.workqueue import WorkQueue
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 HANDLE = StudyHandle(1, "ns.s", (), NOW, created=False)

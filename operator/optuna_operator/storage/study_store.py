@@ -34,11 +34,8 @@ from optuna_operator.storage.study_setup import (
     find_or_create_study,
 )
 from optuna_operator.storage.summary import StudyScans, StudySummary, summarize
-from optuna_operator.storage.summary import dominates as _dominates
-from optuna_operator.storage.summary import non_dominated as _non_dominated
 
-# The study types are re-exported: the reconcile reads them as the registry's answers
-# (the Pareto helpers under their old names for tests/unit/test_decisions.py).
+# The study types are re-exported: the reconcile reads them as the registry's answers.
 __all__ = [
     "OWNER_ATTR",
     "DirectionsMismatchError",
@@ -49,8 +46,6 @@ __all__ = [
     "StudyHandle",
     "StudySummary",
     "WarmStartError",
-    "_dominates",
-    "_non_dominated",
 ]
 
 # No pool: each namespace has its own credential, so pooled engines would keep idle
