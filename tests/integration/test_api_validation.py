@@ -567,6 +567,7 @@ def _pod_spec(**spec: Any) -> dict[str, Any]:
 
 SIDECAR: dict[str, Any] = {"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}
 HOST_H = {"host": "h", "port": 1}
+APPARMOR = "container.apparmor.security.beta.kubernetes.io"
 HOST = "hostNetwork, hostPID, hostIPC and nodeName are not allowed"
 # spec.workers.podTemplate (issue 23): what the overlay may not take, refused at apply.
 OVERLAY: list[tuple[str, dict[str, Any], str]] = [
@@ -664,17 +665,14 @@ OVERLAY: list[tuple[str, dict[str, Any], str]] = [
         "overlay AppArmor annotation",
         _with(
             "workers",
-            {
-                "podTemplate": {
-                    "metadata": {
-                        "annotations": {
-                            "container.apparmor.security.beta.kubernetes.io/worker": "unconfined"
-                        }
-                    }
-                }
-            },
+            {"podTemplate": {"metadata": {"annotations": {f"{APPARMOR}/worker": "unconfined"}}}},
         ),
         "AppArmor and seccomp annotations cannot be set",
+    ),
+    (
+        "workers AppArmor annotation",
+        _with("workers", {"podAnnotations": {f"{APPARMOR}/worker": "unconfined"}}),
+        "workers.podAnnotations: keys must be valid annotation keys ([prefix/]name), and AppArmor",
     ),
     ("overlay dnsPolicy None alone", _pod_spec(dnsPolicy="None"), "dnsPolicy None needs dnsConfig"),
     (

@@ -112,6 +112,18 @@ def _preserve_unknown(*entries: dict[str, str]) -> Any:
     return extra
 
 
+def _annotation_keys(field: str, path: str) -> dict[str, str]:
+    """The rule that an annotation map sets valid keys and none that loosens confinement
+    (the kubelet still honours an AppArmor `unconfined` annotation)."""
+    return cel(
+        f"!has(self.{field}) || self.{field}.all(k, k.matches('{QUALIFIED_KEY}') && "
+        + " && ".join(f"!k.startsWith('{p}')" for p in SECURITY_ANNOTATION_PREFIXES)
+        + ")",
+        f"{path}: keys must be valid annotation keys ([prefix/]name), and AppArmor and "
+        "seccomp annotations cannot be set (every pod meets the restricted standard)",
+    )
+
+
 def _listed(max_items: int, description: str) -> Any:
     """An optional list field of the overlay, bounded for the cost of CEL rules over it."""
     return Field(None, max_length=max_items, description=description)
@@ -417,14 +429,7 @@ class PodTemplateMetadata(Model):
     model_config = ConfigDict(
         json_schema_extra=rules(
             _label_keys("labels", "workers.podTemplate.metadata.labels"),
-            cel(
-                f"!has(self.annotations) || self.annotations.all(k, "
-                f"k.matches('{QUALIFIED_KEY}') && "
-                + " && ".join(f"!k.startsWith('{p}')" for p in SECURITY_ANNOTATION_PREFIXES)
-                + ")",
-                "workers.podTemplate.metadata.annotations: keys must be valid annotation keys, "
-                "and AppArmor and seccomp annotations cannot be set (the restricted floor)",
-            ),
+            _annotation_keys("annotations", "workers.podTemplate.metadata.annotations"),
         )
     )
     labels: dict[str, LabelValue] | None = Field(
@@ -542,11 +547,7 @@ class WorkersSpec(Model):
                 f"k.matches('{QUALIFIED_KEY}'))",
                 "workers.nodeSelector: keys must be valid label keys ([prefix/]name)",
             ),
-            cel(
-                f"!has(self.podAnnotations) || self.podAnnotations.all(k, "
-                f"k.matches('{QUALIFIED_KEY}'))",
-                "workers.podAnnotations: keys must be valid annotation keys ([prefix/]name)",
-            ),
+            _annotation_keys("podAnnotations", "workers.podAnnotations"),
             cel(
                 "quantity(string(self.shmSize)).isGreaterThan(quantity('0'))",
                 "workers.shmSize must be a positive quantity, e.g. 1Gi",
