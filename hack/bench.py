@@ -16,9 +16,11 @@ the same process on the same throwaway PostgreSQL. Prints numbers; asserts nothi
    trial (the Katib / OptimizationJob way) on one bed: trials/s of each and the ratio.
 5. PgBouncer (bench_pgbouncer.py): 100 worker processes directly and through PgBouncer:
    trials/s and the server connections each way.
+6. Idle (bench_idle.py): pod-seconds held idle at the end of a 4-worker, 40-trial study,
+   workers waiting for a slot (the old way) against leaving when none can come, as a ratio.
 
-BENCH_SECTIONS (comma-separated, default all: status,worker,scale,pool,pgbouncer) picks the
-sections.
+BENCH_SECTIONS (comma-separated, default all: status,worker,scale,pool,pgbouncer,idle) picks
+the sections.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy import create_engine, text
 
+from bench_idle import bench_idle
 from bench_objective import worker_env
 from bench_pgbouncer import bench_pgbouncer
 from bench_pool import bench_pool
@@ -53,7 +56,7 @@ WORKER_TRIALS = 200
 WORKER_PROCESSES = (1, 2, 4)
 WORKER_REPEATS = 5
 OVERSHOOT_RUNS, OVERSHOOT_WORKERS, OVERSHOOT_BUDGET = 10, 4, 20
-SECTIONS = ("status", "worker", "scale", "pool", "pgbouncer")
+SECTIONS = ("status", "worker", "scale", "pool", "pgbouncer", "idle")
 
 
 def fill(url: str, name: str, n: int, multi: bool) -> None:
@@ -268,7 +271,7 @@ def main() -> int:
     sections = set(os.environ.get("BENCH_SECTIONS", ",".join(SECTIONS)).split(","))
     if sections - set(SECTIONS):
         raise SystemExit(f"BENCH_SECTIONS: unknown {sorted(sections - set(SECTIONS))}")
-    if sections & {"status", "worker"}:
+    if sections & {"status", "worker", "idle"}:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             sup = Supervisor(Path(tmp) / "processes.json")
             pg = start_postgres(sup, Path(tmp))
@@ -281,6 +284,8 @@ def main() -> int:
                     for processes in WORKER_PROCESSES:
                         bench_worker(pg.url, processes)
                     bench_overshoot(pg.url)
+                if "idle" in sections:
+                    bench_idle(pg.url)
             finally:
                 sup.stop_all()
                 remove_postgres_data(pg.root)
