@@ -1,7 +1,7 @@
 """Guard rails from the Optuna production guide: budgets that cannot work as the user means
 them. A model-based sampler spends its first trials at random, so a budget barely larger
 than those startup trials is a random search; a study that prunes nearly every trial learns
-little from the ones it finishes.
+little from the ones it finishes; a pruner whose trials never report prunes nothing.
 
 One pure function gives the advice the status shows (condition BudgetAdvice); the admission
 policy's warning (admission.py) is written from the same startup-trial numbers.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optuna_operator.api import SamplerSpec, SamplerType, TuningStudySpec
+from optuna_operator.api import PrunerType, SamplerSpec, SamplerType, TuningStudySpec
 
 __all__ = [
     "DEFAULT_STARTUP_TRIALS",
@@ -64,8 +64,11 @@ def startup_trials(sampler: SamplerSpec) -> int | None:
     return DEFAULT_STARTUP_TRIALS[sampler.type]
 
 
-def budget_advice(spec: TuningStudySpec, finished: int, pruned: int) -> Advice | None:
-    """The first piece of advice that applies to the spec and the trials so far, or None."""
+def budget_advice(
+    spec: TuningStudySpec, finished: int, pruned: int, reported: bool = True
+) -> Advice | None:
+    """The first piece of advice that applies to the spec and the trials so far, or None.
+    `reported`: whether any finished trial reported an intermediate value."""
     startup, trials = startup_trials(spec.sampler), spec.budget.trials
     if startup is not None and trials is not None and startup >= STARTUP_SHARE_LIMIT * trials:
         return Advice(
@@ -73,6 +76,17 @@ def budget_advice(spec: TuningStudySpec, finished: int, pruned: int) -> Advice |
             f"The {spec.sampler.type} sampler samples its first {startup} trials at random, "
             f"{startup / trials:.0%} of budget.trials ({trials}): raise budget.trials or lower "
             "the sampler's startup trials",
+        )
+    if (
+        spec.pruner.type != PrunerType.NONE
+        and not reported
+        and finished >= MIN_FINISHED_FOR_PRUNING_ADVICE
+    ):
+        return Advice(
+            "PrunerNeverReports",
+            f"spec.pruner is {spec.pruner.type} but none of {finished} finished trials reported "
+            "an intermediate value (trial.report, or 'optuna:report <step> <value>' from a "
+            "command), so it never prunes: report each step or remove the pruner",
         )
     if finished >= MIN_FINISHED_FOR_PRUNING_ADVICE and pruned > PRUNED_SHARE_LIMIT * finished:
         return Advice(

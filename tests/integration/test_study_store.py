@@ -237,3 +237,17 @@ def test_one_refresh_uses_one_connection(storage_url: str) -> None:
     assert summary.pareto_front and all("x" in t.params for t in summary.pareto_front)
     assert max(checked_out) == 1, checked_out
     stores.close()
+
+
+def test_the_summary_says_whether_a_finished_trial_reported(storage_url: str) -> None:
+    stores, name = StoreRegistry(), _name()
+    handle = stores.ensure_study(storage_url, name, [Direction.MINIMIZE], None, None, {})
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    assert not stores.summarize(storage_url, handle).reported
+    running = study.ask()
+    running.report(0.5, step=1)  # a running trial's report counts once the trial settles
+    assert not stores.summarize(storage_url, handle).reported
+    study.tell(running, 0.5)
+    assert stores.summarize(storage_url, handle).reported
+    stores.close()

@@ -300,3 +300,16 @@ def test_budget_advice_when_most_trials_are_pruned() -> None:
     advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
     assert (advice.status, advice.reason) == ("True", "MostTrialsPruned")
     assert advice.message.startswith("9 of 11 finished trials were pruned")
+
+
+def test_budget_advice_when_a_pruner_never_gets_a_report() -> None:
+    s = study(budget={"trials": 100}, pruner={"type": "Median"})
+    silent = observed(StudySummary(complete=10, reported=False), running())
+    status, _ = build_status(s, silent, plan_for(s, silent), Acted(job=running()))
+    advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
+    assert (advice.status, advice.reason) == ("True", "PrunerNeverReports")
+    assert "none of 10 finished trials reported" in advice.message
+    reporting = observed(StudySummary(complete=10, reported=True), running())
+    status, _ = build_status(s, reporting, plan_for(s, reporting), Acted(job=running()))
+    advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
+    assert advice.status == "False"

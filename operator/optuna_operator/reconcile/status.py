@@ -98,7 +98,7 @@ def build_status(
 
 def _advice(study: TuningStudy, summary: StudySummary, set_: Any) -> list[Event]:
     """The BudgetAdvice condition, and a Warning event when its advice is new."""
-    advice = budget_advice(study.spec, summary.finished, summary.pruned)
+    advice = budget_advice(study.spec, summary.finished, summary.pruned, summary.reported)
     if advice is None:
         set_(ConditionType.BUDGET_ADVICE, False, "BudgetFits", "No advice on the budget")
         return []

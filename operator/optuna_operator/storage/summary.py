@@ -53,6 +53,8 @@ class StudySummary:
     best: BestTrial | None = None
     pareto_front: list[BestTrial] = field(default_factory=list)
     last_error: str | None = None
+    # Whether a finished trial reported an intermediate value (what a pruner reads).
+    reported: bool = False
 
     @property
     def finished(self) -> int:
@@ -70,6 +72,10 @@ class ScanCache:
     front: Front = field(default_factory=dict)
     # Params of finished trials never change: fetched once per front member.
     params: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Settled trials up to this id were looked at for intermediate values; once one had
+    # some, `reported` stays True (values are never deleted).
+    reported_checked_id: int = 0
+    reported: bool = False
 
 
 class StudyScans:
@@ -111,7 +117,24 @@ def summarize(
         summary.pareto_front = front
     if summary.failed:
         summary.failed_by_objective, summary.last_error = _objective_failures(conn, study_id)
+    summary.reported = _reported(conn, cache, study_id)
     return summary
+
+
+def _reported(conn: Connection, cache: ScanCache, study_id: int) -> bool:
+    """Whether any settled trial reported an intermediate value, looking only at trials
+    settled since the last look (cheap at any study size)."""
+    if cache.reported or cache.settled_id <= cache.reported_checked_id:
+        return cache.reported
+    found = conn.execute(
+        text(
+            "SELECT 1 FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+            "WHERE t.study_id = :sid AND t.trial_id > :after AND t.trial_id <= :until LIMIT 1"
+        ),
+        {"sid": study_id, "after": cache.reported_checked_id, "until": cache.settled_id},
+    ).first()
+    cache.reported, cache.reported_checked_id = found is not None, cache.settled_id
+    return cache.reported
 
 
 def _state_name(state: object) -> str:
