@@ -14,6 +14,7 @@ namespace that they may not touch themselves. The policy asks the API server's a
 - `get` on every Secret the workers would read: env/envFrom, secret and projected volumes
   (of spec.workers and of every container and volume of spec.workers.podTemplate),
   spec.storage.secretRef, spec.dashboard.secretRef;
+- `get` on the ConfigMap of spec.objective.source: its key becomes code the workers run;
 - `use` on the PriorityClass of spec.workers.priorityClassName: the verb PodSecurityPolicy
   used for cluster-scoped objects a pod selects; nobody holds it until an admin grants it;
 - volumes only of the kinds the restricted Pod Security Standard allows (no hostPath, nfs...),
@@ -154,6 +155,7 @@ def _denied(rest: str) -> str:
 _SA = f"{_WORKERS}.serviceAccountName"
 _PRIORITY = f"{_WORKERS}.priorityClassName"
 _EXPORT = "object.spec.export"
+_SOURCE = "object.spec.objective.source"
 
 VALIDATIONS: list[dict[str, str]] = [
     {
@@ -215,6 +217,17 @@ VALIDATIONS: list[dict[str, str]] = [
             f"use priorityclass ' + {_PRIORITY} + '. spec.workers.priorityClassName needs the "
             "use verb on that PriorityClass (apiGroup scheduling.k8s.io); ask an admin to "
             "grant it.'"
+        ),
+        "reason": "Forbidden",
+    },
+    {
+        "expression": f"!has({_SOURCE}) || "
+        + _can("configmaps", "get", f"{_SOURCE}.configMapKeyRef.name"),
+        "messageExpression": _denied(
+            f"get configmap ' + {_SOURCE}.configMapKeyRef.name + ' in namespace ' + "
+            "request.namespace + '. spec.objective.source hands that ConfigMap to the worker "
+            "pods as the code of the objective, so its author needs the get verb on it (the view, "
+            "edit and admin roles have it).'"
         ),
         "reason": "Forbidden",
     },

@@ -28,6 +28,7 @@ __all__ = [
     "INDEX_ENV",
     "INTERRUPTED_ATTR",
     "MAX_RETRIES",
+    "OBJECTIVE_SOURCE_ENV",
     "POD_NAMESPACE_ENV",
     "POD_NAME_ENV",
     "REPLACE_EXIT_CODES",
@@ -57,6 +58,8 @@ STORAGE_ENV = "OPTUNA_STORAGE_URL"
 INDEX_ENV = "OPTUNA_OPERATOR_WORKER_INDEX"
 POD_NAME_ENV = "POD_NAME"
 POD_NAMESPACE_ENV = "POD_NAMESPACE"
+# The source of objective.function's module, from objective.source's ConfigMap key.
+OBJECTIVE_SOURCE_ENV = "OPTUNA_OPERATOR_OBJECTIVE_SOURCE"
 # How long a worker rides out an unreachable database before it exits (seconds); users may
 # set it through spec.workers.env.
 STORAGE_OUTAGE_ENV = "OPTUNA_OPERATOR_STORAGE_OUTAGE_SECONDS"

@@ -22,6 +22,7 @@ from optuna_operator.api import (
 from optuna_operator.api.workers import OPERATOR_LABELS
 from optuna_operator.contract import (
     CONFIG_ENV,
+    OBJECTIVE_SOURCE_ENV,
     POD_NAME_ENV,
     POD_NAMESPACE_ENV,
     REPLACE_EXIT_CODES,
@@ -179,6 +180,21 @@ def workers_job_prefix(study: TuningStudy) -> str:
     return f"{study.metadata.name}-workers"
 
 
+def _objective_source_env(study: TuningStudy) -> list[dict[str, Any]]:
+    """objective.source as env, not a volume: the worker writes it to a file itself, so a
+    stock image runs it (and a pod without volume support still gets it)."""
+    source = study.spec.objective.source
+    if source is None:
+        return []
+    ref = source.config_map_key_ref
+    return [
+        {
+            "name": OBJECTIVE_SOURCE_ENV,
+            "valueFrom": {"configMapKeyRef": {"name": ref.name, "key": ref.key}},
+        }
+    ]
+
+
 def _worker_container(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
     """The worker container: the env contract (worker config, storage URL, pod identity)
     before the user's env, the security floor, and the user's optional fields."""
@@ -189,6 +205,7 @@ def _worker_container(study: TuningStudy, ctx: ChildContext) -> dict[str, Any]:
         _storage_env(ctx),
         {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": POD_NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        *_objective_source_env(study),
         # Before the user's env, so a study can point HOME elsewhere (with a volume there).
         {"name": "HOME", "value": WORKER_HOME},
         {"name": "TMPDIR", "value": WORKER_TMP},

@@ -135,6 +135,12 @@ def _refused(api: client.CustomObjectsApi, namespace: str, body: dict[str, Any])
     return info.value.status, json.loads(info.value.body)["message"]
 
 
+SOURCED = {
+    "function": "train:objective",
+    "source": {"configMapKeyRef": {"name": "code", "key": "train.py"}},
+}
+
+
 def _study(name: str = "s", **workers: Any) -> dict[str, Any]:
     # Suspended: nothing runs even if an operator of this session is watching.
     return study_body(name, suspend=True, workers={"parallelism": 1, **workers})
@@ -182,6 +188,8 @@ def test_edit_user_creates_and_view_user_reads_studies(
         namespace,
         _study(env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}]),
     )
+    # edit grants get on ConfigMaps: an objective shipped in one passes.
+    _create(alice, namespace, study_body("s", suspend=True, objective=SOURCED))
     # An overlay with labels only (no spec) and one with a sidecar reading a Secret pass.
     _create(alice, namespace, _study(podTemplate={"metadata": {"labels": {"team": "a"}}}))
     _create(
@@ -309,6 +317,38 @@ def test_service_accounts_and_secrets_the_author_may_not_use_stay_out_of_reach(
     assert "may not impersonate serviceaccount deployer" in info.value.body
 
 
+def test_an_objective_source_needs_get_on_its_configmap(
+    users: UserApi, kube_api: client.ApiClient, namespace: str
+) -> None:
+    other = {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["other"]}
+    _role(kube_api, namespace, "no-code", [STUDIES_RULE, PODS_RULE, {**other, "verbs": ["get"]}])
+    _bind(kube_api, namespace, "frank", "no-code", "Role")
+    _policy_in_force(users, kube_api, namespace)
+    frank = users("frank")
+
+    status, message = _refused(frank, namespace, study_body("s", suspend=True, objective=SOURCED))
+    assert status == 403, message
+    assert f"frank may not get configmap code in namespace {namespace}" in message, message
+    assert "spec.objective.source" in message
+
+    # get on that one ConfigMap is enough.
+    code = {**other, "resourceNames": ["code"], "verbs": ["get"]}
+    _role(kube_api, namespace, "code", [code])
+    _bind(kube_api, namespace, "frank", "code", "Role")
+    sourced = study_body("s", suspend=True, objective=SOURCED)
+    wait_for(lambda: _admitted(frank, namespace, sourced), 30, "get on configmap code to count")
+
+
+def _admitted(api: client.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> bool:
+    try:
+        _create(api, namespace, body)
+    except client.ApiException as err:
+        if err.status != 403:
+            raise
+        return False
+    return True
+
+
 def test_host_volumes_are_refused_even_for_editors(
     users: UserApi, kube_api: client.ApiClient, namespace: str
 ) -> None:
@@ -364,17 +404,11 @@ def test_priority_class_needs_the_use_verb(
     try:
         # A RoleBinding: this namespace may use the class (a ClusterRoleBinding would do too).
         _bind(kube_api, namespace, user, user, "ClusterRole")
-
-        def admitted() -> bool:
-            try:
-                _create(api, namespace, _study(priorityClassName="batch-high"))
-            except client.ApiException as err:
-                if err.status != 403:
-                    raise
-                return False
-            return True
-
-        wait_for(admitted, 30, "the use grant to reach the authorizer")
+        wait_for(
+            lambda: _admitted(api, namespace, _study(priorityClassName="batch-high")),
+            30,
+            "the use grant to reach the authorizer",
+        )
     finally:
         rbac.delete_cluster_role(user)
 

@@ -68,6 +68,25 @@ def test_worker_job_golden() -> None:
     check_golden("worker-job", manifests.worker_job(study(), CTX))
 
 
+def test_objective_source_reaches_the_worker_as_env_from_the_configmap() -> None:
+    # The golden above has no source, so a study without one keeps its exact env.
+    sourced = study(
+        objective={
+            "function": "train:objective",
+            "source": {"configMapKeyRef": {"name": "xgb-objective", "key": "train.py"}},
+        }
+    )
+    container = _pods(manifests.worker_job(sourced, CTX))["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OPTUNA_OPERATOR_OBJECTIVE_SOURCE"]["valueFrom"] == {
+        "configMapKeyRef": {"name": "xgb-objective", "key": "train.py"}
+    }
+    # Delivered without a volume: the pod keeps the operator's two.
+    assert [m["name"] for m in container["volumeMounts"]] == list(api.WORKER_VOLUME_NAMES)
+    plain = _pods(manifests.worker_job(study(), CTX))["containers"][0]
+    assert "OPTUNA_OPERATOR_OBJECTIVE_SOURCE" not in {e["name"] for e in plain["env"]}
+
+
 def _own_storage_study(**dashboard: Any) -> TuningStudy:
     return study(
         storage={"secretRef": {"name": "optuna-db"}},
@@ -230,7 +249,8 @@ def test_workers_write_only_to_their_emptydirs() -> None:
     # HOME inside the /tmp volume: writable in a pod, and a path the test bed can create.
     assert env["HOME"].startswith("/tmp/") and env["TMPDIR"] == "/tmp"
     assert set(env) - {"HOME", "TMPDIR"} == set(api.WORKER_ENV_NAMES) - {
-        "OPTUNA_OPERATOR_WORKER_INDEX"
+        "OPTUNA_OPERATOR_WORKER_INDEX",
+        "OPTUNA_OPERATOR_OBJECTIVE_SOURCE",
     }
     assert set(volumes) == set(api.WORKER_VOLUME_NAMES)
 
@@ -275,6 +295,7 @@ def test_reserved_env_names_are_the_contracts() -> None:
         contract.INDEX_ENV,
         contract.POD_NAME_ENV,
         contract.POD_NAMESPACE_ENV,
+        contract.OBJECTIVE_SOURCE_ENV,
     }
 
 

@@ -48,6 +48,7 @@ WORKER_ENV_NAMES = (
     "OPTUNA_OPERATOR_WORKER_INDEX",
     "POD_NAME",
     "POD_NAMESPACE",
+    "OPTUNA_OPERATOR_OBJECTIVE_SOURCE",
 )
 # The API server keeps Job.activeDeadlineSeconds (timeout + 600) and the operator a deadline
 # datetime; ten years bounds both far from overflow.

@@ -10,14 +10,16 @@ from pydantic import ConfigDict, Field
 
 from optuna_operator.api.cel import cel, rules
 from optuna_operator.api.constants import MAX_CHOICES, MAX_PARAMETERS
-from optuna_operator.api.types import Choice, Model, ParamName
+from optuna_operator.api.types import Choice, Model, ObjectName, ParamName
 
 __all__ = [
     "SEARCH_SPACE_SCHEMA",
     "CategoricalRange",
+    "ConfigMapKeyRef",
     "FloatRange",
     "IntRange",
     "Objective",
+    "ObjectiveSource",
     "Parameter",
     "ParameterCondition",
 ]
@@ -143,6 +145,40 @@ SEARCH_SPACE_SCHEMA: dict[str, Any] = {
 }
 
 
+class ConfigMapKeyRef(Model):
+    """One key of a ConfigMap in the study's namespace."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.key.matches('^[A-Za-z_][A-Za-z0-9_]*[.]py$')",
+                "objective.source.configMapKeyRef.key must be a Python file name such as "
+                "train.py (letters, digits and underscores, then .py): the worker imports it "
+                "as a module",
+            )
+        )
+    )
+    name: ObjectName = Field(description="ConfigMap name, in the study's namespace.")
+    key: str = Field(
+        min_length=4,
+        max_length=253,
+        description="Key holding the module's source, named <module>.py, e.g. train.py for "
+        "objective.function train:objective.",
+    )
+
+
+class ObjectiveSource(Model):
+    """Where the worker reads the objective's Python module from, instead of its image."""
+
+    config_map_key_ref: ConfigMapKeyRef = Field(
+        description="The ConfigMap key holding the module's source (at most 1 MiB, the "
+        "ConfigMap limit). The worker writes it to a fresh directory, puts that first on "
+        "sys.path and imports objective.function from it, so a stock worker image runs it. "
+        "The study's author needs get on the ConfigMap. Create it with `kubectl create "
+        "configmap NAME --from-file=train.py` or `optuna-operator create --from-file`."
+    )
+
+
 class Objective(Model):
     """What each trial runs: a Python function or a command in any language."""
 
@@ -162,6 +198,19 @@ class Objective(Model):
                 "objective.searchSpace is only used with command: a function objective "
                 "defines its parameters with trial.suggest_*",
             ),
+            cel(
+                "!has(self.source) || has(self.function)",
+                "objective.source is only used with function: set objective.function to "
+                "module:attribute of the module in the ConfigMap (e.g. train:objective)",
+            ),
+            cel(
+                "!has(self.source) || !has(self.function) || "
+                "self.function.startsWith(self.source.configMapKeyRef.key.substring(0, "
+                "size(self.source.configMapKeyRef.key) - 3) + ':')",
+                "objective.source.configMapKeyRef.key must be the module of "
+                "objective.function plus .py (key train.py for function train:objective): "
+                "the worker imports the key's source under that module name",
+            ),
         )
     )
     function: str | None = Field(
@@ -170,6 +219,11 @@ class Objective(Model):
         max_length=256,
         description="Python define-by-run objective as module:attribute, called with an "
         "optuna.Trial; returns a float, or a tuple of floats for several directions.",
+    )
+    source: ObjectiveSource | None = Field(
+        None,
+        description="Ship the module of objective.function in a ConfigMap instead of the "
+        "worker image: no image needs building for an objective written in a notebook.",
     )
     command: list[Annotated[str, Field(max_length=4096)]] | None = Field(
         None,

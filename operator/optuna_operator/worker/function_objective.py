@@ -7,13 +7,14 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
 
-from optuna_operator.contract import ERROR_ATTR, ConfigError, ExitCode
+from optuna_operator.contract import ERROR_ATTR, OBJECTIVE_SOURCE_ENV, ConfigError, ExitCode
 from optuna_operator.worker.objective_base import ObjectiveBase
 from optuna_operator.worker.signals import StopSignal, WorkerInterrupted
 from optuna_operator.worker.termination import report_exit
@@ -28,27 +29,57 @@ MAX_ERROR_CHARS = 2000
 Objective = Callable[[optuna.Trial], Any]
 
 
-def load_function(reference: str) -> Objective:
+def load_function(reference: str, source: str | None = None) -> Objective:
     """Import `module:attribute` (attribute may be dotted); any failure is a ConfigError.
 
-    The console script does not put the working directory on sys.path the way `python -m`
-    does, yet user code usually lives there (WORKDIR of the image), so it is added first.
+    source: the module's text (objective.source; default: $OPTUNA_OPERATOR_OBJECTIVE_SOURCE).
+    It is written to a fresh directory as `<module>.py`, put first on sys.path, so it wins
+    over anything of that name in the image. Without it, the console script does not put the
+    working directory on sys.path the way `python -m` does, yet user code usually lives there
+    (WORKDIR of the image), so it is added first.
     """
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"objective.function must be module:attribute, got {reference!r}")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    if source is None:
+        source = os.environ.get(OBJECTIVE_SOURCE_ENV)
+    where = ""
+    if source is not None:
+        where = f"objective.source ({module_name}.py): "
+        path = _write_source(module_name, source)
+        sys.path.insert(0, path)
+    else:
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
     try:
         target: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             target = getattr(target, part)
     except Exception as err:  # the user's module may raise anything at import time
-        raise ConfigError(f"{type(err).__name__}: {err}") from err
+        raise ConfigError(f"{where}{type(err).__name__}: {err}") from err
     if not callable(target):
         raise ConfigError(f"objective.function {reference!r} is not callable")
     return target  # type: ignore[no-any-return]
+
+
+def _write_source(module_name: str, source: str) -> str:
+    """A fresh directory under TMPDIR holding `<module>.py` with the source."""
+    if "." in module_name or not module_name.isidentifier():
+        raise ConfigError(
+            f"objective.source needs a plain module name in objective.function, got "
+            f"{module_name!r}: name the ConfigMap key <module>.py (e.g. train.py)"
+        )
+    if module_name in sys.modules:
+        # Already imported (a standard module such as json): the import would not read ours.
+        raise ConfigError(
+            f"objective.source: module name {module_name!r} is taken by an installed module; "
+            "rename the ConfigMap key and objective.function (e.g. train.py, train:objective)"
+        )
+    directory = tempfile.mkdtemp(prefix="optuna-objective-")
+    with open(os.path.join(directory, f"{module_name}.py"), "w", encoding="utf-8") as f:
+        f.write(source)
+    return directory
 
 
 # Fails a running trial with these user attributes in one transaction (the worker storage's
