@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from optuna_operator.api.objective import ObjectiveSource
     from optuna_operator.client import StudyClient, StudyView
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -232,18 +233,17 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    import yaml
-
     from optuna_operator.api import GROUP
     from optuna_operator.client import manifest, parse_parameter, quick_study
 
-    if bool(args.function) == bool(args.command):
-        print("create: give exactly one of --function and --command", file=sys.stderr)
+    if sum(bool(o) for o in (args.function, args.command, args.from_file)) != 1:
+        print("create: give exactly one of --function, --command and --from-file", file=sys.stderr)
         return 2
+    source = _read_source(args.from_file) if args.from_file else None
     study = quick_study(
         args.name,
         namespace=args.namespace or "",
-        function=args.function,
+        function=source.function if source else args.function,
         command=shlex.split(args.command) if args.command else None,
         search_space=[parse_parameter(p) for p in args.param] or None,
         directions=args.direction or ["minimize"],
@@ -258,18 +258,99 @@ def _create(args: argparse.Namespace) -> int:
         storage_secret=args.storage_secret,
         dashboard=False if args.no_dashboard else None,
     )
+    config_map = source.config_map(args.name, args.namespace or "") if source else None
+    if config_map:
+        study.spec.objective.source = _objective_source(config_map)
     if args.dry_run:
-        body = manifest(study, only_set=True)
-        if not body["metadata"]["namespace"]:
-            del body["metadata"]["namespace"]
-        print(yaml.safe_dump(body, sort_keys=False).rstrip("\n"))
+        _print_documents([*([config_map] if config_map else []), manifest(study, only_set=True)])
         return 0
     with _client(args) as studies:
+        if config_map:
+            _apply_config_map(studies, config_map)
         created = studies.submit(study)
         print(f"tuningstudy.{GROUP}/{created.name} created in namespace {created.namespace}")
         if not args.wait:
             return 0
         return _wait_for(studies, created.name, args.timeout)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """`create --from-file path/to/train.py:objective`: the module's text and its names."""
+
+    function: str  # train:objective
+    key: str  # train.py
+    text: str
+
+    def config_map(self, study: str, namespace: str) -> dict[str, Any]:
+        metadata = {"name": f"{study}-objective", **({"namespace": namespace} if namespace else {})}
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": {self.key: self.text},
+        }
+
+
+def _read_source(spec: str) -> _Source:
+    """Bad input is a ValueError: one line and exit code 2 (see _dispatch)."""
+    path, sep, attribute = spec.rpartition(":")
+    file = Path(path)
+    if not sep or not attribute or file.suffix != ".py":
+        raise ValueError(f"--from-file takes path/to/module.py:function, got {spec!r}")
+    if not file.stem.isidentifier():
+        raise ValueError(
+            f"--from-file: {file.name} is not importable as a module; rename it (letters, "
+            "digits and underscores, e.g. train.py)"
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--from-file: cannot read {path}: {exc.strerror or exc}") from None
+    return _Source(f"{file.stem}:{attribute}", file.name, text)
+
+
+def _objective_source(config_map: dict[str, Any]) -> ObjectiveSource:
+    from optuna_operator.api.objective import ObjectiveSource
+
+    (key,) = config_map["data"]
+    ref = {"name": config_map["metadata"]["name"], "key": key}
+    return ObjectiveSource.model_validate({"configMapKeyRef": ref})
+
+
+def _apply_config_map(studies: StudyClient, body: dict[str, Any]) -> None:
+    """Create the objective's ConfigMap, or replace an earlier one of that name."""
+    from kubernetes import client
+
+    namespace = body["metadata"].setdefault("namespace", studies.namespace)
+    name = body["metadata"]["name"]
+    core = client.CoreV1Api(studies.api)
+    # The client serializes plain dicts as they are; its stubs name only the model classes.
+    try:
+        core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_config_map(name, namespace, body)  # type: ignore[arg-type]
+    print(f"configmap/{name} with {next(iter(body['data']))} applied in namespace {namespace}")
+
+
+def _print_documents(docs: list[dict[str, Any]]) -> None:
+    """YAML documents for Git; multi-line text (the objective's source) as literal blocks."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    for doc in docs:
+        if "namespace" in doc["metadata"] and not doc["metadata"]["namespace"]:
+            del doc["metadata"]["namespace"]
+    print("---\n".join(yaml.dump(d, Dumper=Dumper, sort_keys=False) for d in docs).rstrip("\n"))
 
 
 def _wait_for(studies: StudyClient, name: str, timeout: float | None) -> int:
@@ -414,6 +495,13 @@ def _add_create(sub: Subparsers) -> None:
     objective = p.add_argument_group("objective (one of)")
     objective.add_argument(
         "--function", help="module:function in the worker image, called with an optuna.Trial."
+    )
+    objective.add_argument(
+        "--from-file",
+        metavar="PATH.py:FUNCTION",
+        help="A local Python file and its objective function: shipped in the ConfigMap "
+        "NAME-objective (created or replaced) as objective.source, so the stock worker "
+        "image runs it.",
     )
     objective.add_argument(
         "--command",

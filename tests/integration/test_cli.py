@@ -5,6 +5,7 @@ front, the Optuna study behind it), the CLI run as the kubectl plugin `kubectl o
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -230,3 +231,58 @@ def test_an_unreachable_cluster_is_one_line_and_exit_code_4(tmp_path: Path) -> N
                 f"optuna-operator {argv[0]}: cannot reach the Kubernetes API at "
                 f"https://127.0.0.1:{port}: Connection refused (is the cluster up? check --context)"
             ]
+
+
+NOTEBOOK_OBJECTIVE = """\
+import math
+
+
+def objective(trial):
+    x = trial.suggest_float("x", -10, 10)
+    trial.set_user_attr("shipped_by", "configmap")
+    return -((x - 2) ** 2) + math.pi
+"""
+
+
+def test_create_from_file_runs_a_notebook_objective_on_the_stock_worker(
+    bed: Bed, studies: Studies, tmp_path: Path
+) -> None:
+    """`create --from-file`: the file goes into a ConfigMap, the study names it in
+    objective.source and the default worker image setting runs it; nothing of that name is
+    anywhere on the worker's path but the ConfigMap."""
+    ns = studies.namespace
+    path = tmp_path / "notebook_quadratic.py"
+    path.write_text(NOTEBOOK_OBJECTIVE)
+    created = kubectl(
+        bed, "optuna", "create", "nb-quad", "-n", ns, "--from-file", f"{path}:objective",
+        "--direction", "maximize", "--trials", "5", "--seed", "2", "--no-dashboard",
+        "--wait", "--timeout", "240",
+    )  # fmt: skip
+    assert f"configmap/nb-quad-objective with notebook_quadratic.py applied in namespace {ns}" in (
+        created.stdout
+    )
+    assert "Succeeded" in created.stdout, created.stdout + created.stderr
+    stored = json.loads(
+        kubectl(bed, "get", "tuningstudy", "nb-quad", "-n", ns, "-o", "json").stdout
+    )
+    assert stored["spec"]["objective"] == {
+        "function": "notebook_quadratic:objective",
+        "source": {
+            "configMapKeyRef": {"name": "nb-quad-objective", "key": "notebook_quadratic.py"}
+        },
+    }
+    assert stored["status"]["trials"]["complete"] == 5, stored["status"]
+    loaded = optuna.load_study(study_name=f"{ns}.nb-quad", storage=studies.storage_url())
+    done = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 5 and all(t.user_attrs["shipped_by"] == "configmap" for t in done)
+    assert loaded.best_value <= math.pi
+
+    # The API server refuses a key that is not the module of objective.function.
+    mismatched = tmp_path / "mismatched.yaml"
+    mismatched.write_text(
+        kubectl(bed, "optuna", "create", "nb-bad", "--from-file", f"{path}:objective",
+                "--dry-run").stdout.replace("function: notebook_quadratic:", "function: train:")
+    )  # fmt: skip
+    refused = kubectl(bed, "apply", "-n", ns, "-f", str(mismatched), check=False)
+    assert refused.returncode != 0
+    assert "objective.source.configMapKeyRef.key must be the module of" in refused.stderr
