@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -343,3 +344,28 @@ def test_partial_admission_starts_fewer_workers_within_the_quota(
     # Kueue admitted one pod's worth and set parallelism to it; the operator left it so.
     assert job.spec.parallelism == 1
     assert not operator_owns_suspend(job), job.metadata.managed_fields
+
+
+def test_a_queued_study_does_not_spend_its_time_budget_in_the_queue(
+    studies: Studies, queues: Queues
+) -> None:
+    holder = queued_study("hold", 100000, objective="slow_quadratic")
+    holder["spec"]["budget"]["timeoutSeconds"] = 40  # holds the quota for 40 s of running
+    studies.create(holder)
+    studies.wait_phase("hold", "Running", timeout=180)
+    waiter = queued_study("patient", 100000)
+    waiter["spec"]["budget"]["timeoutSeconds"] = 5
+    created = time.monotonic()
+    studies.create(waiter)
+    studies.wait_phase("patient", "Queued", timeout=120)
+    # Longer in the queue than its whole budget, while the holder still holds the quota.
+    time.sleep(max(0.0, 8 - (time.monotonic() - created)))
+    status = studies.status("patient")
+    assert status["phase"] == "Queued" and not status.get("activeSeconds"), status
+    assert studies.status("hold")["phase"] == "Running"
+
+    assert studies.wait_phase("hold", "Succeeded", timeout=300)["reason"] == "TimeBudget"
+    status = studies.wait_phase("patient", "Succeeded", timeout=240)
+    assert status["reason"] == "TimeBudget" and status["activeSeconds"] >= 5, status
+    admitted = studies.condition("patient", "WorkersAdmitted")
+    assert admitted is not None and admitted["status"] == "True", admitted
