@@ -68,6 +68,26 @@ def test_a_commands_stderr_tail_and_error_are_stored_redacted(tmp_path: Path) ->
     assert error == "command exited with code 3: giving up on ***"
 
 
+def test_a_commands_output_reaches_the_pod_log_redacted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    script = (
+        "import sys\n"
+        f"print('my storage is {URL}', flush=True)\n"
+        f"sys.stderr.write('retrying with password={PASSWORD}\\n')\n"
+        "print('optuna:result 0.5', flush=True)\n"
+    )
+    objective = CommandObjective(
+        _command(script), SPACE, 1, None, StopSignal(), "s", "pod/0", storage_url=URL
+    )
+    _study(tmp_path).optimize(objective, n_trials=1)
+    out, err = capfd.readouterr()
+    _assert_clean(out)
+    _assert_clean(err)
+    assert "[trial 0] my storage is postgresql://db.example:5432/optuna" in out
+    assert "[trial 0] retrying with password=***" in err
+
+
 def test_the_tail_is_redacted_before_it_is_cut(tmp_path: Path) -> None:
     # The password straddles the cut STDERR_TAIL_CHARS from the end: cut first, its end
     # would stay.

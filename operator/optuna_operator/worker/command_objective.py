@@ -117,7 +117,7 @@ class CommandObjective(ObjectiveBase):
         env = self._child_env(trial.number, params, params_file, result_file, trial_dir)
         prefix = f"{self._log_prefix}[trial {trial.number}] "
         try:
-            child = Child(args, env, prefix)
+            child = Child(args, env, prefix, self._redact)
         except OSError as err:
             raise TrialFailed(f"cannot start {args[0]!r}: {err}") from err
         try:
@@ -223,10 +223,19 @@ Message = Report | Result | Constraint | ProtocolError
 class Child:
     """One command process in its own process group, with its output followed by threads."""
 
-    def __init__(self, args: list[str], env: dict[str, str], prefix: str) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        prefix: str,
+        clean: Callable[[str], str] = str,
+    ) -> None:
         self._messages: queue.Queue[Message] = queue.Queue()
         self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._prefix = prefix
+        # What the pod log gets: the command's output with credentials redacted (a command
+        # may print its environment, where the storage URL is).
+        self._clean = clean
         self._killed = False
         # Its own session: pruning stops the command's whole tree, not just the shell.
         self._proc = subprocess.Popen(
@@ -290,11 +299,12 @@ class Child:
         _signal_group(pgid, signal.SIGKILL)
         self._proc.wait()
 
+    def _echo(self, out: IO[str], line: str) -> None:
+        out.write(self._prefix + self._clean(line.rstrip("\n")) + "\n")
+
     def _read_stdout(self, stream: IO[str]) -> None:
         for line in stream:
-            sys.stdout.write(
-                self._prefix + line if line.endswith("\n") else self._prefix + line + "\n"
-            )
+            self._echo(sys.stdout, line)
             try:
                 message = parse_line(line)
             except ProtocolError as err:
@@ -307,9 +317,7 @@ class Child:
     def _read_stderr(self, stream: IO[str]) -> None:
         for line in stream:
             self._tail.append(line.rstrip("\n"))
-            sys.stderr.write(
-                self._prefix + line if line.endswith("\n") else self._prefix + line + "\n"
-            )
+            self._echo(sys.stderr, line)
         sys.stderr.flush()
 
 
