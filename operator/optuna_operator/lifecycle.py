@@ -9,15 +9,18 @@ counts it summarized). One function, so the two can never disagree on when a stu
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from optuna_operator.api import Budget, Direction, PhaseName, StopReason, WarmStartSpec
 
 __all__ = [
     "FINISHED_PHASES",
+    "Assessment",
     "PhaseName",
     "StopReason",
     "active_seconds",
+    "assess",
     "goal_met",
     "stop_reason",
     "too_many_failures",
@@ -80,6 +83,50 @@ def active_seconds(active: int | None, since: datetime | None, now: datetime) ->
     plus the run of workers still going (since status.activeSince)."""
     running = (now - _aware(since)).total_seconds() if since is not None else 0.0
     return (active or 0) + max(0.0, running)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The operator's one look at a study's budgets at a moment.
+
+    `budget` is the budget the finished count is held against (warm-start copies added as
+    `trial_budget` says), `stop` the budget that ended the study (None while it runs) and
+    `active` the seconds of active time used so far."""
+
+    budget: Budget
+    stop: StopReason | None
+    active: float
+
+
+def assess(
+    budget: Budget,
+    warm_start: WarmStartSpec | None,
+    directions: list[Direction],
+    now: datetime,
+    *,
+    copied: int,
+    finished: int,
+    failed_by_objective: int,
+    best_value: float | None,
+    active: int | None,
+    active_since: datetime | None,
+) -> Assessment:
+    """Every stopping rule over the operator's counts, evaluated once: too many failures
+    first, then `stop_reason` (trials, goal, active time, deadline)."""
+    counted = trial_budget(budget, warm_start, copied)
+    used = active_seconds(active, active_since, now)
+    stop: StopReason | None = StopReason.FAILURES
+    if not too_many_failures(counted, failed_by_objective):
+        stop = stop_reason(
+            counted,
+            directions,
+            now,
+            counted.deadline,
+            finished=lambda: finished,
+            goal_reached=lambda: goal_met(counted.goal, directions[0], best_value),
+            time_used=lambda: used >= (counted.timeout_seconds or 0),
+        )
+    return Assessment(counted, stop, used)
 
 
 def _aware(moment: datetime) -> datetime:

@@ -13,22 +13,13 @@ from optuna_operator.api import PhaseName, StopReason, TuningStudy
 from optuna_operator.applied import applied_hash
 from optuna_operator.conditions import Reason
 from optuna_operator.dashboards import decide_dashboard
-from optuna_operator.lifecycle import (
-    FINISHED_PHASES,
-    active_seconds,
-    goal_met,
-    stop_reason,
-    too_many_failures,
-    trial_budget,
-)
+from optuna_operator.lifecycle import FINISHED_PHASES, Assessment, assess
 from optuna_operator.reconcile.model import JobAction, JobState, Observed, Phase, Plan
 from optuna_operator.storage.study_store import StudySummary
 
 __all__ = [
     "decide",
     "decide_phase",
-    "ended_by",
-    "slot_free",
 ]
 
 # The Succeeded condition's reason for each budget that ends a study.
@@ -40,41 +31,33 @@ _DONE_REASONS = {
 }
 
 
-def ended_by(
-    study: TuningStudy, summary: StudySummary, now: datetime, copied: int = 0
-) -> StopReason | None:
-    """Which budget, if any, says the study needs no more trials: lifecycle's rules over the
-    summary, the status's active time and budget.deadline."""
-    budget = trial_budget(study.spec.budget, study.spec.warm_start, copied)
-    directions = list(study.spec.directions)
-    if too_many_failures(budget, summary.failed_by_objective):
-        return StopReason.FAILURES
-    best = summary.best
-    return stop_reason(
-        budget,
-        directions,
+def _assess(study: TuningStudy, summary: StudySummary, now: datetime, copied: int) -> Assessment:
+    """lifecycle's rules over the summary, the status's active time and the budget, once
+    per reconcile."""
+    spec, status, best = study.spec, study.status, summary.best
+    return assess(
+        spec.budget,
+        spec.warm_start,
+        list(spec.directions),
         now,
-        budget.deadline,
-        finished=lambda: summary.finished,
-        goal_reached=lambda: (
-            best is not None and goal_met(budget.goal, directions[0], best.values[0])
-        ),
-        time_used=lambda: (
-            active_seconds(study.status.active_seconds, study.status.active_since, now)
-            >= (budget.timeout_seconds or 0)
-        ),
+        copied=copied,
+        finished=summary.finished,
+        failed_by_objective=summary.failed_by_objective,
+        best_value=best.values[0] if best is not None else None,
+        active=status.active_seconds,
+        active_since=status.active_since,
     )
 
 
-def _done_message(study: TuningStudy, summary: StudySummary, stop: StopReason, copied: int) -> str:
+def _done_message(study: TuningStudy, summary: StudySummary, seen: Assessment) -> str:
     budget, best = study.spec.budget, summary.best
-    if stop == StopReason.BUDGET:
-        counted = trial_budget(study.spec.budget, study.spec.warm_start, copied).trials or 0
-        own = summary.finished - (counted - (budget.trials or 0))
+    if seen.stop == StopReason.BUDGET:
+        # Copies that do not count raised the budget the finished count is held against.
+        own = summary.finished - ((seen.budget.trials or 0) - (budget.trials or 0))
         return f"{own} of {budget.trials} trials finished"
-    if stop == StopReason.GOAL and best is not None:
+    if seen.stop == StopReason.GOAL and best is not None:
         return f"Trial {best.number} reached the goal {budget.goal} with {best.values[0]}"
-    if stop == StopReason.TIME:
+    if seen.stop == StopReason.TIME:
         return f"The time budget of {budget.timeout_seconds}s of running workers was used"
     return f"The deadline {budget.deadline} passed"
 
@@ -89,7 +72,17 @@ def decide_phase(
 ) -> Phase:
     """The study's phase from its budget, the database and the worker Job; `copied`:
     trials warm start copied in."""
-    stop = ended_by(study, summary, now, copied)
+    return _phase(study, summary, job, _assess(study, summary, now, copied), queue)
+
+
+def _phase(
+    study: TuningStudy,
+    summary: StudySummary,
+    job: JobState | None,
+    seen: Assessment,
+    queue: str | None,
+) -> Phase:
+    stop = seen.stop
     if stop == StopReason.FAILURES:
         detail = f"; last error: {summary.last_error}" if summary.last_error else ""
         return Phase(
@@ -106,7 +99,7 @@ def decide_phase(
             f"Worker Job {job.name} failed ({job.failed_reason}): {job.failed_message}",
         )
     if stop is not None:
-        message = _done_message(study, summary, stop, copied)
+        message = _done_message(study, summary, seen)
         if job is not None and job.active > 0 and not study.spec.suspend:
             return Phase(PhaseName.RUNNING, Reason.RUNNING, f"{message}; waiting for workers")
         return Phase(PhaseName.SUCCEEDED, _DONE_REASONS[stop], message, ended_by=stop)
@@ -118,7 +111,7 @@ def decide_phase(
             Reason.WAITING_FOR_ADMISSION,
             f"The worker Job waits for admission by Kueue in LocalQueue {queue}",
         )
-    if job is not None and job.complete and not slot_free(study, summary, copied):
+    if job is not None and job.complete and not _slot_free(seen, summary):
         return Phase(
             PhaseName.RUNNING,
             Reason.RUNNING,
@@ -130,18 +123,16 @@ def decide_phase(
     return Phase(PhaseName.RUNNING, Reason.RUNNING, f"{job.ready} workers running")
 
 
-def slot_free(study: TuningStudy, summary: StudySummary, copied: int = 0) -> bool:
+def _slot_free(seen: Assessment, summary: StudySummary) -> bool:
     """Whether a new worker could get a trial: no trial budget, a trial waiting (a retry),
     or fewer running + finished trials than the budget (warm-start copies as it counts)."""
-    trials = trial_budget(study.spec.budget, study.spec.warm_start, copied).trials
+    trials = seen.budget.trials
     return trials is None or summary.waiting > 0 or summary.running + summary.finished < trials
 
 
-def _copied(observed: Observed) -> int:
-    return observed.handle.copied if observed.handle else 0
-
-
-def _job_action(study: TuningStudy, observed: Observed, finished: bool) -> JobAction:
+def _job_action(
+    study: TuningStudy, observed: Observed, seen: Assessment, finished: bool
+) -> JobAction:
     """What to do with the worker Job.
 
     A queued Job is created and never patched: Kueue owns `suspend` and what it injects on
@@ -160,7 +151,7 @@ def _job_action(study: TuningStudy, observed: Observed, finished: bool) -> JobAc
         # Workers exited but the study is not done (e.g. budget raised). Workers also leave
         # when live trials hold every slot: while those trials hold them, new workers would
         # only leave again; the stale-trial scan frees a dead worker's slot, then they start.
-        return "restart" if slot_free(study, observed.summary, _copied(observed)) else "none"
+        return "restart" if _slot_free(seen, observed.summary) else "none"
     if queued and study.spec.suspend:
         return "stop" if job is not None else "none"
     if job is not None and changed and (queued or job.queue is not None):
@@ -173,7 +164,7 @@ def _job_action(study: TuningStudy, observed: Observed, finished: bool) -> JobAc
 
 
 def _next_look(
-    study: TuningStudy, observed: Observed, phase: Phase, interval: float
+    study: TuningStudy, observed: Observed, seen: Assessment, phase: Phase, interval: float
 ) -> float | None:
     """Seconds until the next periodic reconcile. Only while something moves: workers run
     or are expected, or trials of killed workers still need failing. Idle studies wake
@@ -187,29 +178,28 @@ def _next_look(
     timeout = study.spec.budget.timeout_seconds
     if timeout is None or study.status.active_since is None:
         return interval
-    used = active_seconds(study.status.active_seconds, study.status.active_since, observed.now)
-    return max(1.0, min(interval, timeout - used))
+    return max(1.0, min(interval, timeout - seen.active))
 
 
 def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     """The phase, what to do with each child, and when to look again. Pure: unit-tested
     without a cluster. Called only when the storage and the study are usable."""
     job = observed.job
-    copied = _copied(observed)
-    phase = decide_phase(study, observed.summary, job, observed.now, observed.queue, copied)
+    copied = observed.handle.copied if observed.handle else 0
+    seen = _assess(study, observed.summary, observed.now, copied)
+    phase = _phase(study, observed.summary, job, seen, observed.queue)
     workers_gone = job is None or job.active == 0
-    # Only the operator sees active time: running workers are told through the database.
-    time_up = ended_by(study, observed.summary, observed.now, copied) == StopReason.TIME
     return Plan(
         phase=phase,
-        job=_job_action(study, observed, phase.phase in FINISHED_PHASES),
+        job=_job_action(study, observed, seen, phase.phase in FINISHED_PHASES),
         delete_jobs=observed.stale_jobs,
         dashboard=decide_dashboard(observed.dashboard, observed.desired_dashboard),
         delete_old_dashboard=observed.old_dashboard is not None,
         fail_stale_trials=bool(observed.summary.running) and workers_gone,
-        stop_workers=time_up and not workers_gone,
+        # Only the operator sees active time: running workers are told through the database.
+        stop_workers=seen.stop == StopReason.TIME and not workers_gone,
         importances=phase.phase == PhaseName.SUCCEEDED
         and study.status.param_importances_trials != observed.summary.finished
         and len(study.spec.directions) == 1,
-        requeue_after=_next_look(study, observed, phase, interval),
+        requeue_after=_next_look(study, observed, seen, phase, interval),
     )
