@@ -43,3 +43,11 @@ def crash(trial: optuna.Trial) -> float:
     trial.suggest_float("x", 0, 1)
     print("about to crash", flush=True)
     os._exit(17)
+
+
+def uses_probe_pkg(trial: optuna.Trial) -> float:
+    """Needs `probe_pkg`, which no image has: objective.requirements installs it."""
+    import probe_pkg  # type: ignore[import-not-found]
+
+    trial.set_user_attr("answer", probe_pkg.ANSWER)
+    return quadratic(trial)

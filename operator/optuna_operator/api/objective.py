@@ -13,6 +13,7 @@ from optuna_operator.api.constants import MAX_CHOICES, MAX_PARAMETERS
 from optuna_operator.api.types import Choice, Model, ObjectName, ParamName
 
 __all__ = [
+    "REQUIREMENT_PATTERN",
     "SEARCH_SPACE_SCHEMA",
     "CategoricalRange",
     "ConfigMapKeyRef",
@@ -23,6 +24,16 @@ __all__ = [
     "Parameter",
     "ParameterCondition",
 ]
+
+
+# A pip requirement specifier: a distribution name, extras, then version clauses. Nothing
+# that pip would read as an option, a URL or a file, so a spec cannot point pip elsewhere.
+_VERSION_CLAUSE = r" *(==|!=|<=|>=|~=|<|>) *[A-Za-z0-9.*+!_-]+"
+REQUIREMENT_PATTERN = (
+    r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?"
+    r"(\[[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\])?"
+    rf"({_VERSION_CLAUSE}( *,{_VERSION_CLAUSE})*)?$"
+)
 
 
 def _range_rules(kind: str, zero: str, log_step: str, log_step_message: str, step_fits: str) -> Any:
@@ -242,6 +253,22 @@ class Objective(Model):
         max_length=MAX_PARAMETERS,
         description="Declarative search space for command objectives. A parameter with "
         "`when` is sampled only when its parent has one of the listed values.",
+    )
+    requirements: (
+        list[Annotated[str, Field(min_length=1, max_length=200, pattern=REQUIREMENT_PATTERN)]]
+        | None
+    ) = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Python packages the objective needs beyond the worker image, as pip "
+        "requirement specifiers (`xgboost>=2,<4`, `scikit-learn[alldeps]==1.5.2`; no URLs, "
+        "options or environment markers). Each worker pod installs them with pip into its "
+        "/tmp before the first trial and puts them first on the path (a command objective "
+        "gets them in PYTHONPATH). pip reads the cluster's index from the usual environment: "
+        "set PIP_INDEX_URL (from a Secret when it holds a password) or PIP_NO_INDEX and "
+        "PIP_FIND_LINKS in workers.env for an air-gapped cluster. A failed install ends the "
+        "study (exit code 3) with pip's message.",
     )
     trial_timeout_seconds: int | None = Field(
         None,

@@ -16,6 +16,7 @@ import optuna
 from optuna_operator.contract import STORAGE_ENV, ConfigError, ExitCode, TooManyFailures, redact
 from optuna_operator.worker.gpus import assign_gpus, visible_gpus
 from optuna_operator.worker.internals import check_optuna_internals
+from optuna_operator.worker.requirements import install_requirements
 from optuna_operator.worker.settings import WorkerSettings, read_settings
 from optuna_operator.worker.signals import StopSignal
 from optuna_operator.worker.termination import report_exit
@@ -79,6 +80,8 @@ def _ensure_home() -> None:
 def _run(stop: StopSignal) -> tuple[ExitCode, str]:
     check_optuna_internals()
     settings = read_settings()
+    # Before any trial process starts: spawned processes inherit the path.
+    install_requirements(settings.config.objective.requirements)
     processes = settings.config.processes_per_pod
     if processes == 1:
         return _run_process(settings, 0, stop), ""
