@@ -16,13 +16,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from optuna_operator.api.objective import ObjectiveSource
     from optuna_operator.client import StudyClient, StudyView
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -235,11 +234,12 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _create(args: argparse.Namespace) -> int:
     from optuna_operator.api import GROUP
     from optuna_operator.client import manifest, parse_parameter, quick_study
+    from optuna_operator.objective_source import config_map_name, read_file, submit_with_source
 
     if sum(bool(o) for o in (args.function, args.command, args.from_file)) != 1:
         print("create: give exactly one of --function, --command and --from-file", file=sys.stderr)
         return 2
-    source = _read_source(args.from_file) if args.from_file else None
+    source = read_file(args.from_file) if args.from_file else None
     study = quick_study(
         args.name,
         namespace=args.namespace or "",
@@ -258,81 +258,24 @@ def _create(args: argparse.Namespace) -> int:
         storage_secret=args.storage_secret,
         dashboard=False if args.no_dashboard else None,
     )
-    config_map = source.config_map(args.name, args.namespace or "") if source else None
-    if config_map:
-        study.spec.objective.source = _objective_source(config_map)
     if args.dry_run:
-        _print_documents([*([config_map] if config_map else []), manifest(study, only_set=True)])
+        config_map = [source.config_map(args.name, args.namespace or "")] if source else []
+        if source:
+            study.spec.objective.source = source.objective_source(args.name)
+        _print_documents([*config_map, manifest(study, only_set=True)])
         return 0
     with _client(args) as studies:
-        if config_map:
-            _apply_config_map(studies, config_map)
-        created = studies.submit(study)
+        # With a source: its ConfigMap, then the study, which then owns the ConfigMap.
+        created = submit_with_source(studies, study, source) if source else studies.submit(study)
+        if source:
+            print(
+                f"configmap/{config_map_name(created.name)} with {source.key} applied in "
+                f"namespace {created.namespace}"
+            )
         print(f"tuningstudy.{GROUP}/{created.name} created in namespace {created.namespace}")
         if not args.wait:
             return 0
         return _wait_for(studies, created.name, args.timeout)
-
-
-@dataclass(frozen=True)
-class _Source:
-    """`create --from-file path/to/train.py:objective`: the module's text and its names."""
-
-    function: str  # train:objective
-    key: str  # train.py
-    text: str
-
-    def config_map(self, study: str, namespace: str) -> dict[str, Any]:
-        metadata = {"name": f"{study}-objective", **({"namespace": namespace} if namespace else {})}
-        return {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": metadata,
-            "data": {self.key: self.text},
-        }
-
-
-def _read_source(spec: str) -> _Source:
-    """Bad input is a ValueError: one line and exit code 2 (see _dispatch)."""
-    path, sep, attribute = spec.rpartition(":")
-    file = Path(path)
-    if not sep or not attribute or file.suffix != ".py":
-        raise ValueError(f"--from-file takes path/to/module.py:function, got {spec!r}")
-    if not file.stem.isidentifier():
-        raise ValueError(
-            f"--from-file: {file.name} is not importable as a module; rename it (letters, "
-            "digits and underscores, e.g. train.py)"
-        )
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"--from-file: cannot read {path}: {exc.strerror or exc}") from None
-    return _Source(f"{file.stem}:{attribute}", file.name, text)
-
-
-def _objective_source(config_map: dict[str, Any]) -> ObjectiveSource:
-    from optuna_operator.api.objective import ObjectiveSource
-
-    (key,) = config_map["data"]
-    ref = {"name": config_map["metadata"]["name"], "key": key}
-    return ObjectiveSource.model_validate({"configMapKeyRef": ref})
-
-
-def _apply_config_map(studies: StudyClient, body: dict[str, Any]) -> None:
-    """Create the objective's ConfigMap, or replace an earlier one of that name."""
-    from kubernetes import client
-
-    namespace = body["metadata"].setdefault("namespace", studies.namespace)
-    name = body["metadata"]["name"]
-    core = client.CoreV1Api(studies.api)
-    # The client serializes plain dicts as they are; its stubs name only the model classes.
-    try:
-        core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-        core.replace_namespaced_config_map(name, namespace, body)  # type: ignore[arg-type]
-    print(f"configmap/{name} with {next(iter(body['data']))} applied in namespace {namespace}")
 
 
 def _print_documents(docs: list[dict[str, Any]]) -> None:

@@ -31,6 +31,7 @@ from optuna_operator.api import (
     PLURAL,
     VERSION,
     BestTrial,
+    Budget,
     Metadata,
     Parameter,
     TuningStudy,
@@ -324,6 +325,44 @@ class StudyClient:
             if view.done:
                 return
             time.sleep(poll_interval)
+
+    def tune(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        budget: Budget,
+        directions: Sequence[str] = ("minimize",),
+        wait: bool = True,
+        timeout: float | None = None,
+        progress: bool = False,
+        **settings: Any,
+    ) -> BestTrial | list[BestTrial] | None:
+        """Tune a plain function `fn(trial)` on the stock worker image: its source travels in
+        the ConfigMap NAME-objective, which the study owns (see objective_source for what
+        travels: from a module file the file, from a script or notebook the function and the
+        imports it uses, never closures or other globals). settings: quick_study's (image,
+        parallelism, sampler, pruner, seed, metric_names, storage_secret, dashboard).
+
+        Returns the best trial, or with several directions the Pareto front (at most 10), once
+        the study ends (None at once with wait=False); raises like wait().
+        """
+        from optuna_operator.objective_source import from_function, submit_with_source
+
+        shipped = from_function(fn)
+        study = quick_study(
+            name,
+            namespace=self.namespace,
+            function=shipped.function,
+            directions=directions,
+            **settings,
+        )
+        study.spec.budget = budget
+        submit_with_source(self, study, shipped)
+        if not wait:
+            return None
+        done = self.wait(name, timeout=timeout, progress=progress).status
+        return done.best_trial if len(directions) == 1 else list(done.pareto_front or [])
 
     # ------------------------------------------------------------------ results
 
