@@ -47,7 +47,7 @@ class BenchCluster:
             OPERATOR_NAMESPACE,
             {"metadata": {"name": "optuna-db"}, "stringData": {"url": self.bed.storage_url}},
         )
-        command = [sys.executable, "-m", "optuna_operator.cli", "run", "--peering", "none"]
+        command = [sys.executable, "-m", "optuna_operator.cli", "run", "--leader-elect=false"]
         command += ["--default-storage-secret", f"{OPERATOR_NAMESPACE}/optuna-db"]
         if interval is not None:
             command += ["--status-interval", str(interval)]

@@ -61,8 +61,7 @@ def start_operator(bed: Bed) -> int:
         f"{OPERATOR_NAMESPACE}/optuna-db",
         "--status-interval",
         "3",
-        "--peering",
-        "none",
+        "--leader-elect=false",
     ]
     return bed.spawn("operator", command, DEV / "demo-operator.log", env=env)
 

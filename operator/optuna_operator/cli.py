@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,23 +30,26 @@ __all__ = ["kubectl_main", "main"]
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
+    from optuna_operator import leader
     from optuna_operator.config import settings_from_args
-    from optuna_operator.handlers import build_registry
+    from optuna_operator.handlers import api_client, build_registry
     from optuna_operator.logs import configure_logging
 
-    # Replicas get distinct random priorities: the highest acts, the others stand by.
-    settings = replace(settings_from_args(args), peering_priority=random.randint(1, 2**30))
+    settings = settings_from_args(args)
     configure_logging(settings.log_format)
     registry = build_registry(settings)
-    kopf.run(
-        registry=registry,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
-        priority=settings.peering_priority,
-        liveness_endpoint=settings.liveness_endpoint,
-    )
+
+    def lead() -> None:
+        # Standalone: of several replicas only the Lease's holder gets here (leader.py).
+        kopf.run(
+            registry=registry,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=True,
+            liveness_endpoint=settings.liveness_endpoint,
+        )
+
+    leader.run(settings.leader_election, api_client, lead, settings.liveness_endpoint)
     return 0
 
 

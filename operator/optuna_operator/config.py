@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,7 @@ __all__ = [
     "DEFAULT_WORKER_IMAGE",
     "NETWORK_POLICY_PEER_KEYS",
     "OPERATOR_VERSION",
+    "LeaderElection",
     "OperatorSettings",
     "SecretKey",
     "add_run_arguments",
@@ -44,6 +47,25 @@ class SecretKey:
 
 
 @dataclass(frozen=True)
+class LeaderElection:
+    """The coordination.k8s.io Lease whose holder is the one replica that acts (leader.py),
+    with client-go's timings: the holder renews every `retry_period` and exits when it could
+    not renew for `renew_deadline`; a standby takes over once the Lease has not changed for
+    `lease_duration` (seconds, by its own clock)."""
+
+    name: str = "optuna-operator"
+    namespace: str = "default"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    @property
+    def lease_seconds(self) -> int:
+        """leaseDurationSeconds, a whole number of seconds in the Lease."""
+        return max(1, math.ceil(self.lease_duration))
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     """How the operator runs, from flags and OPTUNA_OPERATOR_* variables."""
 
@@ -57,9 +79,8 @@ class OperatorSettings:
     dashboard_allowed_from: list[dict[str, Any]] = field(default_factory=list)
     status_interval: float = 10.0
     log_format: str = "text"
-    peering: str | None = "optuna-operator"
-    # This replica's kopf peering priority; the highest live one acts.
-    peering_priority: int = 0
+    # None: no election, this process acts at once (one replica, tests, development).
+    leader_election: LeaderElection | None = LeaderElection()
     liveness_endpoint: str | None = None
     metrics_port: int | None = None
     # Kueue LocalQueue for studies that set no spec.workers.queueName; None: no queue.
@@ -109,11 +130,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format", choices=["text", "json"], default=_env("LOG_FORMAT", "text")
     )
-    parser.add_argument(
-        "--peering",
-        default=_env("PEERING", "optuna-operator"),
-        help="kopf peering name so only one replica acts; 'none' runs standalone.",
-    )
+    _add_leader_election_arguments(parser)
     parser.add_argument(
         "--liveness",
         default=_env("LIVENESS"),
@@ -131,6 +148,90 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kueue LocalQueue name for worker Jobs of studies without "
         "spec.workers.queueName (the LocalQueue must exist in each study's namespace).",
     )
+
+
+def _add_leader_election_arguments(parser: argparse.ArgumentParser) -> None:
+    """kube-scheduler's flag names; durations as Go writes them (15s, 1500ms, 1m)."""
+    parser.add_argument(
+        "--leader-elect",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=_env("LEADER_ELECT", "true"),
+        help="Hold a coordination.k8s.io Lease in the operator's namespace (POD_NAMESPACE) "
+        "before acting, so that of several replicas one acts (env OPTUNA_OPERATOR_LEADER_ELECT; "
+        "default true). false: act at once.",
+    )
+    parser.add_argument(
+        "--leader-elect-resource-name",
+        default=_env("LEADER_ELECT_RESOURCE_NAME", "optuna-operator"),
+        help="Name of the Lease.",
+    )
+    for flag, default, what in (
+        (
+            "lease-duration",
+            "15s",
+            "How long a standby waits after the Lease last changed before taking it over",
+        ),
+        (
+            "renew-deadline",
+            "10s",
+            "How long the holder retries a failed renewal before it "
+            "exits (non-zero) rather than risk a second leader",
+        ),
+        ("retry-period", "2s", "How often the holder renews and a standby looks"),
+    ):
+        variable = f"LEADER_ELECT_{flag.upper().replace('-', '_')}"
+        parser.add_argument(
+            f"--leader-elect-{flag}",
+            default=_env(variable, default),
+            help=f"{what} (env OPTUNA_OPERATOR_{variable}; default {default}).",
+        )
+
+
+def _boolean(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def _duration(flag: str, text: str) -> float:
+    """Seconds from a Go-style duration (`15s`, `1500ms`, `1m`) or a plain number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", str(text))
+    if match is None:
+        raise SystemExit(f"{flag} must be a duration such as 15s, 1500ms or 1m, not {text!r}")
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2) or "s"]
+    return float(match.group(1)) * unit
+
+
+def _leader_election(args: argparse.Namespace, namespace: str) -> LeaderElection | None:
+    """client-go's rules: lease duration > renew deadline > 1.2 x retry period > 0."""
+    if not args.leader_elect:
+        return None
+    election = LeaderElection(
+        name=args.leader_elect_resource_name,
+        namespace=namespace,
+        lease_duration=_duration("--leader-elect-lease-duration", args.leader_elect_lease_duration),
+        renew_deadline=_duration("--leader-elect-renew-deadline", args.leader_elect_renew_deadline),
+        retry_period=_duration("--leader-elect-retry-period", args.leader_elect_retry_period),
+    )
+    if not election.name:
+        raise SystemExit("--leader-elect-resource-name must not be empty")
+    if election.retry_period <= 0:
+        raise SystemExit("--leader-elect-retry-period must be positive")
+    if election.renew_deadline <= 1.2 * election.retry_period:
+        raise SystemExit(
+            "--leader-elect-renew-deadline must be longer than 1.2 x --leader-elect-retry-period"
+        )
+    if election.lease_duration <= election.renew_deadline:
+        raise SystemExit(
+            "--leader-elect-lease-duration must be longer than --leader-elect-renew-deadline: "
+            "the holder must give up before a standby may take over"
+        )
+    return election
 
 
 def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +329,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         dashboard_allowed_from=_allowed_from(args.dashboard_allowed_from),
         status_interval=args.status_interval,
         log_format=args.log_format,
-        peering=None if args.peering in (None, "", "none") else args.peering,
+        leader_election=_leader_election(args, operator_namespace),
         liveness_endpoint=args.liveness,
         metrics_port=args.metrics_port,
         default_queue_name=args.default_queue_name or None,

@@ -26,7 +26,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from optuna_operator import metrics
-from optuna_operator.peering import PeeringGate
 from optuna_operator.reconcile import Reconciler
 from optuna_operator.recorder import EventRecorder
 from optuna_operator.sync import StudySync, SyncResult, parse_study
@@ -48,16 +47,10 @@ WAKE_MIN_SECONDS = 1.0
 class Controller:
     """Watch caches, the work queue and the loop that reconciles queued studies."""
 
-    def __init__(
-        self,
-        reconciler: Reconciler,
-        interval: float,
-        workers: int = 8,
-        peering: PeeringGate | None = None,
-    ) -> None:
+    def __init__(self, reconciler: Reconciler, workers: int = 8) -> None:
         self.reconciler = reconciler
         self.recorder = EventRecorder(reconciler.cluster)
-        self.syncer = StudySync(reconciler, self.recorder, interval, peering)
+        self.syncer = StudySync(reconciler, self.recorder)
         self.cache = WatchCache()
         # Half the threads at most for one namespace: the other tenants keep the rest.
         self.queue = WorkQueue(per_namespace=max(1, workers // 2))
@@ -135,6 +128,12 @@ class Controller:
             for task in tasks:
                 task.cancel()
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self, timeout: float) -> None:
+        """After `run` was cancelled: wait up to `timeout` seconds for the reconciles still
+        running in their threads."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(self._executor.shutdown, wait=True), timeout)
 
     async def _process(self, key: Key, slots: asyncio.Semaphore) -> None:
         try:

@@ -11,6 +11,7 @@ after every Job and Deployment of the cluster has been sent and decoded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -24,7 +25,6 @@ from optuna_operator.config import OperatorSettings
 from optuna_operator.controller import Controller
 from optuna_operator.kube import Cluster
 from optuna_operator.manifests import MANAGED_BY
-from optuna_operator.peering import PeeringGate
 from optuna_operator.reconcile import Reconciler
 from optuna_operator.storage.notify import TrialListener
 from optuna_operator.storage.study_store import StoreRegistry
@@ -34,6 +34,8 @@ __all__ = ["CHILD_SELECTOR", "api_client", "build_registry"]
 log = logging.getLogger(__name__)
 
 RECONCILE_WORKERS = 8
+# How long a clean stop waits for reconciles in flight (within the pod's 30 s grace period).
+DRAIN_SECONDS = 15.0
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 # The children's watches, filtered by the API server (labelSelector on list and watch).
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
@@ -73,24 +75,21 @@ class Runtime:
         self.stores = StoreRegistry(self.listener)
         self.cluster = Cluster(api_client())
         self.reconciler = Reconciler(self.cluster, self.stores, settings)
-        peering = None
-        if settings.peering:
-            clusterwide = not settings.namespaces
-            peering = PeeringGate(
-                self.cluster, settings.peering, settings.peering_priority, clusterwide
-            )
-        self.controller = Controller(
-            self.reconciler, settings.status_interval, RECONCILE_WORKERS, peering
-        )
+        self.controller = Controller(self.reconciler, RECONCILE_WORKERS)
         self.loop = asyncio.create_task(self.controller.run(), name="reconcile loop")
         if settings.metrics_port:
             metrics.serve(settings.metrics_port)
         return self.controller
 
-    def close(self) -> None:
-        """Stop the loop and close what start opened."""
+    async def close(self) -> None:
+        """Stop the loop, let the reconciles in flight finish (a replica that then releases
+        its Lease must not write after the next leader starts) and close what start opened."""
         if self.loop is not None:
             self.loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.loop
+        if self.controller is not None:
+            await self.controller.drain(DRAIN_SECONDS)
         if self.reconciler is not None:
             self.reconciler.close()
         if self.listener is not None:
@@ -135,7 +134,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
-        runtime.close()
+        await runtime.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="study")
     async def study_event(event: kopf.RawEvent, **_: Any) -> None:

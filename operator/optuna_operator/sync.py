@@ -18,7 +18,6 @@ from optuna_operator import metrics
 from optuna_operator.api import DeletionPolicy, TuningStudy
 from optuna_operator.conditions import ConditionType, Reason, set_condition
 from optuna_operator.contract import redact
-from optuna_operator.peering import PeeringGate
 from optuna_operator.reconcile import Children, Event, Reconciler, StorageProblem
 from optuna_operator.recorder import EventRecorder
 from optuna_operator.storage.study_store import StorageError
@@ -76,25 +75,15 @@ class SyncResult:
 class StudySync:
     """Reconciles one study at a time per key; talks to the API server and the database."""
 
-    def __init__(
-        self,
-        reconciler: Reconciler,
-        recorder: EventRecorder,
-        interval: float,
-        peering: PeeringGate | None = None,
-    ) -> None:
+    def __init__(self, reconciler: Reconciler, recorder: EventRecorder) -> None:
         self.reconciler = reconciler
         self.cluster = reconciler.cluster
         self.recorder = recorder
-        self.interval = interval
-        self.peering = peering
 
     def sync(self, body: dict[str, Any], children: Children, failures: int = 0) -> SyncResult:
         """Reconcile one study: finalizer, children, status and events. `failures` is how
         many reconciles of it failed in a row."""
         meta = body["metadata"]
-        if self.peering is not None and self.peering.paused(meta["namespace"]):
-            return SyncResult(body, requeue_after=self.interval)
         try:
             study = parse_study(body)
         except ValidationError as exc:

@@ -38,14 +38,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def crd_installed(bed: Bed, kube_api: client.ApiClient) -> None:
-    """The generated CRD from crds/ and kopf's peering CRDs from the chart, applied with the
-    pinned kubectl and Established (early: kopf discovers peering resources at start-up); and
-    the admission policy from deploy/, so every test runs with the guard a cluster would have."""
-    for path in (
-        ROOT / "crds",
-        ROOT / "charts" / "optuna-operator" / "crds" / "kopf-peering.yaml",
-        ROOT / "deploy",
-    ):
+    """The generated CRD from crds/, applied with the pinned kubectl and Established; and the
+    admission policy from deploy/, so every test runs with the guard a cluster would have."""
+    for path in (ROOT / "crds", ROOT / "deploy"):
         subprocess.run(
             [
                 str(bed.bin_dir / "kubectl"),
@@ -60,11 +55,7 @@ def crd_installed(bed: Bed, kube_api: client.ApiClient) -> None:
         )
     ext = client.ApiextensionsV1Api(kube_api)
 
-    names = (
-        "tuningstudies.tuning.optuna-operator.io",
-        "clusterkopfpeerings.kopf.dev",
-        "kopfpeerings.kopf.dev",
-    )
+    names = ("tuningstudies.tuning.optuna-operator.io",)
 
     def established() -> bool:
         return all(
@@ -75,19 +66,18 @@ def crd_installed(bed: Bed, kube_api: client.ApiClient) -> None:
             for name in names
         )
 
-    wait_for(established, 30, "the TuningStudy and kopf peering CRDs to be established")
+    wait_for(established, 30, "the TuningStudy CRD to be established")
     custom = client.CustomObjectsApi(kube_api)
 
     def served() -> bool:
         # Established is not yet served: kopf scans discovery once at start-up, and a CRD
         # still initializing answers 429.
         try:
-            custom.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings")
             custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
         except client.ApiException:
             return False
         groups = client.ApisApi(kube_api).get_api_versions().groups
-        return {"kopf.dev", GROUP} <= {g.name for g in groups}
+        return GROUP in {g.name for g in groups}
 
     wait_for(served, 30, "the CRDs to be served and discoverable")
 

@@ -173,12 +173,15 @@ class OperatorProcess:
         kubeconfig: Path,
         log_path: Path,
         extra_args: list[str] | None = None,
-        peering: str = "none",
+        leader_elect: bool = False,
+        env: dict[str, str] | None = None,
     ):
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_args = extra_args or []
-        self.peering = peering
+        # Off unless a test runs replicas: one operator needs no Lease.
+        self.leader_elect = leader_elect
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -191,11 +194,10 @@ class OperatorProcess:
             f"{OPERATOR_NAMESPACE}/{DEFAULT_SECRET}",
             "--status-interval",
             "2",
-            "--peering",
-            self.peering,
+            f"--leader-elect={str(self.leader_elect).lower()}",
             *self.extra_args,
         ]
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True

@@ -38,6 +38,7 @@ SA = "optuna-operator"
 CRD = "tuningstudies.tuning.optuna-operator.io"
 STUDIES = f"{PLURAL}.{GROUP}"
 NETWORK_POLICIES = "networkpolicies.networking.k8s.io"
+LEASES = "leases.coordination.k8s.io"
 
 
 # The session's operator watches every namespace; the chart's operator must be alone.
@@ -119,7 +120,6 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     team, other = namespace_factory(), namespace_factory()
     core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
     rbac, net = client.RbacAuthorizationV1Api(kube_api), client.NetworkingV1Api(kube_api)
-    custom = client.CustomObjectsApi(kube_api)
     ext = client.ApiextensionsV1Api(kube_api)
     pg = f"{RELEASE}-postgresql"
     # The GitOps way: the credentials are the user's Secret; the chart renders no password.
@@ -151,8 +151,7 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     assert f"watching only: {team}" in out.stdout
 
     # Every object, where it belongs.
-    for crd in (CRD, "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
-        assert exists(ext.read_custom_resource_definition, crd), crd
+    assert exists(ext.read_custom_resource_definition, CRD)
     assert exists(core.read_namespaced_service_account, SA, release_ns)
     assert exists(apps.read_namespaced_deployment, RELEASE, release_ns)
     assert exists(apps.read_namespaced_stateful_set, pg, release_ns)
@@ -166,6 +165,8 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     assert exists(rbac.read_namespaced_role, RELEASE, team)
     assert exists(rbac.read_namespaced_role_binding, RELEASE, team)
     assert exists(rbac.read_namespaced_role, f"{RELEASE}-storage", release_ns)
+    assert exists(rbac.read_namespaced_role, f"{RELEASE}-leader-election", release_ns)
+    assert exists(rbac.read_namespaced_role_binding, f"{RELEASE}-leader-election", release_ns)
     assert exists(rbac.read_cluster_role, f"{RELEASE}-discovery")
     assert not exists(rbac.read_cluster_role, RELEASE)
     # Users' roles and the admission policy, bound to the watched namespace only.
@@ -179,14 +180,6 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
     ).spec.match_resources.namespace_selector
     assert selector.match_expressions[0].values == [team]
     assert not exists(rbac.read_namespaced_role, RELEASE, other)
-    assert exists(
-        custom.get_namespaced_custom_object,
-        "kopf.dev",
-        "v1",
-        team,
-        "kopfpeerings",
-        "optuna-operator",
-    )
     # Pods admitted under the restricted Pod Security Standard; the PVC from the template.
     wait_for(
         lambda: (
@@ -228,7 +221,10 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         ("patch", "configmaps", team),
         ("create", "events", team),
         ("list", "events", team),
-        ("patch", "kopfpeerings.kopf.dev", team),
+        # Leader election: its own Lease in the release namespace.
+        ("get", f"{LEASES}/{RELEASE}", release_ns),
+        ("update", f"{LEASES}/{RELEASE}", release_ns),
+        ("create", LEASES, release_ns),
         ("create", NETWORK_POLICIES, team),
         ("delete", NETWORK_POLICIES, team),
         ("watch", NETWORK_POLICIES, team),
@@ -254,7 +250,17 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         ("create", "pods/exec", team),
         ("get", "configmaps", team),
         ("delete", "namespaces", None),
-        ("patch", "clusterkopfpeerings.kopf.dev", None),
+        # Another controller's Lease beside it, or a Lease anywhere else: no.
+        ("update", f"{LEASES}/another-controller", release_ns),
+        ("get", f"{LEASES}/another-controller", release_ns),
+        ("list", LEASES, release_ns),
+        ("watch", LEASES, release_ns),
+        ("delete", f"{LEASES}/{RELEASE}", release_ns),
+        ("patch", f"{LEASES}/{RELEASE}", release_ns),
+        ("create", LEASES, team),
+        ("update", f"{LEASES}/{RELEASE}", team),
+        ("update", f"{LEASES}/kube-controller-manager", "kube-system"),
+        ("update", LEASES, "kube-node-lease"),
         ("update", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
     ]
@@ -296,8 +302,7 @@ def test_install_with_bundled_postgresql_in_namespaced_mode(
         }
     )
     helm(bed, "uninstall", RELEASE, "-n", release_ns, "--wait")
-    for crd in (CRD, "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
-        assert exists(ext.read_custom_resource_definition, crd), crd
+    assert exists(ext.read_custom_resource_definition, CRD)
     assert studies.get("kept")["metadata"]["name"] == "kept"
     assert secret_value(core, release_ns, credentials, "password") == password
     assert exists(core.read_namespaced_persistent_volume_claim, f"data-{pg}-0", release_ns)
@@ -345,7 +350,7 @@ def test_defaults_grant_nothing_outside_the_served_namespace(
             ("get", "secrets", "default"),
             ("create", "secrets", "default"),
             ("watch", STUDIES, "default"),
-            ("patch", "kopfpeerings.kopf.dev", "default"),
+            ("update", f"{LEASES}/{RELEASE}", release_ns),
             ("watch", "namespaces", None),
         ]
         elsewhere: list[tuple[str, str, str | None]] = [
@@ -366,7 +371,8 @@ def test_defaults_grant_nothing_outside_the_served_namespace(
             ("get", "secrets", None),
             ("create", "jobs.batch", None),
             ("list", STUDIES, None),
-            ("patch", "clusterkopfpeerings.kopf.dev", None),
+            ("update", f"{LEASES}/{RELEASE}", "default"),
+            ("create", LEASES, "kube-system"),
             ("list", "secrets", "default"),
         ]
         assert_access(bed, release_ns, served, allowed=True)
@@ -399,7 +405,6 @@ def test_operator_from_the_chart_runs_a_study(
     release_ns = namespace_factory(pod_security="restricted")
     study_ns = namespace_factory(pod_security="restricted")
     core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
-    custom = client.CustomObjectsApi(kube_api)
     db_secret: Any = {"metadata": {"name": "optuna-db"}, "stringData": {"url": bed.storage_url}}
     core.create_namespaced_secret(release_ns, db_secret)
     kubeconfig = tmp_path / "operator.kubeconfig"
@@ -454,7 +459,7 @@ def test_operator_from_the_chart_runs_a_study(
             ("get", "secrets", study_ns),
             ("create", "jobs.batch", study_ns),
             ("create", NETWORK_POLICIES, study_ns),
-            ("patch", "clusterkopfpeerings.kopf.dev", None),
+            ("update", f"{LEASES}/{RELEASE}", release_ns),
             ("get", "secrets", "kube-system"),
             ("create", "secrets", "kube-system"),
             ("create", "jobs.batch", "kube-system"),
@@ -468,7 +473,10 @@ def test_operator_from_the_chart_runs_a_study(
             ("delete", STUDIES, study_ns),
             ("delete", "namespaces", None),
             ("list", "namespaces", None),
-            ("patch", "kopfpeerings.kopf.dev", study_ns),
+            # Cluster-wide serves studies everywhere, but its Lease is in its own namespace.
+            ("update", f"{LEASES}/{RELEASE}", study_ns),
+            ("update", f"{LEASES}/kube-controller-manager", "kube-system"),
+            ("list", LEASES, None),
             ("update", "customresourcedefinitions.apiextensions.k8s.io", None),
             ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
         ]
@@ -509,10 +517,10 @@ def test_operator_from_the_chart_runs_a_study(
         denial = re.compile(rf'system:serviceaccount:{release_ns}:{SA}[\\"]* cannot')
         assert not denial.search(log), log
         assert "Not enough permissions" not in log, log
-        peering: Any = custom.get_cluster_custom_object(
-            "kopf.dev", "v1", "clusterkopfpeerings", "optuna-operator"
-        )
-        assert peering.get("status"), "the operator never announced itself in its peering"
+        # The pod leads: it holds the Lease, under its own name.
+        lease: Any = client.CoordinationV1Api(kube_api).read_namespaced_lease(RELEASE, release_ns)
+        assert lease.spec.holder_identity.startswith(f"{pod}_"), lease.spec
+        assert lease.spec.lease_duration_seconds == 15
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as rsp:
             metrics = rsp.read().decode()
         assert (

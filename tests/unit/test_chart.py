@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from optuna_operator import __version__
-from optuna_operator.config import add_run_arguments, settings_from_args
+from optuna_operator.config import LeaderElection, add_run_arguments, settings_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "optuna-operator"
@@ -117,6 +117,8 @@ def test_helm_lint(values: Path | None) -> None:
         (["--set", "podDisruptionBudget.maxUnavailable=half"], "/podDisruptionBudget"),
         (["--set", "statusIntervall=5"], "additional properties 'statusIntervall'"),
         (["--set", "clusterWide=yes"], "/clusterWide"),
+        (["--set", "leaderElection.leaseDuration=15"], "/leaderElection/leaseDuration"),
+        (["--set", "leaderElection.retryPeriod=2 s"], "/leaderElection/retryPeriod"),
         (["--set", "dashboard.allowedFrom[0].namespace=x"], "/dashboard/allowedFrom/0"),
         (["--set-json", "metrics.networkPolicy.allowedFrom=[{}]"], "/metrics/networkPolicy"),
         (["--set-json", 'dashboard.allowedFrom=[{"ipBlock":{}}]'], "/dashboard/allowedFrom/0"),
@@ -133,8 +135,8 @@ def test_bad_values_fail_on_the_schema(args: list[str], message: str) -> None:
     ("args", "message"),
     [
         (
-            ["--set", "replicaCount=2", "--set", "peering.enabled=false"],
-            "replicaCount > 1 needs peering.enabled",
+            ["--set", "replicaCount=2", "--set", "leaderElection.enabled=false"],
+            "replicaCount > 1 needs leaderElection.enabled",
         ),
         (
             ["--set", "postgresql.enabled=true", "--set", "storage.existingSecret.name=db"],
@@ -191,17 +193,14 @@ def test_chart_crd_is_the_generated_crd() -> None:
     )
 
 
-def test_chart_crds_parse_and_include_kopf_peering() -> None:
+def test_chart_crds_are_the_tuning_study_only() -> None:
+    """Leader election uses a built-in Lease: no kopf.dev peering CRDs to install."""
     names = set()
     for path in (CHART / "crds").glob("*.yaml"):
         for doc in yaml.load_all(path.read_text(), Loader=UniqueKeyLoader):
             assert doc["kind"] == "CustomResourceDefinition", path
             names.add(name(doc))
-    assert names == {
-        "tuningstudies.tuning.optuna-operator.io",
-        "clusterkopfpeerings.kopf.dev",
-        "kopfpeerings.kopf.dev",
-    }
+    assert names == {"tuningstudies.tuning.optuna-operator.io"}
 
 
 def test_chart_versions_follow_the_operator() -> None:
@@ -239,16 +238,14 @@ def test_operator_cli_accepts_the_default_arguments() -> None:
     assert settings.namespaces == ("default",)  # watchNamespaces' default
     assert settings.dashboard_allowed_from == []
     assert settings.default_storage is None
-    assert settings.peering == "optuna-operator"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert settings.leader_election == LeaderElection(RELEASE, NAMESPACE, 15.0, 10.0, 2.0)
     assert settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
     assert settings.metrics_port == 9090
     assert settings.worker_image == f"ghcr.io/optuna-operator/worker:{__version__}"
     probe_ports = {container[p]["httpGet"]["port"] for p in ("livenessProbe", "readinessProbe")}
     assert probe_ports == {"health"}
     assert {"name": "health", "containerPort": 8080} in container["ports"]
-    peering = one(docs, "KopfPeering")
-    assert (peering["metadata"]["namespace"], name(peering)) == ("default", settings.peering)
-    assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
 
 
 def test_default_queue_name_reaches_the_operator_and_it_may_read_kueue() -> None:
@@ -275,9 +272,7 @@ def test_operator_cli_accepts_namespaced_arguments() -> None:
         "optuna-db",
     )
     assert settings.worker_image == "registry.example/trainer:1.2"
-    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
-    assert sorted(d["metadata"]["namespace"] for d in peerings) == ["team-a", "team-b"]
-    assert {name(d) for d in peerings} == {settings.peering}
+    assert settings.leader_election == LeaderElection(RELEASE, NAMESPACE, 15.0, 10.0, 2.0)
 
 
 def test_bundled_postgresql_is_the_default_storage() -> None:
@@ -286,7 +281,8 @@ def test_bundled_postgresql_is_the_default_storage() -> None:
     secret = one(docs, "Secret", "-postgresql")
     assert settings.default_storage is not None
     assert (settings.default_storage.name, settings.default_storage.key) == (name(secret), "url")
-    assert settings.peering is None  # peering.enabled=false in these values
+    assert settings.leader_election is None  # leaderElection.enabled=false in these values
+    assert not [d for d in docs if "leader-election" in name(d)]
     assert "url" in secret["data"]
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
@@ -409,6 +405,7 @@ def test_namespaced_mode_has_no_cluster_wide_study_rules() -> None:
         ("team-a", "optuna-operator"),
         ("team-b", "optuna-operator"),
         (NAMESPACE, "optuna-operator-storage"),
+        (NAMESPACE, "optuna-operator-leader-election"),
     }
     storage = one(docs, "Role", "-storage")["rules"]
     assert storage == [
@@ -456,10 +453,15 @@ def test_defaults_serve_one_namespace_with_no_cluster_wide_secrets_or_jobs() -> 
         "namespaces",
         "customresourcedefinitions",
     }
-    # The study rules live in a Role in `default` only, bound to the operator.
-    roles = [d for d in docs if d["kind"] == "Role"]
+    # The study rules live in a Role in `default` only, bound to the operator; its Lease in
+    # the release namespace.
+    roles = [d for d in docs if d["kind"] == "Role" and name(d) == RELEASE]
     assert [(d["metadata"]["namespace"], name(d)) for d in roles] == [("default", RELEASE)]
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert {(d["metadata"]["namespace"], name(d)) for d in docs if d["kind"] == "Role"} == {
+        ("default", RELEASE),
+        (NAMESPACE, f"{RELEASE}-leader-election"),
+    }
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding" and name(d) == RELEASE]
     assert binding["metadata"]["namespace"] == "default"
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -480,8 +482,12 @@ def test_cluster_wide_is_an_explicit_choice_and_ignores_the_list() -> None:
     resources = {r for rule in study_role["rules"] for r in rule["resources"]}
     assert {"secrets", "jobs", "networkpolicies"} <= resources
     assert NETWORK_POLICY_RULE in study_role["rules"]
-    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "KopfPeering")]
-    assert name(one(docs, "ClusterKopfPeering")) == "optuna-operator"
+    # No Role but the Lease's, in the release namespace.
+    roles = [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    assert [(d["kind"], d["metadata"]["namespace"], name(d)) for d in roles] == [
+        ("Role", NAMESPACE, f"{RELEASE}-leader-election"),
+        ("RoleBinding", NAMESPACE, f"{RELEASE}-leader-election"),
+    ]
     assert parsed_settings(operator_container(docs), NAMESPACE).namespaces == ()
     binding = one(docs, "ValidatingAdmissionPolicyBinding", "author-permissions")
     assert "matchResources" not in binding["spec"]
@@ -489,6 +495,41 @@ def test_cluster_wide_is_an_explicit_choice_and_ignores_the_list() -> None:
     assert render("-f", str(CHART / "ci" / "cluster-wide-values.yaml"))
     values = (CHART / "values.yaml").read_text()
     assert "kube-system included" in values.split("clusterWide: false")[0]
+
+
+@pytest.mark.parametrize("case", ["default", "namespaced", "cluster-wide", "pgbouncer"])
+def test_leader_election_may_touch_its_own_lease_in_the_release_namespace_only(case: str) -> None:
+    """A Role in the release namespace: create Leases (no name can be given to a create),
+    get and update the one the operator is told to hold; no Lease right anywhere else, and
+    nothing of kopf's peering."""
+    args = [] if case == "default" else ["-f", str(CHART / "ci" / f"{case}-values.yaml")]
+    docs = render(*args)
+    election = parsed_settings(operator_container(docs), NAMESPACE).leader_election
+    assert election is not None and election.name == RELEASE
+    lease_rules = [(where, r) for where, r in all_rules(docs) if "leases" in r["resources"]]
+    assert lease_rules == [
+        (
+            f"Role/{NAMESPACE}/{RELEASE}-leader-election",
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        ),
+        (
+            f"Role/{NAMESPACE}/{RELEASE}-leader-election",
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": [election.name],
+                "verbs": ["get", "update"],
+            },
+        ),
+    ]
+    binding = one(docs, "RoleBinding", "-leader-election")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["name"] == f"{RELEASE}-leader-election"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
+    ]
+    assert "kopf.dev" not in yaml.safe_dump_all(docs)
+    assert "peering" not in yaml.safe_dump_all(docs)
 
 
 def test_namespaced_mode_manages_network_policies_in_each_served_namespace() -> None:

@@ -54,7 +54,7 @@ def body(generation: int = 1, **meta: Any) -> dict[str, Any]:
 
 def controller() -> Controller:
     reconciler = Reconciler(RecordingCluster(), NoStores(), OperatorSettings())  # type: ignore[arg-type]
-    return Controller(reconciler, interval=10.0)
+    return Controller(reconciler)
 
 
 def test_only_spec_changes_and_deletion_queue_a_study() -> None:
@@ -166,7 +166,7 @@ def test_the_event_explaining_a_status_is_posted_before_the_status() -> None:
         TuningStudyStatus(phase="Failed"),
         events=[Event("Warning", "Failed", "The API server refused Job s-workers")],
     )
-    c = Controller(FixedOutcome(cluster, failed), interval=10.0)  # type: ignore[arg-type]
+    c = Controller(FixedOutcome(cluster, failed))  # type: ignore[arg-type]
     c.syncer.sync(body(), Children())
     assert cluster.calls == ["event Failed", "status Failed"]
 
@@ -195,7 +195,7 @@ def test_the_cache_keeps_neither_managed_fields_nor_pod_templates() -> None:
 def test_trial_changes_wake_only_the_studies_that_run_that_optuna_study() -> None:
     cluster = OrderRecordingCluster()
     suspended = Outcome(TuningStudyStatus(phase="Suspended"))
-    c = Controller(FixedOutcome(cluster, suspended), interval=10.0)  # type: ignore[arg-type]
+    c = Controller(FixedOutcome(cluster, suspended))  # type: ignore[arg-type]
 
     async def scenario() -> tuple[int, int]:
         loop = asyncio.create_task(c.run())

@@ -94,13 +94,9 @@ app.kubernetes.io/component: postgresql
 {{- if $ref }}{{ (splitList ":" $ref) | first }}{{ end }}
 {{- end }}
 
-{{- define "optuna-operator.peeringName" -}}
-{{- if .Values.peering.enabled }}{{ .Values.peering.name }}{{ else }}none{{ end }}
-{{- end }}
-
 {{- define "optuna-operator.validate" -}}
-{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
-{{- fail "replicaCount > 1 needs peering.enabled: without peering every replica acts on every study" }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled: without it every replica acts on every study" }}
 {{- end }}
 {{- $np := .Values.metrics.networkPolicy }}
 {{- if and .Values.metrics.enabled .Values.metrics.serviceMonitor.enabled $np.enabled (not $np.allowedFrom) }}
