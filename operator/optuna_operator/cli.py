@@ -163,11 +163,44 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _trials(args: argparse.Namespace) -> int:
-    from optuna_operator.formatting import trials_text
+    from kubernetes.client import ApiException
 
+    from optuna_operator.client import DASHBOARD_PORT
+    from optuna_operator.formatting import trials_output
+    from optuna_operator.trials import TrialsUnavailableError, proxy_resource_name, sort_trials
+
+    if args.top is not None and (args.sort_by or args.limit):
+        raise ValueError("-k/--top is --sort-by value --limit K: give one or the others")
+    sort_by, limit = ("value", args.top) if args.top else (args.sort_by or "number", args.limit)
     with _client(args) as studies:
         view = studies.get(args.name)
-        print(trials_text(view, studies.events(args.name), args.top, args.state))
+        try:
+            found = studies.trials(args.name, states=args.state, offset=args.offset)
+        except TrialsUnavailableError as exc:
+            print(f"{args.subcommand}: {exc}", file=sys.stderr)
+            return 1
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            service = view.status.dashboard.service if view.status.dashboard else None
+            print(_refusal(exc, args), file=sys.stderr)
+            print(
+                "Listing trials needs get on services/proxy for "
+                f"{proxy_resource_name(service or '?', DASHBOARD_PORT)} in namespace "
+                f"{studies.namespace}: the chart gives it to the view, edit and admin roles "
+                "for optuna-dashboard; a study's own dashboard needs a Role of its own.",
+                file=sys.stderr,
+            )
+            return 1
+    directions = [d.value for d in view.study.spec.directions]
+    ordered = sort_trials(found, sort_by, directions)
+    shown = ordered[:limit] if limit else ordered
+    cut = len(shown) < len(ordered)
+    next_offset = shown[-1].number + 1 if cut and sort_by == "number" and shown else None
+    print(trials_output(view, shown, args.output, next_offset))
+    if cut and args.output == "table":
+        more = f"; next page: --offset {next_offset}" if next_offset is not None else ""
+        print(f"({len(ordered) - len(shown)} more trials not shown{more})", file=sys.stderr)
     return 0
 
 
@@ -381,20 +414,71 @@ def _add_view_commands(sub: Subparsers) -> None:
     _watchable(p)
     p = _command(sub, "status", _status, "Counts, best trial, conditions and recent events.")
     _watchable(p)
+    _add_trials(sub)
+
+
+def _add_trials(sub: Subparsers) -> None:
+    from optuna_operator.trials import TRIAL_STATES
+
     p = _command(
         sub,
         "trials",
         _trials,
-        "What the API holds about trials: counts by state, the best trial or the Pareto front "
-        "(status keeps at most 10) and the recent best-so-far history (NewBestTrial events). "
-        "Every trial is in the database: see `dashboard`, or the SDK's load_optuna_study.",
+        "Every trial: state, values, parameters, duration and start, read from the "
+        "namespace's read-only dashboard through the API server's service proxy (needs get "
+        "on services/proxy for it, which the view role has; no database credential).",
     )
-    p.add_argument("-k", "--top", type=int, default=10, help="Show at most this many trials.")
     p.add_argument(
         "--state",
-        choices=["complete", "pruned", "failed", "running", "waiting"],
-        help="Only this state (status has details of complete trials only, counts of others).",
+        action="append",
+        choices=TRIAL_STATES,
+        help="Only trials in this state (repeatable).",
     )
+    p.add_argument(
+        "--sort-by",
+        choices=["number", "value"],
+        help="number (the default), or value: best first by the first objective (trials "
+        "without a value last).",
+    )
+    p.add_argument(
+        "--limit", type=_positive, metavar="N", help="Show at most N trials (after --state)."
+    )
+    p.add_argument(
+        "--offset",
+        type=_not_negative,
+        default=0,
+        metavar="N",
+        help="Start at trial number N: earlier trials are not even sent (paging: the "
+        "table's note and -o json's nextOffset give the next page's N).",
+    )
+    p.add_argument(
+        "-k",
+        "--top",
+        type=_positive,
+        metavar="K",
+        help="The K best trials: --sort-by value --limit K.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json", "yaml"],
+        default="table",
+        help="json and yaml: every field, values by metric name.",
+    )
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return number
+
+
+def _not_negative(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return number
 
 
 def _add_result_commands(sub: Subparsers) -> None:

@@ -10,8 +10,10 @@ results, all through the Kubernetes API (no database credential needed).
 
 What the API holds is what `status` holds: counts, the best trial, the Pareto front (at most
 10 trials), importances, conditions; plus the study's events (`NewBestTrial` among them, while
-the API server keeps events, an hour by default). The whole history lives in the Optuna
-storage: `load_optuna_study` opens it when you have the storage URL.
+the API server keeps events, an hour by default). Every trial, with its state, values,
+parameters and times, comes from the namespace's read-only dashboard through the API server's
+service proxy: `trials(name)` (needs `get` on `services/proxy` for the dashboard, which the
+chart grants the `view` role). `load_optuna_study` opens the storage itself, with its URL.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -39,6 +41,7 @@ from optuna_operator.api import (
 )
 from optuna_operator.formatting import progress_line
 from optuna_operator.lifecycle import FINISHED_PHASES
+from optuna_operator.trials import Trial, TrialsUnavailableError, fetch_trials, filter_states
 from optuna_operator.views import EventLine, StudyView
 
 if TYPE_CHECKING:
@@ -53,6 +56,8 @@ __all__ = [
     "StudyClient",
     "StudyFailedError",
     "StudyView",
+    "Trial",
+    "TrialsUnavailableError",
     "WaitTimeoutError",
     "manifest",
     "parse_parameter",
@@ -373,6 +378,33 @@ class StudyClient:
     def pareto_front(self, name: str) -> list[BestTrial]:
         """The Pareto front in status (multi-objective studies; at most 10 trials)."""
         return list(self.get(name).status.pareto_front or [])
+
+    def trials(
+        self, name: str, *, states: Collection[str] | None = None, offset: int = 0
+    ) -> list[Trial]:
+        """Every trial of the study, by number: state, values, parameters, start and end.
+
+        Read from the study's dashboard through the API server's service proxy with this
+        client's credentials (`get` on `services/proxy` for the dashboard's Service: the
+        chart's `view` role has it for `optuna-dashboard`); no database credential. states:
+        only these (`complete`, `pruned`, `failed`, `running`, `waiting`). offset: only
+        trials numbered `offset` and above, the rest is not sent (paging through a long
+        study). Raises TrialsUnavailableError when the study has no dashboard or it cannot be
+        read (not up yet, unreachable), kubernetes.client.ApiException when the API refuses.
+        """
+        view = self.get(name)
+        dashboard = view.status.dashboard
+        if dashboard is None or not dashboard.service:
+            raise TrialsUnavailableError(
+                f"TuningStudy {view.namespace}/{view.name} has no dashboard to read trials "
+                "from (spec.dashboard.enabled is false, its own storage has no read-only "
+                "spec.dashboard.secretRef, or it is not up yet); status holds the best trial"
+            )
+        study_name = view.status.study_name or view.study.study_name
+        _, found = fetch_trials(
+            self.api, self.namespace, dashboard.service, DASHBOARD_PORT, study_name, offset
+        )
+        return filter_states(found, states)
 
     def events(self, name: str) -> list[EventLine]:
         """Events about the study, oldest first (the API server keeps them about an hour)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -11,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from optuna_operator.api import BestTrial, json_safe
+from optuna_operator.api import json_safe, value_text
+from optuna_operator.trials import Trial
 from optuna_operator.views import EventLine, StudyView
 
 __all__ = [
@@ -25,10 +27,10 @@ __all__ = [
     "status_text",
     "study_table",
     "table",
-    "trials_text",
+    "trials_document",
+    "trials_output",
+    "trials_table",
 ]
-
-TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")
 
 
 def age(then: datetime | None, now: datetime) -> str:
@@ -52,7 +54,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _value(value: float) -> str:
-    return f"{value:.6g}"
+    """Six significant digits; Infinity, -Infinity and NaN as status spells them."""
+    return f"{value:.6g}" if math.isfinite(value) else value_text(value)
 
 
 def _best_text(view: StudyView) -> str:
@@ -171,66 +174,90 @@ def status_text(view: StudyView, events: Sequence[EventLine], now: datetime) -> 
     return "\n".join(lines)
 
 
-_BEST_EVENT = re.compile(r"Trial (\d+) is the best so far: (\S+)")
+def _duration(seconds: float) -> str:
+    """A trial's run time, kubectl's way (4m5s, 1h2m), tenths of a second under 10 s."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600}h"
 
 
-def trials_text(
-    view: StudyView, events: Sequence[EventLine], k: int = 10, state: str | None = None
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return _value(value)
+    return str(value)
+
+
+def _param_names(view: StudyView, trials: Sequence[Trial]) -> list[str]:
+    """The search space's order when the spec declares one, then any others by name."""
+    declared = [p.name for p in view.study.spec.objective.search_space or []]
+    seen = {name for t in trials for name in t.params}
+    return [n for n in declared if n in seen] + sorted(seen - set(declared))
+
+
+def trials_table(view: StudyView, trials: Sequence[Trial]) -> str:
+    """`trials NAME`: one row per trial; a column per objective (the study's metric names)
+    and per parameter ("-" where a conditional parameter was not sampled); FEASIBLE only in
+    constrained studies; DURATION and STARTED (the storage's time) last."""
+    if not trials:
+        return f"No trials of {view.namespace}/{view.name} match."
+    metrics = _metric_names(view)
+    params = _param_names(view, trials)
+    constrained = any(t.constraints for t in trials)
+    rows = []
+    for t in trials:
+        values = list(t.values or ())
+        row = [str(t.number), t.state]
+        row += [_value(values[i]) if i < len(values) else "-" for i in range(len(metrics))]
+        if constrained:
+            row.append(("yes" if t.feasible else "no") if t.constraints else "-")
+        row += [_param_text(t.params[p]) if p in t.params else "-" for p in params]
+        duration = t.duration
+        row.append(_duration(duration.total_seconds()) if duration is not None else "-")
+        row.append(t.start.strftime("%Y-%m-%d %H:%M:%S") if t.start else "-")
+        rows.append(row)
+    header = ["TRIAL", "STATE", *metrics, *(["FEASIBLE"] if constrained else []), *params]
+    return table([*header, "DURATION", "STARTED"], rows)
+
+
+def trials_document(
+    view: StudyView, trials: Sequence[Trial], next_offset: int | None = None
+) -> dict[str, Any]:
+    """`trials NAME -o json|yaml`: the study, its objectives and the trials shown;
+    nextOffset is the `--offset` of the next page when --limit cut the list (else null)."""
+    metrics = _metric_names(view)
+    return {
+        "study": view.status.study_name or view.study.study_name,
+        "namespace": view.namespace,
+        "name": view.name,
+        "directions": [d.value for d in view.study.spec.directions],
+        "metricNames": metrics,
+        "trials": [t.to_dict(metrics) for t in trials],
+        "nextOffset": next_offset,
+    }
+
+
+def trials_output(
+    view: StudyView, trials: Sequence[Trial], fmt: str, next_offset: int | None = None
 ) -> str:
-    """`trials NAME`: what the API holds about trials, and where the rest is.
-
-    Status keeps counts by state, the best trial and (several directions) the Pareto front;
-    NewBestTrial events give the recent history of improvements. Nothing else is in the API.
-    """
-    s = view.status
-    names = _metric_names(view)
-    trials = s.trials
-    lines: list[str] = []
-    if trials:
-        counts = ", ".join(f"{st} {getattr(trials, st)}" for st in TRIAL_STATES)
-        lines.append(f"Trials by state: {counts}")
-    if state not in (None, "complete"):
-        count = getattr(trials, state) if trials else 0
-        lines.append(
-            f"{count} {state} trials. Status keeps only their count; their details are in the "
-            f"database: the dashboard (`dashboard {view.name}`) or the SDK's load_optuna_study."
-        )
-        return "\n".join(lines)
-    front = list(s.pareto_front or [])
-    kept: list[BestTrial] = front or ([s.best_trial] if s.best_trial else [])
-    if len(view.study.spec.directions) == 1:
-        kept.sort(
-            key=lambda t: t.values[0], reverse=view.study.spec.directions[0].value == "maximize"
-        )
-    shown = kept[:k]
-    if shown:
-        param_names = sorted({p for t in shown for p in t.params})
-        rows = [
-            [
-                str(t.number),
-                *(_value(v) for v in t.values),
-                *(str(t.params.get(p, "-")) for p in param_names),
-            ]
-            for t in shown
-        ]
-        title = "Pareto front" if front else "Best trial"
-        lines.append(f"{title} (from status):")
-        lines += table(["TRIAL", *names, *param_names], rows).splitlines()
-    else:
-        lines.append("No finished trial yet.")
-    improvements = [
-        m for e in events if e.reason == "NewBestTrial" and (m := _BEST_EVENT.search(e.message))
-    ]
-    if improvements:
-        lines.append("Best-so-far history (NewBestTrial events, while the API server keeps them):")
-        lines += table(
-            ["TRIAL", names[0]], [[m.group(1), m.group(2)] for m in improvements[-k:]]
-        ).splitlines()
-    lines.append(
-        "Status holds only the best trial or the Pareto front (at most 10); every trial is in "
-        f"the database: `dashboard {view.name}`, or the SDK's load_optuna_study with a credential."
-    )
-    return "\n".join(lines)
+    """`trials NAME -o table|json|yaml`. JSON is strict: non-finite values are the strings
+    Infinity, -Infinity and NaN, as in status and `best -o json`."""
+    if fmt == "table":
+        return trials_table(view, trials)
+    doc = json_safe(trials_document(view, trials, next_offset))
+    if fmt == "json":
+        return json.dumps(doc, indent=2, allow_nan=False)
+    if fmt == "yaml":
+        return yaml.safe_dump(doc, sort_keys=False).rstrip("\n")
+    raise ValueError(f"unknown output format {fmt!r}: table, json or yaml")
 
 
 def best_document(view: StudyView) -> dict[str, Any]:

@@ -397,7 +397,11 @@ def test_namespaced_mode_has_no_cluster_wide_study_rules() -> None:
     # The only ClusterRoles are the ones aggregated into the built-in user roles.
     assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
-    assert {name(d) for d in cluster_roles} == {"optuna-operator-edit", "optuna-operator-view"}
+    assert {name(d) for d in cluster_roles} == {
+        "optuna-operator-edit",
+        "optuna-operator-view",
+        "optuna-operator-dashboard-proxy",
+    }
     for role in cluster_roles:
         assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels(role))
     roles = {(d["metadata"]["namespace"], name(d)) for d in docs if d["kind"] == "Role"}
@@ -848,7 +852,46 @@ def test_user_roles_aggregate_into_admin_edit_and_view() -> None:
             assert set(rule["verbs"]) == {"get", "list", "watch"}
     assert {v for r in view["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
     off = render("--set", "rbac.aggregateToDefaultRoles=false")
-    assert not [d for d in off if name(d).endswith(("-edit", "-view"))]
+    assert not [d for d in off if name(d).endswith(("-edit", "-view", "-dashboard-proxy"))]
+
+
+def test_viewers_may_get_only_the_namespace_dashboard_through_the_service_proxy() -> None:
+    """`trials NAME` reads the dashboard through the API server's service proxy: view (and
+    through it edit and admin) gets `get` on `services/proxy` for the namespace dashboard's
+    Service and port as the request path names them (SERVICE:PORT, what RBAC sees; checked
+    against the API server in tests/integration/test_trials_access.py), nothing else;
+    deploy/ holds the same ClusterRole for clusters without the chart."""
+    from optuna_operator import client, manifests
+
+    role = one(render(), "ClusterRole", "-dashboard-proxy")
+    assert labels(role)["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert not [k for k in labels(role) if k.endswith(("aggregate-to-edit", "aggregate-to-admin"))]
+    ctx = manifests.ChildContext(
+        storage_secret="optuna-storage",
+        storage_key="url",
+        worker_image="worker",
+        dashboard_image="dashboard",
+        dashboard_url="postgresql://ro@db/optuna",
+        dashboard_password_key="readonly-password",
+    )
+    service = manifests.namespace_dashboard("ns", [], ctx)[1]
+    port_name = service["spec"]["ports"][0]["name"]
+    dashboard = manifests.NAMESPACE_DASHBOARD
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["services/proxy"],
+            "resourceNames": [
+                f"{dashboard}:{client.DASHBOARD_PORT}",
+                f"{dashboard}:{port_name}",
+            ],
+            "verbs": ["get"],
+        }
+    ]
+    deployed = yaml.safe_load((ROOT / "deploy" / "dashboard-proxy-role.yaml").read_text())
+    assert deployed["rules"] == role["rules"]
+    assert labels(deployed)["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert name(deployed) == "optuna-operator-dashboard-proxy"
 
 
 def test_admission_policy_is_the_generated_one() -> None:

@@ -21,7 +21,6 @@ from optuna_operator.formatting import (
     progress_line,
     status_text,
     study_table,
-    trials_text,
 )
 
 NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
@@ -104,32 +103,6 @@ def test_status_text_has_counts_best_conditions_and_events() -> None:
     assert "booster = dart" in text
     assert "WorkersReady   True     WorkersRunning   2 worker pods running" in text
     assert "2m    Normal   NewBestTrial   Trial 5 is the best (x3)" in text
-
-
-def test_trials_are_what_status_and_events_hold_and_say_where_the_rest_is() -> None:
-    events = [
-        EventLine(NOW, "Normal", "NewBestTrial", "Trial 1 is the best so far: -5000"),
-        EventLine(NOW, "Normal", "NewBestTrial", "Trial 5 is the best so far: -3414.97"),
-    ]
-    text = trials_text(view(**RUNNING), events)
-    assert "Trials by state: complete 7, pruned 1, failed 0, running 2, waiting 0" in text
-    assert "Best trial (from status):" in text
-    assert "5       -3414.97   dart      0.05   0.1         True" in text
-    assert "1       -5000" in text and "5       -3414.97" in text
-    assert "every trial is in the database" in text
-    pruned = trials_text(view(**RUNNING), events, state="pruned")
-    assert "1 pruned trials. Status keeps only their count" in pruned
-
-
-def test_trials_of_a_pareto_front_are_capped_at_k() -> None:
-    front = [{"number": n, "values": [0.9 - n / 100, n], "params": {"depth": n}} for n in range(6)]
-    v = view(directions=["maximize", "minimize"], paretoFront=front, bestTrial=front[0])
-    text = trials_text(v, [], k=3)
-    assert "Pareto front (from status):" in text
-    table = text.split("Pareto front (from status):\n")[1].splitlines()
-    assert table[0].split() == ["TRIAL", "neg_mse", "latency", "depth"]
-    assert [row.split()[0] for row in table[1:4]] == ["0", "1", "2"]
-    assert not table[4].startswith("3")
 
 
 def test_best_json_and_yaml_carry_trial_values_and_params() -> None:

@@ -52,7 +52,7 @@ def test_the_cli_runs_where_optuna_and_sqlalchemy_cannot_be_imported() -> None:
 
         code = main(["create", "quad", "--function", "m:f", "--trials", "3", "--dry-run"])
         assert code == 0, code
-        for argv in (["create", "--help"], ["--version"]):
+        for argv in (["create", "--help"], ["trials", "--help"], ["--version"]):
             try:
                 main(argv)
             except SystemExit as exited:
