@@ -4,16 +4,17 @@ the same process on the same throwaway PostgreSQL. Prints numbers; asserts nothi
 1. Status refresh (`StoreRegistry.summarize`) on studies of 1k, 10k and 100k trials, against
    the obvious way (`study.trials` + `study.best_trial`, which load every trial). The
    operator pays this every few seconds for every study, so it must stay flat.
-2. Worker throughput: `optuna-operator worker` processes against plain
-   `study.optimize(n_trials=...)` processes on the same trivial objective: what the worker's
-   budget checks, heartbeats and bookkeeping cost per trial: whole processes (start-up and
-   exit included) and the trial loop alone (first trial started to last finished, from the
-   database). Then the exact budget: the largest overshoot of budget.trials over 10 runs of
-   4 workers.
+2. Worker (bench_worker.py): `optuna-operator worker` processes against plain
+   `study.optimize(n_trials=...)` processes on the same trivial objective at 1, 2 and 4
+   processes, a warm-up pair then alternating runs: whole-process time, client CPU per trial
+   (whole processes and the trial loop alone) and, separately, what load balancing over one
+   shared budget does to the trial loop. Then the exact budget: the largest overshoot of
+   budget.trials over 10 runs of 4 workers.
 3. Scale (bench_scale.py): 100, 500 and 1,000 TuningStudies on one operator; what idle
    studies cost the API server and PostgreSQL, the operator's memory and CPU, status lag.
-4. Pool (bench_pool.py): the same 40-trial study with the worker pool and with one Job per
-   trial (the Katib / OptimizationJob way) on one bed: trials/s of each and the ratio.
+4. Pool (bench_pool.py): the same study with the worker pool and with one Job per trial
+   (the Katib / OptimizationJob way) on one bed, with 1 s, 10 s and 60 s trials (fewer trials
+   for the longer ones), alternating which goes first: seconds of each and the ratio.
 5. PgBouncer (bench_pgbouncer.py): 100 worker processes directly and through PgBouncer:
    trials/s and the server connections each way.
 6. Idle (bench_idle.py): pod-seconds held idle at the end of a 4-worker, 40-trial study,
@@ -27,13 +28,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,10 +39,10 @@ import optuna
 from sqlalchemy import create_engine, text
 
 from bench_idle import bench_idle
-from bench_objective import worker_env
 from bench_pgbouncer import bench_pgbouncer
 from bench_pool import bench_pool
 from bench_scale import bench_scale
+from bench_worker import bench_worker
 from optuna_operator.api import Direction
 from optuna_operator.storage.study_store import StoreRegistry
 from testbed.postgres import remove_postgres_data, start_postgres
@@ -52,10 +50,6 @@ from testbed.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1_000, 10_000, 100_000)
-WORKER_TRIALS = 200
-WORKER_PROCESSES = (1, 2, 4)
-WORKER_REPEATS = 5
-OVERSHOOT_RUNS, OVERSHOOT_WORKERS, OVERSHOOT_BUDGET = 10, 4, 20
 SECTIONS = ("status", "worker", "scale", "pool", "pgbouncer", "idle")
 
 
@@ -142,131 +136,6 @@ def bench_status(url: str) -> None:
     stores.close()
 
 
-@dataclass(frozen=True)
-class Run:
-    """Wall time of a set of processes, and the CPU time they used (user + system), which
-    other load on a shared machine disturbs far less than the wall time."""
-
-    seconds: float
-    cpu_seconds: float
-
-
-def run_processes(commands: list[list[str]], env: dict[str, str]) -> Run:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    procs = [
-        subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for c in commands
-    ]
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise SystemExit(f"a benchmark process failed: exit codes {codes}")
-    seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(seconds, cpu)
-
-
-BASELINE = """
-import optuna, sys
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2],
-                          sampler=optuna.samplers.TPESampler(seed=int(sys.argv[4])))
-def objective(t):
-    return (t.suggest_float("x", -10, 10) - 2) ** 2 + t.suggest_float("y", -10, 10) ** 2
-study.optimize(objective, n_trials=int(sys.argv[3]))
-"""
-
-
-def trials_span(url: str, study_name: str) -> float:
-    """Seconds from the study's first trial start to its last trial end, as the database
-    recorded them: the trial loop without the processes' start-up and exit."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            first, last = conn.execute(
-                text(
-                    "SELECT min(t.datetime_start), max(t.datetime_complete) FROM trials t "
-                    "JOIN studies s USING (study_id) WHERE s.study_name = :name"
-                ),
-                {"name": study_name},
-            ).one()
-    finally:
-        engine.dispose()
-    return float((last - first).total_seconds())
-
-
-def bench_worker(url: str, processes: int) -> None:
-    """Median of WORKER_REPEATS alternating runs of each, so that a burst of load on a shared
-    machine lands on both sides."""
-    per_process = WORKER_TRIALS // processes
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'hack'}"}
-    baseline_runs, worker_runs = [], []
-    baseline_spans, worker_spans = [], []
-    for repeat in range(WORKER_REPEATS):
-        base_name = f"bench-baseline-{processes}-{repeat}"
-        ours_name = f"bench-worker-{processes}-{repeat}"
-        for name in (base_name, ours_name):
-            optuna.create_study(storage=url, study_name=name)
-        baseline_runs.append(
-            run_processes(
-                [
-                    [sys.executable, "-c", BASELINE, base_name, url, str(per_process), str(i)]
-                    for i in range(processes)
-                ],
-                env,
-            )
-        )
-        worker_runs.append(
-            run_processes(
-                [[sys.executable, "-m", "optuna_operator.cli", "worker"]] * processes,
-                worker_env(url, ours_name, WORKER_TRIALS),
-            )
-        )
-        baseline_spans.append(trials_span(url, base_name))
-        worker_spans.append(trials_span(url, ours_name))
-    baseline = statistics.median(r.seconds for r in baseline_runs)
-    ours = statistics.median(r.seconds for r in worker_runs)
-    cpu_ratio = statistics.median(r.cpu_seconds for r in worker_runs) / statistics.median(
-        r.cpu_seconds for r in baseline_runs
-    )
-    span_ratio = statistics.median(worker_spans) / statistics.median(baseline_spans)
-    print(
-        f"  {processes} process(es): optimize() {WORKER_TRIALS / baseline:6.1f} trials/s, "
-        f"worker {WORKER_TRIALS / ours:6.1f} trials/s, worker/optimize() time "
-        f"{ours / baseline:4.2f}x, trial loop {span_ratio:4.2f}x (target <= 1.05), "
-        f"CPU {cpu_ratio:4.2f}x (medians of {WORKER_REPEATS}; outside the loop "
-        f"{_outside(baseline_runs, baseline_spans)} / {_outside(worker_runs, worker_spans)})"
-    )
-
-
-def _outside(runs: list[Run], spans: list[float]) -> str:
-    """The processes' time outside the trial loop (start-up, exit), median seconds."""
-    return f"{statistics.median(r.seconds - s for r, s in zip(runs, spans, strict=True)):.2f} s"
-
-
-def bench_overshoot(url: str) -> None:
-    """The exact budget: complete + pruned over budget.trials, worst of OVERSHOOT_RUNS."""
-    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    overshoots = []
-    for run in range(OVERSHOOT_RUNS):
-        name = f"bench-overshoot-{run}"
-        optuna.create_study(storage=url, study_name=name)
-        run_processes(
-            [[sys.executable, "-m", "optuna_operator.cli", "worker"]] * OVERSHOOT_WORKERS,
-            worker_env(url, name, OVERSHOOT_BUDGET),
-        )
-        trials = optuna.load_study(study_name=name, storage=url).get_trials(
-            deepcopy=False, states=finished_states
-        )
-        overshoots.append(len(trials) - OVERSHOOT_BUDGET)
-    print(
-        f"  exact budget: {OVERSHOOT_WORKERS} workers, budget {OVERSHOOT_BUDGET}, "
-        f"{OVERSHOOT_RUNS} runs: largest overshoot {max(overshoots)} (target 0), "
-        f"largest shortfall {max(0, -min(overshoots))}"
-    )
-
-
 def main() -> int:
     sections = set(os.environ.get("BENCH_SECTIONS", ",".join(SECTIONS)).split(","))
     if sections - set(SECTIONS):
@@ -280,10 +149,7 @@ def main() -> int:
                 if "status" in sections:
                     bench_status(pg.url)
                 if "worker" in sections:
-                    print(f"Worker throughput, {WORKER_TRIALS} trials of a trivial objective, TPE:")
-                    for processes in WORKER_PROCESSES:
-                        bench_worker(pg.url, processes)
-                    bench_overshoot(pg.url)
+                    bench_worker(pg.url)
                 if "idle" in sections:
                     bench_idle(pg.url)
             finally:

@@ -23,8 +23,8 @@ from pathlib import Path
 import optuna
 from sqlalchemy import create_engine, text
 
-from bench import BASELINE, ROOT, WORKER_TRIALS, run_processes
 from bench_objective import worker_env
+from bench_worker import BASELINE, ROOT, WORKER_TRIALS, run_processes
 from testbed.postgres import Postgres, remove_postgres_data, run_sql, start_postgres
 from testbed.supervisor import Supervisor
 
