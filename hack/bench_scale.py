@@ -9,13 +9,18 @@ quiet minute (no study added or changed), it reads:
 - the API server's `apiserver_request_total` (all clients, watches excluded) and, per idle
   study, the growth of that rate between sizes;
 - `pg_stat_database` transactions of the idle studies' database (only the operator uses it);
-- the operator's RSS and CPU (from /proc);
+- the operator's RSS and CPU (from /proc): its own resident and peak memory (VmRSS, VmHWM),
+  and apart from it its children's (the Optuna child and importances' processes, which exit
+  when idle);
 then, over a further window, the status lag of the running studies: how long a trial that
 finished in the database waits until the study's status shows it (a watch on the studies,
 the database polled every 0.25 s).
 
-Targets (issue 9): idle studies add < 0.02 API requests/s and < 0.02 transactions/s each,
-RSS < 300 MiB at 1,000, lag p95 <= 2 x the status interval.
+Targets (issues 9 and 24): idle studies add < 0.02 API requests/s and < 0.02 transactions/s
+each, the operator's RSS < 150 MiB at 1,000, lag p95 <= 2 x the status interval. Before the
+first size it prints what the operator's imports alone cost (a fresh interpreter importing
+them) and whether the operator process has numpy mapped (Optuna brings it; the operator must
+not import either, storage/optuna_child.py).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -48,6 +54,7 @@ QUIET_SECONDS = 60.0
 LAG_SECONDS = 40.0
 IDLE_SECRET = "idle-db"
 IDLE_DATABASE = "idle"
+RSS_TARGET_MIB = 150  # the operator's own RSS at 1,000 studies (issue 24)
 
 
 def sizes() -> tuple[int, ...]:
@@ -109,6 +116,56 @@ def process_usage(pid: int) -> tuple[float, float]:
         rss_kib += int(match.group(1)) if match else 0
         cpu_ticks += int(stat[11]) + int(stat[12])
     return rss_kib / 1024, cpu_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def memory(pid: int) -> dict[str, float]:
+    """The process's own VmRSS and VmHWM and its children's VmRSS, in MiB."""
+    own = _status_kib(pid)
+    children = sum(_status_kib(child).get("VmRSS", 0) for child in _children(pid))
+    return {
+        "rss": own.get("VmRSS", 0) / 1024,
+        "hwm": own.get("VmHWM", 0) / 1024,
+        "children": children / 1024,
+    }
+
+
+def _status_kib(pid: int) -> dict[str, int]:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M)}
+
+
+def maps_numpy(pid: int) -> bool:
+    """Whether the process has numpy's extension mapped (it came with Optuna)."""
+    try:
+        return "numpy" in Path(f"/proc/{pid}/maps").read_text()
+    except FileNotFoundError:
+        return False
+
+
+# What `optuna-operator run` imports before it serves a study (cli.run, handlers.py and all
+# the reconcile and storage modules under it), in a fresh interpreter: the imports' share.
+_IMPORTS = """
+import importlib, importlib.util, re, sys
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+bare = rss()
+for name in ("cli", "config", "handlers", "logs", "leader"):
+    if importlib.util.find_spec(f"optuna_operator.{name}"):
+        importlib.import_module(f"optuna_operator.{name}")
+heavy = sorted(m for m in ("optuna", "numpy", "sklearn", "scipy", "alembic") if m in sys.modules)
+print(bare, rss(), ",".join(heavy) or "none")
+"""
+
+
+def import_cost() -> tuple[float, float, str]:
+    """(bare interpreter MiB, after the operator's imports MiB, heavy modules among them)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    return float(out[0]), float(out[1]), out[2]
 
 
 def _children(pid: int) -> list[int]:
@@ -201,12 +258,15 @@ class Scale(BenchCluster):
         time.sleep(QUIET_SECONDS)
         elapsed = time.monotonic() - t0
         requests1, xacts1 = api_request_count(self.bed), transactions(self.idle_url, IDLE_DATABASE)
-        rss, cpu1 = process_usage(self.operator.pid)
+        _, cpu1 = process_usage(self.operator.pid)
+        mem = memory(self.operator.pid)
         # The counter reads themselves: 1 metrics GET, 2 short connections.
         return {
             "api_rps": (requests1 - requests0 - 1) / elapsed,
             "idle_tps": (xacts1 - xacts0 - 2) / elapsed,
-            "rss_mib": rss,
+            "rss_mib": mem["rss"],
+            "hwm_mib": mem["hwm"],
+            "children_mib": mem["children"],
             "cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
         }
 
@@ -278,6 +338,12 @@ def bench_scale() -> None:
         f"Scale: one operator, status interval {INTERVAL:.0f}s, {RUNNING} running studies, "
         "the rest suspended (4/5) or finished (1/5):"
     )
+    bare, imported, heavy = import_cost()
+    print(
+        f"  the operator's imports alone: {imported:.0f} MiB RSS ({bare:.0f} MiB of it the bare "
+        f"interpreter); Optuna-side modules among them: {heavy}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         bed = Bed(Path(tmp) / "bed").start()
         scale = Scale(bed)
@@ -286,16 +352,18 @@ def bench_scale() -> None:
             scale.wait_reconciled()
             assert scale.operator is not None
             # What the operator holds before idle studies come: imports, clients, threads.
+            start = memory(scale.operator.pid)
             print(
-                f"  operator RSS with the {RUNNING} running studies only: "
-                f"{process_usage(scale.operator.pid)[0]:.0f} MiB",
+                f"  operator RSS with the {RUNNING} running studies only: {start['rss']:.0f} MiB "
+                f"(peak {start['hwm']:.0f}, children {start['children']:.0f}); numpy mapped: "
+                f"{'yes' if maps_numpy(scale.operator.pid) else 'no'}",
                 flush=True,
             )
             rows = []
             print(
                 f"  {'N':>5} {'catch-up':>9} {'API req/s':>10} {'per idle':>9} "
-                f"{'idle DB tx/s':>13} {'per idle':>9} {'RSS MiB':>8} {'CPU %':>6} "
-                f"{'lag p50':>8} {'lag p95':>8}",
+                f"{'idle DB tx/s':>13} {'per idle':>9} {'RSS MiB':>8} {'peak':>5} {'child':>6} "
+                f"{'CPU %':>6} {'lag p50':>8} {'lag p95':>8}",
                 flush=True,
             )
             for n in sizes():
@@ -315,16 +383,38 @@ def bench_scale() -> None:
                 print(
                     f"  {n:>5} {catch_up:>8.0f}s {quiet['api_rps']:>10.2f} {per_idle:>9.4f} "
                     f"{quiet['idle_tps']:>13.3f} {quiet['idle_tps'] / idle:>9.4f} "
-                    f"{quiet['rss_mib']:>8.0f} {quiet['cpu_pct']:>6.1f} {p50:>7.1f}s {p95:>7.1f}s",
+                    f"{quiet['rss_mib']:>8.0f} {quiet['hwm_mib']:>5.0f} "
+                    f"{quiet['children_mib']:>6.0f} {quiet['cpu_pct']:>6.1f} "
+                    f"{p50:>7.1f}s {p95:>7.1f}s",
                     flush=True,
                 )
             print(
                 "  'per idle' API: growth of the API server's request rate per idle study added "
                 "since the first size; DB: the idle studies' database (only the operator uses it)."
+                "\n  RSS: the operator process at the end of the quiet minute; peak: its VmHWM "
+                "(catch-ups included); child: its children then (Optuna child, importances)."
+            )
+            print(
+                f"  operator RSS: {memory_summary(rows, imported)}; numpy mapped: "
+                f"{'yes' if maps_numpy(scale.operator.pid) else 'no'}",
+                flush=True,
             )
         finally:
             scale.stop()
             bed.stop()
+
+
+def memory_summary(rows: list[tuple[int, dict[str, float]]], imported: float) -> str:
+    """The RSS at each size, the imports' share of the largest, and the target."""
+    sized = [(idle + RUNNING, quiet) for idle, quiet in rows]
+    parts = [f"{n:,} studies {quiet['rss_mib']:.0f} MiB" for n, quiet in sized]
+    largest_n, largest = sized[-1]
+    share = 100 * imported / largest["rss_mib"] if largest["rss_mib"] else float("nan")
+    verdict = "met" if largest_n >= 1000 and largest["rss_mib"] < RSS_TARGET_MIB else "not met"
+    return (
+        f"{', '.join(parts)}; imports {imported:.0f} MiB = {share:.0f}% of it; target < "
+        f"{RSS_TARGET_MIB} MiB at 1,000: {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import re
 from enum import IntEnum
+from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus
 
-from optuna.study import StudyDirection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from optuna_operator.api import Direction
+
+if TYPE_CHECKING:
+    from optuna.study import StudyDirection
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +195,17 @@ def describe_url(url: str) -> str:
 
 
 # ---------------------------------------------------------------------- directions
+# Optuna is imported only where a direction becomes Optuna's enum: the operator process reads
+# directions as the names stored in the database and never imports Optuna (numpy with it).
 def to_optuna_direction(direction: Direction) -> StudyDirection:
     """The spec's direction as Optuna's enum."""
+    from optuna.study import StudyDirection
+
     return StudyDirection.MAXIMIZE if direction == Direction.MAXIMIZE else StudyDirection.MINIMIZE
 
 
-def from_optuna_direction(direction: StudyDirection) -> Direction:
-    """Optuna's direction as the spec's enum."""
-    return Direction.MAXIMIZE if direction == StudyDirection.MAXIMIZE else Direction.MINIMIZE
+def from_optuna_direction(direction: StudyDirection | str) -> Direction:
+    """Optuna's direction, or its member's name as the database stores it ('MAXIMIZE'), as
+    the spec's enum."""
+    name = direction if isinstance(direction, str) else direction.name
+    return Direction.MAXIMIZE if name == "MAXIMIZE" else Direction.MINIMIZE

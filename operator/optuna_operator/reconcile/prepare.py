@@ -10,7 +10,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import optuna
 from kubernetes.client.exceptions import ApiException
 
 from optuna_operator.api import TuningStudy
@@ -18,7 +17,7 @@ from optuna_operator.conditions import Reason
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
 from optuna_operator.kube import Cluster
 from optuna_operator.reconcile.model import StorageProblem, StorageRef, controller_uid, owner_of
-from optuna_operator.storage.study_store import StoreRegistry, StudyHandle
+from optuna_operator.storage.study_store import OPTUNA_VERSION, StoreRegistry, StudyHandle
 from optuna_operator.storage.tenancy import Tenancy, TenancyError, TenantLimits
 
 __all__ = ["SECRET_TTL_SECONDS", "Prepared", "Preparer"]
@@ -77,7 +76,7 @@ class Preparer:
             {
                 "generation": study.metadata.generation,
                 "operator_version": OPERATOR_VERSION,
-                "optuna_version": optuna.__version__,
+                "optuna_version": OPTUNA_VERSION,
             },
             warm_start=warm.study_name if warm else None,
             warm_start_max=warm.max_trials if warm else None,

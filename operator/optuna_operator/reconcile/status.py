@@ -8,8 +8,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import optuna
-
 from optuna_operator import kueue, manifests
 from optuna_operator.advice import budget_advice
 from optuna_operator.api import (
@@ -35,6 +33,7 @@ from optuna_operator.reconcile.model import (
     StorageProblem,
 )
 from optuna_operator.storage.study_store import (
+    OPTUNA_VERSION,
     DirectionsMismatchError,
     NotOwnedError,
     StudyHandle,
@@ -58,7 +57,7 @@ def build_status(
     old = study.status
     status = old.model_copy(deep=True)
     status.study_name = study.study_name
-    status.optuna_version = optuna.__version__
+    status.optuna_version = OPTUNA_VERSION
     status.operator_version = OPERATOR_VERSION
     status.observed_generation = generation
 

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.contract import redact
-from optuna_operator.storage.engines import engine_kwargs
+from optuna_operator.storage.pools import engine_kwargs
 
 __all__ = [
     "ADMIN_SEARCH_PATH",

@@ -92,7 +92,7 @@ def _compute(url: str, study_name: str, max_trials: int) -> dict[str, float]:
     from optuna.storages import RDBStorage
     from optuna.trial import TrialState
 
-    from optuna_operator.storage.engines import engine_kwargs
+    from optuna_operator.storage.pools import engine_kwargs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = RDBStorage(

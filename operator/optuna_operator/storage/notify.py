@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.contract import redact
-from optuna_operator.storage.engines import engine_kwargs
+from optuna_operator.storage.pools import engine_kwargs
 
 __all__ = ["CHANNEL", "TrialListener", "database_of", "install_trigger"]
 

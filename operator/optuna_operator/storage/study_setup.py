@@ -3,42 +3,42 @@
 An Optuna study records the TuningStudy that created or adopted it (OWNER_ATTR): a study of
 another TuningStudy is never resumed, changed or deleted from here, and one made outside the
 operator is taken over only on request (spec.adoptExistingStudy).
+
+The checks here read and write a study's rows through StudyRecords: plain SQL in the
+operator process (study_rows.py), RDBStorage in its Optuna child (optuna_child.py), which
+creates studies (warm start included) and deletes them. No Optuna import here.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-import optuna
-from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial, TrialState
+from importlib import metadata
+from typing import Any, Protocol
 
 from optuna_operator.api import Direction
 from optuna_operator.contract import (
     STUDY_ATTR_PREFIX,
     STUDY_START_TIME_ATTR,
-    WARM_START_ATTR,
     WARM_START_COUNT_ATTR,
     from_optuna_direction,
-    to_optuna_direction,
 )
 
 __all__ = [
     "LEGACY_ATTR",
+    "OPTUNA_VERSION",
     "OWNER_ATTR",
     "Claimed",
+    "DeletableRecords",
     "DirectionsMismatchError",
     "NewStudy",
     "NotOwnedError",
     "Owner",
+    "StudyRecords",
     "WarmStartError",
     "claim_study",
-    "create_study",
     "delete_owned_study",
     "find_or_create_study",
 ]
@@ -49,6 +49,28 @@ log = logging.getLogger(__name__)
 OWNER_ATTR = f"{STUDY_ATTR_PREFIX}owner"
 # Written by every operator version since 0.1.0, which recorded no owner.
 LEGACY_ATTR = f"{STUDY_ATTR_PREFIX}operator_version"
+# The Optuna installed beside the operator, which its child creates studies with: read from
+# the distribution's metadata, the same as optuna.__version__ without importing Optuna.
+OPTUNA_VERSION = metadata.version("optuna")
+
+
+class StudyRecords(Protocol):
+    """The RDBStorage calls the checks here make (study_rows.StudyRows answers them in the
+    operator process; directions may come back as Optuna's enum or its members' names)."""
+
+    def get_study_id_from_name(self, study_name: str) -> int: ...
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]: ...
+
+    def get_study_directions(self, study_id: int) -> Any: ...
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None: ...
+
+
+class DeletableRecords(StudyRecords, Protocol):
+    """RDBStorage in the Optuna child: deleting a study goes through Optuna's cascades."""
+
+    def delete_study(self, study_id: int) -> None: ...
 
 
 class DirectionsMismatchError(Exception):
@@ -75,6 +97,10 @@ class Owner:
     def to_attr(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
 
+    @classmethod
+    def from_attr(cls, attr: dict[str, str]) -> Owner:
+        return cls(attr["namespace"], attr["name"], attr["uid"])
+
     def same_resource(self, attr: object) -> bool:
         """Whether `attr` names this namespace/name (a re-created resource has a new uid)."""
         return (
@@ -95,6 +121,14 @@ class NewStudy:
     warm_start: str | None = None
     warm_start_max: int | None = None  # copy at most this many, the most recent
 
+    def to_json(self) -> dict[str, Any]:
+        """As the Optuna child reads it (directions by value)."""
+        return {**asdict(self), "directions": [d.value for d in self.directions]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> NewStudy:
+        return cls(**{**raw, "directions": tuple(Direction(d) for d in raw["directions"])})
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -104,77 +138,22 @@ class Claimed:
     copied: int
 
 
-def _warm_start_trials(
-    storage: RDBStorage, source_name: str, n_objectives: int, most: int | None
-) -> list[FrozenTrial]:
-    """The COMPLETE trials of another study (the `most` recent ones), as new trials marked
-    with where they came from."""
-    try:
-        source = optuna.load_study(study_name=source_name, storage=storage)
-    except KeyError:
-        raise WarmStartError(
-            f"spec.warmStart.studyName {source_name!r} does not exist in this storage"
-        ) from None
-    if len(source.directions) != n_objectives:
-        raise WarmStartError(
-            f"spec.warmStart.studyName {source_name!r} has {len(source.directions)} objectives, "
-            f"this study {n_objectives}"
-        )
-    complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    chosen = sorted(complete, key=lambda t: t.number)[-most:] if most else complete
-    return [
-        optuna.trial.create_trial(
-            params=t.params,
-            distributions=t.distributions,
-            values=t.values,
-            user_attrs={**t.user_attrs, WARM_START_ATTR: f"{source_name}#{t.number}"},
-        )
-        for t in chosen
-    ]
-
-
-def create_study(storage: RDBStorage, new: NewStudy) -> int | None:
-    """The new study's id; None when another process created it first (only the creator
-    may record itself as the owner)."""
-    history = (
-        _warm_start_trials(storage, new.warm_start, len(new.directions), new.warm_start_max)
-        if new.warm_start
-        else []
-    )
-    try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=new.name,
-            directions=[to_optuna_direction(d) for d in new.directions],
-        )
-    except optuna.exceptions.DuplicatedStudyError:
-        return None
-    if new.metric_names:
-        with warnings.catch_warnings():
-            # Experimental since Optuna 3.2 and unchanged since; the dashboard uses it.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(new.metric_names)
-    # Copied before anything is enqueued: the sampler sees the history from trial one.
-    study.add_trials(history)
-    storage.set_study_system_attr(study._study_id, WARM_START_COUNT_ATTR, len(history))
-    for params in new.enqueue or []:
-        study.enqueue_trial(params, skip_if_exists=True)
-    log.info("Created Optuna study %s (%d trials copied)", new.name, len(history))
-    return study._study_id
-
-
 def find_or_create_study(
-    storage: RDBStorage, new: NewStudy, before_create: Callable[[], None] | None
+    storage: StudyRecords,
+    new: NewStudy,
+    before_create: Callable[[], None] | None,
+    create: Callable[[NewStudy], int | None],
 ) -> tuple[int, bool]:
     """The study's id, and whether this call created it. `before_create` runs before a
-    study is created and may refuse by raising."""
+    study is created and may refuse by raising; `create` makes it (the Optuna child's
+    create_study: None when another process created it first)."""
     try:
         return storage.get_study_id_from_name(new.name), False
     except KeyError:
         pass
     if before_create is not None:
         before_create()
-    created_id = create_study(storage, new)
+    created_id = create(new)
     if created_id is None:  # another reconcile created it meanwhile
         return storage.get_study_id_from_name(new.name), False
     return created_id, True
@@ -198,7 +177,7 @@ def _check_owner(name: str, owner: Owner, recorded: object, adopt: bool) -> None
 
 
 def claim_study(
-    storage: RDBStorage,
+    storage: StudyRecords,
     study_id: int,
     new: NewStudy,
     attrs: dict[str, Any],
@@ -239,7 +218,7 @@ def claim_study(
     return Claimed(datetime.fromisoformat(start), copied if isinstance(copied, int) else 0)
 
 
-def delete_owned_study(storage: RDBStorage, name: str, owner: Owner | None) -> bool:
+def delete_owned_study(storage: DeletableRecords, name: str, owner: Owner | None) -> bool:
     """Delete the study; with an `owner`, only when it records exactly that owner (uid
     included: a resource that never ran it does not drop it). False when nothing was
     deleted."""

@@ -2,7 +2,12 @@
 
 Creating, resuming and deleting a study and who owns it live in study_setup.py; the status
 refresh's read (counts, best trial, Pareto front, failures) in summary.py. This module holds
-the storages, one per URL, and the caches that keep a refresh to a few small queries.
+the engines, one per URL, and the caches that keep a refresh to a few small queries.
+
+The operator process never imports Optuna: what a reconcile reads and writes on every pass is
+plain SQL on Optuna's tables (study_rows.py, summary.py), and the rare work that needs Optuna
+itself (creating tables and studies, deleting a study, failing stale trials) goes to a child
+process (optuna_child.py) that exits when idle.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NoReturn
 
-import optuna
-from optuna.storages import RDBStorage
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.api import Direction
 from optuna_operator.contract import redact
 from optuna_operator.storage import importances
-from optuna_operator.storage.engines import engine_kwargs, heartbeat_storage
 from optuna_operator.storage.notify import TrialListener, install_trigger
+from optuna_operator.storage.optuna_child import ChildError, OptunaChildren
+from optuna_operator.storage.pools import engine_kwargs
+from optuna_operator.storage.study_rows import StudyRows
 from optuna_operator.storage.study_setup import (
+    OPTUNA_VERSION,
     OWNER_ATTR,
     DirectionsMismatchError,
     NewStudy,
@@ -30,13 +37,13 @@ from optuna_operator.storage.study_setup import (
     Owner,
     WarmStartError,
     claim_study,
-    delete_owned_study,
     find_or_create_study,
 )
 from optuna_operator.storage.summary import StudyScans, StudySummary, summarize
 
 # The study types are re-exported: the reconcile reads them as the registry's answers.
 __all__ = [
+    "OPTUNA_VERSION",
     "OWNER_ATTR",
     "DirectionsMismatchError",
     "NotOwnedError",
@@ -55,6 +62,19 @@ __all__ = [
 OPERATOR_POOL_SIZE: int | None = None
 # A statement that takes longer is a database in trouble: fail the refresh, not hang it.
 STATEMENT_TIMEOUT_MS = 30_000
+# Compiled statements each engine keeps: the operator runs a few dozen distinct ones, and an
+# engine per tenant with SQLAlchemy's default (500) would grow with the tenants.
+QUERY_CACHE_SIZE = 50
+
+# A RUNNING trial of the study with no heartbeat or a stale one: only then has Optuna's pass
+# (in the child) anything to do. Heartbeats are written with the database's clock, in the
+# session's time zone, and compared as Optuna compares them.
+_STALE_OR_SILENT = text(
+    "SELECT 1 FROM trials t JOIN studies s ON s.study_id = t.study_id "
+    "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE s.study_name = :name AND t.state = 'RUNNING' AND (h.heartbeat IS NULL "
+    "OR h.heartbeat <= LOCALTIMESTAMP - :grace * INTERVAL '1 second') LIMIT 1"
+)
 
 
 class StorageError(Exception):
@@ -63,6 +83,15 @@ class StorageError(Exception):
 
 def _storage_error(exc: Exception, url: str) -> NoReturn:
     raise StorageError(redact(str(exc).splitlines()[0], url)) from None
+
+
+def _child_failed(exc: ChildError) -> NoReturn:
+    """What the child's failure means here; its message is already free of credentials."""
+    if exc.kind == "WarmStartError":
+        raise WarmStartError(str(exc)) from None
+    if exc.kind in ("SQLAlchemyError", "MemoryError", "timeout", "crash"):
+        raise StorageError(str(exc)) from None
+    raise exc
 
 
 @dataclass(frozen=True)
@@ -78,24 +107,31 @@ class StudyHandle:
 
 
 class StoreRegistry:
-    """One RDBStorage (and connection pool) per storage URL, shared by all studies on it.
+    """One engine per storage URL, shared by all studies on it, and the Optuna child
+    processes for the rare work that needs Optuna.
 
     Safe under concurrent reconciles: no I/O happens under the registry-wide lock (a
     storage that hangs must not stall studies on other storages), and each study's scan
     cache has a lock of its own.
     """
 
-    def __init__(self, listener: TrialListener | None = None) -> None:
+    def __init__(
+        self, listener: TrialListener | None = None, children: OptunaChildren | None = None
+    ) -> None:
         # With a listener, each storage gets the trial trigger and its database a LISTEN
         # connection (notify.py): trial changes wake their study's reconcile.
         self._listener = listener
-        self._storages: dict[str, RDBStorage] = {}
+        self._children = children or OptunaChildren()
+        self._storages: dict[str, StudyRows] = {}
         self._scans = StudyScans()
         # Studies already checked, with the attributes last written: directions cannot change
         # (a CEL rule), so a refresh needs no query until the generation moves.
         self._handles: dict[tuple[str, str], tuple[StudyHandle, dict[str, Any]]] = {}
-        # Storages with heartbeats, for failing stale trials; one per URL and interval.
-        self._heartbeat_storages: dict[tuple[str, int], RDBStorage] = {}
+        # Trials found running without a heartbeat by the last stale-trial pass of a study
+        # (url, name): the next pass gives them one (engines.HeartbeatStorage).
+        self._silent: dict[tuple[str, str], list[int]] = {}
+        # The schema version Optuna's tables must have, as the child's Optuna reports it.
+        self._schema_head: str | None = None
         self._lock = threading.Lock()  # guards the dicts above and the lock table below
         self._url_locks: dict[str, threading.Lock] = {}
 
@@ -103,77 +139,88 @@ class StoreRegistry:
         with self._lock:
             return self._url_locks.setdefault(url, threading.Lock())
 
-    def _once(
-        self, table: dict[Any, RDBStorage], key: Any, url: str, make: Callable[[], RDBStorage]
-    ) -> RDBStorage:
-        """table[key], made by `make` on first use. Connecting happens under this URL's lock
-        only, never under the lock every study shares: a tenant's hanging database stalls
-        that tenant's reconciles only."""
+    def storage(self, url: str) -> StudyRows:
+        """The study rows of `url` on its shared engine, made on first use, when Optuna's
+        tables are checked (and created by the child where missing). Connecting happens
+        under this URL's lock only, never under the lock every study shares: a tenant's
+        hanging database stalls that tenant's reconciles only."""
         with self._lock:
-            existing = table.get(key)
+            existing = self._storages.get(url)
         if existing is not None:
             return existing
         with self._url_lock(url):
             with self._lock:
-                existing = table.get(key)
+                existing = self._storages.get(url)
             if existing is not None:
                 return existing
-            made = make()
+            rows = self._open(url)
             with self._lock:
-                table[key] = made
-            return made
+                self._storages[url] = rows
+            return rows
 
-    def storage(self, url: str) -> RDBStorage:
-        """The shared storage of `url`, created (connecting once) on first use."""
-
-        def make() -> RDBStorage:
-            try:
-                storage = RDBStorage(
+    def _open(self, url: str) -> StudyRows:
+        try:
+            engine = create_engine(
+                url,
+                query_cache_size=QUERY_CACHE_SIZE,
+                **engine_kwargs(
                     url,
-                    engine_kwargs=engine_kwargs(
-                        url,
-                        "optuna-operator",
-                        pool_size=OPERATOR_POOL_SIZE,
-                        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-                    ),
-                )
-            except (SQLAlchemyError, ValueError, ImportError) as exc:
-                _storage_error(exc, url)
-            if self._listener is not None:
-                install_trigger(storage.engine, url)
-            return storage
+                    "optuna-operator",
+                    pool_size=OPERATOR_POOL_SIZE,
+                    statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                ),
+            )
+            rows = StudyRows(engine)
+            # Tables at the version this Optuna writes need nothing more; missing or other
+            # ones go to the child, which creates them or raises Optuna's RuntimeError.
+            if self._schema_head is None or rows.schema_version() != self._schema_head:
+                self._schema_head = self._call("open", url)
+        except (SQLAlchemyError, ValueError, ImportError) as exc:
+            _storage_error(exc, url)
+        if self._listener is not None:
+            install_trigger(engine, url)
+        return rows
 
-        return self._once(self._storages, url, url, make)
+    def _call(self, op: str, url: str, **args: Any) -> Any:
+        """The child's answer to `op`; its failures as this module's errors (Optuna's
+        RuntimeError of a schema it cannot use stays a RuntimeError, as it always was)."""
+        try:
+            return self._children.call(op, url, **args)
+        except ChildError as exc:
+            if exc.kind == "RuntimeError" and op == "open":
+                raise RuntimeError(str(exc)) from None
+            _child_failed(exc)
 
     def close(self) -> None:
-        """Close every pool."""
+        """Dispose of every engine and end the Optuna children."""
         with self._lock:
-            storages = [*self._storages.values(), *self._heartbeat_storages.values()]
+            storages = list(self._storages.values())
             self._storages.clear()
-            self._heartbeat_storages.clear()
             self._handles.clear()
+            self._silent.clear()
         self._scans.clear()
-        for storage in storages:
-            storage.engine.dispose()
+        for rows in storages:
+            rows.engine.dispose()
+        self._children.close()
 
     def drop_url(self, url: str) -> None:
         """Forget a storage URL that is no longer used (a rotated password)."""
         with self._lock:
-            storages = [self._storages.pop(url, None)]
-            storages += [
-                self._heartbeat_storages.pop(k) for k in [*self._heartbeat_storages] if k[0] == url
-            ]
+            rows = self._storages.pop(url, None)
             for key in [k for k in self._handles if k[0] == url]:
                 del self._handles[key]
+            for key in [k for k in self._silent if k[0] == url]:
+                del self._silent[key]
         self._scans.drop(url)
-        for storage in storages:
-            if storage is not None:
-                storage.engine.dispose()
+        if rows is not None:
+            rows.engine.dispose()
 
     def forget(self, name: str) -> None:
         """Drop what is cached of a study (it was deleted in Kubernetes)."""
         with self._lock:
             dropped = [(k[0], self._handles.pop(k)[0]) for k in [*self._handles] if k[1] == name]
+            for key in [k for k in self._silent if k[1] == name]:
+                del self._silent[key]
         for url, handle in dropped:
             self._scans.drop(url, handle.study_id)
 
@@ -210,7 +257,12 @@ class StoreRegistry:
         new = NewStudy(name, tuple(directions), metric_names, enqueue, warm_start, warm_start_max)
         storage = self.storage(url)
         try:
-            study_id, created = find_or_create_study(storage, new, before_create)
+            study_id, created = find_or_create_study(
+                storage,
+                new,
+                before_create,
+                lambda new: self._call("create", url, new=new.to_json()),
+            )
             claimed = claim_study(
                 storage, study_id, new, attrs, owner, adopt=adopt, created=created
             )
@@ -227,11 +279,11 @@ class StoreRegistry:
         (uid included: a resource that never ran it does not drop it). False when
         nothing was deleted."""
         self.forget(name)
-        storage = self.storage(url)
-        try:
-            return delete_owned_study(storage, name, owner)
-        except SQLAlchemyError as exc:
-            _storage_error(exc, url)
+        self.storage(url)
+        deleted: bool = self._call(
+            "delete", url, name=name, owner=owner.to_attr() if owner is not None else None
+        )
+        return deleted
 
     # ------------------------------------------------------------------ reads
 
@@ -253,21 +305,34 @@ class StoreRegistry:
         """Fail (and re-enqueue) trials whose heartbeat stopped. Workers do this whenever one
         of them starts a trial; when none is left running, nobody else would."""
 
-        def make() -> RDBStorage:
-            return heartbeat_storage(
-                url,
-                heartbeat_interval,
-                application_name="optuna-operator",
-                pool_size=OPERATOR_POOL_SIZE,
-                statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-            )
-
+        storage = self.storage(url)
+        key = (url, name)
+        if storage.engine.dialect.name == "postgresql":
+            # Most calls find nothing to do: the child (and Optuna) only when there is.
+            try:
+                with storage.engine.connect() as conn:
+                    found = conn.execute(
+                        _STALE_OR_SILENT, {"name": name, "grace": 2 * heartbeat_interval}
+                    ).first()
+            except SQLAlchemyError as exc:
+                _storage_error(exc, url)
+            if found is None:
+                with self._lock:
+                    self._silent.pop(key, None)
+                return
+        with self._lock:
+            silent = self._silent.get(key, [])
         try:
-            storage = self._once(self._heartbeat_storages, (url, heartbeat_interval), url, make)
-            study = optuna.load_study(study_name=name, storage=storage)
-            optuna.storages.fail_stale_trials(study)
-        except (SQLAlchemyError, RuntimeError) as exc:
+            left = self._call(
+                "fail_stale", url, name=name, heartbeat_interval=heartbeat_interval, silent=silent
+            )
+        except ChildError as exc:  # Optuna's KeyError of a study deleted meanwhile, and such
             _storage_error(exc, url)
+        with self._lock:
+            if left:
+                self._silent[key] = left
+            else:
+                self._silent.pop(key, None)
 
     def param_importances(self, url: str, name: str) -> dict[str, float]:
         """Computed once, at completion, in a child process with a memory and a time limit

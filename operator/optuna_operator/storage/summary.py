@@ -3,7 +3,8 @@ front of the feasible trials, and the failures the objective raised.
 
 A refresh runs every few seconds for every study with running work, so each read here is
 an SQL aggregate or an incremental scan from what earlier refreshes learned (ScanCache):
-its cost does not grow with the number of trials.
+its cost does not grow with the number of trials. Plain SQL and plain Python: the operator
+process imports neither Optuna nor numpy (optuna_child.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from optuna.distributions import json_to_distribution
 from sqlalchemy import Connection, bindparam, text
 
 from optuna_operator.api import PARETO_FRONT_LIMIT, BestTrial, Direction
@@ -22,10 +21,12 @@ from optuna_operator.contract import ERROR_ATTR, redact
 
 __all__ = [
     "CONSTRAINTS_KEY",
+    "Front",
     "ScanCache",
     "StudyScans",
     "StudySummary",
     "dominates",
+    "external_value",
     "non_dominated",
     "summarize",
 ]
@@ -216,19 +217,24 @@ def dominates(a: tuple[float, ...], b: tuple[float, ...], signs: tuple[int, ...]
 
 def non_dominated(candidates: Front, signs: tuple[int, ...]) -> Front:
     """The Pareto front. Candidates are visited best-first (lexicographically), so one can
-    only be dominated by a trial already kept: O(candidates x front), vectorized."""
+    only be dominated by a trial already kept: O(candidates x front)."""
+    # Every direction turned into maximize; a stable sort keeps ties in their given order.
     order = sorted(
-        candidates.items(),
-        key=lambda kv: tuple(-s * v for s, v in zip(signs, kv[1][1], strict=True)),
+        (
+            (tuple(s * v for s, v in zip(signs, entry[1], strict=True)), trial_id, entry)
+            for trial_id, entry in candidates.items()
+        ),
+        key=lambda item: item[0],
+        reverse=True,
     )
-    sign = np.array(signs, dtype=float)
-    kept = np.empty((len(order), len(signs)))
+    kept: list[tuple[float, ...]] = []
     front: Front = {}
-    for trial_id, entry in order:
-        value = np.array(entry[1], dtype=float) * sign
-        head = kept[: len(front)]
-        if not (np.all(head >= value, axis=1) & np.any(head > value, axis=1)).any():
-            kept[len(front)] = value
+    for value, trial_id, entry in order:
+        for other in kept:
+            if other != value and all(o >= v for o, v in zip(other, value, strict=True)):
+                break
+        else:
+            kept.append(value)
             front[trial_id] = entry
     return front
 
@@ -339,6 +345,45 @@ def _trial_params(conn: Connection, trial_ids: list[int]) -> dict[int, dict[str,
     ).all()
     params: dict[int, dict[str, Any]] = {tid: {} for tid in trial_ids}
     for trial_id, name, value, distribution in rows:
-        dist = json_to_distribution(distribution)
-        params[trial_id][name] = dist.to_external_repr(value)
+        params[trial_id][name] = external_value(value, distribution)
     return params
+
+
+# Optuna's distributions, by the names its JSON gives them (optuna.distributions); the
+# older ones are stored under their own names and read as Optuna reads them.
+_INT_DISTRIBUTIONS = frozenset(
+    {"IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"}
+)
+_FLOAT_DISTRIBUTIONS = frozenset(
+    {
+        "FloatDistribution",
+        "UniformDistribution",
+        "LogUniformDistribution",
+        "DiscreteUniformDistribution",
+    }
+)
+
+
+def external_value(internal: float, distribution_json: str) -> Any:
+    """A parameter's stored value as the objective saw it: what Optuna's
+    json_to_distribution(distribution_json).to_external_repr(internal) gives (an int, a
+    float, or the categorical choice at that index), without Optuna."""
+    raw = json.loads(distribution_json)
+    if "name" in raw:
+        name = raw["name"]
+        if name == "CategoricalDistribution":
+            return raw["attributes"]["choices"][int(internal)]
+        if name in _INT_DISTRIBUTIONS:
+            return int(internal)
+        if name in _FLOAT_DISTRIBUTIONS:
+            return internal
+        raise ValueError(f"Unknown distribution class: {name}")
+    # Optuna's abbreviated form.
+    kind = raw["type"]
+    if kind == "categorical":
+        return raw["choices"][int(internal)]
+    if kind == "int":
+        return int(internal)
+    if kind == "float":
+        return internal
+    raise ValueError(f"Unknown distribution type: {kind}")
