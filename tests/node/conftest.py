@@ -7,6 +7,7 @@ archives from `make images-buildah`; without them the tests fail saying so, neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
@@ -42,6 +43,16 @@ DASHBOARD_PEER = {"optuna-operator.test/peer": "dashboard"}
 MONITORING_PEER = {"optuna-operator.test/peer": "monitoring"}
 
 
+def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> str:
+    res = subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, check=False, timeout=600
+    )
+    if check and res.returncode != 0:
+        command = " ".join([Path(argv[0]).name, *argv[1:]])
+        raise AssertionError(f"{command} failed:\n{res.stdout}{res.stderr}")
+    return res.stdout + ("" if check else res.stderr)
+
+
 @dataclass
 class Kube:
     """kubectl and helm against the node bed, as a user runs them."""
@@ -49,17 +60,12 @@ class Kube:
     bed: NodeBed
 
     def run(self, tool: str, *args: str, stdin: str | None = None, check: bool = True) -> str:
-        res = subprocess.run(
-            [str(self.bed.bin_dir / tool), "--kubeconfig", str(self.bed.kubeconfig), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        if check and res.returncode != 0:
-            raise AssertionError(f"{tool} {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
-        return res.stdout + ("" if check else res.stderr)
+        argv = [str(self.bed.bin_dir / tool), "--kubeconfig", str(self.bed.kubeconfig), *args]
+        return _run(argv, stdin, check)
+
+    def ctr(self, *args: str) -> str:
+        """containerd's ctr on the node, in kubelet's namespace (k8s.io)."""
+        return _run(["ctr", "--address", str(self.bed.containerd_socket), "-n", "k8s.io", *args])
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         return self.run("kubectl", *args, stdin=stdin, check=check)
@@ -87,13 +93,24 @@ class Kube:
         return name
 
 
-@pytest.fixture(scope="session")
-def node_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeBed]:
-    archives = image_archives(*IMAGES)
+# The node beds this session started and has not stopped yet.
+_SESSION_BEDS: list[NodeBed] = []
+
+
+@contextlib.contextmanager
+def running_node_bed(
+    tmp_path_factory: pytest.TempPathFactory, archives: list[Path], remedy: str
+) -> Iterator[NodeBed]:
+    """A node bed whose containerd holds `archives`, stopped on exit. One per session: a
+    session's beds all stay up until it ends. Fails, saying `remedy`, when an archive is
+    missing."""
     missing = [str(a) for a in archives if not a.is_file()]
     if missing:
-        pytest.fail(f"image archives missing ({', '.join(missing)}): run `make images-buildah`")
+        pytest.fail(f"image archives missing ({', '.join(missing)}): {remedy}")
+    if _SESSION_BEDS:
+        pytest.fail("one node bed per pytest session: run tests/node and tests/release apart")
     bed = NodeBed(tmp_path_factory.mktemp("node-bed"), NodeBedOptions(images=archives))
+    _SESSION_BEDS.append(bed)
     try:
         bed.start()
     except BedError as err:
@@ -102,6 +119,15 @@ def node_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeBed]:
         yield bed
     finally:
         bed.stop()
+        _SESSION_BEDS.remove(bed)
+
+
+@pytest.fixture(scope="session")
+def node_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeBed]:
+    with running_node_bed(
+        tmp_path_factory, image_archives(*IMAGES), "run `make images-buildah`"
+    ) as bed:
+        yield bed
 
 
 @pytest.fixture(scope="session")
@@ -111,11 +137,17 @@ def kube(node_bed: NodeBed) -> Kube:
 
 @pytest.fixture(scope="session")
 def chart(kube: Kube) -> str:
-    """The chart installed by helm into optuna-system, the bed's PostgreSQL as default
-    storage and the project's PgBouncer image between the worker pods and it, set up as the
-    chart README says; dashboards admit DASHBOARD_PEER namespaces and the metrics port
-    MONITORING_PEER ones; the operator's and PgBouncer's pods are Ready. Returns the release
-    namespace. STUDY_NS exists (the chart puts a Role into it) and is the one it serves."""
+    """The chart from charts/, installed as `install_chart` says."""
+    return install_chart(kube, CHART)
+
+
+def install_chart(kube: Kube, chart: Path) -> str:
+    """`chart` (charts/'s directory or a packaged .tgz) installed by helm into optuna-system,
+    the bed's PostgreSQL as default storage and the project's PgBouncer image between the
+    worker pods and it, set up as the chart README says; dashboards admit DASHBOARD_PEER
+    namespaces and the metrics port MONITORING_PEER ones; the operator's and PgBouncer's pods
+    are Ready. Returns the release namespace. STUDY_NS exists (the chart puts a Role into it)
+    and is the one it serves."""
     kube.kubectl("create", "namespace", RELEASE_NS)
     kube.kubectl("create", "namespace", STUDY_NS)
     kube.kubectl("label", "namespace", STUDY_NS, "pod-security.kubernetes.io/enforce=restricted")
@@ -160,9 +192,9 @@ def chart(kube: Kube) -> str:
     for key, labels in peers.items():
         peer = [{"namespaceSelector": {"matchLabels": labels}}]
         sets += ["--set-json", f"{key}={json.dumps(peer)}"]
-    kube.run("helm", "install", RELEASE, str(CHART), *sets, *helm_args)
+    kube.run("helm", "install", RELEASE, str(chart), *sets, *helm_args)
     # The bed has no cluster DNS: the workers reach PgBouncer at its Service's IP.
     service = kube.get("svc", "optuna-operator-pgbouncer", "-n", RELEASE_NS)["spec"]
     address = f"pgbouncer.workerAddress={service['clusterIP']}:{service['ports'][0]['port']}"
-    kube.run("helm", "upgrade", RELEASE, str(CHART), *sets, "--set", address, *helm_args)
+    kube.run("helm", "upgrade", RELEASE, str(chart), *sets, "--set", address, *helm_args)
     return RELEASE_NS

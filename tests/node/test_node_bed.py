@@ -100,24 +100,7 @@ def killed(kube: Kube, study_ns: str) -> dict[str, Any]:
         240,
     )
     cid = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-    res = subprocess.run(
-        [
-            "ctr",
-            "--address",
-            str(kube.bed.containerd_socket),
-            "-n",
-            "k8s.io",
-            "tasks",
-            "kill",
-            "--signal",
-            "SIGKILL",
-            cid,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
+    kube.ctr("tasks", "kill", "--signal", "SIGKILL", cid)
     name = pod["metadata"]["name"]
 
     def reported() -> dict[str, Any] | None:
