@@ -125,7 +125,7 @@ release: binaries node-packages ## dist/: chart package (lint + helm template on
 # empty to build without one.
 BUILD_CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt))
 
-.PHONY: node-packages node-binaries images-buildah node-bed node-bed-down node-demo test-node
+.PHONY: node-packages node-binaries images-buildah node-bed node-bed-down node-demo test-node test-release
 
 node-packages: ## Debian packages of the node bed (containerd, runc, CNI plugins, iptables, ipset, buildah, debootstrap)
 	hack/nodebed/install-packages.sh
@@ -149,3 +149,6 @@ node-demo: venv node-packages node-binaries postgres images-buildah ## Node bed,
 
 test-node: venv node-packages node-binaries postgres images-buildah ## Node-bed tests: chart install, real containers, SIGKILL, restricted, Services, NetworkPolicy
 	$(PYTEST) tests/node
+
+test-release: venv node-packages node-binaries postgres release ## make release, then the node bed installs from dist/ alone: SHA256SUMS, its image archives, its chart .tgz, a study to Succeeded
+	$(PYTEST) tests/release
