@@ -1,7 +1,7 @@
 # optuna-dashboard as the operator runs it (manifests.dashboard_deployment): command
 # `optuna-dashboard`, a postgresql+psycopg2 URL, a non-root uid, a read-only root filesystem.
-# Built by hack/nodebed/build-images.sh under the name of the chart's default dashboard image
-# (ghcr.io/optuna/optuna-dashboard), which no registry serves to the node bed.
+# Built by hack/nodebed/build-images.sh and `make release` as the chart's default dashboard
+# image, ghcr.io/optuna-operator/dashboard:<version>.
 ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 FROM ${BASE_IMAGE}
 ENV PYTHONUNBUFFERED=1 \

@@ -27,7 +27,7 @@ __all__ = [
 # One version source: the package (pyproject.toml), as the chart and the images.
 OPERATOR_VERSION = __version__
 DEFAULT_WORKER_IMAGE = f"ghcr.io/optuna-operator/worker:{OPERATOR_VERSION}"
-DEFAULT_DASHBOARD_IMAGE = "ghcr.io/optuna/optuna-dashboard:v0.21.0"
+DEFAULT_DASHBOARD_IMAGE = f"ghcr.io/optuna-operator/dashboard:{OPERATOR_VERSION}"
 # The keys of a NetworkPolicyPeer (networking.k8s.io/v1).
 NETWORK_POLICY_PEER_KEYS = frozenset({"namespaceSelector", "podSelector", "ipBlock"})
 

@@ -175,8 +175,6 @@ def install_chart(kube: Kube, chart: Path) -> str:
     values = [
         f"watchNamespaces={{{STUDY_NS}}}",
         "storage.existingSecret.name=optuna-db",
-        "dashboardImage.repository=ghcr.io/optuna-operator/dashboard",
-        f"dashboardImage.tag={TAG}",
         "statusInterval=3",
         "pgbouncer.enabled=true",
         "pgbouncer.auth.existingSecret=optuna-pgbouncer",
