@@ -36,16 +36,18 @@ class BenchCluster:
             raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
 
-    def start_operator(self, namespaces: list[str], interval: float | None = None) -> None:
-        """Install the CRD, create `namespaces`, and start the operator with the bed's
-        PostgreSQL as its default storage."""
+    def start_operator(
+        self, namespaces: list[str], interval: float | None = None, storage_url: str = ""
+    ) -> None:
+        """Install the CRD, create `namespaces`, and start the operator with `storage_url`
+        (the bed's PostgreSQL by default) as its default storage."""
         self.kubectl("apply", "-f", str(ROOT / "crds"))
         self.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
         for ns in (OPERATOR_NAMESPACE, *namespaces):
             self.core.create_namespace({"metadata": {"name": ns}})
+        default_storage = {"url": storage_url or self.bed.storage_url}
         self.core.create_namespaced_secret(
-            OPERATOR_NAMESPACE,
-            {"metadata": {"name": "optuna-db"}, "stringData": {"url": self.bed.storage_url}},
+            OPERATOR_NAMESPACE, {"metadata": {"name": "optuna-db"}, "stringData": default_storage}
         )
         command = [sys.executable, "-m", "optuna_operator.cli", "run", "--leader-elect=false"]
         command += ["--default-storage-secret", f"{OPERATOR_NAMESPACE}/optuna-db"]

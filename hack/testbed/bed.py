@@ -55,6 +55,8 @@ class BedOptions:
     image_commands: dict[str, list[str]] = field(default_factory=dict)
     # Added to every container's environment (the pod's own env wins).
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Searched before the project's Python and the pinned tools: stand-ins for commands.
+    path_prefix: list[str] = field(default_factory=list)
     start_timeout_s: float = 180.0
     # Appended to kube-apiserver's flags (the node bed adds its egress and kubelet client).
     apiserver_args: list[str] = field(default_factory=list)
@@ -144,7 +146,7 @@ class Bed:
             pid_dir=str(self._pid_dir),
             workdir=str(self.options.workdir),
             # The project's Python first, then the pinned kubectl and helm.
-            path_prefix=[str(python_bin), str(self.bin_dir)],
+            path_prefix=[*self.options.path_prefix, str(python_bin), str(self.bin_dir)],
             pythonpath=[str(REPO_ROOT)],
             kube_version=versions()["K8S_VERSION"],
             node_name=self.options.node_name,
