@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from optuna_operator.api import Direction
 from optuna_operator.kube import Cluster
-from optuna_operator.storage import study_store
+from optuna_operator.storage import storages
 from optuna_operator.storage.study_store import Owner, StoreRegistry, StudyHandle
 from optuna_operator.storage.tenancy import Tenancy
 from testbed import Bed
@@ -47,7 +47,7 @@ def main(n: int) -> None:
             f"{n} namespaces"
         )
         for pool, label in ((None, "unpooled (NullPool, now)"), (4, "pooled (pool_size 4, 0.1.0)")):
-            study_store.OPERATOR_POOL_SIZE = pool
+            storages.OPERATOR_POOL_SIZE = pool
             stores = StoreRegistry()
             handles: list[tuple[str, StudyHandle]] = []
             for ns, url in urls:

@@ -1,8 +1,9 @@
-"""Everything the operator asks of the Optuna storage, behind one registry of storages.
+"""Everything the operator asks of the Optuna storage about its studies, behind one registry.
 
 Creating, resuming and deleting a study and who owns it live in study_setup.py; the status
-refresh's read (counts, best trial, Pareto front, failures) in summary.py. This module holds
-the engines, one per URL, and the caches that keep a refresh to a few small queries.
+refresh's read (counts, best trial, Pareto front, failures) in summary.py; the engines, one
+per URL, and the calls into the Optuna child process in storages.py. This module holds the
+per-study work and the caches that keep a refresh to a few small queries.
 
 The operator process never imports Optuna: what a reconcile reads and writes on every pass is
 plain SQL on Optuna's tables (study_rows.py, summary.py), and the rare work that needs Optuna
@@ -16,17 +17,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator.api import Direction
-from optuna_operator.contract import redact
 from optuna_operator.storage import importances
-from optuna_operator.storage.notify import TrialListener, install_trigger
+from optuna_operator.storage.notify import TrialListener
 from optuna_operator.storage.optuna_child import ChildError, OptunaChildren
-from optuna_operator.storage.pools import engine_kwargs
+from optuna_operator.storage.storages import StorageError, Storages, storage_error
 from optuna_operator.storage.study_rows import StudyRows
 from optuna_operator.storage.study_setup import (
     OPTUNA_VERSION,
@@ -55,17 +55,6 @@ __all__ = [
     "WarmStartError",
 ]
 
-# No pool: each namespace has its own credential, so pooled engines would keep idle
-# connections per namespace for as long as the operator runs (1,000 namespaces would
-# exhaust max_connections). Unpooled, the operator holds at most one connection per
-# running reconcile (8 threads), and pays one connect per refresh.
-OPERATOR_POOL_SIZE: int | None = None
-# A statement that takes longer is a database in trouble: fail the refresh, not hang it.
-STATEMENT_TIMEOUT_MS = 30_000
-# Compiled statements each engine keeps: the operator runs a few dozen distinct ones, and an
-# engine per tenant with SQLAlchemy's default (500) would grow with the tenants.
-QUERY_CACHE_SIZE = 50
-
 # A RUNNING trial of the study with no heartbeat or a stale one: only then has Optuna's pass
 # (in the child) anything to do. Heartbeats are written with the database's clock, in the
 # session's time zone, and compared as Optuna compares them.
@@ -75,23 +64,6 @@ _STALE_OR_SILENT = text(
     "WHERE s.study_name = :name AND t.state = 'RUNNING' AND (h.heartbeat IS NULL "
     "OR h.heartbeat <= LOCALTIMESTAMP - :grace * INTERVAL '1 second') LIMIT 1"
 )
-
-
-class StorageError(Exception):
-    """The storage could not be reached or used; the message is free of credentials."""
-
-
-def _storage_error(exc: Exception, url: str) -> NoReturn:
-    raise StorageError(redact(str(exc).splitlines()[0], url)) from None
-
-
-def _child_failed(exc: ChildError) -> NoReturn:
-    """What the child's failure means here; its message is already free of credentials."""
-    if exc.kind == "WarmStartError":
-        raise WarmStartError(str(exc)) from None
-    if exc.kind in ("SQLAlchemyError", "MemoryError", "timeout", "crash"):
-        raise StorageError(str(exc)) from None
-    raise exc
 
 
 @dataclass(frozen=True)
@@ -107,8 +79,8 @@ class StudyHandle:
 
 
 class StoreRegistry:
-    """One engine per storage URL, shared by all studies on it, and the Optuna child
-    processes for the rare work that needs Optuna.
+    """The operator's work on its studies, over the shared engines and Optuna children of
+    `Storages` (storages.py), with the caches that keep a refresh to a few small queries.
 
     Safe under concurrent reconciles: no I/O happens under the registry-wide lock (a
     storage that hangs must not stall studies on other storages), and each study's scan
@@ -118,11 +90,7 @@ class StoreRegistry:
     def __init__(
         self, listener: TrialListener | None = None, children: OptunaChildren | None = None
     ) -> None:
-        # With a listener, each storage gets the trial trigger and its database a LISTEN
-        # connection (notify.py): trial changes wake their study's reconcile.
-        self._listener = listener
-        self._children = children or OptunaChildren()
-        self._storages: dict[str, StudyRows] = {}
+        self._storages = Storages(listener, children or OptunaChildren())
         self._scans = StudyScans()
         # Studies already checked, with the attributes last written: directions cannot change
         # (a CEL rule), so a refresh needs no query until the generation moves.
@@ -130,90 +98,29 @@ class StoreRegistry:
         # Trials found running without a heartbeat by the last stale-trial pass of a study
         # (url, name): the next pass gives them one (engines.HeartbeatStorage).
         self._silent: dict[tuple[str, str], list[int]] = {}
-        # The schema version Optuna's tables must have, as the child's Optuna reports it.
-        self._schema_head: str | None = None
-        self._lock = threading.Lock()  # guards the dicts above and the lock table below
-        self._url_locks: dict[str, threading.Lock] = {}
-
-    def _url_lock(self, url: str) -> threading.Lock:
-        with self._lock:
-            return self._url_locks.setdefault(url, threading.Lock())
+        self._lock = threading.Lock()  # guards the dicts above
 
     def storage(self, url: str) -> StudyRows:
-        """The study rows of `url` on its shared engine, made on first use, when Optuna's
-        tables are checked (and created by the child where missing). Connecting happens
-        under this URL's lock only, never under the lock every study shares: a tenant's
-        hanging database stalls that tenant's reconciles only."""
-        with self._lock:
-            existing = self._storages.get(url)
-        if existing is not None:
-            return existing
-        with self._url_lock(url):
-            with self._lock:
-                existing = self._storages.get(url)
-            if existing is not None:
-                return existing
-            rows = self._open(url)
-            with self._lock:
-                self._storages[url] = rows
-            return rows
-
-    def _open(self, url: str) -> StudyRows:
-        try:
-            engine = create_engine(
-                url,
-                query_cache_size=QUERY_CACHE_SIZE,
-                **engine_kwargs(
-                    url,
-                    "optuna-operator",
-                    pool_size=OPERATOR_POOL_SIZE,
-                    statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-                ),
-            )
-            rows = StudyRows(engine)
-            # Tables at the version this Optuna writes need nothing more; missing or other
-            # ones go to the child, which creates them or raises Optuna's RuntimeError.
-            if self._schema_head is None or rows.schema_version() != self._schema_head:
-                self._schema_head = self._call("open", url)
-        except (SQLAlchemyError, ValueError, ImportError) as exc:
-            _storage_error(exc, url)
-        if self._listener is not None:
-            install_trigger(engine, url)
-        return rows
-
-    def _call(self, op: str, url: str, **args: Any) -> Any:
-        """The child's answer to `op`; its failures as this module's errors (Optuna's
-        RuntimeError of a schema it cannot use stays a RuntimeError, as it always was)."""
-        try:
-            return self._children.call(op, url, **args)
-        except ChildError as exc:
-            if exc.kind == "RuntimeError" and op == "open":
-                raise RuntimeError(str(exc)) from None
-            _child_failed(exc)
+        """The study rows of `url` on its shared engine, made on first use (Storages.get)."""
+        return self._storages.get(url)
 
     def close(self) -> None:
         """Dispose of every engine and end the Optuna children."""
         with self._lock:
-            storages = list(self._storages.values())
-            self._storages.clear()
             self._handles.clear()
             self._silent.clear()
         self._scans.clear()
-        for rows in storages:
-            rows.engine.dispose()
-        self._children.close()
+        self._storages.close()
 
     def drop_url(self, url: str) -> None:
         """Forget a storage URL that is no longer used (a rotated password)."""
         with self._lock:
-            rows = self._storages.pop(url, None)
             for key in [k for k in self._handles if k[0] == url]:
                 del self._handles[key]
             for key in [k for k in self._silent if k[0] == url]:
                 del self._silent[key]
         self._scans.drop(url)
-        if rows is not None:
-            rows.engine.dispose()
+        self._storages.drop(url)
 
     def forget(self, name: str) -> None:
         """Drop what is cached of a study (it was deleted in Kubernetes)."""
@@ -261,13 +168,13 @@ class StoreRegistry:
                 storage,
                 new,
                 before_create,
-                lambda new: self._call("create", url, new=new.to_json()),
+                lambda new: self._storages.call("create", url, new=new.to_json()),
             )
             claimed = claim_study(
                 storage, study_id, new, attrs, owner, adopt=adopt, created=created
             )
         except SQLAlchemyError as exc:
-            _storage_error(exc, url)
+            storage_error(exc, url)
         handle = StudyHandle(
             study_id, name, new.directions, claimed.start_time, created, claimed.copied
         )
@@ -280,7 +187,7 @@ class StoreRegistry:
         nothing was deleted."""
         self.forget(name)
         self.storage(url)
-        deleted: bool = self._call(
+        deleted: bool = self._storages.call(
             "delete", url, name=name, owner=owner.to_attr() if owner is not None else None
         )
         return deleted
@@ -291,15 +198,15 @@ class StoreRegistry:
         """Counts, best trial and Pareto front; one pooled connection for the whole read
         (a second one requested while holding the first deadlocks a busy pool)."""
         storage = self.storage(url)
-        if self._listener is not None:
-            self._listener.watch(url)  # again after a listener broke
+        if self._storages.listener is not None:
+            self._storages.listener.watch(url)  # again after a listener broke
         cache, lock = self._scans.get(url, handle.study_id)
         try:
             # The scan cache of one study is read and advanced by one refresh at a time.
             with lock, storage.engine.connect() as conn:
                 return summarize(conn, cache, handle.study_id, handle.directions)
         except SQLAlchemyError as exc:
-            _storage_error(exc, url)
+            storage_error(exc, url)
 
     def fail_stale_trials(self, url: str, name: str, heartbeat_interval: int) -> None:
         """Fail (and re-enqueue) trials whose heartbeat stopped. Workers do this whenever one
@@ -315,7 +222,7 @@ class StoreRegistry:
                         _STALE_OR_SILENT, {"name": name, "grace": 2 * heartbeat_interval}
                     ).first()
             except SQLAlchemyError as exc:
-                _storage_error(exc, url)
+                storage_error(exc, url)
             if found is None:
                 with self._lock:
                     self._silent.pop(key, None)
@@ -323,11 +230,11 @@ class StoreRegistry:
         with self._lock:
             silent = self._silent.get(key, [])
         try:
-            left = self._call(
+            left = self._storages.call(
                 "fail_stale", url, name=name, heartbeat_interval=heartbeat_interval, silent=silent
             )
         except ChildError as exc:  # Optuna's KeyError of a study deleted meanwhile, and such
-            _storage_error(exc, url)
+            storage_error(exc, url)
         with self._lock:
             if left:
                 self._silent[key] = left
