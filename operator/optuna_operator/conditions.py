@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
 from optuna_operator.api import Condition
 
-__all__ = ["ConditionType", "Reason", "ReasonedError", "find", "now_rfc3339", "set_condition"]
+__all__ = [
+    "ConditionType",
+    "ConditionUpdate",
+    "Reason",
+    "ReasonedError",
+    "find",
+    "now_rfc3339",
+    "set_condition",
+    "set_conditions",
+]
 
 
 class ConditionType(StrEnum):
@@ -106,6 +116,22 @@ def set_condition(
         last_transition_time=transition,
     )
     return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
+
+
+# A condition to set: its type, status (None: Unknown), reason and message.
+ConditionUpdate = tuple[str, bool | None, str, str]
+
+
+def set_conditions(
+    conditions: list[Condition],
+    updates: Iterable[ConditionUpdate],
+    generation: int | None,
+    now: str | None = None,
+) -> list[Condition]:
+    """`set_condition` for each update in turn: a new list, the others left as they are."""
+    for type_, status, reason, message in updates:
+        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
+    return conditions
 
 
 class ReasonedError(Exception):

@@ -19,7 +19,7 @@ from optuna_operator.api import (
     TuningStudyStatus,
     WorkerCounts,
 )
-from optuna_operator.conditions import ConditionType, Reason, find, set_condition
+from optuna_operator.conditions import ConditionType, ConditionUpdate, Reason, set_conditions
 from optuna_operator.config import OPERATOR_VERSION
 from optuna_operator.contract import redact
 from optuna_operator.lifecycle import FINISHED_PHASES, active_seconds
@@ -61,8 +61,11 @@ def build_status(
     status.operator_version = OPERATOR_VERSION
     status.observed_generation = generation
 
+    # The conditions are set at the end, in the order they are decided, in one pass.
+    updates: list[ConditionUpdate] = []
+
     def set_(type_: ConditionType, ok: bool | None, reason: str, message: str) -> None:
-        status.conditions = set_condition(status.conditions, type_, ok, reason, message, generation)
+        updates.append((type_, ok, reason, message))
 
     handle, summary = observed.handle, observed.summary
     assert handle is not None
@@ -92,6 +95,7 @@ def build_status(
     if best is not None and len(study.spec.directions) == 1 and best.number != previous_best:
         message = f"Trial {best.number} is the best so far: {best.values[0]:.6g}"
         events.append(Event("Normal", "NewBestTrial", message))
+    status.conditions = set_conditions(status.conditions, updates, generation)
     return status, events
 
 
@@ -291,16 +295,16 @@ def storage_failure_status(
     """Status when the storage or the study cannot be used: everything else is kept."""
     generation = study.metadata.generation
     message = redact(message)
-    status = study.status.model_copy(deep=True)
-    status.conditions = set_condition(
-        status.conditions, ConditionType.STORAGE_READY, False, reason, message, generation
-    )
-    status.phase = status.phase or PhaseName.PENDING
-    status.observed_generation = generation
-    status.study_name = study.study_name
     events = []
     if _reason_changed(study.status, ConditionType.STORAGE_READY, reason, "False"):
         events.append(Event("Warning", reason, message))
+    status = study.status.model_copy(deep=True)
+    status.phase = status.phase or PhaseName.PENDING
+    status.observed_generation = generation
+    status.study_name = study.study_name
+    status.conditions = set_conditions(
+        status.conditions, [(ConditionType.STORAGE_READY, False, reason, message)], generation
+    )
     return status, events
 
 
@@ -401,7 +405,7 @@ def _admission_condition(
 def _reason_changed(
     status: TuningStudyStatus, type_: str, reason: str, expected_status: str = "True"
 ) -> bool:
-    old = find(status.conditions, type_)
+    old = next((c for c in status.conditions if c.type == type_), None)
     return old is None or old.reason != reason or old.status != expected_status
 
 
