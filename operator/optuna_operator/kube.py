@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from optuna_operator.api import API_VERSION, PLURAL
 
-__all__ = ["FIELD_MANAGER", "Cluster", "ClusterReader"]
+__all__ = ["FIELD_MANAGER", "Cluster", "ClusterReader", "controller_uid"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,14 @@ _PATHS = {
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "TuningStudy": (f"/apis/{API_VERSION}", PLURAL),
 }
+
+
+def controller_uid(obj: dict[str, Any] | None) -> str | None:
+    """The uid of the object's controlling owner, if any."""
+    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
 
 
 class ClusterReader:

@@ -18,7 +18,7 @@ from optuna_operator.applied import conflict_message, manifest_hash
 from optuna_operator.conditions import Reason
 from optuna_operator.contract import STOP_REQUEST_ATTR
 from optuna_operator.dashboards import DashboardConflict, DashboardSender, Sent
-from optuna_operator.kube import Cluster
+from optuna_operator.kube import Cluster, controller_uid
 from optuna_operator.reconcile.model import (
     Acted,
     ChildConflict,
@@ -26,7 +26,6 @@ from optuna_operator.reconcile.model import (
     Observed,
     Plan,
     StorageRef,
-    controller_uid,
 )
 from optuna_operator.storage.study_store import StorageError, StoreRegistry, StudyHandle
 

@@ -1,6 +1,5 @@
 """What the reconcile steps hand each other: observations, the plan, what was done,
-the outcome. Plain frozen dataclasses, and the few readers of object metadata they are
-built from.
+the outcome. Plain frozen dataclasses, and the reader of a worker Job they are built from.
 """
 
 from __future__ import annotations
@@ -10,12 +9,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from optuna_operator import kueue, manifests
-from optuna_operator.api import StopReason, TuningStudy, TuningStudyStatus
+from optuna_operator.api import StopReason, TuningStudyStatus
 from optuna_operator.applied import applied_hash
 from optuna_operator.conditions import ReasonedError
 from optuna_operator.dashboards import DashboardAction
 from optuna_operator.lifecycle import PhaseName
-from optuna_operator.storage.study_store import Owner, StudyHandle, StudySummary
+from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.storage.tenancy import TenantCredentials
 
 __all__ = [
@@ -32,8 +31,6 @@ __all__ = [
     "Plan",
     "StorageProblem",
     "StorageRef",
-    "controller_uid",
-    "owner_of",
 ]
 
 
@@ -202,17 +199,3 @@ class Outcome:
 
 class ChildConflict(Exception):
     """An object with a child's name exists and is not controlled by this TuningStudy."""
-
-
-def controller_uid(obj: dict[str, Any] | None) -> str | None:
-    """The uid of the object's controlling owner, if any."""
-    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            return str(ref.get("uid"))
-    return None
-
-
-def owner_of(study: TuningStudy) -> Owner:
-    """The owner record of a TuningStudy."""
-    meta = study.metadata
-    return Owner(meta.namespace, meta.name, meta.uid or "")

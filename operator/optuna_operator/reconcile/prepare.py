@@ -15,18 +15,24 @@ from kubernetes.client.exceptions import ApiException
 from optuna_operator.api import TuningStudy
 from optuna_operator.conditions import Reason
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
-from optuna_operator.kube import Cluster
-from optuna_operator.reconcile.model import StorageProblem, StorageRef, controller_uid, owner_of
-from optuna_operator.storage.study_store import OPTUNA_VERSION, StoreRegistry, StudyHandle
+from optuna_operator.kube import Cluster, controller_uid
+from optuna_operator.reconcile.model import StorageProblem, StorageRef
+from optuna_operator.storage.study_store import OPTUNA_VERSION, Owner, StoreRegistry, StudyHandle
 from optuna_operator.storage.tenancy import Tenancy, TenancyError, TenantLimits
 
-__all__ = ["SECRET_TTL_SECONDS", "Prepared", "Preparer"]
+__all__ = ["SECRET_TTL_SECONDS", "Prepared", "Preparer", "owner_of"]
 
 log = logging.getLogger(__name__)
 
 # Secret values read for storage URLs are reused this long: a rotated password reaches new
 # workers within a minute, and running studies do not GET a Secret on every refresh.
 SECRET_TTL_SECONDS = 60.0
+
+
+def owner_of(study: TuningStudy) -> Owner:
+    """The owner record of a TuningStudy, kept with its Optuna study."""
+    meta = study.metadata
+    return Owner(meta.namespace, meta.name, meta.uid or "")
 
 
 @dataclass(frozen=True)

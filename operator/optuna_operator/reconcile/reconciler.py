@@ -9,9 +9,9 @@ from optuna_operator.config import OperatorSettings
 from optuna_operator.kube import Cluster
 from optuna_operator.reconcile.act import Actor
 from optuna_operator.reconcile.decide import decide
-from optuna_operator.reconcile.model import Children, Outcome, StorageProblem, owner_of
+from optuna_operator.reconcile.model import Children, Outcome, StorageProblem
 from optuna_operator.reconcile.observe import Observer
-from optuna_operator.reconcile.prepare import Preparer
+from optuna_operator.reconcile.prepare import Preparer, owner_of
 from optuna_operator.reconcile.status import (
     build_status,
     redact_status,
