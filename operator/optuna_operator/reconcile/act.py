@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_operator import manifests
-from optuna_operator.api import BestTrial, StopReason, TuningStudy
+from optuna_operator.api import BestTrial, TuningStudy
 from optuna_operator.applied import conflict_message, manifest_hash
 from optuna_operator.conditions import Reason
-from optuna_operator.contract import STOP_REQUEST_ATTR
 from optuna_operator.dashboards import DashboardConflict, DashboardSender, Sent
 from optuna_operator.kube import Cluster, controller_uid
 from optuna_operator.reconcile.model import (
@@ -25,9 +23,8 @@ from optuna_operator.reconcile.model import (
     JobState,
     Observed,
     Plan,
-    StorageRef,
 )
-from optuna_operator.storage.study_store import StorageError, StoreRegistry, StudyHandle
+from optuna_operator.storage.study_store import StorageError, StoreRegistry
 
 __all__ = [
     "Actor",
@@ -57,8 +54,6 @@ class Actor:
         self.dashboards = DashboardSender(cluster)
         # (namespace, ConfigMap name) -> digest of the spec.export ConfigMap last applied
         self._exports: dict[tuple[str, str], str] = {}
-        # (storage URL, study id) -> the stop request last written there
-        self._stop_requests: dict[tuple[str, int], dict[str, str | int | None]] = {}
 
     def forget(self, study: TuningStudy) -> None:
         """Drop what is cached for a deleted study."""
@@ -85,8 +80,20 @@ class Actor:
             except StorageError as exc:  # the next refresh tries again
                 log.warning("Could not fail stale trials of %s: %s", observed.handle.name, exc)
         if plan.stop_workers:
-            self._stop_workers(study, observed.storage, observed.handle)
-        importances = self._importances(observed.storage, study) if plan.importances else None
+            self.stores.stop_workers(
+                observed.storage.url, observed.handle, study.spec.budget.timeout_seconds
+            )
+        importances = None
+        if plan.importances:
+            try:
+                url, name = observed.storage.url, study.study_name
+                importances = self.stores.param_importances(url, name) or None
+            except Exception as exc:  # importance is a courtesy; never fail the study for it
+                log.warning(
+                    "Could not compute parameter importances for %s: %s",
+                    study.study_name,
+                    type(exc).__name__,
+                )
         if study.spec.export is not None and observed.summary.best is not None:
             self._export(study, observed.summary.best)
         return Acted(
@@ -178,39 +185,6 @@ class Actor:
         if self._exports.get(key) != digest:
             self.cluster.apply(config_map)
             self._exports[key] = digest
-
-    def _stop_workers(self, study: TuningStudy, storage: StorageRef, handle: StudyHandle) -> None:
-        """Ask the workers, through the study's system attributes they read before each
-        trial, to start no more: the time budget (active time) ran out. Written once."""
-        request: dict[str, str | int | None] = {
-            "reason": StopReason.TIME.value,
-            "timeoutSeconds": study.spec.budget.timeout_seconds,
-        }
-        key = (storage.url, handle.study_id)
-        if self._stop_requests.get(key) == request:
-            return
-        try:
-            self.stores.storage(storage.url).set_study_system_attr(
-                handle.study_id, STOP_REQUEST_ATTR, request
-            )
-        except (StorageError, SQLAlchemyError) as exc:  # the next refresh tries again
-            log.warning(
-                "Could not ask the workers of %s to stop: %s", handle.name, type(exc).__name__
-            )
-            return
-        self._stop_requests[key] = request
-        log.info("Asked the workers of %s to stop: the time budget ran out", handle.name)
-
-    def _importances(self, storage: StorageRef, study: TuningStudy) -> dict[str, float] | None:
-        try:
-            return self.stores.param_importances(storage.url, study.study_name) or None
-        except Exception as exc:  # importance is a courtesy; never fail the study for it
-            log.warning(
-                "Could not compute parameter importances for %s: %s",
-                study.study_name,
-                type(exc).__name__,
-            )
-            return None
 
 
 def _refusal(exc: ApiException, kind: str, name: str) -> str:

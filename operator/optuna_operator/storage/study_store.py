@@ -13,6 +13,7 @@ process (optuna_child.py) that exits when idle.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,7 +23,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from optuna_operator.api import Direction
+from optuna_operator.api import Direction, StopReason
+from optuna_operator.contract import STOP_REQUEST_ATTR
 from optuna_operator.storage import importances
 from optuna_operator.storage.notify import TrialListener
 from optuna_operator.storage.optuna_child import ChildError, OptunaChildren
@@ -54,6 +56,8 @@ __all__ = [
     "StudySummary",
     "WarmStartError",
 ]
+
+log = logging.getLogger(__name__)
 
 # A RUNNING trial of the study with no heartbeat or a stale one: only then has Optuna's pass
 # (in the child) anything to do. Heartbeats are written with the database's clock, in the
@@ -98,6 +102,8 @@ class StoreRegistry:
         # Trials found running without a heartbeat by the last stale-trial pass of a study
         # (url, name): the next pass gives them one (engines.HeartbeatStorage).
         self._silent: dict[tuple[str, str], list[int]] = {}
+        # (storage URL, study id) -> the stop request last written there
+        self._stop_requests: dict[tuple[str, int], dict[str, str | int | None]] = {}
         self._lock = threading.Lock()  # guards the dicts above
 
     def storage(self, url: str) -> StudyRows:
@@ -240,6 +246,29 @@ class StoreRegistry:
                 self._silent[key] = left
             else:
                 self._silent.pop(key, None)
+
+    def stop_workers(self, url: str, handle: StudyHandle, timeout_seconds: int | None) -> None:
+        """Ask the workers, through the study's system attributes they read before each
+        trial, to start no more: the time budget (active time) ran out. Written once; a
+        failure is logged and the next refresh tries again."""
+        request: dict[str, str | int | None] = {
+            "reason": StopReason.TIME.value,
+            "timeoutSeconds": timeout_seconds,
+        }
+        key = (url, handle.study_id)
+        with self._lock:
+            if self._stop_requests.get(key) == request:
+                return
+        try:
+            self.storage(url).set_study_system_attr(handle.study_id, STOP_REQUEST_ATTR, request)
+        except (StorageError, SQLAlchemyError) as exc:
+            log.warning(
+                "Could not ask the workers of %s to stop: %s", handle.name, type(exc).__name__
+            )
+            return
+        with self._lock:
+            self._stop_requests[key] = request
+        log.info("Asked the workers of %s to stop: the time budget ran out", handle.name)
 
     def param_importances(self, url: str, name: str) -> dict[str, float]:
         """Computed once, at completion, in a child process with a memory and a time limit
