@@ -125,8 +125,9 @@ class DashboardSender:
         """Carry out `action`; raises DashboardConflict for an object of someone else's."""
         if action == "none":
             return Sent(current)
+        name = manifests.dashboard_name(study)
         if study.spec.storage is not None:
-            return self._send(study, action, desired, current)
+            return self._send(study, name, action, desired, current)
         with self._namespace_lock(study.metadata.namespace):
             fresh = self.cluster.get(
                 "Deployment", study.metadata.namespace, manifests.NAMESPACE_DASHBOARD
@@ -135,17 +136,17 @@ class DashboardSender:
             action = decide_dashboard(fresh, desired)
             if action == "none":
                 return Sent(fresh)
-            return self._send(study, action, desired, fresh)
+            return self._send(study, name, action, desired, fresh)
 
     def _send(
         self,
         study: TuningStudy,
+        name: str,
         action: DashboardAction,
         desired: list[dict[str, Any]],
         current: dict[str, Any] | None,
     ) -> Sent:
         ns = study.metadata.namespace
-        name = manifests.dashboard_name(study)
         for kind in KINDS:
             cached = current if kind == "Deployment" else None
             self._check_ours(study, kind, ns, name, cached)

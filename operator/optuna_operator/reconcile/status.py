@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from optuna_operator import kueue, manifests
-from optuna_operator.advice import budget_advice
+from optuna_operator.advice import Advice, budget_advice
 from optuna_operator.api import (
     PARETO_FRONT_LIMIT,
     DashboardStatus,
@@ -69,6 +69,9 @@ def build_status(
 
     handle, summary = observed.handle, observed.summary
     assert handle is not None
+    # Read first, the rest is assembled from them: the dashboard's name and the advice.
+    dashboard = manifests.dashboard_name(study)
+    advice = budget_advice(study.spec, summary.finished, summary.pruned, summary.reported)
     events: list[Event] = []
     if handle.created:
         events.append(Event("Normal", Reason.STUDY_CREATED, f"Created Optuna study {handle.name}"))
@@ -80,10 +83,10 @@ def build_status(
     )
     status.start_time = status.start_time or handle.start_time
     events += _children_events(study, observed, plan, acted)
-    _dashboard_status(study, acted, set_, status, events)
+    _dashboard_status(study, dashboard, acted, set_, status, events)
     _progress(status, summary, acted.job, study.spec.budget.trials, _counted_copies(study, handle))
     _active_time(status, acted.job, observed.now)
-    events += _advice(study, summary, set_)
+    events += _advice(study, advice, set_)
     phase = _settled_phase(study, observed, plan, acted, status, set_, events)
     status.reason = phase.ended_by
     events += _outcome(study, status, old, phase, acted, set_, observed.now)
@@ -99,9 +102,8 @@ def build_status(
     return status, events
 
 
-def _advice(study: TuningStudy, summary: StudySummary, set_: Any) -> list[Event]:
+def _advice(study: TuningStudy, advice: Advice | None, set_: Any) -> list[Event]:
     """The BudgetAdvice condition, and a Warning event when its advice is new."""
-    advice = budget_advice(study.spec, summary.finished, summary.pruned, summary.reported)
     if advice is None:
         set_(ConditionType.BUDGET_ADVICE, False, "BudgetFits", "No advice on the budget")
         return []
@@ -310,12 +312,13 @@ def storage_failure_status(
 
 def _dashboard_status(
     study: TuningStudy,
+    name: str,
     acted: Acted,
     set_: Any,
     status: TuningStudyStatus,
     events: list[Event],
 ) -> None:
-    ns, name = study.metadata.namespace, manifests.dashboard_name(study)
+    ns = study.metadata.namespace
     if not study.spec.dashboard.enabled:
         status.dashboard = None
         set_(
