@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "APPLIED_HASH_ANNOTATION",
+    "ChildAction",
     "applied_hash",
+    "child_action",
     "conflict_message",
     "manifest_hash",
     "with_hash",
@@ -40,6 +42,18 @@ def applied_hash(obj: dict[str, Any] | None) -> str | None:
     annotations = obj.get("metadata", {}).get("annotations") or {}
     value = annotations.get(APPLIED_HASH_ANNOTATION)
     return str(value) if value is not None else None
+
+
+# What to do with a child whose manifests are compared by digest.
+ChildAction = Literal["none", "apply", "delete"]
+
+
+def child_action(current: dict[str, Any] | None, desired: list[dict[str, Any]]) -> ChildAction:
+    """Apply when what should exist (`desired`, its first object carrying the digest)
+    differs from what was last applied to `current`; delete what should not exist. Pure."""
+    if not desired:
+        return "delete" if current is not None else "none"
+    return "apply" if applied_hash(current) != applied_hash(desired[0]) else "none"
 
 
 def conflict_message(kind: str, name: str, current: dict[str, Any]) -> str:

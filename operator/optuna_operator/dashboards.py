@@ -17,28 +17,26 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from optuna_operator import manifests
 from optuna_operator.api import KIND, TuningStudy
-from optuna_operator.applied import applied_hash, conflict_message, with_hash
+from optuna_operator.applied import ChildAction, child_action, conflict_message, with_hash
 from optuna_operator.kube import Cluster
 
 __all__ = [
     "KINDS",
-    "DashboardAction",
     "DashboardConflict",
     "DashboardSender",
     "Sent",
-    "decide_dashboard",
     "desired_dashboard",
     "namespace_owners",
 ]
 
 log = logging.getLogger(__name__)
 
-DashboardAction = Literal["none", "apply", "delete"]
 # The dashboard's objects in the order they are sent (the Deployment first: its state is
 # what the status reports) and deleted.
 KINDS = ("Deployment", "Service", "NetworkPolicy")
@@ -81,16 +79,6 @@ def desired_dashboard(
     return [with_hash(obj) for obj in objects]
 
 
-def decide_dashboard(
-    current: dict[str, Any] | None, desired: list[dict[str, Any]]
-) -> DashboardAction:
-    """Apply when what should exist differs from what was last applied; delete what should
-    not exist. Pure."""
-    if not desired:
-        return "delete" if current is not None else "none"
-    return "apply" if applied_hash(current) != applied_hash(desired[0]) else "none"
-
-
 @dataclass(frozen=True)
 class Sent:
     """The dashboard Deployment after sending (None: deleted or none), and what changed."""
@@ -117,32 +105,33 @@ class DashboardSender:
     def send(
         self,
         study: TuningStudy,
+        name: str,
         ctx: manifests.ChildContext,
-        action: DashboardAction,
+        action: ChildAction,
         desired: list[dict[str, Any]],
         current: dict[str, Any] | None,
     ) -> Sent:
-        """Carry out `action`; raises DashboardConflict for an object of someone else's."""
+        """Carry out `action` on the dashboard `name`; raises DashboardConflict for an object
+        of someone else's. The namespace's dashboard is read again, and what it should be
+        decided again, under the namespace's lock."""
         if action == "none":
             return Sent(current)
-        name = manifests.dashboard_name(study)
-        if study.spec.storage is not None:
+        shared = study.spec.storage is None
+        ns = study.metadata.namespace
+        with self._namespace_lock(ns) if shared else nullcontext():
+            if shared:
+                current = self.cluster.get("Deployment", ns, manifests.NAMESPACE_DASHBOARD)
+                desired = desired_dashboard(study, ctx, current)
+                action = child_action(current, desired)
+                if action == "none":
+                    return Sent(current)
             return self._send(study, name, action, desired, current)
-        with self._namespace_lock(study.metadata.namespace):
-            fresh = self.cluster.get(
-                "Deployment", study.metadata.namespace, manifests.NAMESPACE_DASHBOARD
-            )
-            desired = desired_dashboard(study, ctx, fresh)
-            action = decide_dashboard(fresh, desired)
-            if action == "none":
-                return Sent(fresh)
-            return self._send(study, name, action, desired, fresh)
 
     def _send(
         self,
         study: TuningStudy,
         name: str,
-        action: DashboardAction,
+        action: ChildAction,
         desired: list[dict[str, Any]],
         current: dict[str, Any] | None,
     ) -> Sent:

@@ -6,7 +6,8 @@ from typing import Any
 
 from optuna_operator import manifests
 from optuna_operator.api import TuningStudy
-from optuna_operator.dashboards import decide_dashboard, desired_dashboard, namespace_owners
+from optuna_operator.applied import child_action as decide_dashboard
+from optuna_operator.dashboards import desired_dashboard, namespace_owners
 
 CTX = manifests.ChildContext(
     storage_secret="optuna-storage",

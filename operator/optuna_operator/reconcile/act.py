@@ -146,16 +146,17 @@ class Actor:
     ) -> tuple[Sent, tuple[str, str] | None]:
         """Send the dashboard the plan names; a refusal or a conflict is reported."""
         assert observed.context is not None
+        name = manifests.dashboard_name(study)
         try:
             sent = self.dashboards.send(
                 study,
+                name,
                 observed.context,
                 plan.dashboard,
                 observed.desired_dashboard,
                 observed.dashboard,
             )
         except ApiException as exc:
-            name = manifests.dashboard_name(study)
             return Sent(observed.dashboard), (
                 Reason.CHILD_REJECTED,
                 _refusal(exc, "Deployment", name),

@@ -10,9 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from optuna_operator.api import PhaseName, StopReason, TuningStudy
-from optuna_operator.applied import applied_hash
+from optuna_operator.applied import applied_hash, child_action
 from optuna_operator.conditions import Reason
-from optuna_operator.dashboards import decide_dashboard
 from optuna_operator.lifecycle import FINISHED_PHASES, Assessment, assess
 from optuna_operator.reconcile.model import JobAction, JobState, Observed, Phase, Plan
 from optuna_operator.storage.study_store import StudySummary
@@ -193,7 +192,7 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
         phase=phase,
         job=_job_action(study, observed, seen, phase.phase in FINISHED_PHASES),
         delete_jobs=observed.stale_jobs,
-        dashboard=decide_dashboard(observed.dashboard, observed.desired_dashboard),
+        dashboard=child_action(observed.dashboard, observed.desired_dashboard),
         delete_old_dashboard=observed.old_dashboard is not None,
         fail_stale_trials=bool(observed.summary.running) and workers_gone,
         # Only the operator sees active time: running workers are told through the database.

@@ -10,9 +10,8 @@ from typing import Any, Literal
 
 from optuna_operator import kueue, manifests
 from optuna_operator.api import StopReason, TuningStudyStatus
-from optuna_operator.applied import applied_hash
+from optuna_operator.applied import ChildAction, applied_hash
 from optuna_operator.conditions import ReasonedError
-from optuna_operator.dashboards import DashboardAction
 from optuna_operator.lifecycle import PhaseName
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.storage.tenancy import TenantCredentials
@@ -159,7 +158,7 @@ class Plan:
     phase: Phase
     job: JobAction = "none"
     delete_jobs: tuple[str, ...] = ()
-    dashboard: DashboardAction = "none"
+    dashboard: ChildAction = "none"
     delete_old_dashboard: bool = False
     fail_stale_trials: bool = False
     # The time budget ran out while workers run: they are told through the database.
