@@ -120,11 +120,11 @@ class StoreRegistry:
 
     def drop_url(self, url: str) -> None:
         """Forget a storage URL that is no longer used (a rotated password)."""
+        caches: tuple[dict[tuple[str, str], Any], ...] = (self._handles, self._silent)
         with self._lock:
-            for key in [k for k in self._handles if k[0] == url]:
-                del self._handles[key]
-            for key in [k for k in self._silent if k[0] == url]:
-                del self._silent[key]
+            for cache in caches:
+                for key in [k for k in cache if k[0] == url]:
+                    del cache[key]
         self._scans.drop(url)
         self._storages.drop(url)
 
