@@ -94,11 +94,12 @@ class Observer:
         self, study: TuningStudy, prepared: Prepared, children: Children, now: datetime
     ) -> Observed:
         """Read the database and the cached children; raises on storage problems."""
-        summary = self.stores.summarize(prepared.storage.url, prepared.handle)
         ctx = self.child_context(study, prepared)
+        summary = self.stores.summarize(prepared.storage.url, prepared.handle)
         desired_job = with_hash(manifests.worker_job(study, ctx))
         current, stale = split_jobs(study, children.jobs, desired_job["metadata"]["name"])
         current, workers_message = self._why_workers_failed(study, current)
+        pods_refused = self._why_pods_refused(study, current)
         # Default storage: the namespace's dashboard serves the study, and a dashboard of its
         # own from before 0.2 (on the same read-only role) goes.
         own_storage = study.spec.storage is not None
@@ -116,7 +117,7 @@ class Observer:
             dashboard=serving,
             old_dashboard=None if own_storage else children.dashboard,
             workers_message=workers_message,
-            pods_refused=self._why_pods_refused(study, current),
+            pods_refused=pods_refused,
             desired_job=desired_job,
             desired_dashboard=desired_dashboard(study, ctx, serving),
             context=ctx,
