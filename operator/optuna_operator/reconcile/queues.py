@@ -47,7 +47,8 @@ class AdmissionReader:
                     )
                 raise
             workload = workloads[0] if workloads else None
-            return kueue.admission(queue, workload, self._cluster_queue(version, namespace, queue))
+            cluster_queue = self._cluster_queue(version, namespace, queue)
+            return kueue.admission(queue, workload, cluster_queue)
         return kueue.Admission(
             queue,
             None,
