@@ -34,6 +34,7 @@ from optuna_operator.overlay import OperatorFields, apply_pod_overlay
 
 __all__ = [
     "DASHBOARD_PORT",
+    "DASHBOARD_PROBE_PATH",
     "MANAGED_BY",
     "NAMESPACE_DASHBOARD",
     "NAMESPACE_DASHBOARD_LABEL",
@@ -66,6 +67,7 @@ DASHBOARD_PORT = 8080
 # The one dashboard of a namespace's default-storage studies (Deployment, Service and
 # NetworkPolicy of this name), and the label that tells it from anything else of that name.
 NAMESPACE_DASHBOARD = "optuna-dashboard"
+DASHBOARD_PROBE_PATH = "/api/meta"
 NAMESPACE_DASHBOARD_LABEL = "optuna-operator.io/namespace-dashboard"
 # A study's own dashboard reads its read-only URL from this variable.
 DASHBOARD_URL_ENV = "OPTUNA_DASHBOARD_URL"
@@ -375,8 +377,11 @@ def _dashboard_container(
         "args": ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT), url_arg],
         "env": env,
         "ports": [{"name": "http", "containerPort": DASHBOARD_PORT}],
+        # /api/meta answers without the database: optuna-dashboard checks the storage's
+        # schema version (a transaction) on every request for / and /dashboard, which a
+        # probe every 10 s would turn into steady load from every idle namespace.
         "readinessProbe": {
-            "httpGet": {"path": "/", "port": "http"},
+            "httpGet": {"path": DASHBOARD_PROBE_PATH, "port": "http"},
             "periodSeconds": 10,
         },
         "securityContext": CONTAINER_SECURITY_CONTEXT,
