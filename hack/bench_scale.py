@@ -72,6 +72,8 @@ PER_IDLE_TARGET = 0.02  # API requests/s and DB transactions/s per idle study
 DASHBOARD_STAND_IN = """#!/bin/sh
 port=$({python} -c 'import socket
 s = socket.socket()
+# As the server binds: a port whose last connections wait in TIME_WAIT is free.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("0.0.0.0", 8080)); print(8080)
 except OSError:
