@@ -10,8 +10,9 @@ the same process on the same throwaway PostgreSQL. Prints numbers; asserts nothi
    (whole processes and the trial loop alone) and, separately, what load balancing over one
    shared budget does to the trial loop. Then the exact budget: the largest overshoot of
    budget.trials over 10 runs of 4 workers.
-3. Scale (bench_scale.py): 100, 500 and 1,000 TuningStudies on one operator; what idle
-   studies cost the API server and PostgreSQL, the operator's memory and CPU, status lag.
+3. Scale (bench_scale.py): 100 and 1,000 TuningStudies (3,000 on request) on one operator,
+   dashboards on; what idle studies cost the API server and PostgreSQL over 5 quiet minutes,
+   the operator's memory and CPU, status lag, and issue 24's targets met or not.
 4. Pool (bench_pool.py): the same study with the worker pool and with one Job per trial
    (the Katib / OptimizationJob way) on one bed, with 1 s, 10 s and 60 s trials (fewer trials
    for the longer ones), alternating which goes first: seconds of each and the ratio.
