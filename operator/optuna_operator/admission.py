@@ -12,13 +12,18 @@ namespace that they may not touch themselves. The policy asks the API server's a
   built-in `edit` and `admin` roles grant precisely because running a pod as an account is
   acting as it (kubernetes bootstrap policy, `system:aggregate-to-edit`);
 - `get` on every Secret the workers would read: env/envFrom, secret and projected volumes
-  (of spec.workers and of every container and volume of spec.workers.podTemplate),
-  spec.storage.secretRef, spec.dashboard.secretRef;
+  (of spec.workers and of every container and volume of spec.workers.podTemplate and of
+  spec.dashboard.podTemplate, a study's own dashboard pod), spec.storage.secretRef,
+  spec.dashboard.secretRef;
 - `get` on the ConfigMap of spec.objective.source: its key becomes code the workers run;
 - `use` on the PriorityClass of spec.workers.priorityClassName: the verb PodSecurityPolicy
   used for cluster-scoped objects a pod selects; nobody holds it until an admin grants it;
 - volumes only of the kinds the restricted Pod Security Standard allows (no hostPath, nfs...),
-  in spec.workers.volumes and spec.workers.podTemplate.spec.volumes alike.
+  in spec.workers.volumes, spec.workers.podTemplate.spec.volumes and
+  spec.dashboard.podTemplate.spec.volumes alike.
+
+A dashboard.podTemplate names no ServiceAccount (its schema refuses one), so only its
+Secrets and volumes are the author's to answer for.
 
 Only writes that change `spec` are checked, so the operator's own writes (status, its
 finalizer, any metadata) never are, and neither are label edits by other tools.
@@ -52,16 +57,7 @@ POLICY_NAME = "tuningstudy-author-permissions.optuna-operator.io"
 POLICY_FILE = "admission-policy.yaml"
 
 # The volume sources the restricted Pod Security Standard admits (plus the name field).
-ALLOWED_VOLUME_KINDS = (
-    "configMap",
-    "csi",
-    "downwardAPI",
-    "emptyDir",
-    "ephemeral",
-    "persistentVolumeClaim",
-    "projected",
-    "secret",
-)
+ALLOWED_VOLUME_KINDS = api.ALLOWED_VOLUME_KINDS
 
 _WORKERS = "object.spec.workers"
 
@@ -72,20 +68,30 @@ def _list(field: str) -> str:
 
 
 _OVERLAY = f"{_WORKERS}.podTemplate"
+_DASHBOARD = "object.spec.dashboard"
+_DASHBOARD_OVERLAY = f"{_DASHBOARD}.podTemplate"
 
 
-def _overlay_list(field: str) -> str:
-    """A list of spec.workers.podTemplate.spec, or an empty list."""
+def _overlay_list(field: str, overlay: str = _OVERLAY) -> str:
+    """A list of spec.workers.podTemplate.spec (or of another overlay's spec), or an empty
+    list."""
+    guard = f"has({_DASHBOARD}) && " if overlay == _DASHBOARD_OVERLAY else ""
     return (
-        f"(has({_OVERLAY}) && has({_OVERLAY}.spec) && has({_OVERLAY}.spec.{field}) "
-        f"? {_OVERLAY}.spec.{field} : [])"
+        f"({guard}has({overlay}) && has({overlay}.spec) && has({overlay}.spec.{field}) "
+        f"? {overlay}.spec.{field} : [])"
     )
 
 
-# Every volume the worker pod gets from the study: workers.volumes and the overlay's.
-_VOLUMES = f"({_list('volumes')} + {_overlay_list('volumes')})"
-# The overlay's containers: init containers, sidecars and the worker's patch.
-_OVERLAY_CONTAINERS = f"({_overlay_list('initContainers')} + {_overlay_list('containers')})"
+def _overlays_list(field: str) -> str:
+    """A list of both overlays' specs: spec.workers.podTemplate's and
+    spec.dashboard.podTemplate's (a study's own dashboard)."""
+    return f"{_overlay_list(field)} + {_overlay_list(field, _DASHBOARD_OVERLAY)}"
+
+
+# Every volume the study's pods get from it: workers.volumes and both overlays'.
+_VOLUMES = f"({_list('volumes')} + {_overlays_list('volumes')})"
+# The overlays' containers: init containers, sidecars and the worker's or dashboard's patch.
+_OVERLAY_CONTAINERS = f"({_overlays_list('initContainers')} + {_overlays_list('containers')})"
 
 
 def _can(resource: str, verb: str, name: str | None = None, group: str = "") -> str:
@@ -191,7 +197,8 @@ VALIDATIONS: list[dict[str, str]] = [
         "expression": "variables.containerSecretNames.all(ns, ns.all(n, "
         f"{_can('secrets', 'get', 'n')}))",
         "messageExpression": _denied(
-            "get every secret the containers of spec.workers.podTemplate read (' + "
+            "get every secret the containers of spec.workers.podTemplate and "
+            "spec.dashboard.podTemplate read (' + "
             "variables.containerSecretNames.map(ns, ns.join(', ')).filter(t, size(t) > 0)"
             ".join(', ') + ') in namespace ' + request.namespace + '. Their env and envFrom "
             "pass those Secrets to the pods of the study, so their author needs the get verb "
@@ -206,7 +213,7 @@ VALIDATIONS: list[dict[str, str]] = [
             "get every secret projected into volume(s) ' + "
             "variables.projectedSecretVolumes.map(v, v.name).join(', ') + ' in namespace ' + "
             "request.namespace + '. The author of a TuningStudy needs the get verb on every "
-            "Secret its worker pods mount.'"
+            "Secret its pods mount.'"
         ),
         "reason": "Forbidden",
     },
@@ -243,9 +250,11 @@ VALIDATIONS: list[dict[str, str]] = [
     },
     {
         "expression": "size(variables.hostVolumes) == 0",
-        "messageExpression": "'TuningStudy refused: spec.workers.volumes or "
-        "podTemplate.spec.volumes: volume ' + "
-        "variables.hostVolumes[0] + ' is not allowed. Worker pods may use only the volume "
+        "messageExpression": "'TuningStudy refused: spec.workers.volumes, "
+        "spec.workers.podTemplate.spec.volumes or spec.dashboard.podTemplate.spec.volumes: "
+        "volume ' + "
+        "variables.hostVolumes[0] + ' is not allowed. Worker and dashboard pods may use only "
+        "the volume "
         "kinds of the restricted Pod Security Standard: " + ", ".join(ALLOWED_VOLUME_KINDS) + ".'",
         "reason": "Forbidden",
     },

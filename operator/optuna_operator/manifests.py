@@ -11,6 +11,7 @@ from typing import Any
 
 from optuna_operator.api import (
     API_VERSION,
+    DASHBOARD_ENV_NAMES,
     KIND,
     WORKER_ENV_NAMES,
     WORKER_MOUNT_PATHS,
@@ -30,7 +31,7 @@ from optuna_operator.contract import (
     ExitCode,
 )
 from optuna_operator.lifecycle import trial_budget
-from optuna_operator.overlay import OperatorFields, apply_pod_overlay
+from optuna_operator.overlay import DASHBOARD_PATCHABLE, OperatorFields, apply_pod_overlay
 
 __all__ = [
     "DASHBOARD_PORT",
@@ -69,8 +70,9 @@ DASHBOARD_PORT = 8080
 NAMESPACE_DASHBOARD = "optuna-dashboard"
 DASHBOARD_PROBE_PATH = "/api/meta"
 NAMESPACE_DASHBOARD_LABEL = "optuna-operator.io/namespace-dashboard"
-# A study's own dashboard reads its read-only URL from this variable.
-DASHBOARD_URL_ENV = "OPTUNA_DASHBOARD_URL"
+# A study's own dashboard reads its read-only URL from this variable; a namespace's its
+# read-only role's password from the other.
+DASHBOARD_URL_ENV, DASHBOARD_PASSWORD_ENV = DASHBOARD_ENV_NAMES
 
 # Restricted Pod Security Standard, satisfied by default for every pod the operator makes.
 # uid 65532 is the worker image's user; it also lets root-based images (e.g. PyTorch's) run
@@ -102,6 +104,19 @@ WORKER_OWNED = OperatorFields(
 )
 
 
+def _dashboard_owned(label: str) -> OperatorFields:
+    """What a dashboard.podTemplate cannot take from a dashboard pod (whose own label is
+    `label`): its environment, labels, and all of its container but DASHBOARD_PATCHABLE."""
+    return OperatorFields(
+        env=DASHBOARD_ENV_NAMES,
+        volumes=(),
+        mount_paths=(),
+        labels=(*OPERATOR_LABELS, label),
+        container="dashboard",
+        patchable=DASHBOARD_PATCHABLE,
+    )
+
+
 @dataclass(frozen=True)
 class ChildContext:
     """What the operator resolved that the spec alone does not say."""
@@ -121,6 +136,8 @@ class ChildContext:
     dashboard_password_key: str | None = None
     # NetworkPolicy peers admitted to dashboards (the chart's dashboard.allowedFrom).
     dashboard_allowed_from: list[dict[str, Any]] = field(default_factory=list)
+    # The chart's dashboard.podTemplate (on the wire), overlaid on every namespace's dashboard.
+    dashboard_pod_template: dict[str, Any] | None = None
 
 
 def labels(study: TuningStudy, component: str) -> dict[str, str]:
@@ -397,13 +414,24 @@ def _dashboard_objects(
     pod_labels: dict[str, str],
     container: dict[str, Any],
     allowed_from: list[dict[str, Any]],
+    pod_template: dict[str, Any] | None,
+    owned: OperatorFields,
 ) -> list[dict[str, Any]]:
-    """Deployment, Service and NetworkPolicy of one dashboard, all with `metadata`."""
+    """Deployment, Service and NetworkPolicy of one dashboard, all with `metadata`; the
+    Deployment's pod with the overlay `pod_template` (dashboard.podTemplate) merged in."""
 
     def meta() -> dict[str, Any]:
         copied: dict[str, Any] = json.loads(json.dumps(metadata))  # callers annotate each
         return copied
 
+    template = {
+        "metadata": {"labels": pod_labels},
+        "spec": {
+            "securityContext": POD_SECURITY_CONTEXT,
+            "automountServiceAccountToken": False,
+            "containers": [container],
+        },
+    }
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -411,14 +439,7 @@ def _dashboard_objects(
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": pod_labels},
-            "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": {
-                    "securityContext": POD_SECURITY_CONTEXT,
-                    "automountServiceAccountToken": False,
-                    "containers": [container],
-                },
-            },
+            "template": apply_pod_overlay(template, pod_template, owned),
         },
     }
     service = {
@@ -460,7 +481,7 @@ def namespace_dashboard(
     assert ctx.dashboard_url is not None and ctx.dashboard_password_key is not None
     pod_labels = namespace_dashboard_labels(namespace)
     secret_ref = {"name": ctx.storage_secret, "key": ctx.dashboard_password_key}
-    env = [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": secret_ref}}]
+    env = [{"name": DASHBOARD_PASSWORD_ENV, "valueFrom": {"secretKeyRef": secret_ref}}]
     container = _dashboard_container(ctx.dashboard_image, ctx.dashboard_url, env, None)
     metadata = {
         "name": NAMESPACE_DASHBOARD,
@@ -468,12 +489,21 @@ def namespace_dashboard(
         "labels": pod_labels,
         "ownerReferences": sorted(owners, key=lambda ref: str(ref["uid"])),
     }
-    return _dashboard_objects(metadata, pod_labels, container, ctx.dashboard_allowed_from)
+    # The chart's overlay: it serves every study of the namespace, so none of them shapes it.
+    return _dashboard_objects(
+        metadata,
+        pod_labels,
+        container,
+        ctx.dashboard_allowed_from,
+        ctx.dashboard_pod_template,
+        _dashboard_owned(NAMESPACE_DASHBOARD_LABEL),
+    )
 
 
 def study_dashboard(study: TuningStudy, ctx: ChildContext) -> list[dict[str, Any]]:
     """A study's own dashboard, on its own storage: only with spec.dashboard.secretRef, a
-    read-only credential the user supplies; never the read-write URL of spec.storage."""
+    read-only credential the user supplies; never the read-write URL of spec.storage. Its
+    pod takes the study's spec.dashboard.podTemplate."""
     dash = study.spec.dashboard
     assert dash.secret_ref is not None
     ref = {"name": dash.secret_ref.name, "key": dash.secret_ref.key}
@@ -485,8 +515,14 @@ def study_dashboard(study: TuningStudy, ctx: ChildContext) -> list[dict[str, Any
         dash.image or ctx.dashboard_image, f"$({DASHBOARD_URL_ENV})", env, resources
     )
     metadata = _metadata(study, study_dashboard_name(study), "dashboard")
+    overlay = dash.pod_template.to_wire() if dash.pod_template else None
     return _dashboard_objects(
-        metadata, labels(study, "dashboard"), container, ctx.dashboard_allowed_from
+        metadata,
+        labels(study, "dashboard"),
+        container,
+        ctx.dashboard_allowed_from,
+        overlay,
+        _dashboard_owned(STUDY_LABEL),
     )
 
 

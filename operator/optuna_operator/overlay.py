@@ -1,12 +1,19 @@
-"""spec.workers.podTemplate applied to the worker pod: a strategic merge, pure, on dicts.
+"""A podTemplate overlay applied to a pod the operator builds: a strategic merge, pure, on
+dicts. workers.podTemplate overlays the worker pod; dashboard.podTemplate a study's own
+dashboard pod, and the chart's dashboard.podTemplate (--dashboard-pod-template) every
+namespace's shared dashboard.
 
 Lists merge by the keys `kubectl patch --type strategic` uses, but an entry replaces the base
 entry of its key whole (kubectl would merge their fields, which for a volume could give it two
 sources) or is appended; tolerations, which have no key, are appended. What the
-operator owns is never taken from the overlay: the worker's command, args, image and
-security context, the environment contract, its emptyDirs and their mounts, restartPolicy,
-the ServiceAccount and its token, the pod's security context and the operator's labels. Every
-container the overlay brings gets the restricted security floor.
+operator owns is never taken from the overlay: its container's command, args, image and
+security context (and for the dashboard its port and readiness probe), the environment
+contract, its emptyDirs and their mounts, restartPolicy, the ServiceAccount and its token,
+the pod's security context and the operator's labels. Every container the overlay brings
+gets the restricted security floor.
+
+`refusals` is the Python twin of the CRD's rules and the admission policy's volume check,
+for an overlay no API server sees: the chart's, checked when the operator starts.
 """
 
 from __future__ import annotations
@@ -15,12 +22,20 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-from optuna_operator.api.workers import SECURITY_ANNOTATION_PREFIXES
+from optuna_operator.api.constants import ALLOWED_VOLUME_KINDS
+from optuna_operator.api.workers import (
+    OPERATOR_LABELS,
+    SECURITY_ANNOTATION_PREFIXES,
+    OverlayTarget,
+)
 
 __all__ = [
+    "DASHBOARD_PATCHABLE",
+    "WORKER_PATCHABLE",
     "OperatorFields",
     "apply_pod_overlay",
     "merge_by_key",
+    "refusals",
     "secure_container",
 ]
 
@@ -37,6 +52,17 @@ WORKER_PATCHABLE = (
     "ports",
     "livenessProbe",
     "readinessProbe",
+    "startupProbe",
+)
+# The dashboard-container fields an overlay may patch: not its port or readiness probe
+# (optuna-dashboard's, which the operator's Service and status rely on).
+DASHBOARD_PATCHABLE = (
+    "env",
+    "envFrom",
+    "volumeMounts",
+    "resources",
+    "lifecycle",
+    "livenessProbe",
     "startupProbe",
 )
 # Key of each pod spec list an overlay may extend (None: appended when not already there).
@@ -65,8 +91,9 @@ SECURITY_FLOOR: dict[str, Any] = {
 
 
 class OperatorFields:
-    """Names in the worker pod the overlay cannot take: the environment contract, the
-    operator's volumes and mount paths, its labels."""
+    """Names in the pod the overlay cannot take: the environment contract, the operator's
+    volumes and mount paths, its labels; and the operator's container (which the overlay's
+    entry of that name patches, only in `patchable` fields)."""
 
     def __init__(
         self,
@@ -74,11 +101,15 @@ class OperatorFields:
         volumes: Iterable[str],
         mount_paths: Iterable[str],
         labels: Iterable[str],
+        container: str = WORKER,
+        patchable: Iterable[str] = WORKER_PATCHABLE,
     ) -> None:
         self.env = frozenset(env)
         self.volumes = frozenset(volumes)
         self.mount_paths = frozenset(mount_paths)
         self.labels = frozenset(labels)
+        self.container = container
+        self.patchable = tuple(patchable)
 
 
 def merge_by_key(
@@ -137,17 +168,18 @@ def secure_container(container: dict[str, Any]) -> dict[str, Any]:
     return _unhosted(secured)
 
 
-def _patch_worker(
-    worker: dict[str, Any], patch: dict[str, Any], owned: OperatorFields
+def _patch_main(
+    main: dict[str, Any], patch: dict[str, Any], owned: OperatorFields
 ) -> dict[str, Any]:
-    """The worker container with the overlay's `worker` entry: only WORKER_PATCHABLE."""
-    patched = copy.deepcopy(worker)
+    """The operator's container with the overlay's entry of its name: only the fields
+    `owned.patchable` names."""
+    patched = copy.deepcopy(main)
     lists = {
         "env": ("name", owned.env),
         "volumeMounts": ("mountPath", owned.mount_paths),
         "ports": ("containerPort", frozenset()),
     }
-    for field in WORKER_PATCHABLE:
+    for field in owned.patchable:
         if field not in patch:
             continue
         value = copy.deepcopy(patch[field])
@@ -170,13 +202,13 @@ def _patch_worker(
 def _containers(
     base: list[dict[str, Any]], overlay: list[dict[str, Any]], owned: OperatorFields
 ) -> list[dict[str, Any]]:
-    """The worker (patched by the overlay's `worker`) first, then other overlay containers,
-    each with the security floor."""
+    """The operator's container (patched by the overlay's entry of its name) first, then
+    other overlay containers, each with the security floor."""
     merged = [copy.deepcopy(c) for c in base]
     for container in overlay:
         at = next((i for i, c in enumerate(merged) if c["name"] == container["name"]), None)
-        if container["name"] == WORKER and at is not None:
-            merged[at] = _patch_worker(merged[at], container, owned)
+        if container["name"] == owned.container and at is not None:
+            merged[at] = _patch_main(merged[at], container, owned)
         elif at is None:
             merged.append(secure_container(container))
     return merged
@@ -209,7 +241,9 @@ def apply_pod_overlay(
     spec = copy.deepcopy(template["spec"])
     patch = overlay.get("spec") or {}
     spec["containers"] = _containers(spec["containers"], patch.get("containers", []), owned)
-    init = [secure_container(c) for c in patch.get("initContainers", []) if c["name"] != WORKER]
+    init = [
+        secure_container(c) for c in patch.get("initContainers", []) if c["name"] != owned.container
+    ]
     if init:
         spec["initContainers"] = merge_by_key(spec.get("initContainers", []), init, "name")
     for field, value in patch.items():
@@ -222,3 +256,121 @@ def apply_pod_overlay(
             spec[field] = copy.deepcopy(value)
     metadata = _metadata(template.get("metadata", {}), overlay.get("metadata") or {}, owned)
     return {**template, "metadata": metadata, "spec": spec}
+
+
+# ------------------------------------------------------------------------------ refusals
+_HOST_FIELDS = ("hostNetwork", "hostPID", "hostIPC")
+
+
+def _container_refusals(where: str, container: dict[str, Any]) -> list[str]:
+    """What the restricted Pod Security Standard refuses in one container of an overlay."""
+    found = []
+    context = container.get("securityContext") or {}
+    if context.get("privileged"):
+        found.append(f"{where}: privileged containers are not allowed")
+    if context.get("allowPrivilegeEscalation") or context.get("runAsNonRoot") is False:
+        found.append(f"{where}: containers run as non-root without privilege escalation")
+    if (context.get("capabilities") or {}).get("add"):
+        found.append(f"{where}: capabilities cannot be added")
+    if any(port.get("hostPort") for port in container.get("ports") or []):
+        found.append(f"{where}: hostPort is not allowed")
+    lifecycle = container.get("lifecycle") or {}
+    handlers = [container.get(p) for p in PROBES] + [lifecycle.get(h) for h in HOOKS]
+    if any(
+        isinstance(h, dict) and isinstance(h.get(a), dict) and "host" in h[a]
+        for h in handlers
+        for a in ("httpGet", "tcpSocket")
+    ):
+        found.append(f"{where}: probes and lifecycle hooks cannot name a host")
+    return found
+
+
+def _spec_refusals(spec: dict[str, Any], t: OverlayTarget) -> list[str]:
+    """The CRD's rules on podTemplate.spec and the admission policy's volume kinds."""
+    path, main = f"{t.path}.spec", t.container
+    found = []
+    if any(spec.get(f) for f in _HOST_FIELDS) or spec.get("nodeName"):
+        found.append(f"{path}: hostNetwork, hostPID, hostIPC and nodeName are not allowed")
+    if spec.get("serviceAccountName"):
+        found.append(f"{path}.serviceAccountName: {t.account_message}")
+    if spec.get("dnsPolicy") == "None" and not spec.get("dnsConfig"):
+        found.append(f"{path}: dnsPolicy None needs dnsConfig")
+    volumes = spec.get("volumes") or []
+    for volume in volumes:
+        name = volume.get("name", "")
+        kinds = [k for k in volume if k != "name" and k not in ALLOWED_VOLUME_KINDS]
+        if kinds:
+            found.append(
+                f"{path}.volumes: volume {name} ({kinds[0]}) is not allowed; only the kinds "
+                "of the restricted Pod Security Standard: " + ", ".join(ALLOWED_VOLUME_KINDS)
+            )
+        if name in t.volume_names:
+            found.append(f"{path}.volumes: {name} is the operator's")
+    names = {v.get("name") for v in volumes} | set(t.volume_names)
+    for field in ("initContainers", "containers"):
+        for container in spec.get(field) or []:
+            where = f"{path}.{field}[{container.get('name')}]"
+            found += _container_refusals(where, container)
+            missing = [
+                str(m.get("name"))
+                for m in container.get("volumeMounts") or []
+                if m.get("name") not in names
+            ]
+            if missing:
+                found.append(
+                    f"{where}: every volumeMount must name a volume of {t.volumes_fields} "
+                    f"(not {', '.join(missing)})"
+                )
+            if field == "containers":
+                found += _main_refusals(where, container, t)
+            elif container.get("name") == main or "image" not in container:
+                found.append(
+                    f"{where}: every init container needs an image and a name other than {main}"
+                )
+    return found
+
+
+def _main_refusals(where: str, container: dict[str, Any], t: OverlayTarget) -> list[str]:
+    """An entry of spec.containers: only a patch of the operator's container, without what
+    the operator owns in it."""
+    if container.get("name") != t.container:
+        return [
+            f"{t.path}.spec.containers: only `{t.container}` (a patch of the {t.container} "
+            "container); put sidecars in initContainers with restartPolicy: Always"
+        ]
+    found = []
+    owned = [f for f in t.owned_fields if f in container]
+    if owned:
+        found.append(f"{where}: {', '.join(owned)} are the operator's ({t.owned_hint})")
+    env = [str(e.get("name")) for e in container.get("env") or [] if e.get("name") in t.env_names]
+    if env:
+        found.append(f"{where}.env: {', '.join(env)} are set by the operator")
+    paths = [
+        str(m.get("mountPath"))
+        for m in container.get("volumeMounts") or []
+        if m.get("mountPath") in t.mount_paths
+    ]
+    if paths:
+        found.append(f"{where}.volumeMounts: {', '.join(paths)} are the operator's")
+    return found
+
+
+def refusals(overlay: dict[str, Any], t: OverlayTarget) -> list[str]:
+    """Why an overlay (podTemplate, on the wire) would be refused at apply, each reason
+    naming `t.path`: the CRD's CEL rules and the admission policy's volume kinds, for an
+    overlay that no API server checks (the chart's, read at the operator's start)."""
+    found = _spec_refusals(overlay.get("spec") or {}, t)
+    metadata = overlay.get("metadata") or {}
+    labels = [
+        k for k in metadata.get("labels") or {} if k in OPERATOR_LABELS or k.startswith(_PREFIX)
+    ]
+    if labels:
+        found.append(f"{t.path}.metadata.labels: {', '.join(labels)} are the operator's")
+    annotations = [
+        k for k in metadata.get("annotations") or {} if k.startswith(SECURITY_ANNOTATION_PREFIXES)
+    ]
+    if annotations:
+        found.append(
+            f"{t.path}.metadata.annotations: AppArmor and seccomp annotations cannot be set"
+        )
+    return found

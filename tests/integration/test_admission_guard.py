@@ -147,7 +147,10 @@ def _study(name: str = "s", **workers: Any) -> dict[str, Any]:
 
 
 SIDECAR = {"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}
-OVERLAY_DENIED = "may not get every secret the containers of spec.workers.podTemplate read (db)"
+OVERLAY_DENIED = (
+    "may not get every secret the containers of spec.workers.podTemplate and "
+    "spec.dashboard.podTemplate read (db)"
+)
 
 
 def _overlay(**spec: Any) -> dict[str, Any]:

@@ -69,3 +69,17 @@ def test_the_overlays_secrets_and_volumes_are_checked_like_the_workers_fields() 
     for name in ("secretNames", "projectedSecretVolumes", "hostVolumes"):
         assert f"{overlay}.volumes" in variables[name], name
         assert "object.spec.workers.volumes" in variables[name], name
+
+
+def test_a_studys_dashboard_overlay_is_checked_like_the_workers() -> None:
+    # spec.dashboard.podTemplate (a study's own dashboard) hands Secrets and volumes to the
+    # dashboard pod the same ways; its schema refuses a ServiceAccount.
+    spec = admission.policy_manifest()["spec"]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    overlay = "object.spec.dashboard.podTemplate.spec"
+    for field in ("initContainers", "containers"):
+        assert f"{overlay}.{field}" in variables["containerSecretNames"], field
+    for name in ("secretNames", "projectedSecretVolumes", "hostVolumes"):
+        assert f"{overlay}.volumes" in variables[name], name
+    (host,) = [r for r in spec["validations"] if "hostVolumes" in r["expression"]]
+    assert "spec.dashboard.podTemplate.spec.volumes" in host["messageExpression"]

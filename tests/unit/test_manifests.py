@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from optuna_operator import api, manifests
+from optuna_operator import api, dashboards, manifests
 from optuna_operator.api import TuningStudy, WorkerConfig
 from optuna_operator.contract import ExitCode
 
@@ -403,3 +403,97 @@ def test_without_a_pod_template_the_job_is_unchanged() -> None:
     assert manifests.worker_job(study(workers={"parallelism": 3}), CTX) == manifests.worker_job(
         study(workers={"parallelism": 3, "podTemplate": None}), CTX
     )
+
+
+# dashboard.podTemplate: a study's own dashboard takes the study's, a namespace's shared
+# dashboard the chart's (ChildContext.dashboard_pod_template); the same merge as workers'.
+DASHBOARD_TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"team": "a", "app.kubernetes.io/name": "mine"}},
+    "spec": {
+        "initContainers": [
+            {
+                "name": "auth-proxy",
+                "image": "proxy:1",
+                "restartPolicy": "Always",
+                "securityContext": {"privileged": True, "runAsUser": 1000},
+                "volumeMounts": [{"name": "certs", "mountPath": "/certs"}],
+            }
+        ],
+        "containers": [
+            {
+                "name": "dashboard",
+                # The operator's: dropped whatever they say (the API refuses them at apply).
+                "command": ["sh"],
+                "args": ["-c", "id"],
+                "image": "evil:1",
+                "ports": [{"containerPort": 9999}],
+                "readinessProbe": {"exec": {"command": ["true"]}},
+                "securityContext": {"privileged": True},
+                "env": [
+                    {"name": "OPTUNA_DASHBOARD_URL", "value": "postgresql://rw@db/optuna"},
+                    {"name": "PGPASSWORD", "value": "guess"},
+                    {"name": "TZ", "value": "UTC"},
+                ],
+                # Its own to patch.
+                "resources": {"limits": {"memory": "512Mi"}},
+                "livenessProbe": {"httpGet": {"path": "/api/meta", "port": "http"}},
+            }
+        ],
+        "volumes": [{"name": "certs", "secret": {"secretName": "proxy-certs"}}],
+        "tolerations": [{"key": "infra", "operator": "Exists"}],
+        "hostNetwork": True,
+        "serviceAccountName": "admin",
+    },
+}
+
+
+def _dashboard_pod_is_overlaid(deployment: dict[str, Any], plain: dict[str, Any]) -> None:
+    """The overlay's additions are there and every field of the operator's is as without."""
+    pod, before = _pods(deployment), _pods(plain)
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["securityContext"] == {
+        "runAsUser": 1000,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["volumes"] == DASHBOARD_TEMPLATE["spec"]["volumes"]
+    assert pod["tolerations"] == DASHBOARD_TEMPLATE["spec"]["tolerations"]
+    (dashboard,) = pod["containers"]
+    (original,) = before["containers"]
+    for owned in ("image", "command", "args", "ports", "readinessProbe", "securityContext"):
+        assert dashboard[owned] == original[owned], owned
+    assert dashboard["env"] == [*original["env"], {"name": "TZ", "value": "UTC"}]
+    assert dashboard["resources"]["limits"]["memory"] == "512Mi"
+    assert dashboard["livenessProbe"] == {"httpGet": {"path": "/api/meta", "port": "http"}}
+    for field in ("securityContext", "automountServiceAccountToken"):
+        assert pod[field] == before[field], field
+    assert "hostNetwork" not in pod and "serviceAccountName" not in pod
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert template_labels["team"] == "a"
+    assert template_labels["app.kubernetes.io/name"] == "optuna-dashboard"
+    # The Service and the NetworkPolicy still select the pod.
+    assert deployment["spec"]["selector"] == plain["spec"]["selector"]
+
+
+def test_dashboard_pod_template_reaches_a_studys_own_dashboard() -> None:
+    plain = manifests.study_dashboard(_own_storage_study(), CTX)
+    overlaid = manifests.study_dashboard(_own_storage_study(podTemplate=DASHBOARD_TEMPLATE), CTX)
+    _dashboard_pod_is_overlaid(overlaid[0], plain[0])
+    assert overlaid[1:] == plain[1:]  # Service and NetworkPolicy
+
+
+def test_the_charts_pod_template_reaches_the_namespace_dashboard() -> None:
+    ctx = manifests.ChildContext(
+        **{**TENANT_CTX.__dict__, "dashboard_pod_template": DASHBOARD_TEMPLATE}
+    )
+    plain = manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)
+    overlaid = manifests.namespace_dashboard("ml", OWNERS, ctx)
+    _dashboard_pod_is_overlaid(overlaid[0], plain[0])
+    labels = overlaid[0]["spec"]["template"]["metadata"]["labels"]
+    assert labels[manifests.NAMESPACE_DASHBOARD_LABEL] == "true"
+    # A study's own podTemplate never shapes the shared dashboard (the API refuses it there).
+    shaping = study(dashboard={"podTemplate": DASHBOARD_TEMPLATE})
+    desired = dashboards.desired_dashboard(shaping, TENANT_CTX, None)
+    assert _pods(desired[0]) == _pods(manifests.namespace_dashboard("ml", [], TENANT_CTX)[0])

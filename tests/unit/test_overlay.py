@@ -1,5 +1,6 @@
 """spec.workers.podTemplate: the strategic merge onto the worker pod, and what the operator
-keeps for itself whatever the overlay says."""
+keeps for itself whatever the overlay says; dashboard.podTemplate: the same rules with the
+dashboard's messages, and their Python twin for the chart's overlay."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from optuna_operator import overlay
+from optuna_operator import crd, overlay
+from optuna_operator.api.workers import DASHBOARD_OVERLAY
 from optuna_operator.overlay import OperatorFields, apply_pod_overlay, merge_by_key
 
 OWNED = OperatorFields(
@@ -395,3 +397,144 @@ def test_merge_by_key(
 
 def test_the_worker_patch_takes_only_its_listed_fields() -> None:
     assert set(overlay.WORKER_PATCHABLE).isdisjoint({"image", "command", "args", "securityContext"})
+
+
+# ----------------------------------------------------------------- dashboard.podTemplate
+def _rules_under(node: Any) -> list[dict[str, str]]:
+    """Every x-kubernetes-validations entry of a schema subtree."""
+    if isinstance(node, list):
+        return [rule for item in node for rule in _rules_under(item)]
+    if not isinstance(node, dict):
+        return []
+    found = list(node.get("x-kubernetes-validations", []))
+    for key, value in node.items():
+        if key != "x-kubernetes-validations":
+            found += _rules_under(value)
+    return found
+
+
+def _overlay_schema(section: str) -> dict[str, Any]:
+    spec = crd.openapi_schema()["properties"]["spec"]["properties"]
+    schema: dict[str, Any] = spec[section]["properties"]["podTemplate"]
+    return schema
+
+
+def test_the_dashboard_overlay_has_the_workers_rules_with_its_own_messages() -> None:
+    # The overlays' own rules (Resources' rules, shared by every container field, name none).
+    workers = [r for r in _rules_under(_overlay_schema("workers")) if "podTemplate" in r["message"]]
+    dashboard = [
+        r for r in _rules_under(_overlay_schema("dashboard")) if "podTemplate" in r["message"]
+    ]
+    assert all(r["message"].startswith("workers.podTemplate") for r in workers)
+    assert all(r["message"].startswith("dashboard.podTemplate") for r in dashboard)
+    assert not [r for r in dashboard if "workers." in r["message"] or "worker'" in r["rule"]]
+    # The same refusals: the worker's emptyDir mount paths have no dashboard twin, and the
+    # dashboard's mount rule is on its overlay (the workers' on spec.workers, which also
+    # reads workers.volumes).
+    assert len(dashboard) == len(workers)
+    messages = " ".join(r["message"] for r in dashboard)
+    for refused in (
+        "privileged containers are not allowed",
+        "capabilities cannot be added",
+        "non-root without privilege escalation",
+        "hostNetwork, hostPID, hostIPC and nodeName are not allowed",
+        "hostPort is not allowed",
+        "probes and lifecycle hooks cannot name a host",
+        "OPTUNA_DASHBOARD_URL, PGPASSWORD are set by the operator",
+        "ports, readinessProbe are the operator's",
+        "every volumeMount must name a volume of dashboard.podTemplate.spec.volumes",
+        "AppArmor and seccomp annotations cannot be set",
+    ):
+        assert refused in messages, refused
+
+
+DASH_SIDECAR = {"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        (
+            {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]},
+            "dashboard.podTemplate.spec.volumes: volume root (hostPath) is not allowed",
+        ),
+        (
+            {"initContainers": [{**DASH_SIDECAR, "securityContext": {"privileged": True}}]},
+            "dashboard.podTemplate.spec.initContainers[proxy]: privileged containers",
+        ),
+        (
+            {"containers": [{"name": "dashboard", "securityContext": {"privileged": True}}]},
+            "dashboard.podTemplate.spec.containers[dashboard]: privileged containers",
+        ),
+        ({"hostNetwork": True}, "dashboard.podTemplate.spec: hostNetwork, hostPID"),
+        ({"hostPID": True}, "dashboard.podTemplate.spec: hostNetwork, hostPID"),
+        ({"nodeName": "n1"}, "dashboard.podTemplate.spec: hostNetwork, hostPID"),
+        ({"serviceAccountName": "admin"}, "dashboard.podTemplate.spec.serviceAccountName"),
+        (
+            {
+                "initContainers": [
+                    {**DASH_SIDECAR, "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}
+                ]
+            },
+            "capabilities cannot be added",
+        ),
+        (
+            {"initContainers": [{**DASH_SIDECAR, "ports": [{"containerPort": 1, "hostPort": 1}]}]},
+            "hostPort is not allowed",
+        ),
+        (
+            {"initContainers": [{**DASH_SIDECAR, "startupProbe": {"httpGet": {"host": "h"}}}]},
+            "probes and lifecycle hooks cannot name a host",
+        ),
+        ({"containers": [{"name": "proxy", "image": "p:1"}]}, "only `dashboard`"),
+        (
+            {"containers": [{"name": "dashboard", "command": ["sh"], "ports": []}]},
+            "dashboard.podTemplate.spec.containers[dashboard]: command, ports are the operator's",
+        ),
+        (
+            {"containers": [{"name": "dashboard", "env": [{"name": "PGPASSWORD", "value": "x"}]}]},
+            "PGPASSWORD are set by the operator",
+        ),
+        (
+            {"initContainers": [{"name": "dashboard", "image": "x:1"}]},
+            "a name other than dashboard",
+        ),
+        ({"initContainers": [{"name": "init"}]}, "needs an image"),
+        (
+            {
+                "initContainers": [
+                    {**DASH_SIDECAR, "volumeMounts": [{"name": "x", "mountPath": "/x"}]}
+                ]
+            },
+            "every volumeMount must name a volume of dashboard.podTemplate.spec.volumes",
+        ),
+        ({"dnsPolicy": "None"}, "dnsPolicy None needs dnsConfig"),
+    ],
+)
+def test_a_dashboard_overlay_the_api_would_refuse_is_refused_naming_it(
+    spec: dict[str, Any], reason: str
+) -> None:
+    found = overlay.refusals({"spec": spec}, DASHBOARD_OVERLAY)
+    assert any(reason in r for r in found), found
+    assert all(r.startswith("dashboard.podTemplate") for r in found), found
+
+
+def test_a_dashboard_overlay_within_the_rules_is_not_refused() -> None:
+    allowed = {
+        "metadata": {"labels": {"team": "a"}, "annotations": {"example.com/x": "1"}},
+        "spec": {
+            "initContainers": [
+                {**DASH_SIDECAR, "volumeMounts": [{"name": "certs", "mountPath": "/certs"}]}
+            ],
+            "containers": [{"name": "dashboard", "resources": {"limits": {"memory": "1Gi"}}}],
+            "volumes": [{"name": "certs", "secret": {"secretName": "c"}}],
+            "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["10.0.0.10"]},
+        },
+    }
+    assert overlay.refusals(allowed, DASHBOARD_OVERLAY) == []
+    metadata = {
+        "labels": {"optuna-operator.io/namespace-dashboard": "x"},
+        "annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"},
+    }
+    assert len(overlay.refusals({"metadata": metadata}, DASHBOARD_OVERLAY)) == 2

@@ -6,7 +6,9 @@ The bottom of the package: it imports nothing, and every other file of it may re
 from __future__ import annotations
 
 __all__ = [
+    "ALLOWED_VOLUME_KINDS",
     "API_VERSION",
+    "DASHBOARD_ENV_NAMES",
     "GROUP",
     "KIND",
     "MAX_CHOICES",
@@ -49,6 +51,21 @@ WORKER_ENV_NAMES = (
     "POD_NAME",
     "POD_NAMESPACE",
     "OPTUNA_OPERATOR_OBJECTIVE_SOURCE",
+)
+# What the operator gives every dashboard container: its read-only URL (a study's own
+# dashboard) or the read-only role's password (a namespace's).
+DASHBOARD_ENV_NAMES = ("OPTUNA_DASHBOARD_URL", "PGPASSWORD")
+# The volume sources the restricted Pod Security Standard admits: the only ones a study (or
+# the chart) may give a worker or dashboard pod (admission.py, overlay.py).
+ALLOWED_VOLUME_KINDS = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
 )
 # The API server keeps Job.activeDeadlineSeconds (timeout + 600) and the operator a deadline
 # datetime; ten years bounds both far from overflow.

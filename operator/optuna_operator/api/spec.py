@@ -31,7 +31,7 @@ from optuna_operator.api.types import (
     Scalar,
     defaulted,
 )
-from optuna_operator.api.workers import WorkersSpec
+from optuna_operator.api.workers import DashboardPodTemplate, WorkersSpec
 
 __all__ = [
     "COMMAND_SPACE_RULES",
@@ -135,6 +135,14 @@ class DashboardSpec(Model):
         "holds a URL of a read-only role of that database, for the study's own dashboard. "
         "Without it such a study gets no dashboard.",
     )
+    pod_template: DashboardPodTemplate | None = Field(
+        None,
+        description="With spec.storage only: a strategic-merge overlay on the study's own "
+        "dashboard pod, as workers.podTemplate is on the worker pod (sidecars, volumes, "
+        "topology spread, DNS, labels, resources). The operator's own fields win; host "
+        "namespaces, hostPath and privileged containers are refused. A namespace's shared "
+        "dashboard takes the chart's dashboard.podTemplate instead.",
+    )
 
 
 class ExportSpec(Model):
@@ -223,6 +231,12 @@ class TuningStudySpec(Model):
                 "!has(self.dashboard) || !has(self.dashboard.secretRef) || has(self.storage)",
                 "dashboard.secretRef is for a study on its own storage (spec.storage); with "
                 "the default storage the namespace's dashboard uses its read-only role",
+            ),
+            cel(
+                "!has(self.dashboard) || !has(self.dashboard.podTemplate) || has(self.storage)",
+                "dashboard.podTemplate is for a study's own dashboard (spec.storage); the "
+                "namespace's dashboard serves all of its studies and takes the chart's "
+                "dashboard.podTemplate",
             ),
             cel(
                 "!has(self.budget.goal) || size(self.directions) == 1",

@@ -1,16 +1,23 @@
 """spec.workers: the worker Job's pod template fields, the core/v1 objects passed through to
 it (env, volumes, mounts, tolerations) and the CEL rules that stop a study from taking or
 overriding what the operator gives every worker pod.
+
+The podTemplate overlay's models serve two pods: the worker pod (workers.podTemplate) and,
+as subclasses with the dashboard's rules and messages, a dashboard pod
+(dashboard.podTemplate); an `OverlayTarget` says what differs between them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, WithJsonSchema
 
 from optuna_operator.api.cel import QUALIFIED_KEY, cel, cel_list, rules
 from optuna_operator.api.constants import (
+    DASHBOARD_ENV_NAMES,
     WORKER_ENV_NAMES,
     WORKER_MOUNT_PATHS,
     WORKER_VOLUME_NAMES,
@@ -26,13 +33,22 @@ from optuna_operator.api.types import (
 )
 
 __all__ = [
+    "DASHBOARD_OVERLAY",
     "OPERATOR_LABELS",
     "SECURITY_ANNOTATION_PREFIXES",
+    "WORKERS_OVERLAY",
     "Capabilities",
+    "DashboardCapabilities",
+    "DashboardOverlayContainer",
+    "DashboardPodSpecOverlay",
+    "DashboardPodTemplate",
+    "DashboardPodTemplateMetadata",
+    "DashboardSecurityContext",
     "EnvVarObject",
     "HostAlias",
     "OverlayContainer",
     "OverlaySecurityContext",
+    "OverlayTarget",
     "PodSpecOverlay",
     "PodTemplateMetadata",
     "PodTemplateOverlay",
@@ -42,6 +58,7 @@ __all__ = [
     "VolumeMountObject",
     "VolumeObject",
     "WorkersSpec",
+    "overlay_mounts",
 ]
 
 
@@ -142,23 +159,89 @@ def _label_keys(field: str, path: str) -> dict[str, str]:
 
 _SHORT = Annotated[str, Field(max_length=253)]
 _CAPABILITY = Annotated[str, Field(max_length=64)]
+# What an overlay may not take from the operator's container; declared so that a rule can
+# refuse them by name rather than prune them silently.
+_OPERATOR_CONTAINER_FIELDS = ("image", "command", "args", "securityContext", "restartPolicy")
+
+
+@dataclass(frozen=True)
+class OverlayTarget:
+    """The pod a podTemplate overlays, as its rules and their messages need it: the path a
+    user writes, the operator's container that the overlay's entry of the same name patches,
+    and the names and fields of it that stay the operator's."""
+
+    path: str  # workers.podTemplate
+    container: str  # the operator's container: worker
+    env_names: tuple[str, ...]
+    volume_names: tuple[str, ...]
+    mount_paths: tuple[str, ...]
+    # Fields of the operator's container an overlay may not name, and where to set them.
+    owned_fields: tuple[str, ...]
+    owned_hint: str
+    account_message: str  # why spec.serviceAccountName is refused
+    sidecar_reason: str  # why other entries of spec.containers are refused
+    volumes_fields: str  # where the pod's volumes come from, for the mount rule's message
+
+
+WORKERS_OVERLAY = OverlayTarget(
+    path="workers.podTemplate",
+    container="worker",
+    env_names=WORKER_ENV_NAMES,
+    volume_names=WORKER_VOLUME_NAMES,
+    mount_paths=WORKER_MOUNT_PATHS,
+    owned_fields=_OPERATOR_CONTAINER_FIELDS,
+    owned_hint="use workers.image, workers.runAsUser",
+    account_message="set workers.serviceAccountName (its author needs the impersonate verb "
+    "on the account)",
+    sidecar_reason=", so the pod ends when the worker does",
+    volumes_fields="workers.podTemplate.spec.volumes or workers.volumes",
+)
+DASHBOARD_OVERLAY = OverlayTarget(
+    path="dashboard.podTemplate",
+    container="dashboard",
+    env_names=DASHBOARD_ENV_NAMES,
+    volume_names=(),
+    mount_paths=(),
+    owned_fields=(*_OPERATOR_CONTAINER_FIELDS, "ports", "readinessProbe"),
+    owned_hint="use dashboard.image; the port and readiness probe are optuna-dashboard's",
+    account_message="a dashboard runs without a ServiceAccount token and needs no account",
+    sidecar_reason="",
+    volumes_fields="dashboard.podTemplate.spec.volumes",
+)
+
+
+def _capability_rules(t: OverlayTarget) -> dict[str, Any]:
+    return rules(
+        cel(
+            "!has(self.add) || size(self.add) == 0",
+            f"{t.path}: capabilities cannot be added (the restricted Pod Security Standard; "
+            "the operator drops ALL from every container)",
+        )
+    )
 
 
 class Capabilities(Model):
     """Linux capabilities: the operator drops ALL from every container; none may be added."""
 
-    model_config = ConfigDict(
-        json_schema_extra=rules(
-            cel(
-                "!has(self.add) || size(self.add) == 0",
-                "workers.podTemplate: capabilities cannot be added (the restricted Pod "
-                "Security Standard; the operator drops ALL from every container)",
-            )
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_capability_rules(WORKERS_OVERLAY))
     add: list[_CAPABILITY] | None = Field(None, max_length=16, description="Refused.")
     drop: list[_CAPABILITY] | None = Field(
         None, max_length=64, description="Ignored: the operator drops ALL."
+    )
+
+
+def _security_rules(t: OverlayTarget) -> dict[str, Any]:
+    return rules(
+        cel(
+            "!has(self.privileged) || !self.privileged",
+            f"{t.path}: privileged containers are not allowed",
+        ),
+        cel(
+            "(!has(self.allowPrivilegeEscalation) || !self.allowPrivilegeEscalation) "
+            "&& (!has(self.runAsNonRoot) || self.runAsNonRoot)",
+            f"{t.path}: containers run as non-root without privilege escalation "
+            "(the restricted Pod Security Standard)",
+        ),
     )
 
 
@@ -168,20 +251,7 @@ class OverlaySecurityContext(Model):
     container (runAsNonRoot, allowPrivilegeEscalation false, capabilities drop ALL, seccomp
     RuntimeDefault); other fields are dropped, privileged and added capabilities refused."""
 
-    model_config = ConfigDict(
-        json_schema_extra=rules(
-            cel(
-                "!has(self.privileged) || !self.privileged",
-                "workers.podTemplate: privileged containers are not allowed",
-            ),
-            cel(
-                "(!has(self.allowPrivilegeEscalation) || !self.allowPrivilegeEscalation) "
-                "&& (!has(self.runAsNonRoot) || self.runAsNonRoot)",
-                "workers.podTemplate: containers run as non-root without privilege escalation "
-                "(the restricted Pod Security Standard)",
-            ),
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_security_rules(WORKERS_OVERLAY))
     run_as_user: int | None = Field(None, ge=1, le=2147483647, description="A non-root uid.")
     run_as_group: int | None = Field(None, ge=0, le=2147483647, description="A gid.")
     run_as_non_root: bool | None = Field(None, description="Only true.")
@@ -229,17 +299,26 @@ def _no_host(handler: str) -> str:
     )
 
 
-_NO_PROBE_HOST = cel(
-    " && ".join(f"(!has(self.{p}) || {_no_host(f'self.{p}')})" for p in _PROBES)
-    + " && (!has(self.lifecycle) || "
-    + " && ".join(
-        f"(!has(self.lifecycle.{h}) || {_no_host(f'self.lifecycle.{h}')})"
-        for h in ("postStart", "preStop")
+def _container_rules(t: OverlayTarget) -> Any:
+    no_probe_host = cel(
+        " && ".join(f"(!has(self.{p}) || {_no_host(f'self.{p}')})" for p in _PROBES)
+        + " && (!has(self.lifecycle) || "
+        + " && ".join(
+            f"(!has(self.lifecycle.{h}) || {_no_host(f'self.lifecycle.{h}')})"
+            for h in ("postStart", "preStop")
+        )
+        + ")",
+        f"{t.path}: probes and lifecycle hooks cannot name a host (the kubelet would "
+        "call it); they reach the pod's own address",
     )
-    + ")",
-    "workers.podTemplate: probes and lifecycle hooks cannot name a host (the kubelet would "
-    "call it); they reach the pod's own address",
-)
+    return _preserve_unknown(
+        cel(
+            "!has(self.ports) || self.ports.all(p, !has(p.hostPort) || p.hostPort == 0)",
+            f"{t.path}: hostPort is not allowed (the restricted Pod Security "
+            "Standard); reach a pod through a Service",
+        ),
+        no_probe_host,
+    )
 
 
 class OverlayContainer(Model):
@@ -247,17 +326,7 @@ class OverlayContainer(Model):
     except those the operator owns. The container named `worker` patches the worker
     container (env, envFrom, volumeMounts, resources, lifecycle, ports and probes only)."""
 
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra=_preserve_unknown(
-            cel(
-                "!has(self.ports) || self.ports.all(p, !has(p.hostPort) || p.hostPort == 0)",
-                "workers.podTemplate: hostPort is not allowed (the restricted Pod Security "
-                "Standard); reach a pod through a Service",
-            ),
-            _NO_PROBE_HOST,
-        ),
-    )
+    model_config = ConfigDict(extra="allow", json_schema_extra=_container_rules(WORKERS_OVERLAY))
     name: str = Field(
         max_length=63,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
@@ -320,9 +389,73 @@ TopologySpreadObject = Annotated[
     ),
 ]
 _REFUSED = "Refused: the operator owns or forbids this field."
-# What an overlay may not take from the operator or the node; declared so that a rule can
-# refuse them by name rather than prune them silently.
-_OPERATOR_CONTAINER_FIELDS = ("image", "command", "args", "securityContext", "restartPolicy")
+_DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _pod_spec_rules(t: OverlayTarget) -> dict[str, Any]:
+    spec, main = f"{t.path}.spec", t.container
+    entries = [
+        cel(
+            "!(has(self.hostNetwork) && self.hostNetwork) && !(has(self.hostPID) && "
+            "self.hostPID) && !(has(self.hostIPC) && self.hostIPC) && !has(self.nodeName)",
+            f"{spec}: hostNetwork, hostPID, hostIPC and nodeName are not "
+            "allowed (the restricted Pod Security Standard; nodeName skips the scheduler "
+            "and quotas: use nodeSelector or affinity)",
+        ),
+        cel("!has(self.serviceAccountName)", f"{spec}.serviceAccountName: {t.account_message}"),
+        cel(
+            f"!has(self.containers) || self.containers.all(c, c.name == '{main}')",
+            f"{spec}.containers: only `{main}` (a patch of the {main} "
+            "container); put sidecars in initContainers with restartPolicy: Always"
+            + t.sidecar_reason,
+        ),
+        cel(
+            "!has(self.containers) || self.containers.all(c, "
+            + " && ".join(f"!has(c.{f})" for f in t.owned_fields)
+            + ")",
+            f"{spec}.containers[{main}]: "
+            + ", ".join(t.owned_fields)
+            + f" are the operator's ({t.owned_hint})",
+        ),
+        cel(
+            "!has(self.containers) || self.containers.all(c, !has(c.env) || "
+            f"c.env.all(e, !(e.name in {cel_list(t.env_names)})))",
+            f"{spec}.containers[{main}].env: "
+            + ", ".join(t.env_names)
+            + " are set by the operator and cannot be overridden",
+        ),
+    ]
+    if t.mount_paths:
+        entries.append(
+            cel(
+                "!has(self.containers) || self.containers.all(c, !has(c.volumeMounts) || "
+                f"c.volumeMounts.all(m, !has(m.mountPath) || "
+                f"!(m.mountPath in {cel_list(t.mount_paths)})))",
+                f"{spec}.containers[{main}].volumeMounts: "
+                + " and ".join(t.mount_paths)
+                + " are the operator's writable emptyDirs",
+            )
+        )
+    others = f" && !(v.name in {cel_list(t.volume_names)})" if t.volume_names else ""
+    entries += [
+        cel(
+            "!has(self.initContainers) || self.initContainers.all(c, has(c.image) "
+            f"&& c.name != '{main}')",
+            f"{spec}.initContainers: every init container needs an "
+            f"image and a name other than {main}",
+        ),
+        cel(
+            "!has(self.volumes) || self.volumes.all(v, has(v.name) "
+            f"&& v.name.matches('{_DNS_LABEL}'){others})",
+            f"{spec}.volumes: every volume needs a name that is a DNS label"
+            + (", other than " + " and ".join(t.volume_names) if t.volume_names else ""),
+        ),
+        cel(
+            "!has(self.dnsPolicy) || self.dnsPolicy != 'None' || has(self.dnsConfig)",
+            f"{spec}: dnsPolicy None needs dnsConfig",
+        ),
+    ]
+    return rules(*entries)
 
 
 class PodSpecOverlay(Model):
@@ -330,78 +463,18 @@ class PodSpecOverlay(Model):
     `kubectl patch --type strategic` would: lists by name (hostAliases by ip, readinessGates
     by conditionType, topologySpreadConstraints by topologyKey), tolerations appended."""
 
-    model_config = ConfigDict(
-        json_schema_extra=rules(
-            cel(
-                "!(has(self.hostNetwork) && self.hostNetwork) && !(has(self.hostPID) && "
-                "self.hostPID) && !(has(self.hostIPC) && self.hostIPC) && !has(self.nodeName)",
-                "workers.podTemplate.spec: hostNetwork, hostPID, hostIPC and nodeName are not "
-                "allowed (the restricted Pod Security Standard; nodeName skips the scheduler "
-                "and quotas: use nodeSelector or affinity)",
-            ),
-            cel(
-                "!has(self.serviceAccountName)",
-                "workers.podTemplate.spec.serviceAccountName: set workers.serviceAccountName "
-                "(its author needs the impersonate verb on the account)",
-            ),
-            cel(
-                "!has(self.containers) || self.containers.all(c, c.name == 'worker')",
-                "workers.podTemplate.spec.containers: only `worker` (a patch of the worker "
-                "container); put sidecars in initContainers with restartPolicy: Always, so "
-                "the pod ends when the worker does",
-            ),
-            cel(
-                "!has(self.containers) || self.containers.all(c, "
-                + " && ".join(f"!has(c.{f})" for f in _OPERATOR_CONTAINER_FIELDS)
-                + ")",
-                "workers.podTemplate.spec.containers[worker]: "
-                + ", ".join(_OPERATOR_CONTAINER_FIELDS)
-                + " are the operator's (use workers.image, workers.runAsUser)",
-            ),
-            cel(
-                "!has(self.containers) || self.containers.all(c, !has(c.env) || "
-                f"c.env.all(e, !(e.name in {cel_list(WORKER_ENV_NAMES)})))",
-                "workers.podTemplate.spec.containers[worker].env: "
-                + ", ".join(WORKER_ENV_NAMES)
-                + " are set by the operator and cannot be overridden",
-            ),
-            cel(
-                "!has(self.containers) || self.containers.all(c, !has(c.volumeMounts) || "
-                f"c.volumeMounts.all(m, !has(m.mountPath) || "
-                f"!(m.mountPath in {cel_list(WORKER_MOUNT_PATHS)})))",
-                "workers.podTemplate.spec.containers[worker].volumeMounts: "
-                + " and ".join(WORKER_MOUNT_PATHS)
-                + " are the operator's writable emptyDirs",
-            ),
-            cel(
-                "!has(self.initContainers) || self.initContainers.all(c, has(c.image) "
-                "&& c.name != 'worker')",
-                "workers.podTemplate.spec.initContainers: every init container needs an "
-                "image and a name other than worker",
-            ),
-            cel(
-                "!has(self.volumes) || self.volumes.all(v, has(v.name) "
-                "&& v.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') "
-                f"&& !(v.name in {cel_list(WORKER_VOLUME_NAMES)}))",
-                "workers.podTemplate.spec.volumes: every volume needs a name that is a DNS "
-                "label, other than " + " and ".join(WORKER_VOLUME_NAMES),
-            ),
-            cel(
-                "!has(self.dnsPolicy) || self.dnsPolicy != 'None' || has(self.dnsConfig)",
-                "workers.podTemplate.spec: dnsPolicy None needs dnsConfig",
-            ),
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_pod_spec_rules(WORKERS_OVERLAY))
 
-    init_containers: list[OverlayContainer] | None = _listed(
+    # Sequences: the dashboard's subclass narrows them to its own container model.
+    init_containers: Sequence[OverlayContainer] | None = _listed(
         16, "Init containers and sidecars (restartPolicy: Always)."
     )
-    containers: list[OverlayContainer] | None = _listed(
+    containers: Sequence[OverlayContainer] | None = _listed(
         1, "Only `worker`: a patch of the worker container."
     )
     volumes: list[VolumeObject] | None = _listed(64, "core/v1 Volume list (restricted kinds only).")
     tolerations: list[TolerationObject] | None = _listed(
-        64, "core/v1 Toleration list, added to workers'."
+        64, "core/v1 Toleration list, added to the pod's."
     )
     topology_spread_constraints: list[TopologySpreadObject] | None = _listed(
         16, "core/v1 TopologySpreadConstraint list."
@@ -423,15 +496,17 @@ class PodSpecOverlay(Model):
     service_account_name: str | None = Field(None, max_length=253, description=_REFUSED)
 
 
+def _metadata_rules(t: OverlayTarget) -> dict[str, Any]:
+    return rules(
+        _label_keys("labels", f"{t.path}.metadata.labels"),
+        _annotation_keys("annotations", f"{t.path}.metadata.annotations"),
+    )
+
+
 class PodTemplateMetadata(Model):
     """Labels and annotations added to the worker pods (the operator's own labels win)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=rules(
-            _label_keys("labels", "workers.podTemplate.metadata.labels"),
-            _annotation_keys("annotations", "workers.podTemplate.metadata.annotations"),
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_metadata_rules(WORKERS_OVERLAY))
     labels: dict[str, LabelValue] | None = Field(
         None, description="Pod labels.", json_schema_extra={"maxProperties": 64}
     )
@@ -452,28 +527,109 @@ class PodTemplateOverlay(Model):
     spec: PodSpecOverlay | None = Field(None, description="Pod spec fields merged in.")
 
 
-_SPEC = "self.podTemplate.spec"
 _NAMED = "exists(v, has(v.name) && v.name == m.name)"
 
 
-def _mounts_named(field: str) -> str:
-    """Every volumeMount of the overlay's `field` containers names a volume of the pod."""
-    return (
-        f"(!has({_SPEC}.{field}) || {_SPEC}.{field}.all(c, !has(c.volumeMounts) || "
-        f"c.volumeMounts.all(m, has(m.name) && (m.name in {cel_list(WORKER_VOLUME_NAMES)} || "
-        f"has(self.volumes) && self.volumes.{_NAMED} || "
-        f"has({_SPEC}.volumes) && {_SPEC}.volumes.{_NAMED}))))"
+def overlay_mounts(t: OverlayTarget, overlay: str, volumes: str | None = None) -> dict[str, str]:
+    """The rule that every volumeMount of the overlay (at CEL path `overlay`) names a volume
+    the pod will have: the overlay's own, the operator's, or those of the list `volumes`
+    (workers.volumes); else the pod would fail at creation."""
+    spec = f"{overlay}.spec"
+    sources = [
+        *([f"m.name in {cel_list(t.volume_names)}"] if t.volume_names else []),
+        *([f"has({volumes}) && {volumes}.{_NAMED}"] if volumes else []),
+        f"has({spec}.volumes) && {spec}.volumes.{_NAMED}",
+    ]
+
+    def named(field: str) -> str:
+        return (
+            f"(!has({spec}.{field}) || {spec}.{field}.all(c, !has(c.volumeMounts) || "
+            f"c.volumeMounts.all(m, has(m.name) && ({' || '.join(sources)}))))"
+        )
+
+    guard = f"!has({overlay}) || " if overlay != "self" else ""
+    return cel(
+        f"{guard}!has({spec}) || {named('containers')} && {named('initContainers')}",
+        f"{t.path}: every volumeMount must name a volume of {t.volumes_fields}",
     )
 
 
-# The overlay's mounts name a volume the pod will have: its own, workers.volumes or the
-# operator's (a sidecar may share the worker's /tmp); else the Job would fail at creation.
-_OVERLAY_MOUNTS = cel(
-    f"!has(self.podTemplate) || !has({_SPEC}) || "
-    f"{_mounts_named('containers')} && {_mounts_named('initContainers')}",
-    "workers.podTemplate: every volumeMount must name a volume of "
-    "workers.podTemplate.spec.volumes or workers.volumes",
-)
+# The worker's: a sidecar may also mount workers.volumes or the worker's /tmp.
+_OVERLAY_MOUNTS = overlay_mounts(WORKERS_OVERLAY, "self.podTemplate", "self.volumes")
+
+
+# ------------------------------------------------------------- dashboard.podTemplate
+# The same models with the dashboard's rules and messages: a study's own dashboard
+# (spec.dashboard.podTemplate) and the chart's overlay on every namespace's dashboard
+# (--dashboard-pod-template) are checked by these.
+
+
+class DashboardCapabilities(Capabilities):
+    """Linux capabilities: the operator drops ALL from every container; none may be added."""
+
+    model_config = ConfigDict(json_schema_extra=_capability_rules(DASHBOARD_OVERLAY))
+
+
+class DashboardSecurityContext(OverlaySecurityContext):
+    """What a container of dashboard.podTemplate may say about its security: its user,
+    group and a read-only root filesystem; the operator sets the restricted floor."""
+
+    model_config = ConfigDict(json_schema_extra=_security_rules(DASHBOARD_OVERLAY))
+    capabilities: DashboardCapabilities | None = Field(None, description="None may be added.")
+
+
+class DashboardOverlayContainer(OverlayContainer):
+    """A container of dashboard.podTemplate (core/v1 Container). The container named
+    `dashboard` patches the dashboard container (env, envFrom, volumeMounts, resources,
+    lifecycle, liveness and startup probes only)."""
+
+    model_config = ConfigDict(json_schema_extra=_container_rules(DASHBOARD_OVERLAY))
+    name: str = Field(
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Container name (a DNS label); `dashboard` patches the dashboard container.",
+    )
+    image: ImageRef | None = Field(None, description="Image (not for `dashboard`).")
+    command: list[_SHORT] | None = _listed(64, "Not for `dashboard`.")
+    args: list[_SHORT] | None = _listed(256, "Not for `dashboard`.")
+    restart_policy: Literal["Always"] | None = Field(
+        None, description="Always makes an init container a sidecar (Kubernetes 1.29+)."
+    )
+    security_context: DashboardSecurityContext | None = Field(
+        None, description="User, group and read-only root filesystem (not for `dashboard`)."
+    )
+
+
+class DashboardPodSpecOverlay(PodSpecOverlay):
+    """core/v1 PodSpec fields the dashboard pod takes from dashboard.podTemplate.spec,
+    merged as for workers.podTemplate."""
+
+    model_config = ConfigDict(json_schema_extra=_pod_spec_rules(DASHBOARD_OVERLAY))
+    init_containers: Sequence[DashboardOverlayContainer] | None = _listed(
+        16, "Init containers and sidecars (restartPolicy: Always)."
+    )
+    containers: Sequence[DashboardOverlayContainer] | None = _listed(
+        1, "Only `dashboard`: a patch of the dashboard container."
+    )
+
+
+class DashboardPodTemplateMetadata(PodTemplateMetadata):
+    """Labels and annotations added to the dashboard pod (the operator's own labels win)."""
+
+    model_config = ConfigDict(json_schema_extra=_metadata_rules(DASHBOARD_OVERLAY))
+
+
+class DashboardPodTemplate(PodTemplateOverlay):
+    """A strategic-merge overlay on a dashboard pod, as workers.podTemplate is on the
+    worker pod: init containers and sidecars, volumes, topology spread, DNS, labels,
+    resources. The operator's own fields win: the dashboard's command, arguments, image,
+    environment, port, readiness probe and the restricted security floor."""
+
+    model_config = ConfigDict(json_schema_extra=rules(overlay_mounts(DASHBOARD_OVERLAY, "self")))
+    metadata: DashboardPodTemplateMetadata | None = Field(
+        None, description="Pod labels, annotations."
+    )
+    spec: DashboardPodSpecOverlay | None = Field(None, description="Pod spec fields merged in.")
 
 
 class WorkersSpec(Model):
