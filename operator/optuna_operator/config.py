@@ -10,7 +10,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from optuna_operator import __version__
+from optuna_operator.api.workers import DASHBOARD_OVERLAY, DashboardPodTemplate
+from optuna_operator.overlay import refusals
 
 __all__ = [
     "DEFAULT_DASHBOARD_IMAGE",
@@ -77,6 +81,9 @@ class OperatorSettings:
     # NetworkPolicy `from` peers admitted to each dashboard's port; empty: nobody (the way in
     # is kubectl port-forward, which goes through the kubelet, not the pod network).
     dashboard_allowed_from: list[dict[str, Any]] = field(default_factory=list)
+    # The chart's dashboard.podTemplate (on the wire), overlaid on every namespace's shared
+    # dashboard; checked at start like a study's own dashboard.podTemplate at apply.
+    dashboard_pod_template: dict[str, Any] | None = None
     status_interval: float = 10.0
     log_format: str = "text"
     # None: no election, this process acts at once (one replica, tests, development).
@@ -120,6 +127,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "allowed to reach each study's dashboard, e.g. "
         '[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"ingress"}}}]. '
         "Empty or [] (default): nobody; use kubectl port-forward.",
+    )
+    parser.add_argument(
+        "--dashboard-pod-template",
+        default=_env("DASHBOARD_POD_TEMPLATE"),
+        help="JSON podTemplate overlay (metadata, spec) on every namespace's shared dashboard "
+        "pod, checked like a study's spec.dashboard.podTemplate: sidecars, volumes of the "
+        "restricted kinds, topology spread, DNS, labels, the dashboard container's resources, "
+        'e.g. {"spec":{"containers":[{"name":"dashboard","resources":{"limits":'
+        '{"memory":"512Mi"}}}]}}. An overlay that would be refused stops the operator.',
     )
     parser.add_argument(
         "--status-interval",
@@ -297,6 +313,35 @@ def _allowed_from(value: str | None) -> list[dict[str, Any]]:
     return peers
 
 
+def _dashboard_pod_template(value: str | None) -> dict[str, Any] | None:
+    """The chart's dashboard.podTemplate from JSON, checked by the model a study's own
+    dashboard.podTemplate has and by the rules the API server and the admission policy
+    would apply to it; None when empty."""
+    flag = "--dashboard-pod-template (the chart's dashboard.podTemplate)"
+    if value is None or not value.strip():
+        return None
+    try:
+        raw = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{flag} must be a JSON object: {exc}") from None
+    if raw is None or raw == {}:
+        return None
+    if not isinstance(raw, dict):
+        raise SystemExit(f"{flag} must be a JSON object (metadata, spec), not {value!r}")
+    try:
+        overlay = DashboardPodTemplate.model_validate(raw).to_wire()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"dashboard.podTemplate.{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise SystemExit(f"{flag} is invalid: {problems}") from None
+    refused = refusals(overlay, DASHBOARD_OVERLAY)
+    if refused:
+        raise SystemExit(f"{flag} is refused: " + "; ".join(refused))
+    return overlay or None
+
+
 def _pooler(value: str | None) -> str | None:
     if not value:
         return None
@@ -327,6 +372,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         worker_image=args.worker_image,
         dashboard_image=args.dashboard_image,
         dashboard_allowed_from=_allowed_from(args.dashboard_allowed_from),
+        dashboard_pod_template=_dashboard_pod_template(args.dashboard_pod_template),
         status_interval=args.status_interval,
         log_format=args.log_format,
         leader_election=_leader_election(args, operator_namespace),

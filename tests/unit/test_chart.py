@@ -122,6 +122,18 @@ def test_helm_lint(values: Path | None) -> None:
         (["--set", "dashboard.allowedFrom[0].namespace=x"], "/dashboard/allowedFrom/0"),
         (["--set-json", "metrics.networkPolicy.allowedFrom=[{}]"], "/metrics/networkPolicy"),
         (["--set-json", 'dashboard.allowedFrom=[{"ipBlock":{}}]'], "/dashboard/allowedFrom/0"),
+        (["--set", "dashboard.podTemplate=sidecar"], "/dashboard/podTemplate"),
+        (
+            [
+                "--set-json",
+                'dashboard.podTemplate={"spec":{"volumes":[{"name":"h","hostPath":{}}]}}',
+            ],
+            "/dashboard/podTemplate/spec/volumes/0",
+        ),
+        (
+            ["--set-json", 'dashboard.podTemplate={"spec":{"hostPID":true}}'],
+            "/dashboard/podTemplate",
+        ),
     ],
 )
 def test_bad_values_fail_on_the_schema(args: list[str], message: str) -> None:
@@ -552,6 +564,39 @@ def test_dashboard_allowed_from_reaches_the_operator() -> None:
     assert parsed_settings(operator_container(namespaced), NAMESPACE).dashboard_allowed_from == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
     ]
+
+
+DASHBOARD_OVERLAY = {
+    "metadata": {"labels": {"team": "platform"}},
+    "spec": {
+        "containers": [{"name": "dashboard", "resources": {"limits": {"memory": "512Mi"}}}],
+        "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+}
+
+
+def test_dashboard_pod_template_reaches_the_operator() -> None:
+    assert parsed_settings(operator_container(render()), NAMESPACE).dashboard_pod_template is None
+    docs = render("--set-json", f"dashboard.podTemplate={json.dumps(DASHBOARD_OVERLAY)}")
+    settings = parsed_settings(operator_container(docs), NAMESPACE)
+    assert settings.dashboard_pod_template == DASHBOARD_OVERLAY
+
+
+def test_a_dashboard_pod_template_the_api_would_refuse_stops_the_operator() -> None:
+    # The schema checks the shape; the operator, at start, what a study's own
+    # spec.dashboard.podTemplate would be refused for.
+    privileged = {
+        "spec": {
+            "initContainers": [
+                {"name": "x", "image": "x:1", "securityContext": {"privileged": True}}
+            ]
+        }
+    }
+    docs = render("--set-json", f"dashboard.podTemplate={json.dumps(privileged)}")
+    with pytest.raises(SystemExit) as exited:
+        parsed_settings(operator_container(docs), NAMESPACE)
+    message = str(exited.value)
+    assert "dashboard.podTemplate.spec.initContainers[x]: privileged containers" in message
 
 
 def operator_policy(docs: list[Manifest]) -> Manifest:

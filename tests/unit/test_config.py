@@ -78,3 +78,47 @@ def test_tenant_limits_come_from_flags_or_the_environment(
     assert settings().tenant_statement_timeout_ms == 5000
     with pytest.raises(SystemExit, match="--tenant-idle-in-transaction-timeout-ms"):
         settings("--tenant-idle-in-transaction-timeout-ms", "0")
+
+
+SHARED_DASHBOARD = {
+    "metadata": {"labels": {"team": "platform"}},
+    "spec": {"containers": [{"name": "dashboard", "resources": {"limits": {"memory": "512Mi"}}}]},
+}
+
+
+def test_the_shared_dashboards_pod_template_comes_through_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPTUNA_OPERATOR_DASHBOARD_POD_TEMPLATE", raising=False)
+    assert settings().dashboard_pod_template is None
+    for empty in ("", "{}", "null"):
+        assert settings(f"--dashboard-pod-template={empty}").dashboard_pod_template is None
+    given = settings("--dashboard-pod-template", json.dumps(SHARED_DASHBOARD))
+    assert given.dashboard_pod_template == SHARED_DASHBOARD
+    monkeypatch.setenv("OPTUNA_OPERATOR_DASHBOARD_POD_TEMPLATE", json.dumps(SHARED_DASHBOARD))
+    assert settings().dashboard_pod_template == SHARED_DASHBOARD
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{not json", "must be a JSON object"),
+        ("[]", "must be a JSON object"),
+        ('{"spec": {"tolerations": "all"}}', "dashboard.podTemplate.spec.tolerations"),
+        (
+            '{"spec": {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}}',
+            "dashboard.podTemplate.spec.volumes: volume root (hostPath) is not allowed",
+        ),
+        (
+            '{"spec": {"initContainers": [{"name": "p", "image": "p:1", '
+            '"securityContext": {"privileged": true}}]}}',
+            "dashboard.podTemplate.spec.initContainers[p]: privileged containers are not allowed",
+        ),
+        ('{"spec": {"hostNetwork": true}}', "dashboard.podTemplate.spec: hostNetwork"),
+    ],
+)
+def test_a_bad_shared_dashboard_pod_template_stops_the_operator(value: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        settings("--dashboard-pod-template", value)
+    assert "--dashboard-pod-template (the chart's dashboard.podTemplate)" in str(exited.value)
+    assert message in str(exited.value)

@@ -166,4 +166,5 @@ class Observer:
             dashboard_url=tenant.readonly_url if tenant else None,
             dashboard_password_key=tenant.readonly_password_key if tenant else None,
             dashboard_allowed_from=self.settings.dashboard_allowed_from,
+            dashboard_pod_template=self.settings.dashboard_pod_template,
         )
