@@ -685,6 +685,62 @@ OVERLAY: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+OWN_STORAGE = {"secretRef": {"name": "db"}}
+
+
+def _dashboard_overlay(**spec: Any) -> dict[str, Any]:
+    """A study on its own storage whose dashboard.podTemplate.spec is `spec`."""
+    dashboard = {"secretRef": {"name": "db-ro"}, "podTemplate": {"spec": spec}}
+    return _with("storage", OWN_STORAGE, "dashboard", dashboard)
+
+
+# spec.dashboard.podTemplate: the workers' rules, with messages naming dashboard.podTemplate.
+DASHBOARD_OVERLAY: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "dashboard overlay on the namespace's dashboard",
+        _with("dashboard", {"podTemplate": {"metadata": {"labels": {"team": "a"}}}}),
+        "dashboard.podTemplate is for a study's own dashboard (spec.storage)",
+    ),
+    (
+        "dashboard overlay hostNetwork",
+        _dashboard_overlay(hostNetwork=True),
+        "dashboard.podTemplate.spec: hostNetwork, hostPID, hostIPC and nodeName are not allowed",
+    ),
+    (
+        "dashboard overlay privileged sidecar",
+        _dashboard_overlay(initContainers=[{**SIDECAR, "securityContext": {"privileged": True}}]),
+        "dashboard.podTemplate: privileged containers are not allowed",
+    ),
+    (
+        "dashboard overlay service account",
+        _dashboard_overlay(serviceAccountName="admin"),
+        "dashboard.podTemplate.spec.serviceAccountName",
+    ),
+    (
+        "dashboard overlay dashboard command",
+        _dashboard_overlay(containers=[{"name": "dashboard", "command": ["sh"]}]),
+        "dashboard.podTemplate.spec.containers[dashboard]: image, command",
+    ),
+    (
+        "dashboard overlay readiness probe",
+        _dashboard_overlay(containers=[{"name": "dashboard", "readinessProbe": {}}]),
+        "readinessProbe are the operator's",
+    ),
+    (
+        "dashboard overlay password env",
+        _dashboard_overlay(containers=[{"name": "dashboard", "env": [{"name": "PGPASSWORD"}]}]),
+        "dashboard.podTemplate.spec.containers[dashboard].env",
+    ),
+    (
+        "dashboard overlay mount of no volume",
+        _dashboard_overlay(
+            initContainers=[{**SIDECAR, "volumeMounts": [{"name": "x", "mountPath": "/x"}]}]
+        ),
+        "dashboard.podTemplate: every volumeMount must name a volume",
+    ),
+]
+
+
 def _custom(kube_api: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(kube_api)
 
@@ -700,14 +756,14 @@ def test_there_are_at_least_30_invalid_cases() -> None:
     assert len(INVALID) >= 30
     # Issue 11: at least 20 more, moved from run time; names stay unique.
     assert len(MOVED) >= 20
-    cases = INVALID + MOVED + OVERLAY
+    cases = INVALID + MOVED + OVERLAY + DASHBOARD_OVERLAY
     assert len({c[0] for c in cases}) == len(cases)
 
 
 @pytest.mark.parametrize(
     ("case", "body", "message"),
-    INVALID + MOVED + OVERLAY,
-    ids=[c[0] for c in INVALID + MOVED + OVERLAY],
+    INVALID + MOVED + OVERLAY + DASHBOARD_OVERLAY,
+    ids=[c[0] for c in INVALID + MOVED + OVERLAY + DASHBOARD_OVERLAY],
 )
 def test_invalid_spec_is_rejected_with_an_actionable_message(
     kube_api: client.ApiClient, crd_installed: None, case: str, body: dict[str, Any], message: str
@@ -810,6 +866,57 @@ def test_a_pod_template_is_kept_as_written_and_its_worker_pod_is_restricted(
     assert sidecar.restart_policy == "Always"
     assert sidecar.security_context.capabilities.drop == ["ALL"]
     assert created.spec.topology_spread_constraints[0].topology_key == "zone"
+
+
+DASHBOARD_TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"team": "a"}},
+    "spec": {
+        "initContainers": [
+            {
+                **SIDECAR,
+                "securityContext": {"runAsUser": 1000},
+                "volumeMounts": [{"name": "certs", "mountPath": "/certs"}],
+            }
+        ],
+        "containers": [
+            {
+                "name": "dashboard",
+                "env": [{"name": "TZ", "value": "UTC"}],
+                "resources": {"limits": {"memory": "512Mi"}},
+            }
+        ],
+        "volumes": [{"name": "certs", "emptyDir": {}}],
+        "tolerations": [{"key": "infra", "operator": "Exists"}],
+    },
+}
+
+
+@pytest.mark.pod_security("restricted")
+def test_a_dashboard_pod_template_is_kept_and_its_dashboard_pod_is_restricted(
+    kube_api: client.ApiClient, crd_installed: None, namespace: str
+) -> None:
+    """A study's own dashboard with spec.dashboard.podTemplate: stored as written, and the
+    Deployment built from it passes the API server and Pod Security admission (restricted)."""
+    body = _with(
+        "storage",
+        OWN_STORAGE,
+        "dashboard",
+        {"secretRef": {"name": "db-ro"}, "podTemplate": DASHBOARD_TEMPLATE},
+    )
+    stored = _create(kube_api, namespace, body)
+    assert stored["spec"]["dashboard"]["podTemplate"] == DASHBOARD_TEMPLATE
+    study = TuningStudy.model_validate(stored)
+    ctx = manifests.ChildContext(
+        storage_secret="db", storage_key="url", worker_image="w:1", dashboard_image="d:1"
+    )
+    deployment = manifests.study_dashboard(study, ctx)[0]
+    client.AppsV1Api(kube_api).create_namespaced_deployment(namespace, deployment, dry_run="All")
+    pod = {"metadata": {"name": "dashboard", **deployment["spec"]["template"]["metadata"]}}
+    pod["spec"] = deployment["spec"]["template"]["spec"]
+    created = client.CoreV1Api(kube_api).create_namespaced_pod(namespace, pod, dry_run="All")
+    (sidecar,) = created.spec.init_containers
+    assert sidecar.security_context.capabilities.drop == ["ALL"]
+    assert created.spec.containers[0].resources.limits == {"memory": "512Mi"}
 
 
 def _kubectl_create_warnings(bed: Bed, namespace: str, body: dict[str, Any]) -> str:
