@@ -19,9 +19,11 @@ for an overlay no API server sees: the chart's, checked when the operator starts
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable
 from typing import Any
 
+from optuna_operator.api.cel import QUALIFIED_KEY
 from optuna_operator.api.constants import ALLOWED_VOLUME_KINDS
 from optuna_operator.api.workers import (
     OPERATOR_LABELS,
@@ -361,6 +363,14 @@ def refusals(overlay: dict[str, Any], t: OverlayTarget) -> list[str]:
     overlay that no API server checks (the chart's, read at the operator's start)."""
     found = _spec_refusals(overlay.get("spec") or {}, t)
     metadata = overlay.get("metadata") or {}
+    for field in ("labels", "annotations"):
+        keys = list(metadata.get(field) or {})
+        invalid = [k for k in keys if not re.fullmatch(QUALIFIED_KEY, k)]
+        if invalid:
+            found.append(
+                f"{t.path}.metadata.{field}: {', '.join(invalid)}: keys must be valid "
+                "label and annotation keys ([prefix/]name)"
+            )
     labels = [
         k for k in metadata.get("labels") or {} if k in OPERATOR_LABELS or k.startswith(_PREFIX)
     ]

@@ -580,6 +580,14 @@ def test_dashboard_pod_template_reaches_the_operator() -> None:
     docs = render("--set-json", f"dashboard.podTemplate={json.dumps(DASHBOARD_OVERLAY)}")
     settings = parsed_settings(operator_container(docs), NAMESPACE)
     assert settings.dashboard_pod_template == DASHBOARD_OVERLAY
+    namespaced = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    overlay = parsed_settings(operator_container(namespaced), NAMESPACE).dashboard_pod_template
+    assert overlay == {
+        "spec": {
+            "containers": [{"name": "dashboard", "resources": {"limits": {"memory": "512Mi"}}}],
+            "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
+        }
+    }
 
 
 def test_a_dashboard_pod_template_the_api_would_refuse_stops_the_operator() -> None:

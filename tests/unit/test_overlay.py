@@ -538,3 +538,6 @@ def test_a_dashboard_overlay_within_the_rules_is_not_refused() -> None:
         "annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"},
     }
     assert len(overlay.refusals({"metadata": metadata}, DASHBOARD_OVERLAY)) == 2
+    invalid = {"labels": {"bad key": "x"}}
+    (reason,) = overlay.refusals({"metadata": invalid}, DASHBOARD_OVERLAY)
+    assert reason.startswith("dashboard.podTemplate.metadata.labels: bad key: keys must be")
