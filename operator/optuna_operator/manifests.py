@@ -20,7 +20,7 @@ from optuna_operator.api import (
     TuningStudy,
     WorkerConfig,
 )
-from optuna_operator.api.workers import OPERATOR_LABELS
+from optuna_operator.api.workers import DASHBOARD_OVERLAY, OPERATOR_LABELS
 from optuna_operator.contract import (
     CONFIG_ENV,
     OBJECTIVE_SOURCE_ENV,
@@ -112,7 +112,7 @@ def _dashboard_owned(label: str) -> OperatorFields:
         volumes=(),
         mount_paths=(),
         labels=(*OPERATOR_LABELS, label),
-        container="dashboard",
+        container=DASHBOARD_OVERLAY.container,
         patchable=DASHBOARD_PATCHABLE,
     )
 
@@ -388,7 +388,7 @@ def _dashboard_container(
     image: str, url_arg: str, env: list[dict[str, Any]], resources: dict[str, Any] | None
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": "dashboard",
+        "name": DASHBOARD_OVERLAY.container,
         "image": image,
         "command": ["optuna-dashboard"],
         "args": ["--host", "0.0.0.0", "--port", str(DASHBOARD_PORT), url_arg],
