@@ -38,6 +38,16 @@ OWNERS = [
 ]
 
 
+# An overlay sidecar that asks for uid 1000 gets it, under the restricted floor.
+SIDECAR_AS_1000_WITH_FLOOR = {
+    "runAsUser": 1000,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def study(**spec: Any) -> TuningStudy:
     base: dict[str, Any] = {
         "directions": ["maximize"],
@@ -361,13 +371,7 @@ def test_pod_template_reaches_the_worker_pod_and_the_operator_keeps_its_fields()
     (sidecar,) = pod["initContainers"]
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["startupProbe"] == {"tcpSocket": {"port": 5000}}
-    assert sidecar["securityContext"] == {
-        "runAsUser": 1000,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    assert sidecar["securityContext"] == SIDECAR_AS_1000_WITH_FLOOR
     worker = pod["containers"][0]
     for owned in ("image", "command", "securityContext", "volumeMounts"):
         assert worker[owned] == before["containers"][0][owned], owned
@@ -451,13 +455,7 @@ def _dashboard_pod_is_overlaid(deployment: dict[str, Any], plain: dict[str, Any]
     """The overlay's additions are there and every field of the operator's is as without."""
     pod, before = _pods(deployment), _pods(plain)
     (sidecar,) = pod["initContainers"]
-    assert sidecar["securityContext"] == {
-        "runAsUser": 1000,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    assert sidecar["securityContext"] == SIDECAR_AS_1000_WITH_FLOOR
     assert pod["volumes"] == DASHBOARD_TEMPLATE["spec"]["volumes"]
     assert pod["tolerations"] == DASHBOARD_TEMPLATE["spec"]["tolerations"]
     (dashboard,) = pod["containers"]
