@@ -1,6 +1,10 @@
 """One reconcile of one study, run in a worker thread: our finalizer, the reconcile
 (reconcile/), the events that explain it, then the status, written only when it changed.
 
+This is where what the reconcile says leaves the operator, so credentials are removed here,
+from every event and condition message (trial errors and refusals quote text the operator
+does not control), and nowhere else.
+
 The only finalizer is ours, on studies with `deletionPolicy: Delete`, where it protects the
 Optuna study in the database until it is deleted.
 """
@@ -8,7 +12,7 @@ Optuna study in the database until it is deleted.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -109,10 +113,13 @@ class StudySync:
         self, body: dict[str, Any], study: TuningStudy, children: Children
     ) -> SyncResult:
         outcome = self.reconciler.reconcile(study, children)
+        url = outcome.storage_url
         # Events first: whoever sees a new phase or condition can already read the
         # event that explains it (a status written first leaves a window without one).
         for event in outcome.events:
-            self.recorder.record(body, event)
+            self._record(body, event, url)
+        for condition in outcome.status.conditions:
+            condition.message = redact(condition.message, url)
         body = self._write_status(body, outcome.status.to_wire())
         metrics.observe(study, outcome.status)
         return SyncResult(
@@ -124,6 +131,10 @@ class StudySync:
             errors=["storage"] if outcome.retry else [],
             study_name=study.study_name,
         )
+
+    def _record(self, body: dict[str, Any], event: Event, url: str | None = None) -> None:
+        """Record an event about the study, its message without credentials."""
+        self.recorder.record(body, replace(event, message=redact(event.message, url)))
 
     def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """Patch the status only when it changed; returns the study as stored."""
@@ -137,7 +148,7 @@ class StudySync:
         """A spec the models refuse (the CRD schema should have): Failed, no retry."""
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
-        message = f"Invalid TuningStudy: {where}: {error['msg']}"
+        message = redact(f"Invalid TuningStudy: {where}: {error['msg']}")
         generation = body["metadata"].get("generation")
         conditions = set_condition(
             [], ConditionType.FAILED, True, Reason.INVALID_SPEC, message, generation
@@ -148,7 +159,7 @@ class StudySync:
             "observedGeneration": generation,
             "conditions": [c.to_wire() for c in conditions],
         }
-        self.recorder.record(body, Event("Warning", Reason.INVALID_SPEC, message))
+        self._record(body, Event("Warning", Reason.INVALID_SPEC, message))
         return SyncResult(self._write_status(body, status))
 
     def _ensure_finalizer(self, body: dict[str, Any], study: TuningStudy) -> dict[str, Any] | None:
@@ -172,14 +183,14 @@ class StudySync:
         try:
             if self.reconciler.delete_study(study):
                 message = f"Deleted Optuna study {study.study_name} (deletionPolicy Delete)"
-                self.recorder.record(body, Event("Normal", Reason.STUDY_DELETED, message))
+                self._record(body, Event("Normal", Reason.STUDY_DELETED, message))
         except (StorageProblem, StorageError) as exc:
             if failures + 1 < DELETE_RETRIES:
                 return SyncResult(body, retry=True, errors=["storage"])
             # Never hold a namespace hostage: give up and say the study was kept.
-            reason = redact(getattr(exc, "message", None) or str(exc))
+            reason = getattr(exc, "message", None) or str(exc)
             message = f"Could not delete Optuna study {study.study_name}: {reason}"
-            self.recorder.record(body, Event("Warning", Reason.STUDY_RETAINED, message))
+            self._record(body, Event("Warning", Reason.STUDY_RETAINED, message))
         rest = [f for f in finalizers if f != FINALIZER]
         stored = self.cluster.set_finalizers(
             meta["namespace"], meta["name"], rest, meta["resourceVersion"]

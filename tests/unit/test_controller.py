@@ -14,6 +14,7 @@ from optuna_operator.config import OperatorSettings
 from optuna_operator.controller import Controller
 from optuna_operator.reconcile import Children, Event, Outcome, Reconciler
 from optuna_operator.recorder import EventRecorder
+from optuna_operator.sync import StudySync
 
 
 class RecordingCluster:
@@ -213,3 +214,51 @@ def test_trial_changes_wake_only_the_studies_that_run_that_optuna_study() -> Non
         return unknown, known
 
     assert asyncio.run(scenario()) == (0, 1)
+
+
+class StatusCluster(RecordingCluster):
+    """Also records status patches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append(patch)
+        return {**body(), "status": patch}
+
+
+class LeakyReconciler:
+    """A reconcile whose messages quote the storage URL, as a driver error would."""
+
+    URL = "postgresql+psycopg2://tenant:s3cret-pw@db:5432/optuna"
+
+    def __init__(self, cluster: StatusCluster) -> None:
+        self.cluster = cluster
+
+    def reconcile(self, study: TuningStudy, children: Children) -> Outcome:
+        status = TuningStudyStatus.model_validate(
+            {
+                "conditions": [
+                    {
+                        "type": "StorageReady",
+                        "status": "False",
+                        "reason": "X",
+                        "message": f"could not connect to {self.URL}",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }
+                ]
+            }
+        )
+        event = Event("Warning", "X", "password=s3cret-pw refused")
+        return Outcome(status, [event], storage_url=self.URL)
+
+
+def test_the_writer_removes_credentials_from_every_status_and_event_message() -> None:
+    cluster = StatusCluster()
+    sync = StudySync(LeakyReconciler(cluster), EventRecorder(cluster))  # type: ignore[arg-type]
+    sync.sync(body(), Children())
+    written = str(cluster.patches) + str(cluster.posted)
+    assert cluster.patches and cluster.posted
+    assert "s3cret-pw" not in written
+    assert "db:5432/optuna" in written  # the URL is described, not dropped

@@ -186,10 +186,13 @@ class Acted:
 
 @dataclass
 class Outcome:
-    """The result of one reconcile: the new status, events, and when to come back."""
+    """The result of one reconcile: the new status, events, and when to come back. Their
+    messages are as built: the writer (sync.py) removes credentials, `storage_url`'s too,
+    from everything it sends."""
 
     status: TuningStudyStatus
     events: list[Event] = field(default_factory=list)
+    storage_url: str | None = None  # the URL the study's messages may quote
     requeue_after: float | None = None
     retry: bool = False  # something failed that a back-off retry may fix
     applied: tuple[dict[str, Any], ...] = ()

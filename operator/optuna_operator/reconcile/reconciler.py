@@ -14,7 +14,6 @@ from optuna_operator.reconcile.observe import Observer
 from optuna_operator.reconcile.prepare import Preparer, owner_of
 from optuna_operator.reconcile.status import (
     build_status,
-    redact_status,
     storage_failure,
     storage_failure_status,
 )
@@ -64,11 +63,10 @@ class Reconciler:
         plan = decide(study, observed, self.settings.status_interval)
         acted = self.actor.act(study, observed, plan)
         status, events = build_status(study, observed, plan, acted)
-        url = observed.storage.url if observed.storage else None
-        status, events = redact_status(status, events, url)
         return Outcome(
             status,
             events,
+            storage_url=observed.storage.url if observed.storage else None,
             requeue_after=plan.requeue_after,
             retry=acted.rejected is not None,
             applied=acted.applied,

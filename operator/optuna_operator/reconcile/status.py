@@ -21,7 +21,6 @@ from optuna_operator.api import (
 )
 from optuna_operator.conditions import ConditionType, ConditionUpdate, Reason, set_conditions
 from optuna_operator.config import OPERATOR_VERSION
-from optuna_operator.contract import redact
 from optuna_operator.lifecycle import FINISHED_PHASES, active_seconds
 from optuna_operator.reconcile.model import (
     Acted,
@@ -43,7 +42,6 @@ from optuna_operator.storage.study_store import (
 
 __all__ = [
     "build_status",
-    "redact_status",
     "storage_failure",
     "storage_failure_status",
 ]
@@ -296,7 +294,6 @@ def storage_failure_status(
 ) -> tuple[TuningStudyStatus, list[Event]]:
     """Status when the storage or the study cannot be used: everything else is kept."""
     generation = study.metadata.generation
-    message = redact(message)
     events = []
     if _reason_changed(study.status, ConditionType.STORAGE_READY, reason, "False"):
         events.append(Event("Warning", reason, message))
@@ -410,16 +407,6 @@ def _reason_changed(
 ) -> bool:
     old = next((c for c in status.conditions if c.type == type_), None)
     return old is None or old.reason != reason or old.status != expected_status
-
-
-def redact_status(
-    status: TuningStudyStatus, events: list[Event], url: str | None
-) -> tuple[TuningStudyStatus, list[Event]]:
-    """Condition and event messages with credentials removed: trial errors and refusals
-    quote text the operator does not control."""
-    for condition in status.conditions:
-        condition.message = redact(condition.message, url)
-    return status, [replace(e, message=redact(e.message, url)) for e in events]
 
 
 def storage_failure(exc: Exception) -> tuple[str, str]:
