@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from optuna_operator import api
-from optuna_operator.advice import DEFAULT_STARTUP_TRIALS, STARTUP_SHARE_LIMIT
+from optuna_operator.lifecycle.advice import DEFAULT_STARTUP_TRIALS, STARTUP_SHARE_LIMIT
 
 __all__ = [
     "ADVICE_FILE",

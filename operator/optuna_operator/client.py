@@ -40,7 +40,7 @@ from optuna_operator.api import (
 )
 from optuna_operator.client_results import DASHBOARD_PORT, STUDY_LABEL, StudyResults
 from optuna_operator.formatting import progress_line
-from optuna_operator.lifecycle import FINISHED_PHASES
+from optuna_operator.lifecycle.stopping import FINISHED_PHASES
 from optuna_operator.trials import Trial, TrialsUnavailableError
 from optuna_operator.views import EventLine, StudyView
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from optuna_operator import __version__
 from optuna_operator.api.workers import DASHBOARD_OVERLAY, DashboardPodTemplate
-from optuna_operator.overlay import refusals
+from optuna_operator.children.overlay import refusals
 
 __all__ = [
     "DEFAULT_DASHBOARD_IMAGE",

@@ -21,10 +21,10 @@ from kubernetes import config as k8s_config
 
 from optuna_operator import metrics
 from optuna_operator.api import GROUP, PLURAL, VERSION
+from optuna_operator.children.manifests import MANAGED_BY
 from optuna_operator.config import OperatorSettings
 from optuna_operator.controller import Controller
 from optuna_operator.kube import Cluster
-from optuna_operator.manifests import MANAGED_BY
 from optuna_operator.reconcile import Reconciler
 from optuna_operator.storage.notify import TrialListener
 from optuna_operator.storage.study_store import StoreRegistry

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from optuna_operator.api import TuningStudy, TuningStudyStatus
-from optuna_operator.lifecycle import FINISHED_PHASES
+from optuna_operator.lifecycle.stopping import FINISHED_PHASES
 
 __all__ = ["EventLine", "StudyView"]
 

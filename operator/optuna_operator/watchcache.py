@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optuna_operator.manifests import NAMESPACE_DASHBOARD_LABEL
+from optuna_operator.children.manifests import NAMESPACE_DASHBOARD_LABEL
 from optuna_operator.reconcile import Children
 from optuna_operator.workqueue import Key
 

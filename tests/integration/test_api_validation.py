@@ -13,8 +13,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from optuna_operator import manifests
 from optuna_operator.api import GROUP, PLURAL, VERSION, TuningStudy
+from optuna_operator.children import manifests
 from testbed import Bed
 
 ROOT = Path(__file__).resolve().parents[2]

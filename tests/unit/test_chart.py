@@ -667,7 +667,7 @@ def test_network_policy_admits_only_operator_workers_and_dashboards() -> None:
     operator_labels = one(docs, "Deployment", RELEASE)["spec"]["selector"]["matchLabels"]
     assert peers[0] == {"podSelector": {"matchLabels": operator_labels}}
     # The labels manifests.labels() puts on worker and dashboard pods.
-    from optuna_operator import manifests
+    from optuna_operator.children import manifests
 
     expressions = {e["key"]: e["values"] for e in peers[1]["podSelector"]["matchExpressions"]}
     assert expressions == {
@@ -678,7 +678,7 @@ def test_network_policy_admits_only_operator_workers_and_dashboards() -> None:
 
 
 def test_pgbouncer_sits_between_the_workers_and_postgresql() -> None:
-    from optuna_operator import manifests
+    from optuna_operator.children import manifests
 
     docs = render("-f", str(CHART / "ci" / "pgbouncer-values.yaml"))
     service = one(docs, "Service", "-pgbouncer")
@@ -914,7 +914,8 @@ def test_viewers_may_get_only_the_namespace_dashboard_through_the_service_proxy(
     Service and port as the request path names them (SERVICE:PORT, what RBAC sees; checked
     against the API server in tests/integration/test_trials_access.py), nothing else;
     deploy/ holds the same ClusterRole for clusters without the chart."""
-    from optuna_operator import client, manifests
+    from optuna_operator import client
+    from optuna_operator.children import manifests
 
     role = one(render(), "ClusterRole", "-dashboard-proxy")
     assert labels(role)["rbac.authorization.k8s.io/aggregate-to-view"] == "true"

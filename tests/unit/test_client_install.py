@@ -9,7 +9,8 @@ import textwrap
 import tomllib
 from pathlib import Path
 
-from optuna_operator import client, manifests
+from optuna_operator import client
+from optuna_operator.children import manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("optuna", "sqlalchemy", "kopf", "prometheus_client", "psycopg2", "sklearn")

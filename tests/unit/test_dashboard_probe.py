@@ -15,7 +15,7 @@ import pytest
 from optuna_dashboard import wsgi
 from sqlalchemy import event
 
-from optuna_operator.manifests import DASHBOARD_PROBE_PATH
+from optuna_operator.children.manifests import DASHBOARD_PROBE_PATH
 
 
 def _statements_for(storage: optuna.storages.RDBStorage, path: str) -> tuple[str, int]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from optuna_operator import manifests
 from optuna_operator.api import TuningStudy
-from optuna_operator.applied import child_action as decide_dashboard
-from optuna_operator.dashboards import desired_dashboard, namespace_owners
+from optuna_operator.children import manifests
+from optuna_operator.children.applied import child_action as decide_dashboard
+from optuna_operator.children.dashboards import desired_dashboard, namespace_owners
 
 CTX = manifests.ChildContext(
     storage_secret="optuna-storage",
@@ -81,7 +81,7 @@ def test_a_study_on_its_own_storage_has_a_dashboard_only_with_a_read_only_secret
 
 
 def test_the_cluster_client_knows_every_kind_a_dashboard_is_made_of() -> None:
-    from optuna_operator.dashboards import KINDS
+    from optuna_operator.children.dashboards import KINDS
     from optuna_operator.kube import Cluster
 
     for kind in KINDS:

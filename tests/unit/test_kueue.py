@@ -12,13 +12,13 @@ import pytest
 
 from optuna_operator import kueue
 from optuna_operator.api import TuningStudy
-from optuna_operator.config import add_run_arguments, settings_from_args
-from optuna_operator.manifests import (
+from optuna_operator.children.manifests import (
     MIN_PARALLELISM_ANNOTATION,
     QUEUE_LABEL,
     ChildContext,
     worker_job,
 )
+from optuna_operator.config import add_run_arguments, settings_from_args
 from optuna_operator.reconcile import (
     APPLIED_HASH_ANNOTATION,
     Acted,

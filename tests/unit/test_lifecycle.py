@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from optuna_operator.api import Budget, Direction
-from optuna_operator.lifecycle import (
+from optuna_operator.lifecycle.stopping import (
     StopReason,
     active_seconds,
     goal_met,

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from optuna_operator import api, dashboards, manifests
+from optuna_operator import api
 from optuna_operator.api import TuningStudy, WorkerConfig
+from optuna_operator.children import dashboards, manifests
 from optuna_operator.contract import ExitCode
 
 GOLDEN = Path(__file__).parent / "golden"

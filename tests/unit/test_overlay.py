@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from optuna_operator import crd, overlay
+from optuna_operator import crd
 from optuna_operator.api.workers import DASHBOARD_OVERLAY
-from optuna_operator.overlay import OperatorFields, apply_pod_overlay, merge_by_key
+from optuna_operator.children import overlay
+from optuna_operator.children.overlay import OperatorFields, apply_pod_overlay, merge_by_key
 
 OWNED = OperatorFields(
     env=("OPTUNA_STORAGE_URL",),

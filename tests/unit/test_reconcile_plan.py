@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from optuna_operator.api import BestTrial, TuningStudy, TuningStudyStatus
-from optuna_operator.applied import APPLIED_HASH_ANNOTATION
+from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.reconcile import (
     Acted,
     JobState,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from optuna_operator.lifecycle import StopReason
+from optuna_operator.lifecycle.stopping import StopReason
 from optuna_operator.storage.worker_storage import TrialSlotsTaken, WorkerStorage
 from optuna_operator.worker.budget import BudgetChecker
 from optuna_operator.worker.signals import StopSignal

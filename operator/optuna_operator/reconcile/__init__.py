@@ -15,7 +15,7 @@ them. The controller (controller.py) decides *when* it runs: on changes of the s
 its children, and periodically only while work runs.
 """
 
-from optuna_operator.applied import APPLIED_HASH_ANNOTATION
+from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.reconcile.decide import decide, decide_phase
 from optuna_operator.reconcile.model import (
     Acted,

@@ -11,12 +11,12 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from optuna_operator import manifests
 from optuna_operator.api import BestTrial, TuningStudy
-from optuna_operator.applied import conflict_message, manifest_hash
-from optuna_operator.conditions import Reason
-from optuna_operator.dashboards import DashboardConflict, DashboardSender, Sent
+from optuna_operator.children import manifests
+from optuna_operator.children.applied import conflict_message, manifest_hash
+from optuna_operator.children.dashboards import DashboardConflict, DashboardSender, Sent
 from optuna_operator.kube import Cluster, controller_uid
+from optuna_operator.lifecycle.conditions import Reason
 from optuna_operator.reconcile.model import (
     Acted,
     ChildConflict,

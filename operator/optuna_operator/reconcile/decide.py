@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from optuna_operator.api import PhaseName, StopReason, TuningStudy
-from optuna_operator.applied import applied_hash, child_action
-from optuna_operator.conditions import Reason
-from optuna_operator.lifecycle import FINISHED_PHASES, Assessment, assess
+from optuna_operator.children.applied import applied_hash, child_action
+from optuna_operator.lifecycle.conditions import Reason
+from optuna_operator.lifecycle.stopping import FINISHED_PHASES, Assessment, assess
 from optuna_operator.reconcile.model import JobAction, JobState, Observed, Phase, Plan
 from optuna_operator.storage.study_store import StudySummary
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from optuna_operator import kueue, manifests
+from optuna_operator import kueue
 from optuna_operator.api import StopReason, TuningStudyStatus
-from optuna_operator.applied import ChildAction, applied_hash
-from optuna_operator.conditions import ReasonedError
-from optuna_operator.lifecycle import PhaseName
+from optuna_operator.children import manifests
+from optuna_operator.children.applied import ChildAction, applied_hash
+from optuna_operator.lifecycle.conditions import ReasonedError
+from optuna_operator.lifecycle.stopping import PhaseName
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.storage.tenancy import TenantCredentials
 

@@ -9,12 +9,12 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from optuna_operator import manifests
 from optuna_operator.api import TuningStudy
-from optuna_operator.applied import with_hash
+from optuna_operator.children import manifests
+from optuna_operator.children.applied import with_hash
+from optuna_operator.children.dashboards import desired_dashboard
 from optuna_operator.config import OperatorSettings
 from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode
-from optuna_operator.dashboards import desired_dashboard
 from optuna_operator.kube import ClusterReader, controller_uid
 from optuna_operator.reconcile.model import Children, JobState, Observed
 from optuna_operator.reconcile.prepare import Prepared

@@ -8,8 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from optuna_operator import kueue, manifests
-from optuna_operator.advice import Advice, budget_advice
+from optuna_operator import kueue
 from optuna_operator.api import (
     PARETO_FRONT_LIMIT,
     DashboardStatus,
@@ -19,9 +18,16 @@ from optuna_operator.api import (
     TuningStudyStatus,
     WorkerCounts,
 )
-from optuna_operator.conditions import ConditionType, ConditionUpdate, Reason, set_conditions
+from optuna_operator.children import manifests
 from optuna_operator.config import OPERATOR_VERSION
-from optuna_operator.lifecycle import FINISHED_PHASES, active_seconds
+from optuna_operator.lifecycle.advice import Advice, budget_advice
+from optuna_operator.lifecycle.conditions import (
+    ConditionType,
+    ConditionUpdate,
+    Reason,
+    set_conditions,
+)
+from optuna_operator.lifecycle.stopping import FINISHED_PHASES, active_seconds
 from optuna_operator.reconcile.model import (
     Acted,
     Event,

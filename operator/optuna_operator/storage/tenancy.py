@@ -42,10 +42,10 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from optuna_operator.conditions import ReasonedError
+from optuna_operator.children.manifests import MANAGED_BY
 from optuna_operator.contract import redact
 from optuna_operator.kube import Cluster
-from optuna_operator.manifests import MANAGED_BY
+from optuna_operator.lifecycle.conditions import ReasonedError
 from optuna_operator.storage.admin import AdminEngines
 
 __all__ = [

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, Float, and_, cast, exists, func, select
 
 from optuna_operator.api import Budget, Direction
 from optuna_operator.contract import ERROR_ATTR, STOP_REQUEST_ATTR
-from optuna_operator.lifecycle import StopReason, goal_met, stop_reason, too_many_failures
+from optuna_operator.lifecycle.stopping import StopReason, goal_met, stop_reason, too_many_failures
 from optuna_operator.storage.outage import OutageTolerantStorage, guarded_engine_call
 
 __all__ = ["BudgetChecker", "StopReason", "TrialCounter"]

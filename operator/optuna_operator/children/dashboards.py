@@ -21,9 +21,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from optuna_operator import manifests
 from optuna_operator.api import KIND, TuningStudy
-from optuna_operator.applied import ChildAction, child_action, conflict_message, with_hash
+from optuna_operator.children import manifests
+from optuna_operator.children.applied import ChildAction, child_action, conflict_message, with_hash
 from optuna_operator.kube import Cluster
 
 __all__ = [

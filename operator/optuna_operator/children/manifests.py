@@ -21,6 +21,7 @@ from optuna_operator.api import (
     WorkerConfig,
 )
 from optuna_operator.api.workers import DASHBOARD_OVERLAY, OPERATOR_LABELS
+from optuna_operator.children.overlay import DASHBOARD_PATCHABLE, OperatorFields, apply_pod_overlay
 from optuna_operator.contract import (
     CONFIG_ENV,
     OBJECTIVE_SOURCE_ENV,
@@ -30,8 +31,7 @@ from optuna_operator.contract import (
     STORAGE_ENV,
     ExitCode,
 )
-from optuna_operator.lifecycle import trial_budget
-from optuna_operator.overlay import DASHBOARD_PATCHABLE, OperatorFields, apply_pod_overlay
+from optuna_operator.lifecycle.stopping import trial_budget
 
 __all__ = [
     "DASHBOARD_PORT",
