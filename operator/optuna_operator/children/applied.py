@@ -1,5 +1,5 @@
-"""What the operator last applied to a child, and whether a child is someone else's: shared
-by every sender of children (worker Jobs, dashboards)."""
+"""What the operator last applied to a child, and whether it must be sent again: shared by
+every sender of children (worker Jobs, dashboards)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ __all__ = [
     "ChildAction",
     "applied_hash",
     "child_action",
-    "conflict_message",
     "manifest_hash",
     "with_hash",
 ]
@@ -54,17 +53,3 @@ def child_action(current: dict[str, Any] | None, desired: list[dict[str, Any]]) 
     if not desired:
         return "delete" if current is not None else "none"
     return "apply" if applied_hash(current) != applied_hash(desired[0]) else "none"
-
-
-def conflict_message(kind: str, name: str, current: dict[str, Any]) -> str:
-    """Why the operator leaves an object of a child's name alone, for the status."""
-    owners = [
-        f"{r.get('kind')} {r.get('name')}"
-        for r in (current.get("metadata") or {}).get("ownerReferences") or []
-        if r.get("controller")
-    ]
-    held = f"is controlled by {owners[0]}" if owners else "was not created by this TuningStudy"
-    return (
-        f"{kind} {name} already exists and {held}; the operator does not take it over: "
-        "delete or rename it"
-    )

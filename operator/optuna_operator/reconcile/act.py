@@ -13,16 +13,17 @@ from kubernetes.client.exceptions import ApiException
 
 from optuna_operator.api import BestTrial, TuningStudy
 from optuna_operator.children import manifests
-from optuna_operator.children.applied import conflict_message, manifest_hash
-from optuna_operator.children.dashboards import DashboardConflict, DashboardSender, Sent
+from optuna_operator.children.applied import manifest_hash
 from optuna_operator.kube import Cluster, controller_uid
 from optuna_operator.lifecycle.conditions import Reason
+from optuna_operator.reconcile.dashboard import DashboardSender
 from optuna_operator.reconcile.model import (
     Acted,
     ChildConflict,
     JobState,
     Observed,
     Plan,
+    Sent,
 )
 from optuna_operator.storage.study_store import StorageError, StoreRegistry
 
@@ -161,7 +162,7 @@ class Actor:
                 Reason.CHILD_REJECTED,
                 _refusal(exc, "Deployment", name),
             )
-        except DashboardConflict as exc:
+        except ChildConflict as exc:
             return Sent(observed.dashboard), (Reason.CHILD_CONFLICT, str(exc))
         return sent, None
 
@@ -173,7 +174,7 @@ class Actor:
         meta = desired["metadata"]
         current = cached or self.cluster.get(desired["kind"], meta["namespace"], meta["name"])
         if current is not None and controller_uid(current) != study.metadata.uid:
-            raise ChildConflict(conflict_message(desired["kind"], meta["name"], current))
+            raise ChildConflict.about(desired["kind"], meta["name"], current)
 
     def _export(self, study: TuningStudy, best: BestTrial) -> None:
         """Write the best trial to the spec.export ConfigMap when it changed. Not checked

@@ -29,6 +29,7 @@ __all__ = [
     "Phase",
     "PhaseName",
     "Plan",
+    "Sent",
     "StorageProblem",
     "StorageRef",
 ]
@@ -201,4 +202,29 @@ class Outcome:
 
 
 class ChildConflict(Exception):
-    """An object with a child's name exists and is not controlled by this TuningStudy."""
+    """An object with a child's name exists and is not this TuningStudy's: it is never
+    taken over or deleted, and the status says whose it is."""
+
+    @classmethod
+    def about(cls, kind: str, name: str, current: dict[str, Any]) -> ChildConflict:
+        """The conflict over `current`, with a message for the status."""
+        owners = [
+            f"{r.get('kind')} {r.get('name')}"
+            for r in (current.get("metadata") or {}).get("ownerReferences") or []
+            if r.get("controller")
+        ]
+        held = f"is controlled by {owners[0]}" if owners else "was not created by this TuningStudy"
+        return cls(
+            f"{kind} {name} already exists and {held}; the operator does not take it over: "
+            "delete or rename it"
+        )
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The dashboard Deployment after sending (None: deleted or none), and what changed."""
+
+    deployment: dict[str, Any] | None
+    created: bool = False
+    applied: tuple[dict[str, Any], ...] = ()
+    deleted: tuple[tuple[str, str], ...] = ()
