@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from optuna_operator import __version__
 from optuna_operator.api import TuningStudy, TuningStudyStatus
 
-__all__ = ["forget", "observe", "observe_reconcile", "serve"]
+__all__ = ["forget", "observe_reconcile", "record_study", "serve"]
 
 PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed")
 TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")
@@ -63,7 +63,7 @@ class StudySeries(Collector):
         self._phases: dict[tuple[str, str], str | None] = {}
         self._trials: dict[tuple[str, str], tuple[int, ...]] = {}  # in TRIAL_STATES' order
 
-    def observe(
+    def record(
         self, namespace: str, name: str, phase: str | None, trials: tuple[int, ...] | None
     ) -> None:
         """Record a study's phase and, when known, its counts (unknown keeps the last)."""
@@ -129,10 +129,10 @@ def serve(port: int) -> None:
     start_http_server(port)
 
 
-def observe(study: TuningStudy, status: TuningStudyStatus) -> None:
+def record_study(study: TuningStudy, status: TuningStudyStatus) -> None:
     """Record a study's phase and trial counts after a reconcile."""
     trials = status.trials
-    STUDY_SERIES.observe(
+    STUDY_SERIES.record(
         study.metadata.namespace,
         study.metadata.name,
         status.phase,

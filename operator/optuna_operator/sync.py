@@ -121,7 +121,7 @@ class StudySync:
         for condition in outcome.status.conditions:
             condition.message = redact(condition.message, url)
         body = self._write_status(body, outcome.status.to_wire())
-        metrics.observe(study, outcome.status)
+        metrics.record_study(study, outcome.status)
         return SyncResult(
             body,
             applied=outcome.applied,

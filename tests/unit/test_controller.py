@@ -114,7 +114,7 @@ def test_deleting_a_study_drops_its_caches_and_metric_series() -> None:
     c = controller()
     c.on_study(None, body())
     study = TuningStudy.model_validate(body())
-    metrics.observe(study, study.status.model_copy(update={"phase": "Running"}))
+    metrics.record_study(study, study.status.model_copy(update={"phase": "Running"}))
     labels = {"namespace": "ns", "name": "s", "phase": "Running"}
     assert REGISTRY.get_sample_value("optuna_operator_study_phase", labels) == 1
     c.on_study("DELETED", body())

@@ -81,8 +81,8 @@ def test_a_study_on_its_own_storage_has_a_dashboard_only_with_a_read_only_secret
 
 
 def test_the_cluster_client_knows_every_kind_a_dashboard_is_made_of() -> None:
-    from optuna_operator.reconcile.dashboard import KINDS
     from optuna_operator.kube import Cluster
+    from optuna_operator.reconcile.dashboard import KINDS
 
     for kind in KINDS:
         assert Cluster._path(kind, "ml", "optuna-dashboard").endswith("/optuna-dashboard")

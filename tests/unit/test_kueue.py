@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from optuna_operator import kueue
 from optuna_operator.api import TuningStudy
 from optuna_operator.children.manifests import (
     MIN_PARALLELISM_ANNOTATION,
@@ -28,6 +27,7 @@ from optuna_operator.reconcile import (
     StorageRef,
     build_status,
     decide,
+    kueue,
 )
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 

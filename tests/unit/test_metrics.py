@@ -43,8 +43,8 @@ def sample(name: str, study_name: str, state: str) -> float | None:
 
 
 def test_finished_trials_are_a_counter_and_current_trials_a_gauge() -> None:
-    metrics.observe(study("m-counter"), status(complete=3, running=2))
-    metrics.observe(study("m-counter"), status(complete=5, running=1))
+    metrics.record_study(study("m-counter"), status(complete=3, running=2))
+    metrics.record_study(study("m-counter"), status(complete=5, running=1))
     assert sample("optuna_operator_study_trials_finished_total", "m-counter", "complete") == 5
     assert sample("optuna_operator_study_trials_finished_total", "m-counter", "pruned") == 1
     # Running trials are no count of events: the gauge has them, the counter does not.
@@ -56,7 +56,7 @@ def test_finished_trials_are_a_counter_and_current_trials_a_gauge() -> None:
 
 
 def test_a_deleted_studys_series_go() -> None:
-    metrics.observe(study("m-gone"), status(complete=2, running=0))
+    metrics.record_study(study("m-gone"), status(complete=2, running=0))
     metrics.forget("team-a", "m-gone")
     for state in ("complete", "pruned", "failed"):
         assert sample("optuna_operator_study_trials_finished_total", "m-gone", state) is None

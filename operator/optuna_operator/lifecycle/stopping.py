@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from optuna_operator.api import Budget, Direction, PhaseName, StopReason, WarmStartSpec
+from optuna_operator.api import (
+    Budget,
+    Direction,
+    PhaseName,
+    StopReason,
+    TuningStudySpec,
+    WarmStartSpec,
+)
+from optuna_operator.lifecycle.advice import Advice, budget_advice
 
 __all__ = [
     "FINISHED_PHASES",
@@ -90,30 +98,34 @@ class Assessment:
     """The operator's one look at a study's budgets at a moment.
 
     `budget` is the budget the finished count is held against (warm-start copies added as
-    `trial_budget` says), `stop` the budget that ended the study (None while it runs) and
-    `active` the seconds of active time used so far."""
+    `trial_budget` says), `stop` the budget that ended the study (None while it runs),
+    `active` the seconds of active time used so far and `advice` what the budget cannot do
+    as the user means it (None when it fits)."""
 
     budget: Budget
     stop: StopReason | None
     active: float
+    advice: Advice | None = None
 
 
 def assess(
-    budget: Budget,
-    warm_start: WarmStartSpec | None,
-    directions: list[Direction],
+    spec: TuningStudySpec,
     now: datetime,
     *,
     copied: int,
     finished: int,
     failed_by_objective: int,
+    pruned: int,
+    reported: bool,
     best_value: float | None,
     active: int | None,
     active_since: datetime | None,
 ) -> Assessment:
     """Every stopping rule over the operator's counts, evaluated once: too many failures
-    first, then `stop_reason` (trials, goal, active time, deadline)."""
-    counted = trial_budget(budget, warm_start, copied)
+    first, then `stop_reason` (trials, goal, active time, deadline); and the budget advice.
+    `pruned` and `reported`: pruned trials, and whether any finished trial reported."""
+    directions = list(spec.directions)
+    counted = trial_budget(spec.budget, spec.warm_start, copied)
     used = active_seconds(active, active_since, now)
     stop: StopReason | None = StopReason.FAILURES
     if not too_many_failures(counted, failed_by_objective):
@@ -126,7 +138,8 @@ def assess(
             goal_reached=lambda: goal_met(counted.goal, directions[0], best_value),
             time_used=lambda: used >= (counted.timeout_seconds or 0),
         )
-    return Assessment(counted, stop, used)
+    advice = budget_advice(spec, finished, pruned, reported)
+    return Assessment(counted, stop, used, advice)
 
 
 def _aware(moment: datetime) -> datetime:

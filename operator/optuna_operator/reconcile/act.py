@@ -11,8 +11,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from optuna_operator.api import BestTrial, TuningStudy
-from optuna_operator.children import manifests
+from optuna_operator.api import TuningStudy
 from optuna_operator.children.applied import manifest_hash
 from optuna_operator.kube import Cluster, controller_uid
 from optuna_operator.lifecycle.conditions import Reason
@@ -66,7 +65,9 @@ class Actor:
         name another owner holds, is reported, not raised, so the status can say why."""
         assert observed.storage is not None and observed.handle is not None
         jobs = self._act_on_jobs(study, observed, plan)
-        old = self._delete_old_dashboard(study) if plan.delete_old_dashboard else Sent(None)
+        old = (
+            self._delete_old_dashboard(study, observed) if plan.delete_old_dashboard else Sent(None)
+        )
         dashboard = Sent(observed.dashboard)
         rejected = jobs.rejected
         if plan.dashboard != "none" and rejected is None:
@@ -95,8 +96,8 @@ class Actor:
                     study.study_name,
                     type(exc).__name__,
                 )
-        if study.spec.export is not None and observed.summary.best is not None:
-            self._export(study, observed.summary.best)
+        if observed.desired_export is not None:
+            self._export(observed.desired_export)
         return Acted(
             job=jobs.job,
             job_created=jobs.created,
@@ -134,10 +135,11 @@ class Actor:
             return _JobsSent(job, deleted=tuple(deleted), rejected=rejected)
         return _JobsSent(JobState.from_job(stored), created, (stored,), tuple(deleted))
 
-    def _delete_old_dashboard(self, study: TuningStudy) -> Sent:
+    def _delete_old_dashboard(self, study: TuningStudy, observed: Observed) -> Sent:
         """A study's own dashboard made by a release before 0.2 and controlled by this study
         (the watch caches only such): the namespace's read-only dashboard replaces it."""
-        name = manifests.study_dashboard_name(study)
+        assert observed.old_dashboard is not None
+        name = observed.old_dashboard["metadata"]["name"]
         for kind in ("Deployment", "Service"):
             self.cluster.delete(kind, study.metadata.namespace, name)
         return Sent(None, deleted=(("Deployment", name), ("Service", name)))
@@ -147,7 +149,7 @@ class Actor:
     ) -> tuple[Sent, tuple[str, str] | None]:
         """Send the dashboard the plan names; a refusal or a conflict is reported."""
         assert observed.context is not None
-        name = manifests.dashboard_name(study)
+        name = observed.dashboard_name
         try:
             sent = self.dashboards.send(
                 study,
@@ -176,14 +178,13 @@ class Actor:
         if current is not None and controller_uid(current) != study.metadata.uid:
             raise ChildConflict.about(desired["kind"], meta["name"], current)
 
-    def _export(self, study: TuningStudy, best: BestTrial) -> None:
+    def _export(self, config_map: dict[str, Any]) -> None:
         """Write the best trial to the spec.export ConfigMap when it changed. Not checked
         for a foreign owner like the other children: the operator never reads ConfigMaps,
         and the admission policy already requires the study's author to hold `update` on
         this one, so writing it lends the author nothing."""
-        config_map = manifests.export_config_map(study, best)
         digest = manifest_hash(config_map)
-        key = (study.metadata.namespace, config_map["metadata"]["name"])
+        key = (config_map["metadata"]["namespace"], config_map["metadata"]["name"])
         if self._exports.get(key) != digest:
             self.cluster.apply(config_map)
             self._exports[key] = digest

@@ -32,16 +32,16 @@ _DONE_REASONS = {
 
 def _assess(study: TuningStudy, summary: StudySummary, now: datetime, copied: int) -> Assessment:
     """lifecycle's rules over the summary, the status's active time and the budget, once
-    per reconcile."""
-    spec, status, best = study.spec, study.status, summary.best
+    per reconcile: what stops the study, and the advice on its budget."""
+    status, best = study.status, summary.best
     return assess(
-        spec.budget,
-        spec.warm_start,
-        list(spec.directions),
+        study.spec,
         now,
         copied=copied,
         finished=summary.finished,
         failed_by_objective=summary.failed_by_objective,
+        pruned=summary.pruned,
+        reported=summary.reported,
         best_value=best.values[0] if best is not None else None,
         active=status.active_seconds,
         active_since=status.active_since,
@@ -201,4 +201,5 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
         and study.status.param_importances_trials != observed.summary.finished
         and len(study.spec.directions) == 1,
         requeue_after=_next_look(study, observed, seen, phase, interval),
+        advice=seen.advice,
     )

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from optuna_operator import kueue
 from optuna_operator.api import StopReason, TuningStudyStatus
 from optuna_operator.children import manifests
 from optuna_operator.children.applied import ChildAction, applied_hash
+from optuna_operator.lifecycle.advice import Advice
 from optuna_operator.lifecycle.conditions import ReasonedError
 from optuna_operator.lifecycle.stopping import PhaseName
+from optuna_operator.reconcile import kueue
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.storage.tenancy import TenantCredentials
 
@@ -148,6 +149,9 @@ class Observed:
     desired_job: dict[str, Any] = field(default_factory=dict)
     # Deployment, Service and NetworkPolicy; empty when no dashboard should serve it.
     desired_dashboard: list[dict[str, Any]] = field(default_factory=list)
+    dashboard_name: str = ""  # of the dashboard that serves the study
+    # The spec.export ConfigMap with the best trial; None without spec.export or a best trial.
+    desired_export: dict[str, Any] | None = None
     context: manifests.ChildContext | None = None  # what the children were built from
     queue: str | None = None  # Kueue LocalQueue of the worker Job
     admission: kueue.Admission | None = None  # read while a queued Job is suspended
@@ -168,6 +172,7 @@ class Plan:
     importances: bool = False
     # Seconds until the next periodic reconcile; None: only changes wake this study.
     requeue_after: float | None = None
+    advice: Advice | None = None  # the BudgetAdvice condition's, None when the budget fits
 
 
 @dataclass(frozen=True)

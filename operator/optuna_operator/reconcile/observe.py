@@ -120,6 +120,12 @@ class Observer:
             pods_refused=pods_refused,
             desired_job=desired_job,
             desired_dashboard=desired_dashboard(study, ctx, serving),
+            dashboard_name=manifests.dashboard_name(study),
+            desired_export=(
+                manifests.export_config_map(study, summary.best)
+                if study.spec.export is not None and summary.best is not None
+                else None
+            ),
             context=ctx,
             queue=ctx.queue_name,
             admission=admission,

@@ -8,8 +8,8 @@ import time
 
 from kubernetes.client.exceptions import ApiException
 
-from optuna_operator import kueue
 from optuna_operator.kube import ClusterReader
+from optuna_operator.reconcile import kueue
 from optuna_operator.reconcile.model import JobState
 
 __all__ = ["AdmissionReader"]

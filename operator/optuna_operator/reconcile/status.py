@@ -8,7 +8,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from optuna_operator import kueue
 from optuna_operator.api import (
     PARETO_FRONT_LIMIT,
     DashboardStatus,
@@ -20,7 +19,7 @@ from optuna_operator.api import (
 )
 from optuna_operator.children import manifests
 from optuna_operator.config import OPERATOR_VERSION
-from optuna_operator.lifecycle.advice import Advice, budget_advice
+from optuna_operator.lifecycle.advice import Advice
 from optuna_operator.lifecycle.conditions import (
     ConditionType,
     ConditionUpdate,
@@ -28,6 +27,7 @@ from optuna_operator.lifecycle.conditions import (
     set_conditions,
 )
 from optuna_operator.lifecycle.stopping import FINISHED_PHASES, active_seconds
+from optuna_operator.reconcile import kueue
 from optuna_operator.reconcile.model import (
     Acted,
     Event,
@@ -73,9 +73,7 @@ def build_status(
 
     handle, summary = observed.handle, observed.summary
     assert handle is not None
-    # Read first, the rest is assembled from them: the dashboard's name and the advice.
-    dashboard = manifests.dashboard_name(study)
-    advice = budget_advice(study.spec, summary.finished, summary.pruned, summary.reported)
+    dashboard = observed.dashboard_name
     events: list[Event] = []
     if handle.created:
         events.append(Event("Normal", Reason.STUDY_CREATED, f"Created Optuna study {handle.name}"))
@@ -90,7 +88,7 @@ def build_status(
     _dashboard_status(study, dashboard, acted, set_, status, events)
     _progress(status, summary, acted.job, study.spec.budget.trials, _counted_copies(study, handle))
     _active_time(status, acted.job, observed.now)
-    events += _advice(study, advice, set_)
+    events += _advice(study, plan.advice, set_)
     phase = _settled_phase(study, observed, plan, acted, status, set_, events)
     status.reason = phase.ended_by
     events += _outcome(study, status, old, phase, acted, set_, observed.now)

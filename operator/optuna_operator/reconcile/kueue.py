@@ -1,4 +1,4 @@
-"""What the operator reads of Kueue (sigs.k8s.io/kueue) for a queued worker Job. Pure.
+"""What the reconcile reads of Kueue (sigs.k8s.io/kueue) for a queued worker Job. Pure.
 
 A worker Job with the `kueue.x-k8s.io/queue-name` label is created suspended; Kueue makes a
 Workload for it (labelled with the Job's uid) and unsuspends the Job once its ClusterQueue
