@@ -41,6 +41,7 @@ from optuna_operator.api import (
 from optuna_operator.client_results import DASHBOARD_PORT, STUDY_LABEL, StudyResults
 from optuna_operator.formatting import progress_line
 from optuna_operator.lifecycle.stopping import FINISHED_PHASES
+from optuna_operator.objective_source import from_function, submit_with_source
 from optuna_operator.trials import Trial, TrialsUnavailableError
 from optuna_operator.views import EventLine, StudyView
 
@@ -347,8 +348,6 @@ class StudyClient(StudyResults):
         Returns the best trial, or with several directions the Pareto front (at most 10), once
         the study ends (None at once with wait=False); raises like wait().
         """
-        from optuna_operator.objective_source import from_function, submit_with_source
-
         shipped = from_function(fn)
         study = quick_study(
             name,

@@ -32,20 +32,20 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from optuna_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION, TuningStudy
 from optuna_operator.api.objective import ObjectiveSource
+from optuna_operator.views import StudyView
 
 if TYPE_CHECKING:
-    from kubernetes.client import CoreV1Api, CustomObjectsApi
-
-    from optuna_operator.client import StudyClient, StudyView
+    from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 
 __all__ = [
     "ObjectiveFile",
     "SourceError",
     "StudyExistsError",
+    "Submitter",
     "config_map_name",
     "from_function",
     "read_file",
@@ -279,9 +279,18 @@ def _import_for(name: str, value: Any) -> str | None:
 # --------------------------------------------------------------------------- to the cluster
 
 
-def submit_with_source(
-    studies: StudyClient, study: TuningStudy, shipped: ObjectiveFile
-) -> StudyView:
+class Submitter(Protocol):
+    """What `submit_with_source` needs of a StudyClient: its API client, its namespace and
+    its `submit` (a Protocol, so that the client may import this module and not the other
+    way round)."""
+
+    api: ApiClient
+    namespace: str
+
+    def submit(self, study: TuningStudy) -> StudyView: ...
+
+
+def submit_with_source(studies: Submitter, study: TuningStudy, shipped: ObjectiveFile) -> StudyView:
     """Create the ConfigMap (or replace a leftover of that name), then the study that names it
     in objective.source, then make the study the ConfigMap's owner, so that deleting the
     study deletes it (garbage collection).
