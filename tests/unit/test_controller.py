@@ -262,3 +262,17 @@ def test_the_writer_removes_credentials_from_every_status_and_event_message() ->
     assert cluster.patches and cluster.posted
     assert "s3cret-pw" not in written
     assert "db:5432/optuna" in written  # the URL is described, not dropped
+
+
+def test_the_cache_hands_out_copies_and_keeps_the_newest_version() -> None:
+    c = controller()
+    c.on_study(None, body())
+    read = c.cache.studies[("ns", "s")]
+    read["status"]["phase"] = "Changed by a reader"
+    assert c.cache.studies[("ns", "s")]["status"] == {}  # kept as JSON: readers get a copy
+    older = body()
+    older["metadata"]["resourceVersion"] = "3"
+    older["status"] = {"phase": "Stale"}
+    c.cache.keep_study(("ns", "s"), older)
+    assert c.cache.studies[("ns", "s")]["metadata"]["resourceVersion"] == "11"
+    assert c.cache.studies[("ns", "s")] == {**body(), "status": {}}
