@@ -18,6 +18,7 @@ from kubernetes import client, config
 from sqlalchemy import create_engine, text
 
 from optuna_operator.api import Direction
+from optuna_operator.apiserver import ApiServer, load_kubeconfig
 from optuna_operator.kube import Cluster
 from optuna_operator.storage import storages
 from optuna_operator.storage.study_store import Owner, StoreRegistry, StudyHandle
@@ -31,7 +32,7 @@ def main(n: int) -> None:
     try:
         api = config.new_client_from_config(config_file=str(bed.kubeconfig))
         core = client.CoreV1Api(api)
-        tenancy = Tenancy(Cluster(api))
+        tenancy = Tenancy(Cluster(ApiServer(load_kubeconfig(bed.kubeconfig))))
         ensure_s: list[float] = []
         urls: list[tuple[str, str]] = []
         for i in range(n):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client, config
 
+from optuna_operator.apiserver import ApiServer, load_kubeconfig
 from testbed import Bed, BedError
 
 NamespaceFactory = Callable[..., str]
@@ -44,6 +45,17 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 def kube_api(bed: Bed) -> Iterator[client.ApiClient]:
     """A kubernetes.client.ApiClient authenticated as the bed's admin (system:masters)."""
     api = config.new_client_from_config(config_file=str(bed.kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="session")
+def api_server(bed: Bed) -> Iterator[ApiServer]:
+    """The operator's own connection (apiserver.py, what kube.Cluster sends through), from
+    the bed's kubeconfig as the admin."""
+    api = ApiServer(load_kubeconfig(bed.kubeconfig))
     try:
         yield api
     finally:

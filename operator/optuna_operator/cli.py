@@ -31,8 +31,9 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from optuna_operator import leader
+    from optuna_operator.apiserver import connect
     from optuna_operator.config import settings_from_args
-    from optuna_operator.handlers import api_client, build_registry
+    from optuna_operator.handlers import build_registry
     from optuna_operator.logs import configure_logging
 
     settings = settings_from_args(args)
@@ -49,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
             liveness_endpoint=settings.liveness_endpoint,
         )
 
-    leader.run(settings.leader_election, api_client, lead, settings.liveness_endpoint)
+    leader.run(settings.leader_election, connect, lead, settings.liveness_endpoint)
     return 0
 
 

@@ -16,11 +16,16 @@ import logging
 from typing import Any
 
 import kopf
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from optuna_operator import metrics
 from optuna_operator.api import GROUP, PLURAL, VERSION
+from optuna_operator.apiserver import (
+    ConfigError,
+    ConnectionSettings,
+    connect,
+    load_settings,
+    read_token,
+)
 from optuna_operator.children.manifests import MANAGED_BY
 from optuna_operator.config import OperatorSettings
 from optuna_operator.controller import Controller
@@ -29,7 +34,7 @@ from optuna_operator.reconcile import Reconciler
 from optuna_operator.storage.notify import TrialListener
 from optuna_operator.storage.study_store import StoreRegistry
 
-__all__ = ["CHILD_SELECTOR", "api_client", "build_registry"]
+__all__ = ["CHILD_SELECTOR", "build_registry", "connection_info"]
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +47,22 @@ CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 CHILD_RESOURCES = (("batch", "jobs"), ("apps", "deployments"))
 
 
-def api_client() -> k8s.ApiClient:
-    """A Kubernetes client from the pod's service account, or else the kubeconfig."""
-    try:
-        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
-    return k8s.ApiClient()
+def connection_info(settings: ConnectionSettings, trust_env: bool) -> kopf.ConnectionInfo:
+    """kopf's credentials from the settings the operator's own calls use (apiserver.py),
+    with the token as of now: kopf logs in again with this on a 401."""
+    return kopf.ConnectionInfo(
+        server=settings.server,
+        ca_path=settings.ca_file,
+        ca_data=settings.ca_data,
+        insecure=settings.insecure or None,
+        token=read_token(settings),
+        certificate_path=settings.cert_file,
+        certificate_data=settings.cert_data,
+        private_key_path=settings.key_file,
+        private_key_data=settings.key_data,
+        default_namespace=settings.namespace,
+        trust_env=trust_env,
+    )
 
 
 def _event_type(event: kopf.RawEvent) -> str | None:
@@ -73,7 +87,7 @@ class Runtime:
         settings = self.settings
         self.listener = TrialListener(asyncio.get_running_loop(), self._trials_changed)
         self.stores = StoreRegistry(self.listener)
-        self.cluster = Cluster(api_client())
+        self.cluster = Cluster(connect())
         self.reconciler = Reconciler(self.cluster, self.stores, settings)
         self.controller = Controller(self.reconciler, RECONCILE_WORKERS)
         self.loop = asyncio.create_task(self.controller.run(), name="reconcile loop")
@@ -119,10 +133,13 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     runtime = Runtime(settings)
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # A private registry does not get kopf's default login handlers.
-        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
-        return info
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        # A private registry does not get kopf's default login handlers; theirs would load
+        # the official client, which the `run` process does not import (cli.py).
+        try:
+            return connection_info(load_settings(), settings.networking.trust_env)
+        except ConfigError as exc:  # no retry mends a missing or unusable configuration
+            raise kopf.PermanentError(str(exc)) from None
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -1,18 +1,16 @@
-"""The few Kubernetes calls the operator makes, over one shared ApiClient: `ClusterReader`
-has the reads (what observe uses), `Cluster` adds the writes (what prepare and act use)."""
+"""The few Kubernetes calls the operator makes, over one shared ApiServer connection:
+`ClusterReader` has the reads (what observe uses), `Cluster` adds the writes (what prepare and
+act use)."""
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
-
 from optuna_operator.api import API_VERSION, PLURAL
+from optuna_operator.apiserver import ApiError, Transport
 
 __all__ = ["FIELD_MANAGER", "Cluster", "ClusterReader", "controller_uid"]
 
@@ -40,14 +38,13 @@ def controller_uid(obj: dict[str, Any] | None) -> str | None:
 
 
 class ClusterReader:
-    """The operator's Kubernetes reads over one shared ApiClient."""
+    """The operator's Kubernetes reads over one shared connection (an ApiServer)."""
 
-    def __init__(self, api_client: k8s.ApiClient) -> None:
-        self.api = api_client
-        self.core = k8s.CoreV1Api(api_client)
+    def __init__(self, api: Transport) -> None:
+        self.api = api
 
     def close(self) -> None:
-        self.api.close()  # type: ignore[no-untyped-call]
+        self.api.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._call_with_status(method, path, **kwargs)[0]
@@ -60,19 +57,8 @@ class ClusterReader:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> tuple[Any, int]:
-        method, url, headers, payload, _ = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(method, url, header_params=headers, body=payload)
-        data = response.read()  # type: ignore[no-untyped-call]
-        if response.status >= 400:
-            raise ApiException(status=response.status, reason=response.reason, body=data)
-        return (json.loads(data) if data else {}), response.status
+        status, result = self.api.call(method, path, body, query, content_type)
+        return result, status
 
     @staticmethod
     def _path(kind: str, namespace: str, name: str | None = None) -> str:
@@ -89,7 +75,7 @@ class ClusterReader:
                 "/api/v1/namespaces",
                 query=[("fieldSelector", f"metadata.name={namespace}")],
             )
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status in (403, 404):
                 return None
             raise
@@ -106,7 +92,7 @@ class ClusterReader:
         """GET any object by its API path; None when it does not exist."""
         try:
             result: dict[str, Any] = self._call("GET", path)
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -115,7 +101,7 @@ class ClusterReader:
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = self._call("GET", self._path(kind, namespace, name))
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -146,9 +132,9 @@ class ClusterReader:
         return str(newest.get("message") or "")[:500] or None
 
     def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """The decoded value, or None when the key is absent; raises 404 as ApiException."""
-        secret = self.core.read_namespaced_secret(name, namespace)
-        raw = (secret.data or {}).get(key)
+        """The decoded value, or None when the key is absent; raises 404 as ApiError."""
+        secret = self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        raw = (secret.get("data") or {}).get(key)
         return base64.b64decode(raw).decode() if raw is not None else None
 
 
@@ -181,7 +167,7 @@ class Cluster(ClusterReader):
                 body=obj,
                 query=[("fieldManager", FIELD_MANAGER)],
             )
-        except ApiException as exc:
+        except ApiError as exc:
             # A watch cache that has not seen the object yet: what is stored wins.
             if exc.status != 409:
                 raise
@@ -223,7 +209,7 @@ class Cluster(ClusterReader):
                 body={"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
                 content_type="application/merge-patch+json",
             )
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -265,7 +251,7 @@ class Cluster(ClusterReader):
                 self._path(kind, namespace, name),
                 body={"propagationPolicy": "Background"},
             )
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return False
             raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import json
 import logging
 import os
 import random
@@ -37,8 +36,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes import client as k8s
-
+from optuna_operator.apiserver import ApiServer
 from optuna_operator.config import LeaderElection
 
 __all__ = ["Elector", "LeaseLock", "LeaseRecord", "Step", "claim", "decide", "identity", "run"]
@@ -136,7 +134,7 @@ def identity() -> str:
 class LeaseLock:
     """Read, create and update one Lease; an update carries the resourceVersion read."""
 
-    def __init__(self, api: k8s.ApiClient, namespace: str, name: str) -> None:
+    def __init__(self, api: ApiServer, namespace: str, name: str) -> None:
         self.api = api
         self.namespace = namespace
         self.name = name
@@ -177,22 +175,8 @@ class LeaseLock:
     def _send(
         self, method: str, path: str, body: dict[str, Any] | None, timeout: float
     ) -> tuple[int, dict[str, Any]]:
-        method, url, headers, payload, _ = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(
-            method, url, header_params=headers, body=payload, _request_timeout=timeout
-        )
-        data = response.read()  # type: ignore[no-untyped-call]
-        try:
-            parsed = json.loads(data) if data else {}
-        except ValueError:
-            parsed = {"message": data[:200].decode(errors="replace")}
-        return int(response.status), parsed if isinstance(parsed, dict) else {}
+        status, parsed = self.api.request(method, path, body, timeout=timeout)
+        return status, parsed if isinstance(parsed, dict) else {}
 
     def _check(self, status: int, body: dict[str, Any], what: str) -> bool:
         """False on 409 (another writer was first), True on success; raises otherwise."""
@@ -377,7 +361,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def run(
     election: LeaderElection | None,
-    api: Callable[[], k8s.ApiClient],
+    api: Callable[[], ApiServer],
     lead: Callable[[], None],
     health: str | None = None,
 ) -> None:
@@ -405,4 +389,4 @@ def run(
         done.set()
         renewer.join()
         elector.release()
-        lock.api.close()  # type: ignore[no-untyped-call]
+        lock.api.close()

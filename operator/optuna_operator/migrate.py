@@ -14,6 +14,7 @@ Only default study names (`<namespace>.<name>`) are moved unless `--include-cust
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ import optuna
 from optuna.storages import RDBStorage
 
 from optuna_operator.api import GROUP, PLURAL, VERSION, TuningStudy
+from optuna_operator.apiserver import ApiError
 from optuna_operator.config import SecretKey
 from optuna_operator.kube import Cluster
 from optuna_operator.storage.admin import ADMIN_SEARCH_PATH, LEGACY_SCHEMA
@@ -136,12 +138,53 @@ def _migrate_one(
     return f"moved ({copied} trials)"
 
 
+class OfficialClient:
+    """Cluster's calls over the official client: unlike the operator (apiserver.py), this
+    command runs where an admin's kubeconfig is, which may need its plugins (exec,
+    auth-provider)."""
+
+    def __init__(self) -> None:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        self.api = client.ApiClient()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        method, url, headers, payload, _ = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=timeout
+        )
+        data = response.read()  # type: ignore[no-untyped-call]
+        if response.status >= 400:
+            raise ApiError(response.status, response.reason or "", data.decode(errors="replace"))
+        return response.status, (json.loads(data) if data else {})
+
+    def close(self) -> None:
+        self.api.close()  # type: ignore[no-untyped-call]
+
+
 def run_migrate(args: argparse.Namespace) -> int:
     """The command: kubeconfig (or in-cluster) credentials, one line per TuningStudy."""
-    from optuna_operator.handlers import api_client
-
     ref = SecretKey.parse(args.default_storage_secret, "default")
-    cluster = Cluster(api_client())
+    cluster = Cluster(OfficialClient())
     tenancy = Tenancy(cluster)
     try:
         admin_url = cluster.read_secret_value(ref.namespace, ref.name, ref.key)

@@ -8,8 +8,7 @@ import threading
 import time
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
+from optuna_operator.apiserver import ApiError
 from optuna_operator.kube import Cluster
 from optuna_operator.reconcile import Event
 
@@ -50,7 +49,7 @@ class EventRecorder:
         log.info("%s %s/%s: %s", event.reason, meta["namespace"], meta["name"], event.message)
         try:
             self.cluster.post_event(body, event.type, event.reason, event.message)
-        except ApiException as exc:  # events are best effort
+        except ApiError as exc:  # events are best effort
             log.warning("Could not record event %s: %s", event.reason, exc.reason)
 
     def forget(self, uid: str) -> None:

@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from optuna_operator import metrics
 from optuna_operator.api import DeletionPolicy, TuningStudy
+from optuna_operator.apiserver import ApiError
 from optuna_operator.contract import redact
 from optuna_operator.lifecycle.conditions import ConditionType, Reason, set_condition
 from optuna_operator.reconcile import Children, Event, Reconciler, StorageProblem
@@ -99,7 +99,7 @@ class StudySync:
             if current is None:
                 return SyncResult(None)
             return self._reconcile(current, study, children)
-        except ApiException as exc:
+        except ApiError as exc:
             log.warning(
                 "Reconcile of %s/%s: API error %s %s",
                 meta["namespace"],

@@ -10,10 +10,10 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from optuna_operator.apiserver import ApiServer
 from optuna_operator.kube import Cluster
 from optuna_operator.storage.tenancy import Tenancy, TenantLimits, tenant_names, with_user
 from testbed import Bed
@@ -72,7 +72,7 @@ def _tripped(admin_url: str) -> bool:
 
 def test_a_view_planted_in_public_is_never_run_by_the_admin(
     old_style_database: str,
-    kube_api: client.ApiClient,
+    api_server: ApiServer,
     namespace: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -89,7 +89,7 @@ def test_a_view_planted_in_public_is_never_run_by_the_admin(
     engine.dispose()
     assert not _tripped(old_style_database)
 
-    tenancy = Tenancy(Cluster(kube_api))
+    tenancy = Tenancy(Cluster(api_server))
     try:
         with caplog.at_level(logging.WARNING, logger="optuna_operator.storage.tenancy"):
             tenancy.ensure(namespace, old_style_database)
@@ -113,12 +113,12 @@ def test_a_view_planted_in_public_is_never_run_by_the_admin(
 
 
 def test_tenant_roles_carry_a_connection_limit_and_timeouts(
-    storage_url: str, kube_api: client.ApiClient, namespace: str
+    storage_url: str, api_server: ApiServer, namespace: str
 ) -> None:
     limits = TenantLimits(
         connection_limit=7, statement_timeout_ms=4_000, idle_in_transaction_timeout_ms=5_000
     )
-    tenancy = Tenancy(Cluster(kube_api), limits=limits)
+    tenancy = Tenancy(Cluster(api_server), limits=limits)
     try:
         creds = tenancy.ensure(namespace, storage_url)
     finally:

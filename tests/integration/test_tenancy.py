@@ -33,6 +33,7 @@ from tests.integration.studies import (
     wait_for,
 )
 
+from optuna_operator.apiserver import ApiServer
 from optuna_operator.kube import Cluster
 from optuna_operator.storage.study_store import OWNER_ATTR
 from optuna_operator.storage.tenancy import tenant_names
@@ -418,6 +419,7 @@ def test_a_study_of_operator_0_1_0_is_migrated_into_its_namespace_schema(
     bed: Bed,
     operator: OperatorProcess,
     kube_api: client.ApiClient,
+    api_server: ApiServer,
 ) -> None:
     # What 0.1.0 left behind, with no operator running: the study under the admin role
     # (public schema), no owner; the admin URL copied into `<study>-storage`.
@@ -450,7 +452,7 @@ def test_a_study_of_operator_0_1_0_is_migrated_into_its_namespace_schema(
             "type": "Opaque",
             "stringData": {"url": storage_url},
         }
-        Cluster(kube_api).apply(copy)  # as 0.1.0 wrote it
+        Cluster(api_server).apply(copy)  # as 0.1.0 wrote it
     finally:
         operator.start()
     cond = studies.wait_condition("legacy", "StorageReady", "False", "LegacyStudyNotMigrated")

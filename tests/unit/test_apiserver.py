@@ -28,6 +28,7 @@ from optuna_operator.apiserver import (
     load_settings,
     ssl_context,
 )
+from optuna_operator.handlers import connection_info
 from testbed.certs import Pki, generate_pki
 
 SECRET_TOKEN = "tok-hunter2"
@@ -209,6 +210,24 @@ def test_a_token_file_is_read_again_after_a_minute_and_kept_when_unreadable(
     assert "Cannot read the token file" in caplog.text and "third" not in caplog.text
     with pytest.raises(ConfigError, match="Cannot read the token file"):
         ApiServer(ConnectionSettings("http://127.0.0.1:1", token_file=str(token))).token()
+
+
+def test_kopf_logs_in_with_the_same_settings_and_the_token_as_of_now(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("rotated\n")
+    settings = ConnectionSettings(
+        "https://k:6443",
+        ca_file="/sa/ca.crt",
+        cert_data=b"CERT",
+        key_data=b"KEY",
+        token_file=str(token),
+        namespace="ns",
+    )
+    info = connection_info(settings, trust_env=False)
+    assert (info.server, info.ca_path, info.ca_data) == ("https://k:6443", "/sa/ca.crt", None)
+    assert (info.certificate_data, info.private_key_data) == (b"CERT", b"KEY")
+    assert info.token == "rotated" and info.default_namespace == "ns" and not info.insecure
+    assert info.as_http_headers() == {"Authorization": "Bearer rotated"}
 
 
 # ------------------------------------------------------------------------------ requests

@@ -9,9 +9,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from optuna_operator.api import TuningStudy
+from optuna_operator.apiserver import ApiError
 from optuna_operator.children.applied import manifest_hash
 from optuna_operator.kube import Cluster, controller_uid
 from optuna_operator.lifecycle.conditions import Reason
@@ -127,7 +126,7 @@ class Actor:
                 self._check_controlled(study, desired)
             send = self.cluster.create if observed.queue else self.cluster.apply
             stored, created = send(desired)
-        except ApiException as exc:
+        except ApiError as exc:
             refusal = _refusal(exc, "Job", desired["metadata"]["name"])
             return _JobsSent(job, deleted=tuple(deleted), rejected=(Reason.CHILD_REJECTED, refusal))
         except ChildConflict as exc:
@@ -159,7 +158,7 @@ class Actor:
                 observed.desired_dashboard,
                 observed.dashboard,
             )
-        except ApiException as exc:
+        except ApiError as exc:
             return Sent(observed.dashboard), (
                 Reason.CHILD_REJECTED,
                 _refusal(exc, "Deployment", name),
@@ -190,7 +189,7 @@ class Actor:
             self._exports[key] = digest
 
 
-def _refusal(exc: ApiException, kind: str, name: str) -> str:
+def _refusal(exc: ApiError, kind: str, name: str) -> str:
     """The API server's reason for refusing a child, as a sentence for the status; errors
     that are not a refusal of this object (5xx, timeouts) are raised on."""
     if exc.status not in (400, 403, 404, 409, 422):

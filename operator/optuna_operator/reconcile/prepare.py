@@ -10,9 +10,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from kubernetes.client.exceptions import ApiException
-
 from optuna_operator.api import TuningStudy
+from optuna_operator.apiserver import ApiError
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
 from optuna_operator.kube import Cluster, controller_uid
 from optuna_operator.lifecycle.conditions import Reason
@@ -150,7 +149,7 @@ class Preparer:
         else:
             try:
                 value = self.cluster.read_secret_value(namespace, name, key)
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status in (403, 404):
                     self._secrets.pop(cache_key, None)
                     raise StorageProblem(

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import time
 
-from kubernetes.client.exceptions import ApiException
-
+from optuna_operator.apiserver import ApiError
 from optuna_operator.kube import ClusterReader
 from optuna_operator.reconcile import kueue
 from optuna_operator.reconcile.model import JobState
@@ -34,7 +33,7 @@ class AdmissionReader:
                 workloads = self.cluster.list_path(
                     kueue.workloads_path(version, namespace), f"{kueue.JOB_UID_LABEL}={job.uid}"
                 )
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == 404:
                     continue  # this version is not served; try the older one
                 if exc.status == 403:
@@ -68,7 +67,7 @@ class AdmissionReader:
             local_queue = self.cluster.get_cluster_object(
                 kueue.local_queue_path(version, namespace, queue)
             )
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 403:
                 raise
             local_queue = None
