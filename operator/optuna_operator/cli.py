@@ -28,6 +28,11 @@ __all__ = ["kubectl_main", "main"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The official client would be imported by kopf (to recognise its objects) and hold
+    # 9 to 12 MiB that the operator never uses: its calls go through apiserver.py. A None in
+    # sys.modules makes any import of it raise ImportError (the import system's documented
+    # behaviour), which kopf takes as "not installed". The CLI's other commands use it.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     import kopf
 
     from optuna_operator import leader

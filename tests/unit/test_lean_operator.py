@@ -6,6 +6,7 @@ their own; the same paths on PostgreSQL are in tests/integration/test_study_stor
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -57,6 +58,132 @@ def test_the_operator_process_imports_no_optuna_or_numpy() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# What `optuna-operator run` does, in a fresh process, up to kopf's own loop: the real
+# cli.main(["run"]) with leader election on (the Lease read, created, renewed and released
+# over apiserver.py), the registry's kopf login handler and a Cluster read, against a
+# stand-in API server on loopback. kopf.run is replaced once cli._run has imported kopf
+# (after it blocked the official client).
+_RUN = """
+import http.server, json, os, sys, threading
+
+from optuna_operator import cli, leader
+
+leases = {}
+seen = []
+
+
+class Api(http.server.BaseHTTPRequestHandler):
+    def _answer(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        seen.append([self.command, self.path.split("?")[0], self.headers.get("Authorization")])
+        status, out = 404, {"kind": "Status", "reason": "NotFound", "message": "not found"}
+        if "/leases" in self.path:
+            if self.command == "GET" and leases:
+                status, out = 200, leases["lease"]
+            elif self.command in ("POST", "PUT"):
+                out = json.loads(body)
+                out["metadata"]["resourceVersion"] = str(len(seen))
+                status, leases["lease"] = (201 if self.command == "POST" else 200), out
+        data = json.dumps(out).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+with open(os.environ["KUBECONFIG"], "w") as config:
+    json.dump({
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+        "users": [{"name": "u", "user": {"tokenFile": "token"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
+        "current-context": "x",
+    }, config)
+found = {}
+
+
+def kopf_run(registry, **_):
+    import kopf
+    from kopf._core.intents.causes import Activity  # the login handler, as kopf calls it
+
+    from optuna_operator.apiserver import connect
+    from optuna_operator.kube import Cluster
+
+    (handler,) = registry._activities.get_handlers(activity=Activity.AUTHENTICATION)
+    login = handler.fn(settings=kopf.OperatorSettings())
+    local = login.server.startswith("http://127.0.0.1:")
+    found["login"] = [local, login.token, login.default_namespace]
+    found["job"] = Cluster(connect()).get("Job", "ns", "nothing")
+    found["kopf"] = sys.modules["kopf"].__name__
+
+
+acquire = leader.Elector.acquire
+
+
+def acquire_then_stub_kopf(self, stop):
+    won = acquire(self, stop)
+    sys.modules["kopf"].run = kopf_run  # imported by cli._run, after its block
+    return won
+
+
+leader.Elector.acquire = acquire_then_stub_kopf
+found["exit"] = cli.main(["run", "--leader-elect=true", "--leader-elect-retry-period=100ms"])
+found["kubernetes"] = sorted(
+    name for name, module in sys.modules.items()
+    if module is not None and (name == "kubernetes" or name.startswith("kubernetes."))
+)
+found["blocked"] = "kubernetes" in sys.modules and sys.modules["kubernetes"] is None
+found["heavy"] = sorted(m for m in HEAVY if sys.modules.get(m))
+found["holder"] = leases["lease"]["spec"]["holderIdentity"]
+found["requests"] = seen
+print(json.dumps(found))
+"""
+
+
+def test_the_run_process_talks_to_the_api_server_without_the_official_client(
+    tmp_path: Path,
+) -> None:
+    """`import kopf` imports the official client when it is installed (about 12 MiB the
+    operator never uses, issue 24); `run` blocks it, and its calls go through apiserver.py."""
+    (tmp_path / "token").write_text("sa-token\n")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPTUNA_OPERATOR_", "KUBERNETES_SERVICE_"))
+    }
+    env.update(KUBECONFIG=str(tmp_path / "config"), POD_NAMESPACE="optuna-system")
+    code = f"HEAVY = {HEAVY!r}\n" + _RUN
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout.splitlines()[-1])
+    requests = found.pop("requests")
+    assert found == {
+        "login": [True, "sa-token", "ns"],
+        "job": None,  # 404 from the stand-in
+        "kopf": "kopf",
+        "exit": 0,
+        "kubernetes": [],
+        "blocked": True,
+        "heavy": [],
+        "holder": "",  # released at the end
+    }
+    lease = "/apis/coordination.k8s.io/v1/namespaces/optuna-system/leases"
+    assert requests[:2] == [
+        ["GET", f"{lease}/optuna-operator", "Bearer sa-token"],
+        ["POST", lease, "Bearer sa-token"],
+    ]
+    assert ["GET", "/apis/batch/v1/namespaces/ns/jobs/nothing", "Bearer sa-token"] in requests
+    assert requests[-1] == ["PUT", f"{lease}/optuna-operator", "Bearer sa-token"]
 
 
 def test_creating_resuming_refreshing_and_deleting_a_study_keep_optuna_out(
