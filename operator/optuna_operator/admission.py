@@ -441,7 +441,7 @@ def _startup_trials_cel() -> str:
 
 def advice_policy_manifest(name: str = ADVICE_POLICY_NAME) -> dict[str, Any]:
     """A second policy, bound with validationActions [Warn]: `kubectl apply` prints the
-    advice of advice.py that the spec alone shows, and stores the study anyway."""
+    advice of lifecycle/advice.py that the spec alone shows, and stores the study anyway."""
     trials = f"{_SPEC}.budget.trials"
     sampler = f"{_SPEC}.sampler"
     return {

@@ -40,7 +40,7 @@ MAX_DIRECTIONS = 8
 PARETO_FRONT_LIMIT = 10
 # "<name>-workers-<hash8>" must fit the 63-character label value limit.
 MAX_NAME_LENGTH = 45
-# What the operator gives every worker pod (manifests.py); a study cannot take these names,
+# What the operator gives every worker pod (children/manifests.py); a study cannot take these names,
 # and an env entry of the same name would silently override the operator's.
 WORKER_VOLUME_NAMES = ("optuna-tmp", "optuna-shm")
 WORKER_MOUNT_PATHS = ("/tmp", "/dev/shm")
@@ -56,7 +56,7 @@ WORKER_ENV_NAMES = (
 # dashboard) or the read-only role's password (a namespace's).
 DASHBOARD_ENV_NAMES = ("OPTUNA_DASHBOARD_URL", "PGPASSWORD")
 # The volume sources the restricted Pod Security Standard admits: the only ones a study (or
-# the chart) may give a worker or dashboard pod (admission.py, overlay.py).
+# the chart) may give a worker or dashboard pod (admission.py, children/overlay.py).
 ALLOWED_VOLUME_KINDS = (
     "configMap",
     "csi",

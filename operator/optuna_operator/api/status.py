@@ -41,7 +41,7 @@ __all__ = [
 
 class PhaseName(StrEnum):
     """The study's phases, spelled once; `reconcile/decide.py:decide_phase` is the one
-    function that picks one, and lifecycle.py says which are final."""
+    function that picks one, and lifecycle/stopping.py says which are final."""
 
     PENDING = "Pending"
     QUEUED = "Queued"

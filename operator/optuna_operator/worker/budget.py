@@ -1,4 +1,4 @@
-"""The study-wide stopping rules (lifecycle.py), fed by one cheap SQL query each.
+"""The study-wide stopping rules (lifecycle/stopping.py), fed by one cheap SQL query each.
 
 Optuna's MaxTrialsCallback loads every trial of the study to count them; studies here reach
 100k trials, so the counts come from COUNT/EXISTS queries on the trials table instead.
