@@ -164,7 +164,7 @@ def test_kubectl_explain_describes_the_status(bed: Bed, crd_installed: None) -> 
 
 
 def test_create_dry_run_yaml_applies_and_the_api_fills_the_defaults(
-    bed: Bed, namespace: str, crd_installed: None
+    bed: Bed, namespace: str, crd_installed: None, tmp_path: Path
 ) -> None:
     """The minimal YAML of `create --dry-run` (only what was given) is what the API server
     takes, with the pruner and sampler names the CLI offers; the server fills the rest."""
@@ -184,7 +184,12 @@ def test_create_dry_run_yaml_applies_and_the_api_fills_the_defaults(
 
     # Shell completion offers the study's name, read through the same kubectl.
     script = kubectl(bed, "optuna", "completion", "bash").stdout
-    env = {"KUBECONFIG": str(bed.kubeconfig), "PATH": f"{bed.bin_dir}:{os.environ['PATH']}"}
+    # HOME too: without one, kubectl writes its discovery cache to ./.kube in the checkout.
+    env = {
+        "KUBECONFIG": str(bed.kubeconfig),
+        "PATH": f"{bed.bin_dir}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+    }
     driver = (
         f"{script}\nCOMP_WORDS=(kubectl-optuna status -n {namespace} git); COMP_CWORD=4\n"
         '_optuna_operator_complete; printf "%s\\n" "${COMPREPLY[@]}"'
