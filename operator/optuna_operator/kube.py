@@ -12,7 +12,7 @@ from typing import Any
 from optuna_operator.api import API_VERSION, PLURAL
 from optuna_operator.apiserver import ApiError, Transport
 
-__all__ = ["FIELD_MANAGER", "Cluster", "ClusterReader", "controller_uid"]
+__all__ = ["FIELD_MANAGER", "Cluster", "ClusterReader"]
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,6 @@ _PATHS = {
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "TuningStudy": (f"/apis/{API_VERSION}", PLURAL),
 }
-
-
-def controller_uid(obj: dict[str, Any] | None) -> str | None:
-    """The uid of the object's controlling owner, if any."""
-    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            return str(ref.get("uid"))
-    return None
 
 
 class ClusterReader:

@@ -6,8 +6,8 @@ from typing import Any
 
 from optuna_operator.api import TuningStudy
 from optuna_operator.children import manifests
-from optuna_operator.children.applied import child_action as decide_dashboard
 from optuna_operator.children.dashboards import desired_dashboard, namespace_owners
+from optuna_operator.reconcile.decide import child_action as decide_dashboard
 
 CTX = manifests.ChildContext(
     storage_secret="optuna-storage",

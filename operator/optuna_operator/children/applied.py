@@ -1,17 +1,14 @@
-"""What the operator last applied to a child, and whether it must be sent again: shared by
-every sender of children (worker Jobs, dashboards)."""
+"""The digest a child carries of the manifest it was built from: a child whose digest
+matches the desired one is not sent again (the comparison is reconcile/decide.py's)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
 __all__ = [
     "APPLIED_HASH_ANNOTATION",
-    "ChildAction",
-    "applied_hash",
-    "child_action",
     "manifest_hash",
     "with_hash",
 ]
@@ -32,24 +29,3 @@ def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
     metadata = {**obj["metadata"]}
     metadata["annotations"] = {**metadata.get("annotations", {}), APPLIED_HASH_ANNOTATION: digest}
     return {**obj, "metadata": metadata}
-
-
-def applied_hash(obj: dict[str, Any] | None) -> str | None:
-    """The digest the operator last applied to `obj`, if any."""
-    if obj is None:
-        return None
-    annotations = obj.get("metadata", {}).get("annotations") or {}
-    value = annotations.get(APPLIED_HASH_ANNOTATION)
-    return str(value) if value is not None else None
-
-
-# What to do with a child whose manifests are compared by digest.
-ChildAction = Literal["none", "apply", "delete"]
-
-
-def child_action(current: dict[str, Any] | None, desired: list[dict[str, Any]]) -> ChildAction:
-    """Apply when what should exist (`desired`, its first object carrying the digest)
-    differs from what was last applied to `current`; delete what should not exist. Pure."""
-    if not desired:
-        return "delete" if current is not None else "none"
-    return "apply" if applied_hash(current) != applied_hash(desired[0]) else "none"

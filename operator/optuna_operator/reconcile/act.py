@@ -12,7 +12,7 @@ from typing import Any
 from optuna_operator.api import TuningStudy
 from optuna_operator.apiserver import ApiError
 from optuna_operator.children.applied import manifest_hash
-from optuna_operator.kube import Cluster, controller_uid
+from optuna_operator.kube import Cluster
 from optuna_operator.lifecycle.conditions import Reason
 from optuna_operator.reconcile.dashboard import DashboardSender
 from optuna_operator.reconcile.model import (
@@ -22,6 +22,7 @@ from optuna_operator.reconcile.model import (
     Observed,
     Plan,
     Sent,
+    controller_uid,
 )
 from optuna_operator.storage.study_store import StorageError, StoreRegistry
 

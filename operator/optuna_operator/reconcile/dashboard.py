@@ -15,10 +15,10 @@ from typing import Any
 
 from optuna_operator.api import TuningStudy
 from optuna_operator.children import manifests
-from optuna_operator.children.applied import ChildAction, child_action
 from optuna_operator.children.dashboards import desired_dashboard
 from optuna_operator.kube import Cluster
-from optuna_operator.reconcile.model import ChildConflict, Sent
+from optuna_operator.reconcile.decide import child_action
+from optuna_operator.reconcile.model import ChildAction, ChildConflict, Sent
 
 __all__ = ["KINDS", "DashboardSender"]
 

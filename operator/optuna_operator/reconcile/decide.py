@@ -8,15 +8,24 @@ worker Job; the stopping rules themselves are lifecycle.py's, shared with the wo
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from optuna_operator.api import PhaseName, StopReason, TuningStudy
-from optuna_operator.children.applied import applied_hash, child_action
 from optuna_operator.lifecycle.conditions import Reason
 from optuna_operator.lifecycle.stopping import FINISHED_PHASES, Assessment, assess
-from optuna_operator.reconcile.model import JobAction, JobState, Observed, Phase, Plan
+from optuna_operator.reconcile.model import (
+    ChildAction,
+    JobAction,
+    JobState,
+    Observed,
+    Phase,
+    Plan,
+    applied_hash,
+)
 from optuna_operator.storage.study_store import StudySummary
 
 __all__ = [
+    "child_action",
     "decide",
     "decide_phase",
 ]
@@ -127,6 +136,14 @@ def _slot_free(seen: Assessment, summary: StudySummary) -> bool:
     or fewer running + finished trials than the budget (warm-start copies as it counts)."""
     trials = seen.budget.trials
     return trials is None or summary.waiting > 0 or summary.running + summary.finished < trials
+
+
+def child_action(current: dict[str, Any] | None, desired: list[dict[str, Any]]) -> ChildAction:
+    """Apply when what should exist (`desired`, its first object carrying the digest)
+    differs from what was last applied to `current`; delete what should not exist."""
+    if not desired:
+        return "delete" if current is not None else "none"
+    return "apply" if applied_hash(current) != applied_hash(desired[0]) else "none"
 
 
 def _job_action(

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from optuna_operator.api import StopReason, TuningStudyStatus
 from optuna_operator.children import manifests
-from optuna_operator.children.applied import ChildAction, applied_hash
+from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.lifecycle.advice import Advice
 from optuna_operator.lifecycle.conditions import ReasonedError
 from optuna_operator.lifecycle.stopping import PhaseName
@@ -20,6 +20,7 @@ from optuna_operator.storage.tenancy import TenantCredentials
 
 __all__ = [
     "Acted",
+    "ChildAction",
     "ChildConflict",
     "Children",
     "Event",
@@ -33,11 +34,32 @@ __all__ = [
     "Sent",
     "StorageProblem",
     "StorageRef",
+    "applied_hash",
+    "controller_uid",
 ]
 
 
 # requeue/stop delete a queued (Kueue) Job instead of patching it: see `decide`.
 JobAction = Literal["none", "apply", "restart", "requeue", "stop"]
+# What to do with a child whose manifests are compared by digest (the dashboard).
+ChildAction = Literal["none", "apply", "delete"]
+
+
+def applied_hash(obj: dict[str, Any] | None) -> str | None:
+    """The digest the operator last applied to `obj` (children/applied.py), if any."""
+    if obj is None:
+        return None
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    value = annotations.get(APPLIED_HASH_ANNOTATION)
+    return str(value) if value is not None else None
+
+
+def controller_uid(obj: dict[str, Any] | None) -> str | None:
+    """The uid of the object's controlling owner, if any."""
+    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
 
 
 @dataclass(frozen=True)

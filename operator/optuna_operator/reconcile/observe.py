@@ -15,8 +15,8 @@ from optuna_operator.children.applied import with_hash
 from optuna_operator.children.dashboards import desired_dashboard
 from optuna_operator.config import OperatorSettings
 from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode
-from optuna_operator.kube import ClusterReader, controller_uid
-from optuna_operator.reconcile.model import Children, JobState, Observed
+from optuna_operator.kube import ClusterReader
+from optuna_operator.reconcile.model import Children, JobState, Observed, controller_uid
 from optuna_operator.reconcile.prepare import Prepared
 from optuna_operator.reconcile.queues import AdmissionReader
 from optuna_operator.storage.study_store import StoreRegistry

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from optuna_operator.api import TuningStudy
 from optuna_operator.apiserver import ApiError
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
-from optuna_operator.kube import Cluster, controller_uid
+from optuna_operator.kube import Cluster
 from optuna_operator.lifecycle.conditions import Reason
-from optuna_operator.reconcile.model import StorageProblem, StorageRef
+from optuna_operator.reconcile.model import StorageProblem, StorageRef, controller_uid
 from optuna_operator.storage.study_store import OPTUNA_VERSION, Owner, StoreRegistry, StudyHandle
 from optuna_operator.storage.tenancy import Tenancy, TenancyError, TenantLimits
 
