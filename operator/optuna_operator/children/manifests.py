@@ -17,6 +17,7 @@ from optuna_operator.api import (
     WORKER_MOUNT_PATHS,
     WORKER_VOLUME_NAMES,
     BestTrial,
+    Budget,
     TuningStudy,
     WorkerConfig,
 )
@@ -31,7 +32,6 @@ from optuna_operator.contract import (
     STORAGE_ENV,
     ExitCode,
 )
-from optuna_operator.lifecycle.stopping import trial_budget
 
 __all__ = [
     "DASHBOARD_PORT",
@@ -126,7 +126,9 @@ class ChildContext:
     worker_image: str
     dashboard_image: str
     deadline: datetime | None = None
-    copied_trials: int = 0  # trials spec.warmStart copied in (StudyHandle.copied)
+    # The budget workers count finished trials against: lifecycle's `trial_budget`, which
+    # adds warm-start copies that do not count; None: spec.budget as written.
+    budget: Budget | None = None
     # Kueue LocalQueue of the worker Job (spec.workers.queueName or the operator's default).
     queue_name: str | None = None
     # The namespace's read-only role: its URL carries no password, which reaches the
@@ -186,7 +188,7 @@ def worker_config(study: TuningStudy, ctx: ChildContext) -> WorkerConfig:
         study_name=study.study_name,
         directions=spec.directions,
         objective=spec.objective,
-        budget=trial_budget(spec.budget, spec.warm_start, ctx.copied_trials),
+        budget=ctx.budget if ctx.budget is not None else spec.budget,
         sampler=spec.sampler,
         pruner=spec.pruner,
         processes_per_pod=spec.workers.processes_per_pod,

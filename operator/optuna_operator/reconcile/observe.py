@@ -11,11 +11,11 @@ from typing import Any
 
 from optuna_operator.api import TuningStudy
 from optuna_operator.children import manifests
-from optuna_operator.children.applied import with_hash
-from optuna_operator.children.dashboards import desired_dashboard
+from optuna_operator.children.desired import desired_children
 from optuna_operator.config import OperatorSettings
 from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode
 from optuna_operator.kube import ClusterReader
+from optuna_operator.lifecycle.stopping import trial_budget
 from optuna_operator.reconcile.model import Children, JobState, Observed, controller_uid
 from optuna_operator.reconcile.prepare import Prepared
 from optuna_operator.reconcile.queues import AdmissionReader
@@ -94,16 +94,16 @@ class Observer:
         self, study: TuningStudy, prepared: Prepared, children: Children, now: datetime
     ) -> Observed:
         """Read the database and the cached children; raises on storage problems."""
-        ctx = self.child_context(study, prepared)
         summary = self.stores.summarize(prepared.storage.url, prepared.handle)
-        desired_job = with_hash(manifests.worker_job(study, ctx))
-        current, stale = split_jobs(study, children.jobs, desired_job["metadata"]["name"])
-        current, workers_message = self._why_workers_failed(study, current)
-        pods_refused = self._why_pods_refused(study, current)
+        ctx = self.child_context(study, prepared)
         # Default storage: the namespace's dashboard serves the study, and a dashboard of its
         # own from before 0.2 (on the same read-only role) goes.
         own_storage = study.spec.storage is not None
         serving = children.dashboard if own_storage else children.namespace_dashboard
+        desired = desired_children(study, ctx, serving, summary.best)
+        current, stale = split_jobs(study, children.jobs, desired.job["metadata"]["name"])
+        current, workers_message = self._why_workers_failed(study, current)
+        pods_refused = self._why_pods_refused(study, current)
         admission = None
         if ctx.queue_name is not None and current is not None and current.suspended:
             admission = self.queues.admission(study.metadata.namespace, ctx.queue_name, current)
@@ -118,14 +118,10 @@ class Observer:
             old_dashboard=None if own_storage else children.dashboard,
             workers_message=workers_message,
             pods_refused=pods_refused,
-            desired_job=desired_job,
-            desired_dashboard=desired_dashboard(study, ctx, serving),
-            dashboard_name=manifests.dashboard_name(study),
-            desired_export=(
-                manifests.export_config_map(study, summary.best)
-                if study.spec.export is not None and summary.best is not None
-                else None
-            ),
+            desired_job=desired.job,
+            desired_dashboard=desired.dashboard,
+            dashboard_name=desired.dashboard_name,
+            desired_export=desired.export,
             context=ctx,
             queue=ctx.queue_name,
             admission=admission,
@@ -167,7 +163,7 @@ class Observer:
             dashboard_image=self.settings.dashboard_image,
             # The wall-clock deadline only: active time is the operator's to count.
             deadline=study.spec.budget.deadline,
-            copied_trials=prepared.handle.copied,
+            budget=trial_budget(study.spec.budget, study.spec.warm_start, prepared.handle.copied),
             queue_name=study.spec.workers.queue_name or self.settings.default_queue_name,
             dashboard_url=tenant.readonly_url if tenant else None,
             dashboard_password_key=tenant.readonly_password_key if tenant else None,
