@@ -40,6 +40,7 @@ __all__ = [
     "ApiServer",
     "ConfigError",
     "ConnectionSettings",
+    "Request",
     "Transport",
     "connect",
     "load_kubeconfig",
@@ -86,19 +87,25 @@ class ApiError(Exception):
         return f"{self.status} {self.reason}: {self.message}"[:1000]
 
 
+@dataclass(frozen=True)
+class Request:
+    """One call to the API server: `body` is sent as JSON with `content_type`; `timeout`
+    (seconds) replaces the connection's default. One value rather than six parameters, so
+    that every Transport and its callers spell the call the same way."""
+
+    method: str
+    path: str
+    body: Any = None
+    query: list[tuple[str, str]] | None = None
+    content_type: str = "application/json"
+    timeout: float | None = None
+
+
 class Transport(Protocol):
     """What kube.py's Cluster sends its calls through: ApiServer here; `migrate` passes an
     adapter over the official client (an admin's kubeconfig may need its plugins)."""
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-        timeout: float | None = None,
-    ) -> tuple[int, Any]: ...
+    def call(self, request: Request) -> tuple[int, Any]: ...
 
     def close(self) -> None: ...
 
@@ -325,73 +332,54 @@ class ApiServer:
                     log.warning("%s; keeping the token read before", exc)
             return self._token
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-        timeout: float | None = None,
-    ) -> tuple[int, Any]:
+    def request(self, request: Request) -> tuple[int, Any]:
         """Send one request; the status and the parsed JSON body ({} when empty; a body that
         is not JSON, from a proxy say, as {"message": its first 500 characters})."""
-        status, _, text = self._send(method, path, body, query, content_type, timeout)
-        if not text:
-            return status, {}
+        status, _, text = self._send(request)
         try:
-            return status, json.loads(text)
+            return status, _parse(text)
         except ValueError:
             return status, {"message": text[:500]}
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-        timeout: float | None = None,
-    ) -> tuple[int, Any]:
+    def call(self, request: Request) -> tuple[int, Any]:
         """`request`, raising ApiError when the API server answers with an error."""
-        status, reason, text = self._send(method, path, body, query, content_type, timeout)
+        status, reason, text = self._send(request)
         if status >= 400:
             raise ApiError(status, reason, text)
         try:
-            return status, (json.loads(text) if text else {})
+            return status, _parse(text)
         except ValueError:
             raise ApiError(status, "Response is not JSON", text[:500]) from None
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        body: Any,
-        query: list[tuple[str, str]] | None,
-        content_type: str,
-        timeout: float | None,
-    ) -> tuple[int, str, str]:
-        url = self.settings.server + path + (f"?{urlencode(query)}" if query else "")
+    def _send(self, request: Request) -> tuple[int, str, str]:
+        query = request.query
+        url = self.settings.server + request.path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": "application/json", "User-Agent": "optuna-operator"}
         token = self.token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
         payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = content_type
+        if request.body is not None:
+            payload = json.dumps(request.body).encode()
+            headers["Content-Type"] = request.content_type
         response = self._pool.request(
-            method,
+            request.method,
             url,
             body=payload,
             headers=headers,
-            timeout=self.timeout if timeout is None else timeout,
+            timeout=self.timeout if request.timeout is None else request.timeout,
             preload_content=True,
         )
         return response.status, response.reason or "", response.data.decode(errors="replace")
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def _parse(text: str) -> Any:
+    """A response body as JSON, {} when empty (a DELETE's, say); ValueError when it is not
+    JSON, which `request` and `call` each answer in their own way."""
+    return json.loads(text) if text else {}
 
 
 def connect() -> ApiServer:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from optuna_operator.api import API_VERSION, PLURAL
-from optuna_operator.apiserver import ApiError, Transport
+from optuna_operator.apiserver import ApiError, Request, Transport
 
 __all__ = ["FIELD_MANAGER", "Cluster", "ClusterReader"]
 
@@ -41,15 +41,9 @@ class ClusterReader:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._call_with_status(method, path, **kwargs)[0]
 
-    def _call_with_status(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-    ) -> tuple[Any, int]:
-        status, result = self.api.call(method, path, body, query, content_type)
+    def _call_with_status(self, method: str, path: str, **fields: Any) -> tuple[Any, int]:
+        # The keywords (body, query, content_type) go to Request as they are: one signature.
+        status, result = self.api.call(Request(method, path, **fields))
         return result, status
 
     @staticmethod

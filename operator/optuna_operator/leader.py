@@ -36,7 +36,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
-from optuna_operator.apiserver import ApiServer
+from optuna_operator.apiserver import ApiServer, Request
 from optuna_operator.config import LeaderElection
 
 __all__ = ["Elector", "LeaseLock", "LeaseRecord", "Step", "claim", "decide", "identity", "run"]
@@ -175,7 +175,7 @@ class LeaseLock:
     def _send(
         self, method: str, path: str, body: dict[str, Any] | None, timeout: float
     ) -> tuple[int, dict[str, Any]]:
-        status, parsed = self.api.request(method, path, body, timeout=timeout)
+        status, parsed = self.api.request(Request(method, path, body, timeout=timeout))
         return status, parsed if isinstance(parsed, dict) else {}
 
     def _check(self, status: int, body: dict[str, Any], what: str) -> bool:

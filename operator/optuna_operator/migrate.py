@@ -23,7 +23,7 @@ import optuna
 from optuna.storages import RDBStorage
 
 from optuna_operator.api import GROUP, PLURAL, VERSION, TuningStudy
-from optuna_operator.apiserver import ApiError
+from optuna_operator.apiserver import ApiError, Request
 from optuna_operator.config import SecretKey
 from optuna_operator.kube import Cluster
 from optuna_operator.storage.admin import ADMIN_SEARCH_PATH, LEGACY_SCHEMA
@@ -152,25 +152,19 @@ class OfficialClient:
             config.load_kube_config()  # type: ignore[no-untyped-call]
         self.api = client.ApiClient()
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-        timeout: float | None = None,
-    ) -> tuple[int, Any]:
+    def call(self, request: Request) -> tuple[int, Any]:
+        """Send one request (Transport.call): the status and the parsed JSON body; an
+        error status raises ApiError, as ApiServer.call does."""
         method, url, headers, payload, _ = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
+            method=request.method,
+            resource_path=request.path,
+            query_params=request.query or [],
+            header_params={"Content-Type": request.content_type, "Accept": "application/json"},
+            body=request.body,
             auth_settings=["BearerToken"],
         )
         response = self.api.call_api(
-            method, url, header_params=headers, body=payload, _request_timeout=timeout
+            method, url, header_params=headers, body=payload, _request_timeout=request.timeout
         )
         data = response.read()  # type: ignore[no-untyped-call]
         if response.status >= 400:

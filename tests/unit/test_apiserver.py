@@ -24,6 +24,7 @@ from optuna_operator.apiserver import (
     ApiServer,
     ConfigError,
     ConnectionSettings,
+    Request,
     load_kubeconfig,
     load_settings,
     ssl_context,
@@ -293,11 +294,13 @@ def test_calls_send_json_with_the_token_and_errors_become_api_errors(
     url, recorded = http_server
     api = ApiServer(ConnectionSettings(url, token=SECRET_TOKEN))
     status, body = api.call(
-        "PATCH",
-        "/apis/batch/v1/namespaces/ns/jobs/j",
-        body={"spec": {"suspend": True}},
-        query=[("fieldManager", "optuna-operator"), ("labelSelector", "a=b,c in (d)")],
-        content_type="application/apply-patch+yaml",
+        Request(
+            "PATCH",
+            "/apis/batch/v1/namespaces/ns/jobs/j",
+            body={"spec": {"suspend": True}},
+            query=[("fieldManager", "optuna-operator"), ("labelSelector", "a=b,c in (d)")],
+            content_type="application/apply-patch+yaml",
+        )
     )
     assert status == 200
     assert body == {"path": recorded.requests[0]["path"]}
@@ -309,10 +312,10 @@ def test_calls_send_json_with_the_token_and_errors_become_api_errors(
     assert sent["auth"] == f"Bearer {SECRET_TOKEN}"
     assert sent["type"] == "application/apply-patch+yaml"
     assert sent["body"] == {"spec": {"suspend": True}}
-    assert api.call("GET", "/empty") == (200, {})
+    assert api.call(Request("GET", "/empty")) == (200, {})
 
     with pytest.raises(ApiError) as raised:
-        api.call("GET", "/missing/job")
+        api.call(Request("GET", "/missing/job"))
     error = raised.value
     assert (error.status, error.reason) == (404, "Not Found")
     assert json.loads(error.body)["reason"] == "NotFound"
@@ -320,10 +323,10 @@ def test_calls_send_json_with_the_token_and_errors_become_api_errors(
     assert SECRET_TOKEN not in str(error) and SECRET_TOKEN not in repr(error)
 
     # `request` answers every status; a body that is not JSON comes back as a message.
-    assert api.request("GET", "/missing/job")[0] == 404
-    assert api.request("GET", "/proxy") == (502, {"message": "<html>bad gateway</html>"})
+    assert api.request(Request("GET", "/missing/job"))[0] == 404
+    assert api.request(Request("GET", "/proxy")) == (502, {"message": "<html>bad gateway</html>"})
     with pytest.raises(ApiError) as proxied:
-        api.call("GET", "/proxy")
+        api.call(Request("GET", "/proxy"))
     assert proxied.value.status == 502 and str(proxied.value) == "502 Bad Gateway: Bad Gateway"
     api.close()
 
@@ -331,7 +334,7 @@ def test_calls_send_json_with_the_token_and_errors_become_api_errors(
 def test_without_a_token_no_authorization_is_sent(http_server: tuple[str, Recorded]) -> None:
     url, recorded = http_server
     ApiServer(ConnectionSettings(url)).call(
-        "DELETE", "/x", body={"propagationPolicy": "Background"}
+        Request("DELETE", "/x", body={"propagationPolicy": "Background"})
     )
     assert recorded.requests[0]["auth"] is None
     assert recorded.requests[0]["type"] == "application/json"
@@ -396,7 +399,7 @@ def test_inline_client_certificates_authenticate_and_leave_no_file_behind(
     before = _private_folders()
     api = ApiServer(load_kubeconfig(path))
     assert _private_folders() == before
-    assert api.call("GET", "/api") == (200, {"user": "testbed-admin"})
+    assert api.call(Request("GET", "/api")) == (200, {"user": "testbed-admin"})
     assert names == ["testbed-admin"]
 
 
@@ -437,7 +440,9 @@ def test_certificate_files_relative_to_the_kubeconfig_authenticate(
             "client-key": f"../{pki.admin.key.name}",
         },
     )
-    assert ApiServer(load_kubeconfig(path)).call("GET", "/api")[1] == {"user": "testbed-admin"}
+    assert ApiServer(load_kubeconfig(path)).call(Request("GET", "/api"))[1] == {
+        "user": "testbed-admin"
+    }
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -452,8 +457,8 @@ def test_a_server_the_ca_did_not_sign_is_refused_unless_insecure(
     )
     api = ApiServer(load_kubeconfig(untrusted), timeout=5)
     with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
-        api.call("GET", "/api")
+        api.call(Request("GET", "/api"))
     insecure = kubeconfig(
         tmp_path / "insecure", {"server": url, "insecure-skip-tls-verify": True}, user
     )
-    assert ApiServer(load_kubeconfig(insecure)).call("GET", "/api")[0] == 200
+    assert ApiServer(load_kubeconfig(insecure)).call(Request("GET", "/api"))[0] == 200
