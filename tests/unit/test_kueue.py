@@ -29,6 +29,7 @@ from optuna_operator.reconcile import (
     decide,
     kueue,
 )
+from optuna_operator.reconcile.observe import assess_budgets
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -79,7 +80,9 @@ def observed(
 
 
 def plan_for(s: TuningStudy, o: Observed) -> Plan:
-    return decide(s, o, 10.0)
+    return decide(
+        s, replace(o, assessment=assess_budgets(s, o.summary, o.now, HANDLE.copied)), 10.0
+    )
 
 
 def condition(status: Any, type_: str) -> Any:

@@ -20,6 +20,7 @@ from optuna_operator.reconcile import (
     decide,
     termination_message,
 )
+from optuna_operator.reconcile.observe import assess_budgets
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.workqueue import WorkQueue
 
@@ -64,7 +65,12 @@ def plan_for(s: TuningStudy, o: Observed) -> Plan:
     dashboard = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "dash-hash"}}}
     # observe builds the dashboard only when one should serve the study
     desired = [dashboard] if s.spec.dashboard.enabled else []
-    return decide(s, replace(o, desired_job=hashed, desired_dashboard=desired), INTERVAL)
+    assessment = assess_budgets(s, o.summary, o.now, HANDLE.copied)
+    return decide(
+        s,
+        replace(o, assessment=assessment, desired_job=hashed, desired_dashboard=desired),
+        INTERVAL,
+    )
 
 
 def running(**fields: Any) -> JobState:

@@ -2,8 +2,9 @@
 
 1. `prepare.py`: what the database must hold before it can be read (the namespace's role
    and Secret, the Optuna study), set up on first sight and only checked afterwards;
-2. `observe.py`: reads only: the study's summary (database), the worker Jobs and the
-   dashboard (from the watch caches the controller hands in, not from GETs);
+2. `observe.py`: reads only: the study's summary (database), measured against its
+   budgets (lifecycle/), the children as they should be (children/desired.py), the
+   worker Jobs and the dashboard (from the watch caches the controller hands in);
 3. `decide.py`: a pure function of spec + observations says what each child should do and
    when to look again;
 4. `act.py`: apply or delete exactly what the plan names; nothing is sent when nothing

@@ -1,8 +1,9 @@
 """Step 3, decide: a pure function of the spec and the observations says the study's phase,
 what each child should do and when to look again (unit-tested without a cluster).
 
-`decide_phase` is the one place a phase is chosen from the budget, the database and the
-worker Job; the stopping rules themselves are lifecycle.py's, shared with the worker.
+`_phase` is the one place a phase is chosen from the budget, the database and the worker
+Job. The stopping rules themselves are lifecycle/stopping.py's, shared with the worker;
+observe applies them once (`Observed.assessment`) and decide reads the verdict.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from optuna_operator.api import PhaseName, StopReason, TuningStudy
 from optuna_operator.lifecycle.conditions import Reason
-from optuna_operator.lifecycle.stopping import FINISHED_PHASES, Assessment, assess
+from optuna_operator.lifecycle.stopping import FINISHED_PHASES, Assessment
 from optuna_operator.reconcile.model import (
     ChildAction,
     JobAction,
@@ -22,6 +23,7 @@ from optuna_operator.reconcile.model import (
     Plan,
     applied_hash,
 )
+from optuna_operator.reconcile.observe import assess_budgets
 from optuna_operator.storage.study_store import StudySummary
 
 __all__ = [
@@ -37,24 +39,6 @@ _DONE_REASONS = {
     StopReason.TIME: Reason.TIME_BUDGET_REACHED,
     StopReason.DEADLINE: Reason.DEADLINE_REACHED,
 }
-
-
-def _assess(study: TuningStudy, summary: StudySummary, now: datetime, copied: int) -> Assessment:
-    """lifecycle's rules over the summary, the status's active time and the budget, once
-    per reconcile: what stops the study, and the advice on its budget."""
-    status, best = study.status, summary.best
-    return assess(
-        study.spec,
-        now,
-        copied=copied,
-        finished=summary.finished,
-        failed_by_objective=summary.failed_by_objective,
-        pruned=summary.pruned,
-        reported=summary.reported,
-        best_value=best.values[0] if best is not None else None,
-        active=status.active_seconds,
-        active_since=status.active_since,
-    )
 
 
 def _done_message(study: TuningStudy, summary: StudySummary, seen: Assessment) -> str:
@@ -80,7 +64,7 @@ def decide_phase(
 ) -> Phase:
     """The study's phase from its budget, the database and the worker Job; `copied`:
     trials warm start copied in."""
-    return _phase(study, summary, job, _assess(study, summary, now, copied), queue)
+    return _phase(study, summary, job, assess_budgets(study, summary, now, copied), queue)
 
 
 def _phase(
@@ -200,9 +184,8 @@ def _next_look(
 def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
     """The phase, what to do with each child, and when to look again. Pure: unit-tested
     without a cluster. Called only when the storage and the study are usable."""
-    job = observed.job
-    copied = observed.handle.copied if observed.handle else 0
-    seen = _assess(study, observed.summary, observed.now, copied)
+    job, seen = observed.job, observed.assessment
+    assert seen is not None, "observe assesses the budgets before decide runs"
     phase = _phase(study, observed.summary, job, seen, observed.queue)
     workers_gone = job is None or job.active == 0
     return Plan(
@@ -219,4 +202,5 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
         and len(study.spec.directions) == 1,
         requeue_after=_next_look(study, observed, seen, phase, interval),
         advice=seen.advice,
+        active_seconds=seen.active,
     )

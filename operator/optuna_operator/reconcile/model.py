@@ -13,7 +13,7 @@ from optuna_operator.children import manifests
 from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.lifecycle.advice import Advice
 from optuna_operator.lifecycle.conditions import ReasonedError
-from optuna_operator.lifecycle.stopping import PhaseName
+from optuna_operator.lifecycle.stopping import Assessment, PhaseName
 from optuna_operator.reconcile import kueue
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.storage.tenancy import TenantCredentials
@@ -159,6 +159,8 @@ class Observed:
     storage_failure: tuple[str, str] | None = None  # reason, message
     handle: StudyHandle | None = None
     summary: StudySummary = field(default_factory=StudySummary)
+    # How far the study is through its budgets (lifecycle's rules), from the summary.
+    assessment: Assessment | None = None
     job: JobState | None = None  # the Job with the desired template, if any
     stale_jobs: tuple[str, ...] = ()  # worker Jobs of an older template
     # The dashboard Deployment that serves the study (the namespace's with the default
@@ -184,6 +186,8 @@ class Plan:
     """What the act step does, decided once."""
 
     phase: Phase
+    # Active time used by `now` (budget.timeoutSeconds): the status closes a run with it.
+    active_seconds: float
     job: JobAction = "none"
     delete_jobs: tuple[str, ...] = ()
     dashboard: ChildAction = "none"

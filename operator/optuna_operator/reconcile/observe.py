@@ -1,6 +1,8 @@
-"""Step 2, observe: read the study's database summary, its children from the watch caches,
-why worker pods failed or were refused, and what Kueue says of a waiting Job, into an
-`Observed`. Reads only: what must exist before it can be read is made by step 1, prepare.
+"""Step 2, observe: read the study's database summary and measure it against the budgets
+(lifecycle's rules), build the children as they should be (children/, pure), and read
+the children from the watch caches, why worker pods failed or were refused, and what
+Kueue says of a waiting Job, into an `Observed`. Reads only: what must exist before it
+can be read is made by step 1, prepare.
 """
 
 from __future__ import annotations
@@ -9,20 +11,21 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from optuna_operator.api import TuningStudy
+from optuna_operator.api import Budget, TuningStudy
 from optuna_operator.children import manifests
 from optuna_operator.children.desired import desired_children
 from optuna_operator.config import OperatorSettings
 from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode
 from optuna_operator.kube import ClusterReader
-from optuna_operator.lifecycle.stopping import trial_budget
+from optuna_operator.lifecycle.stopping import Assessment, assess
 from optuna_operator.reconcile.model import Children, JobState, Observed, controller_uid
 from optuna_operator.reconcile.prepare import Prepared
 from optuna_operator.reconcile.queues import AdmissionReader
-from optuna_operator.storage.study_store import StoreRegistry
+from optuna_operator.storage.study_store import StoreRegistry, StudySummary
 
 __all__ = [
     "Observer",
+    "assess_budgets",
     "termination_message",
 ]
 
@@ -56,6 +59,27 @@ def _describe_termination(term: dict[str, Any]) -> str:
     detail = f"exit code {code} ({meaning}"
     detail += f", {term['reason']})" if term.get("reason") else ")"
     return f"{detail}: {last_line}"[:500].rstrip(": ")
+
+
+def assess_budgets(
+    study: TuningStudy, summary: StudySummary, now: datetime, copied: int
+) -> Assessment:
+    """How far the study is through its budgets: lifecycle's rules over the summary, the
+    status's active time and the spec, once per reconcile (what stops the study, the
+    budget workers count against, the advice on it). `copied`: warm-start copies."""
+    status, best = study.status, summary.best
+    return assess(
+        study.spec,
+        now,
+        copied=copied,
+        finished=summary.finished,
+        failed_by_objective=summary.failed_by_objective,
+        pruned=summary.pruned,
+        reported=summary.reported,
+        best_value=best.values[0] if best is not None else None,
+        active=status.active_seconds,
+        active_since=status.active_since,
+    )
 
 
 def split_jobs(
@@ -95,7 +119,8 @@ class Observer:
     ) -> Observed:
         """Read the database and the cached children; raises on storage problems."""
         summary = self.stores.summarize(prepared.storage.url, prepared.handle)
-        ctx = self.child_context(study, prepared)
+        assessment = assess_budgets(study, summary, now, prepared.handle.copied)
+        ctx = self.child_context(study, prepared, assessment.budget)
         # Default storage: the namespace's dashboard serves the study, and a dashboard of its
         # own from before 0.2 (on the same read-only role) goes.
         own_storage = study.spec.storage is not None
@@ -112,6 +137,7 @@ class Observer:
             storage=prepared.storage,
             handle=prepared.handle,
             summary=summary,
+            assessment=assessment,
             job=current,
             stale_jobs=stale,
             dashboard=serving,
@@ -152,9 +178,11 @@ class Observer:
             study.metadata.namespace, "Job", current.name, "FailedCreate"
         )
 
-    def child_context(self, study: TuningStudy, prepared: Prepared) -> manifests.ChildContext:
+    def child_context(
+        self, study: TuningStudy, prepared: Prepared, budget: Budget
+    ) -> manifests.ChildContext:
         """What the children are built from besides the spec: Secret names, images, the
-        workers' deadline, the queue and the dashboard's read-only role."""
+        workers' budget and deadline, the queue and the dashboard's read-only role."""
         tenant = prepared.storage.tenant
         return manifests.ChildContext(
             storage_secret=prepared.storage.secret,
@@ -163,7 +191,7 @@ class Observer:
             dashboard_image=self.settings.dashboard_image,
             # The wall-clock deadline only: active time is the operator's to count.
             deadline=study.spec.budget.deadline,
-            budget=trial_budget(study.spec.budget, study.spec.warm_start, prepared.handle.copied),
+            budget=budget,
             queue_name=study.spec.workers.queue_name or self.settings.default_queue_name,
             dashboard_url=tenant.readonly_url if tenant else None,
             dashboard_password_key=tenant.readonly_password_key if tenant else None,

@@ -26,7 +26,7 @@ from optuna_operator.lifecycle.conditions import (
     Reason,
     set_conditions,
 )
-from optuna_operator.lifecycle.stopping import FINISHED_PHASES, active_seconds
+from optuna_operator.lifecycle.stopping import FINISHED_PHASES
 from optuna_operator.reconcile import kueue
 from optuna_operator.reconcile.model import (
     Acted,
@@ -87,7 +87,7 @@ def build_status(
     events += _children_events(study, observed, plan, acted)
     _dashboard_status(study, dashboard, acted, set_, status, events)
     _progress(status, summary, acted.job, study.spec.budget.trials, _counted_copies(study, handle))
-    _active_time(status, acted.job, observed.now)
+    _active_time(status, acted.job, observed.now, plan.active_seconds)
     events += _advice(study, plan.advice, set_)
     phase = _settled_phase(study, observed, plan, acted, status, set_, events)
     status.reason = phase.ended_by
@@ -114,16 +114,18 @@ def _advice(study: TuningStudy, advice: Advice | None, set_: Any) -> list[Event]
     return [Event("Warning", advice.reason, advice.message)] if new else []
 
 
-def _active_time(status: TuningStudyStatus, job: JobState | None, now: datetime) -> None:
+def _active_time(
+    status: TuningStudyStatus, job: JobState | None, now: datetime, used: float
+) -> None:
     """Count the time worker pods run (budget.timeoutSeconds): a run opens when the first
-    worker is ready and closes into activeSeconds when none is. Written only when a run
-    opens or closes, so a refresh of a running study writes nothing new."""
+    worker is ready and closes into activeSeconds (`used`: the active time by `now`, as
+    observe assessed it) when none is. Written only when a run opens or closes, so a
+    refresh of a running study writes nothing new."""
     running = job is not None and job.ready > 0 and not job.suspended
     if running and status.active_since is None:
         status.active_since = now
         status.active_seconds = status.active_seconds or 0
     elif not running and status.active_since is not None:
-        used = active_seconds(status.active_seconds, status.active_since, now)
         status.active_seconds, status.active_since = int(used), None
 
 
