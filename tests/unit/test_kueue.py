@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from optuna_operator.api import TuningStudy
+from optuna_operator.children.desired import Desired
 from optuna_operator.children.manifests import (
     MIN_PARALLELISM_ANNOTATION,
     QUEUE_LABEL,
@@ -73,7 +74,7 @@ def observed(
         handle=HANDLE,
         summary=summary or StudySummary(),
         job=job,
-        desired_job={"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "job-hash"}}},
+        desired=Desired(job={"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "job-hash"}}}),
         queue=queue,
         admission=admission,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from optuna_operator.api import BestTrial, TuningStudy, TuningStudyStatus
 from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
+from optuna_operator.children.desired import Desired
 from optuna_operator.reconcile import (
     Acted,
     JobState,
@@ -68,7 +69,7 @@ def plan_for(s: TuningStudy, o: Observed) -> Plan:
     assessment = assess_budgets(s, o.summary, o.now, HANDLE.copied)
     return decide(
         s,
-        replace(o, assessment=assessment, desired_job=hashed, desired_dashboard=desired),
+        replace(o, assessment=assessment, desired=Desired(job=hashed, dashboard=desired)),
         INTERVAL,
     )
 

@@ -3,7 +3,7 @@ on, decide compares it with what exists, act sends it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optuna_operator.api import BestTrial, TuningStudy
@@ -18,12 +18,12 @@ __all__ = ["Desired", "desired_children"]
 class Desired:
     """A study's children as they should be, each carrying its digest."""
 
-    job: dict[str, Any]  # the worker Job
+    job: dict[str, Any] = field(default_factory=dict)  # the worker Job
     # Deployment, Service and NetworkPolicy; empty when no dashboard should serve the study.
-    dashboard: list[dict[str, Any]]
-    dashboard_name: str  # of the dashboard that serves the study
+    dashboard: list[dict[str, Any]] = field(default_factory=list)
+    dashboard_name: str = ""  # of the dashboard that serves the study
     # The spec.export ConfigMap with the best trial; None without spec.export or a best trial.
-    export: dict[str, Any] | None
+    export: dict[str, Any] | None = None
 
 
 def desired_children(

@@ -96,8 +96,8 @@ class Actor:
                     study.study_name,
                     type(exc).__name__,
                 )
-        if observed.desired_export is not None:
-            self._export(observed.desired_export)
+        if observed.desired.export is not None:
+            self._export(observed.desired.export)
         return Acted(
             job=jobs.job,
             job_created=jobs.created,
@@ -121,7 +121,7 @@ class Actor:
             return _JobsSent(None, deleted=(*deleted, ("Job", job.name)))
         if plan.job != "apply":
             return _JobsSent(job, deleted=tuple(deleted))
-        desired = observed.desired_job
+        desired = observed.desired.job
         try:
             if job is None:  # not in the cache: a Job of that name may be someone else's
                 self._check_controlled(study, desired)
@@ -149,14 +149,14 @@ class Actor:
     ) -> tuple[Sent, tuple[str, str] | None]:
         """Send the dashboard the plan names; a refusal or a conflict is reported."""
         assert observed.context is not None
-        name = observed.dashboard_name
+        name = observed.desired.dashboard_name
         try:
             sent = self.dashboards.send(
                 study,
                 name,
                 observed.context,
                 plan.dashboard,
-                observed.desired_dashboard,
+                observed.desired.dashboard,
                 observed.dashboard,
             )
         except ApiError as exc:

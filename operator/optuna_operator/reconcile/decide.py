@@ -141,7 +141,7 @@ def _job_action(
     the new one, suspended, at the back of its queue."""
     job = observed.job
     queued = observed.queue is not None
-    changed = job is not None and job.applied_hash != applied_hash(observed.desired_job)
+    changed = job is not None and job.applied_hash != applied_hash(observed.desired.job)
     if job is not None and job.failed_reason:
         return "none"  # the failure is the result; a spec change makes a new template
     if finished and (job is None or job.active == 0):
@@ -192,7 +192,7 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
         phase=phase,
         job=_job_action(study, observed, seen, phase.phase in FINISHED_PHASES),
         delete_jobs=observed.stale_jobs,
-        dashboard=child_action(observed.dashboard, observed.desired_dashboard),
+        dashboard=child_action(observed.dashboard, observed.desired.dashboard),
         delete_old_dashboard=observed.old_dashboard is not None,
         fail_stale_trials=bool(observed.summary.running) and workers_gone,
         # Only the operator sees active time: running workers are told through the database.

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from optuna_operator.api import StopReason, TuningStudyStatus
 from optuna_operator.children import manifests
 from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
+from optuna_operator.children.desired import Desired
 from optuna_operator.lifecycle.advice import Advice
 from optuna_operator.lifecycle.conditions import ReasonedError
 from optuna_operator.lifecycle.stopping import Assessment, PhaseName
@@ -170,12 +171,7 @@ class Observed:
     workers_message: str | None = None  # why worker pods last failed, when some did
     pods_refused: str | None = None  # why the Job controller cannot create worker pods
     # The children as they should be, each carrying APPLIED_HASH_ANNOTATION.
-    desired_job: dict[str, Any] = field(default_factory=dict)
-    # Deployment, Service and NetworkPolicy; empty when no dashboard should serve it.
-    desired_dashboard: list[dict[str, Any]] = field(default_factory=list)
-    dashboard_name: str = ""  # of the dashboard that serves the study
-    # The spec.export ConfigMap with the best trial; None without spec.export or a best trial.
-    desired_export: dict[str, Any] | None = None
+    desired: Desired = field(default_factory=Desired)
     context: manifests.ChildContext | None = None  # what the children were built from
     queue: str | None = None  # Kueue LocalQueue of the worker Job
     admission: kueue.Admission | None = None  # read while a queued Job is suspended

@@ -73,7 +73,7 @@ def build_status(
 
     handle, summary = observed.handle, observed.summary
     assert handle is not None
-    dashboard = observed.dashboard_name
+    dashboard = observed.desired.dashboard_name
     events: list[Event] = []
     if handle.created:
         events.append(Event("Normal", Reason.STUDY_CREATED, f"Created Optuna study {handle.name}"))
