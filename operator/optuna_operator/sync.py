@@ -21,8 +21,9 @@ from optuna_operator import metrics
 from optuna_operator.api import DeletionPolicy, TuningStudy
 from optuna_operator.apiserver import ApiError
 from optuna_operator.contract import redact
-from optuna_operator.lifecycle.conditions import ConditionType, Reason, set_condition
+from optuna_operator.lifecycle.conditions import ConditionType, Reason
 from optuna_operator.reconcile import Children, Event, Reconciler, StorageProblem
+from optuna_operator.reconcile.status import set_condition
 from optuna_operator.recorder import EventRecorder
 from optuna_operator.storage.study_store import StorageError
 

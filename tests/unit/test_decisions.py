@@ -7,8 +7,8 @@ from typing import Any
 
 from optuna_operator.api import BestTrial, TuningStudy, TuningStudyStatus
 from optuna_operator.contract import redact
-from optuna_operator.lifecycle.conditions import set_condition
 from optuna_operator.reconcile import JobState, decide_phase
+from optuna_operator.reconcile.status import set_condition
 from optuna_operator.storage.study_store import StudySummary
 
 START = datetime(2030, 1, 1, tzinfo=UTC)

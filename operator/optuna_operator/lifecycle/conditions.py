@@ -1,23 +1,15 @@
-"""Condition types, reasons, and a pure `set_condition` (metav1.Condition semantics)."""
+"""The vocabulary of a study's conditions: their types and reasons, and the error that
+carries a reason. How conditions are written (metav1.Condition semantics) is
+reconcile/status.py's `set_condition`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
-
-from optuna_operator.api import Condition
 
 __all__ = [
     "ConditionType",
-    "ConditionUpdate",
     "Reason",
     "ReasonedError",
-    "find",
-    "now_rfc3339",
-    "set_condition",
-    "set_conditions",
 ]
 
 
@@ -78,60 +70,6 @@ class Reason(StrEnum):
     TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
     STUDY_DELETED = "StudyDeleted"
     STUDY_RETAINED = "StudyRetained"
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def find(conditions: list[Condition], type_: str) -> Condition | None:
-    return next((c for c in conditions if c.type == type_), None)
-
-
-def set_condition(
-    conditions: list[Condition],
-    type_: str,
-    status: bool | None,
-    reason: str,
-    message: str,
-    generation: int | None,
-    now: str | None = None,
-) -> list[Condition]:
-    """Return a new list with the condition set; the transition time moves only on a flip."""
-    status_text: Literal["True", "False", "Unknown"] = (
-        "Unknown" if status is None else ("True" if status else "False")
-    )
-    old = find(conditions, type_)
-    transition = (
-        old.last_transition_time
-        if old is not None and old.status == status_text
-        else (now or now_rfc3339())
-    )
-    new = Condition(
-        type=type_,
-        status=status_text,
-        reason=reason,
-        message=message,
-        observed_generation=generation,
-        last_transition_time=transition,
-    )
-    return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
-
-
-# A condition to set: its type, status (None: Unknown), reason and message.
-ConditionUpdate = tuple[str, bool | None, str, str]
-
-
-def set_conditions(
-    conditions: list[Condition],
-    updates: Iterable[ConditionUpdate],
-    generation: int | None,
-    now: str | None = None,
-) -> list[Condition]:
-    """`set_condition` for each update in turn: a new list, the others left as they are."""
-    for type_, status, reason, message in updates:
-        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
-    return conditions
 
 
 class ReasonedError(Exception):

@@ -4,12 +4,14 @@ record from the spec, the observations, the plan and what the act step did.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from optuna_operator.api import (
     PARETO_FRONT_LIMIT,
+    Condition,
     DashboardStatus,
     PhaseName,
     TrialCounts,
@@ -20,12 +22,7 @@ from optuna_operator.api import (
 from optuna_operator.children import manifests
 from optuna_operator.config import OPERATOR_VERSION
 from optuna_operator.lifecycle.advice import Advice
-from optuna_operator.lifecycle.conditions import (
-    ConditionType,
-    ConditionUpdate,
-    Reason,
-    set_conditions,
-)
+from optuna_operator.lifecycle.conditions import ConditionType, Reason
 from optuna_operator.lifecycle.stopping import FINISHED_PHASES
 from optuna_operator.reconcile import kueue
 from optuna_operator.reconcile.model import (
@@ -47,7 +44,10 @@ from optuna_operator.storage.study_store import (
 )
 
 __all__ = [
+    "ConditionUpdate",
     "build_status",
+    "set_condition",
+    "set_conditions",
     "storage_failure",
     "storage_failure_status",
 ]
@@ -411,7 +411,7 @@ def _admission_condition(
 def _reason_changed(
     status: TuningStudyStatus, type_: str, reason: str, expected_status: str = "True"
 ) -> bool:
-    old = next((c for c in status.conditions if c.type == type_), None)
+    old = _find(status.conditions, type_)
     return old is None or old.reason != reason or old.status != expected_status
 
 
@@ -425,3 +425,62 @@ def storage_failure(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, NotOwnedError):
         return Reason.STUDY_NOT_OWNED, str(exc)
     return Reason.STORAGE_UNREACHABLE, f"Cannot use the storage: {exc}"
+
+
+# ------------------------------------------------------------------ conditions
+# How a condition is written (metav1.Condition semantics); the types and reasons are
+# lifecycle/conditions.py's.
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _find(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: bool | None,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str | None = None,
+) -> list[Condition]:
+    """Return a new list with the condition set; the transition time moves only on a flip."""
+    status_text: Literal["True", "False", "Unknown"] = (
+        "Unknown" if status is None else ("True" if status else "False")
+    )
+    old = _find(conditions, type_)
+    transition = (
+        old.last_transition_time
+        if old is not None and old.status == status_text
+        else (now or _now_rfc3339())
+    )
+    new = Condition(
+        type=type_,
+        status=status_text,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=transition,
+    )
+    return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
+
+
+# A condition to set: its type, status (None: Unknown), reason and message.
+ConditionUpdate = tuple[str, bool | None, str, str]
+
+
+def set_conditions(
+    conditions: list[Condition],
+    updates: Iterable[ConditionUpdate],
+    generation: int | None,
+    now: str | None = None,
+) -> list[Condition]:
+    """`set_condition` for each update in turn: a new list, the others left as they are."""
+    for type_, status, reason, message in updates:
+        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
+    return conditions
