@@ -127,8 +127,7 @@ class Observer:
         serving = children.dashboard if own_storage else children.namespace_dashboard
         desired = desired_children(study, ctx, serving, summary.best)
         current, stale = split_jobs(study, children.jobs, desired.job["metadata"]["name"])
-        current, workers_message = self._why_workers_failed(study, current)
-        pods_refused = self._why_pods_refused(study, current)
+        current, workers_message, pods_refused = self._why_workers_fail(study, current)
         admission = None
         if ctx.queue_name is not None and current is not None and current.suspended:
             admission = self.queues.admission(study.metadata.namespace, ctx.queue_name, current)
@@ -150,30 +149,31 @@ class Observer:
             admission=admission,
         )
 
-    def _why_workers_failed(
+    def _why_workers_fail(
         self, study: TuningStudy, current: JobState | None
-    ) -> tuple[JobState | None, str | None]:
-        """The last worker failure from the pods' termination messages; a failed Job's
-        message becomes that (it says more than "BackoffLimitExceeded")."""
-        if current is None or not (current.failed_reason or current.failed):
-            return current, None
-        pods = self.cluster.list_pods(
-            study.metadata.namespace, f"batch.kubernetes.io/job-name={current.name}"
+    ) -> tuple[JobState | None, str | None, str | None]:
+        """Why the Job's workers fail or do not start, in the cluster's words, read only
+        when they do: the last failed pod's termination message (a failed Job's message
+        becomes it: it says more than "BackoffLimitExceeded"), and the Job controller's
+        FailedCreate event (quota, LimitRange and admission refusals reach only the Job's
+        events). Returns the Job, the failure message and the refusal."""
+        if current is None:
+            return None, None, None
+        ns = study.metadata.namespace
+        failing = bool(current.failed_reason or current.failed)
+        stopped = current.complete or current.failed_reason or current.suspended
+        not_starting = current.active == 0 and not (stopped or study.spec.suspend)
+        selector = f"batch.kubernetes.io/job-name={current.name}"
+        pods = self.cluster.list_pods(ns, selector) if failing else []
+        refused = (
+            self.cluster.last_event_message(ns, "Job", current.name, "FailedCreate")
+            if not_starting
+            else None
         )
         message = termination_message(pods)
         if current.failed_reason:
             current = replace(current, failed_message=message or current.failed_message)
-        return current, message
-
-    def _why_pods_refused(self, study: TuningStudy, current: JobState | None) -> str | None:
-        """Quota, LimitRange or admission refusals reach only the Job's events."""
-        if current is None or current.active != 0:
-            return None
-        if current.complete or current.failed_reason or current.suspended or study.spec.suspend:
-            return None
-        return self.cluster.last_event_message(
-            study.metadata.namespace, "Job", current.name, "FailedCreate"
-        )
+        return current, message, refused
 
     def child_context(
         self, study: TuningStudy, prepared: Prepared, budget: Budget
