@@ -49,8 +49,13 @@ def test_the_dashboard_stand_in_keeps_the_arguments_and_takes_a_port(tmp_path: P
     script = tmp_path / "optuna-dashboard"
     script.write_text(DASHBOARD_STAND_IN.format(python=sys.executable, dashboard="echo"))
     with socket.socket() as holder:
+        # Held as a server holds it: SO_REUSEADDR, so connections of an earlier test waiting
+        # in TIME_WAIT on 8080 do not stop the bind (the stand-in binds so too), and
+        # listening, which is what keeps another SO_REUSEADDR socket off the port.
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         with contextlib.suppress(OSError):  # held already: the stand-in must move either way
             holder.bind(("0.0.0.0", 8080))
+            holder.listen()
         out = subprocess.run(
             ["sh", str(script), "--host", "0.0.0.0", "--port", "8080", "postgresql://x"],
             capture_output=True,
