@@ -27,11 +27,16 @@ class AdmissionReader:
 
     def admission(self, namespace: str, queue: str, job: JobState) -> kueue.Admission:
         """Kueue's view of a suspended queued Job: its Workload, and the LocalQueue's
-        ClusterQueue while the Workload has none. Read only while the Job is suspended."""
+        ClusterQueue while the Workload has none (cached like Secrets: queues are rarely
+        rewired, and a waiting study is refreshed every status interval). Read only while
+        the Job is suspended."""
+        key = (namespace, queue)
         for version in kueue.VERSIONS:
+            workloads_path = kueue.workloads_path(version, namespace)
+            local_queue_path = kueue.local_queue_path(version, namespace, queue)
             try:
                 workloads = self.cluster.list_path(
-                    kueue.workloads_path(version, namespace), f"{kueue.JOB_UID_LABEL}={job.uid}"
+                    workloads_path, f"{kueue.JOB_UID_LABEL}={job.uid}"
                 )
             except ApiError as exc:
                 if exc.status == 404:
@@ -45,9 +50,18 @@ class AdmissionReader:
                         "workloads.kueue.x-k8s.io)",
                     )
                 raise
-            workload = workloads[0] if workloads else None
-            cluster_queue = self._cluster_queue(version, namespace, queue)
-            return kueue.admission(queue, workload, cluster_queue)
+            cached = self._cluster_queues.get(key)
+            if cached is None or time.monotonic() - cached[1] >= QUEUE_TTL_SECONDS:
+                try:
+                    local_queue = self.cluster.get_cluster_object(local_queue_path)
+                except ApiError as exc:
+                    if exc.status != 403:
+                        raise
+                    local_queue = None  # the ClusterQueue is named only when it can be read
+                name = ((local_queue or {}).get("spec") or {}).get("clusterQueue")
+                cached = (str(name) if name else None, time.monotonic())
+                self._cluster_queues[key] = cached
+            return kueue.admission(queue, workloads[0] if workloads else None, cached[0])
         return kueue.Admission(
             queue,
             None,
@@ -55,22 +69,3 @@ class AdmissionReader:
             "Kueue is not installed (the API server serves no workloads.kueue.x-k8s.io); "
             "the worker Job stays suspended",
         )
-
-    def _cluster_queue(self, version: str, namespace: str, queue: str) -> str | None:
-        """spec.clusterQueue of a LocalQueue, cached like Secrets: queues are rarely
-        rewired, and a waiting study is refreshed every status interval."""
-        key = (namespace, queue)
-        cached = self._cluster_queues.get(key)
-        if cached is not None and time.monotonic() - cached[1] < QUEUE_TTL_SECONDS:
-            return cached[0]
-        try:
-            local_queue = self.cluster.get_cluster_object(
-                kueue.local_queue_path(version, namespace, queue)
-            )
-        except ApiError as exc:
-            if exc.status != 403:
-                raise
-            local_queue = None
-        name = ((local_queue or {}).get("spec") or {}).get("clusterQueue")
-        self._cluster_queues[key] = (str(name) if name else None, time.monotonic())
-        return str(name) if name else None
