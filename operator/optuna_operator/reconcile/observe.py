@@ -127,7 +127,7 @@ class Observer:
         serving = children.dashboard if own_storage else children.namespace_dashboard
         desired = desired_children(study, ctx, serving, summary.best)
         current, stale = split_jobs(study, children.jobs, desired.job["metadata"]["name"])
-        current, workers_message, pods_refused = self._why_workers_fail(study, current)
+        current, workers_message, pods_refused = self._worker_trouble(study, current)
         admission = None
         if ctx.queue_name is not None and current is not None and current.suspended:
             admission = self.queues.admission(study.metadata.namespace, ctx.queue_name, current)
@@ -149,7 +149,7 @@ class Observer:
             admission=admission,
         )
 
-    def _why_workers_fail(
+    def _worker_trouble(
         self, study: TuningStudy, current: JobState | None
     ) -> tuple[JobState | None, str | None, str | None]:
         """Why the Job's workers fail or do not start, in the cluster's words, read only
@@ -159,17 +159,18 @@ class Observer:
         events). Returns the Job, the failure message and the refusal."""
         if current is None:
             return None, None, None
-        ns = study.metadata.namespace
         failing = bool(current.failed_reason or current.failed)
         stopped = current.complete or current.failed_reason or current.suspended
         not_starting = current.active == 0 and not (stopped or study.spec.suspend)
-        selector = f"batch.kubernetes.io/job-name={current.name}"
-        pods = self.cluster.list_pods(ns, selector) if failing else []
-        refused = (
-            self.cluster.last_event_message(ns, "Job", current.name, "FailedCreate")
-            if not_starting
-            else None
-        )
+        pods, refused = [], None
+        if failing:
+            pods = self.cluster.list_pods(
+                study.metadata.namespace, f"batch.kubernetes.io/job-name={current.name}"
+            )
+        if not_starting:
+            refused = self.cluster.last_event_message(
+                study.metadata.namespace, "Job", current.name, "FailedCreate"
+            )
         message = termination_message(pods)
         if current.failed_reason:
             current = replace(current, failed_message=message or current.failed_message)

@@ -32,11 +32,9 @@ class AdmissionReader:
         the Job is suspended."""
         key = (namespace, queue)
         for version in kueue.VERSIONS:
-            workloads_path = kueue.workloads_path(version, namespace)
-            local_queue_path = kueue.local_queue_path(version, namespace, queue)
             try:
                 workloads = self.cluster.list_path(
-                    workloads_path, f"{kueue.JOB_UID_LABEL}={job.uid}"
+                    kueue.workloads_path(version, namespace), f"{kueue.JOB_UID_LABEL}={job.uid}"
                 )
             except ApiError as exc:
                 if exc.status == 404:
@@ -53,7 +51,9 @@ class AdmissionReader:
             cached = self._cluster_queues.get(key)
             if cached is None or time.monotonic() - cached[1] >= QUEUE_TTL_SECONDS:
                 try:
-                    local_queue = self.cluster.get_cluster_object(local_queue_path)
+                    local_queue = self.cluster.get_cluster_object(
+                        kueue.local_queue_path(version, namespace, queue)
+                    )
                 except ApiError as exc:
                     if exc.status != 403:
                         raise
