@@ -111,13 +111,12 @@ class Actor:
 
     def _act_on_jobs(self, study: TuningStudy, observed: Observed, plan: Plan) -> _JobsSent:
         """Delete Jobs of an older template, then restart, requeue, stop or apply the Job."""
-        ns = study.metadata.namespace
         deleted = [("Job", name) for name in plan.delete_jobs]
         for _, name in deleted:
-            self.cluster.delete("Job", ns, name)
+            self.cluster.delete("Job", study.metadata.namespace, name)
         job = observed.job
         if plan.job in ("restart", "requeue", "stop") and job is not None:
-            self.cluster.delete("Job", ns, job.name)
+            self.cluster.delete("Job", study.metadata.namespace, job.name)
             return _JobsSent(None, deleted=(*deleted, ("Job", job.name)))
         if plan.job != "apply":
             return _JobsSent(job, deleted=tuple(deleted))
@@ -125,8 +124,10 @@ class Actor:
         try:
             if job is None:  # not in the cache: a Job of that name may be someone else's
                 self._check_controlled(study, desired)
-            send = self.cluster.create if observed.queue else self.cluster.apply
-            stored, created = send(desired)
+            if observed.queue:  # created only: Kueue owns what it injects on admission
+                stored, created = self.cluster.create(desired)
+            else:
+                stored, created = self.cluster.apply(desired)
         except ApiError as exc:
             refusal = _refusal(exc, "Job", desired["metadata"]["name"])
             return _JobsSent(job, deleted=tuple(deleted), rejected=(Reason.CHILD_REJECTED, refusal))
