@@ -174,14 +174,7 @@ def _service_account(host: str, port: str, directory: Path) -> ConnectionSetting
 def load_kubeconfig(path: Path, context: str | None = None) -> ConnectionSettings:
     """The current (or the named) context of one kubeconfig file. Relative file names are
     relative to the kubeconfig's folder, as kubectl reads them."""
-    import yaml  # only here: a pod reads no kubeconfig
-
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"Cannot read kubeconfig {path}: {type(exc).__name__}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"Kubeconfig {path} is not a mapping")
+    config = _read_kubeconfig(path)
     name = context or config.get("current-context")
     if not name:
         raise ConfigError(f"Kubeconfig {path} has no current-context")
@@ -205,21 +198,10 @@ def load_kubeconfig(path: Path, context: str | None = None) -> ConnectionSetting
     def file(value: Any) -> str | None:
         return str(folder / str(value)) if value else None  # an absolute path stays as it is
 
-    def data(key: str) -> bytes | None:
-        value = cluster.get(key) if key.startswith("certificate-authority") else user.get(key)
-        if not value:
-            return None
-        try:
-            return base64.b64decode(str(value), validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError(f"{key} in {where} is not base64") from None
-
     # As client-go: inline data wins over a file of the same thing.
-    ca_data, cert_data, key_data = (
-        data("certificate-authority-data"),
-        data("client-certificate-data"),
-        data("client-key-data"),
-    )
+    ca_data = _inline(cluster, "certificate-authority-data", where)
+    cert_data = _inline(user, "client-certificate-data", where)
+    key_data = _inline(user, "client-key-data", where)
     return ConnectionSettings(
         server=str(server).rstrip("/"),
         ca_file=None if ca_data else file(cluster.get("certificate-authority")),
@@ -234,6 +216,29 @@ def load_kubeconfig(path: Path, context: str | None = None) -> ConnectionSetting
         namespace=ctx.get("namespace") or None,
         source=where,
     )
+
+
+def _read_kubeconfig(path: Path) -> dict[str, Any]:
+    import yaml  # only here: a pod reads no kubeconfig
+
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read kubeconfig {path}: {type(exc).__name__}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"Kubeconfig {path} is not a mapping")
+    return config
+
+
+def _inline(entry: dict[str, Any], key: str, where: str) -> bytes | None:
+    """PEM data a kubeconfig inlines in base64 (certificate-authority-data, client-*-data)."""
+    value = entry.get(key)
+    if not value:
+        return None
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{key} in {where} is not base64") from None
 
 
 def _named(config: dict[str, Any], section: str, key: str, name: Any, where: str) -> dict[str, Any]:
