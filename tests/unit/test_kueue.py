@@ -19,6 +19,7 @@ from optuna_operator.children.manifests import (
     worker_job,
 )
 from optuna_operator.config import add_run_arguments, settings_from_args
+from optuna_operator.lifecycle.stopping import assess
 from optuna_operator.reconcile import (
     APPLIED_HASH_ANNOTATION,
     Acted,
@@ -30,7 +31,6 @@ from optuna_operator.reconcile import (
     decide,
     kueue,
 )
-from optuna_operator.reconcile.observe import assess_budgets
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -82,7 +82,9 @@ def observed(
 
 def plan_for(s: TuningStudy, o: Observed) -> Plan:
     return decide(
-        s, replace(o, assessment=assess_budgets(s, o.summary, o.now, HANDLE.copied)), 10.0
+        s,
+        replace(o, assessment=assess(s.spec, s.status, o.summary, o.now, copied=HANDLE.copied)),
+        10.0,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from optuna_operator.api import BestTrial, TuningStudy, TuningStudyStatus
 from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.children.desired import Desired
+from optuna_operator.lifecycle.stopping import assess
 from optuna_operator.reconcile import (
     Acted,
     JobState,
@@ -21,7 +22,6 @@ from optuna_operator.reconcile import (
     decide,
     termination_message,
 )
-from optuna_operator.reconcile.observe import assess_budgets
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.workqueue import WorkQueue
 
@@ -66,7 +66,7 @@ def plan_for(s: TuningStudy, o: Observed) -> Plan:
     dashboard = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "dash-hash"}}}
     # observe builds the dashboard only when one should serve the study
     desired = [dashboard] if s.spec.dashboard.enabled else []
-    assessment = assess_budgets(s, o.summary, o.now, HANDLE.copied)
+    assessment = assess(s.spec, s.status, o.summary, o.now, copied=HANDLE.copied)
     return decide(
         s,
         replace(o, assessment=assessment, desired=Desired(job=hashed, dashboard=desired)),

@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from optuna_operator.api import (
+    BestTrial,
     Budget,
     Direction,
     PhaseName,
     StopReason,
     TuningStudySpec,
+    TuningStudyStatus,
     WarmStartSpec,
 )
 from optuna_operator.lifecycle.advice import Advice, budget_advice
@@ -25,6 +28,7 @@ from optuna_operator.lifecycle.advice import Advice, budget_advice
 __all__ = [
     "FINISHED_PHASES",
     "Assessment",
+    "Counts",
     "PhaseName",
     "StopReason",
     "active_seconds",
@@ -108,27 +112,39 @@ class Assessment:
     advice: Advice | None = None
 
 
+class Counts(Protocol):
+    """What `assess` reads of a study's trials: the operator's summary of them."""
+
+    @property
+    def finished(self) -> int: ...
+    @property
+    def failed_by_objective(self) -> int: ...
+    @property
+    def pruned(self) -> int: ...
+    @property
+    def reported(self) -> bool: ...  # whether any finished trial reported a value
+    @property
+    def best(self) -> BestTrial | None: ...
+
+
 def assess(
     spec: TuningStudySpec,
+    status: TuningStudyStatus,
+    counts: Counts,
     now: datetime,
     *,
     copied: int,
-    finished: int,
-    failed_by_objective: int,
-    pruned: int,
-    reported: bool,
-    best_value: float | None,
-    active: int | None,
-    active_since: datetime | None,
 ) -> Assessment:
-    """Every stopping rule over the operator's counts, evaluated once: too many failures
-    first, then `stop_reason` (trials, goal, active time, deadline); and the budget advice.
-    `pruned` and `reported`: pruned trials, and whether any finished trial reported."""
+    """Every stopping rule over the operator's counts, evaluated once per reconcile: too
+    many failures first, then `stop_reason` (trials, goal, active time from the status,
+    deadline); and the budget advice. `copied`: trials warm start copied in."""
     directions = list(spec.directions)
     counted = trial_budget(spec.budget, spec.warm_start, copied)
-    used = active_seconds(active, active_since, now)
+    used = active_seconds(status.active_seconds, status.active_since, now)
+    finished, best = counts.finished, counts.best
+    best_value = best.values[0] if best is not None else None
     stop: StopReason | None = StopReason.FAILURES
-    if not too_many_failures(counted, failed_by_objective):
+    if not too_many_failures(counted, counts.failed_by_objective):
         stop = stop_reason(
             counted,
             directions,
@@ -138,7 +154,7 @@ def assess(
             goal_reached=lambda: goal_met(counted.goal, directions[0], best_value),
             time_used=lambda: used >= (counted.timeout_seconds or 0),
         )
-    advice = budget_advice(spec, finished, pruned, reported)
+    advice = budget_advice(spec, finished, counts.pruned, counts.reported)
     return Assessment(counted, stop, used, advice)
 
 

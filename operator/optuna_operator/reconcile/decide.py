@@ -13,7 +13,7 @@ from typing import Any
 
 from optuna_operator.api import PhaseName, StopReason, TuningStudy
 from optuna_operator.lifecycle.conditions import Reason
-from optuna_operator.lifecycle.stopping import FINISHED_PHASES, Assessment
+from optuna_operator.lifecycle.stopping import FINISHED_PHASES, Assessment, assess
 from optuna_operator.reconcile.model import (
     ChildAction,
     JobAction,
@@ -23,7 +23,6 @@ from optuna_operator.reconcile.model import (
     Plan,
     applied_hash,
 )
-from optuna_operator.reconcile.observe import assess_budgets
 from optuna_operator.storage.study_store import StudySummary
 
 __all__ = [
@@ -64,7 +63,8 @@ def decide_phase(
 ) -> Phase:
     """The study's phase from its budget, the database and the worker Job; `copied`:
     trials warm start copied in."""
-    return _phase(study, summary, job, assess_budgets(study, summary, now, copied), queue)
+    seen = assess(study.spec, study.status, summary, now, copied=copied)
+    return _phase(study, summary, job, seen, queue)
 
 
 def _phase(

@@ -17,15 +17,14 @@ from optuna_operator.children.desired import desired_children
 from optuna_operator.config import OperatorSettings
 from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode
 from optuna_operator.kube import ClusterReader
-from optuna_operator.lifecycle.stopping import Assessment, assess
+from optuna_operator.lifecycle.stopping import assess
 from optuna_operator.reconcile.model import Children, JobState, Observed, controller_uid
 from optuna_operator.reconcile.prepare import Prepared
 from optuna_operator.reconcile.queues import AdmissionReader
-from optuna_operator.storage.study_store import StoreRegistry, StudySummary
+from optuna_operator.storage.study_store import StoreRegistry
 
 __all__ = [
     "Observer",
-    "assess_budgets",
     "termination_message",
 ]
 
@@ -59,27 +58,6 @@ def _describe_termination(term: dict[str, Any]) -> str:
     detail = f"exit code {code} ({meaning}"
     detail += f", {term['reason']})" if term.get("reason") else ")"
     return f"{detail}: {last_line}"[:500].rstrip(": ")
-
-
-def assess_budgets(
-    study: TuningStudy, summary: StudySummary, now: datetime, copied: int
-) -> Assessment:
-    """How far the study is through its budgets: lifecycle's rules over the summary, the
-    status's active time and the spec, once per reconcile (what stops the study, the
-    budget workers count against, the advice on it). `copied`: warm-start copies."""
-    status, best = study.status, summary.best
-    return assess(
-        study.spec,
-        now,
-        copied=copied,
-        finished=summary.finished,
-        failed_by_objective=summary.failed_by_objective,
-        pruned=summary.pruned,
-        reported=summary.reported,
-        best_value=best.values[0] if best is not None else None,
-        active=status.active_seconds,
-        active_since=status.active_since,
-    )
 
 
 def split_jobs(
@@ -119,7 +97,7 @@ class Observer:
     ) -> Observed:
         """Read the database and the cached children; raises on storage problems."""
         summary = self.stores.summarize(prepared.storage.url, prepared.handle)
-        assessment = assess_budgets(study, summary, now, prepared.handle.copied)
+        assessment = assess(study.spec, study.status, summary, now, copied=prepared.handle.copied)
         ctx = self.child_context(study, prepared, assessment.budget)
         # Default storage: the namespace's dashboard serves the study, and a dashboard of its
         # own from before 0.2 (on the same read-only role) goes.
