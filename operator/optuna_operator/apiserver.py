@@ -320,14 +320,14 @@ class ApiServer:
         self._token: str | None = None if settings.token_file else settings.token
         self._token_read_at = 0.0
 
-    def token(self, fresh: bool = False) -> str | None:
-        """The bearer token; a token file is re-read when a minute has passed (or `fresh`).
+    def token(self) -> str | None:
+        """The bearer token; a token file is re-read when a minute has passed.
         A file that cannot be read then keeps the token last read, as client-go does."""
         if not self.settings.token_file:
             return self._token
         with self._token_lock:
             now = self.clock()
-            if fresh or self._token is None or now - self._token_read_at >= TOKEN_REREAD_SECONDS:
+            if self._token is None or now - self._token_read_at >= TOKEN_REREAD_SECONDS:
                 try:
                     self._token = read_token(self.settings)
                     self._token_read_at = now
