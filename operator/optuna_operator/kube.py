@@ -38,13 +38,9 @@ class ClusterReader:
     def close(self) -> None:
         self.api.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._call_with_status(method, path, **kwargs)[0]
-
-    def _call_with_status(self, method: str, path: str, **fields: Any) -> tuple[Any, int]:
-        # The keywords (body, query, content_type) go to Request as they are: one signature.
-        status, result = self.api.call(Request(method, path, **fields))
-        return result, status
+    def _call(self, request: Request) -> Any:
+        """The parsed body of the API server's answer; an error status raises ApiError."""
+        return self.api.call(request)[1]
 
     @staticmethod
     def _path(kind: str, namespace: str, name: str | None = None) -> str:
@@ -57,9 +53,11 @@ class ClusterReader:
         with the `list` on namespaces the operator holds; None when it cannot be read."""
         try:
             result = self._call(
-                "GET",
-                "/api/v1/namespaces",
-                query=[("fieldSelector", f"metadata.name={namespace}")],
+                Request(
+                    "GET",
+                    "/api/v1/namespaces",
+                    query=[("fieldSelector", f"metadata.name={namespace}")],
+                )
             )
         except ApiError as exc:
             if exc.status in (403, 404):
@@ -70,14 +68,14 @@ class ClusterReader:
 
     def list_path(self, path: str, selector: str) -> list[dict[str, Any]]:
         """The items of a collection at an API path (custom resources of other projects)."""
-        result = self._call("GET", path, query=[("labelSelector", selector)])
+        result = self._call(Request("GET", path, query=[("labelSelector", selector)]))
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
     def get_cluster_object(self, path: str) -> dict[str, Any] | None:
         """GET any object by its API path; None when it does not exist."""
         try:
-            result: dict[str, Any] = self._call("GET", path)
+            result: dict[str, Any] = self._call(Request("GET", path))
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -86,7 +84,7 @@ class ClusterReader:
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            result: dict[str, Any] = self._call("GET", self._path(kind, namespace, name))
+            result: dict[str, Any] = self._call(Request("GET", self._path(kind, namespace, name)))
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -94,13 +92,17 @@ class ClusterReader:
         return result
 
     def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        result = self._call("GET", self._path(kind, namespace), query=[("labelSelector", selector)])
+        result = self._call(
+            Request("GET", self._path(kind, namespace), query=[("labelSelector", selector)])
+        )
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         result = self._call(
-            "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]
+            Request(
+                "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]
+            )
         )
         items: list[dict[str, Any]] = result.get("items", [])
         return items
@@ -109,7 +111,9 @@ class ClusterReader:
         """The message of the newest Event with `reason` about an object, if any."""
         selector = f"involvedObject.kind={kind},involvedObject.name={name},reason={reason}"
         result = self._call(
-            "GET", f"/api/v1/namespaces/{namespace}/events", query=[("fieldSelector", selector)]
+            Request(
+                "GET", f"/api/v1/namespaces/{namespace}/events", query=[("fieldSelector", selector)]
+            )
         )
         events = result.get("items") or []
         if not events:
@@ -119,7 +123,7 @@ class ClusterReader:
 
     def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """The decoded value, or None when the key is absent; raises 404 as ApiError."""
-        secret = self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        secret = self._call(Request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}"))
         raw = (secret.get("data") or {}).get(key)
         return base64.b64decode(raw).decode() if raw is not None else None
 
@@ -131,12 +135,14 @@ class Cluster(ClusterReader):
         """Server-side apply: creates, or patches only the fields this operator owns.
         Returns the object as stored and whether this call created it."""
         meta = obj["metadata"]
-        result, status = self._call_with_status(
-            "PATCH",
-            self._path(obj["kind"], meta["namespace"], meta["name"]),
-            body=obj,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            content_type="application/apply-patch+yaml",
+        status, result = self.api.call(
+            Request(
+                "PATCH",
+                self._path(obj["kind"], meta["namespace"], meta["name"]),
+                body=obj,
+                query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                content_type="application/apply-patch+yaml",
+            )
         )
         return result, status == 201
 
@@ -148,10 +154,12 @@ class Cluster(ClusterReader):
         meta = obj["metadata"]
         try:
             result = self._call(
-                "POST",
-                self._path(obj["kind"], meta["namespace"]),
-                body=obj,
-                query=[("fieldManager", FIELD_MANAGER)],
+                Request(
+                    "POST",
+                    self._path(obj["kind"], meta["namespace"]),
+                    body=obj,
+                    query=[("fieldManager", FIELD_MANAGER)],
+                )
             )
         except ApiError as exc:
             # A watch cache that has not seen the object yet: what is stored wins.
@@ -166,19 +174,23 @@ class Cluster(ClusterReader):
     def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
         """JSON merge patch (RFC 7386) of an object: `None` removes a key."""
         self._call(
-            "PATCH",
-            self._path(kind, namespace, name),
-            body=patch,
-            content_type="application/merge-patch+json",
+            Request(
+                "PATCH",
+                self._path(kind, namespace, name),
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
         )
 
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch a TuningStudy's status subresource; returns the stored object."""
         result: dict[str, Any] = self._call(
-            "PATCH",
-            self._path("TuningStudy", namespace, name) + "/status",
-            body={"status": patch},
-            content_type="application/merge-patch+json",
+            Request(
+                "PATCH",
+                self._path("TuningStudy", namespace, name) + "/status",
+                body={"status": patch},
+                content_type="application/merge-patch+json",
+            )
         )
         return result
 
@@ -190,10 +202,14 @@ class Cluster(ClusterReader):
         rather than lost). None when the object is gone."""
         try:
             result: dict[str, Any] = self._call(
-                "PATCH",
-                self._path("TuningStudy", namespace, name),
-                body={"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
-                content_type="application/merge-patch+json",
+                Request(
+                    "PATCH",
+                    self._path("TuningStudy", namespace, name),
+                    body={
+                        "metadata": {"finalizers": finalizers, "resourceVersion": resource_version}
+                    },
+                    content_type="application/merge-patch+json",
+                )
             )
         except ApiError as exc:
             if exc.status == 404:
@@ -228,14 +244,16 @@ class Cluster(ClusterReader):
             "source": {"component": FIELD_MANAGER},
             "reportingComponent": FIELD_MANAGER,
         }
-        self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        self._call(Request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event))
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         try:
             self._call(
-                "DELETE",
-                self._path(kind, namespace, name),
-                body={"propagationPolicy": "Background"},
+                Request(
+                    "DELETE",
+                    self._path(kind, namespace, name),
+                    body={"propagationPolicy": "Background"},
+                )
             )
         except ApiError as exc:
             if exc.status == 404:
