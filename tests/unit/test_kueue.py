@@ -80,12 +80,13 @@ def observed(
     )
 
 
+def assessed(s: TuningStudy, o: Observed) -> Observed:
+    """`o` with the budgets assessed, as observe completes it."""
+    return replace(o, assessment=assess(s.spec, s.status, o.summary, o.now, copied=HANDLE.copied))
+
+
 def plan_for(s: TuningStudy, o: Observed) -> Plan:
-    return decide(
-        s,
-        replace(o, assessment=assess(s.spec, s.status, o.summary, o.now, copied=HANDLE.copied)),
-        10.0,
-    )
+    return decide(s, assessed(s, o), 10.0)
 
 
 def condition(status: Any, type_: str) -> Any:
@@ -228,7 +229,7 @@ def test_status_says_the_workers_wait_for_admission() -> None:
         "team-gpu",
     )
     o = observed(waiting, admission=admission)
-    status, _ = build_status(s, o, plan_for(s, o), Acted(job=waiting))
+    status, _ = build_status(s, assessed(s, o), plan_for(s, o), Acted(job=waiting))
     assert status.phase == "Queued"
     admitted = condition(status, "WorkersAdmitted")
     assert (admitted.status, admitted.reason) == ("False", "WaitingForAdmission")
@@ -240,7 +241,7 @@ def test_status_says_the_workers_wait_for_admission() -> None:
 def test_status_says_admitted_once_kueue_starts_the_job() -> None:
     s, running = study(), job(active=1, ready=1)
     o = observed(running)
-    status, _ = build_status(s, o, plan_for(s, o), Acted(job=running))
+    status, _ = build_status(s, assessed(s, o), plan_for(s, o), Acted(job=running))
     admitted = condition(status, "WorkersAdmitted")
     assert (status.phase, admitted.status, admitted.reason) == ("Running", "True", "Admitted")
 
@@ -248,18 +249,18 @@ def test_status_says_admitted_once_kueue_starts_the_job() -> None:
 def test_no_admission_condition_without_a_queue() -> None:
     s, running = study(), job(active=1, ready=1)
     queued = observed(running)
-    status, _ = build_status(s, queued, plan_for(s, queued), Acted(job=running))
+    status, _ = build_status(s, assessed(s, queued), plan_for(s, queued), Acted(job=running))
     assert condition(status, "WorkersAdmitted") is not None
     s = s.model_copy(update={"status": status})
     plain = observed(running, queue=None)
-    status, _ = build_status(s, plain, plan_for(s, plain), Acted(job=running))
+    status, _ = build_status(s, assessed(s, plain), plan_for(s, plain), Acted(job=running))
     assert condition(status, "WorkersAdmitted") is None
 
 
 def test_deleting_a_queued_job_is_an_event() -> None:
     s = study(suspend=True)
     o = observed(job(active=1, ready=1))
-    _, events = build_status(s, o, plan_for(s, o), Acted(job=None))
+    _, events = build_status(s, assessed(s, o), plan_for(s, o), Acted(job=None))
     assert ("DeletedQueuedJob", "Deleted Job s-workers-1: spec.suspend is true") in [
         (e.reason, e.message) for e in events
     ]

@@ -61,17 +61,18 @@ def observed(
     )
 
 
-def plan_for(s: TuningStudy, o: Observed) -> Plan:
+def assessed(s: TuningStudy, o: Observed) -> Observed:
+    """`o` as observe completes it: the budgets assessed and the children built."""
     hashed = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "job-hash"}}}
     dashboard = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "dash-hash"}}}
     # observe builds the dashboard only when one should serve the study
     desired = [dashboard] if s.spec.dashboard.enabled else []
     assessment = assess(s.spec, s.status, o.summary, o.now, copied=HANDLE.copied)
-    return decide(
-        s,
-        replace(o, assessment=assessment, desired=Desired(job=hashed, dashboard=desired)),
-        INTERVAL,
-    )
+    return replace(o, assessment=assessment, desired=Desired(job=hashed, dashboard=desired))
+
+
+def plan_for(s: TuningStudy, o: Observed) -> Plan:
+    return decide(s, assessed(s, o), INTERVAL)
 
 
 def running(**fields: Any) -> JobState:
@@ -138,7 +139,7 @@ def test_importances_are_computed_again_when_a_study_finishes_with_more_trials()
     assert plan.importances
     status, _ = build_status(
         more,
-        observed(StudySummary(complete=20), done),
+        assessed(more, observed(StudySummary(complete=20), done)),
         plan,
         Acted(job=done, importances={"x": 0.5}),
     )
@@ -189,7 +190,7 @@ def test_a_refused_job_fails_the_study_with_the_api_servers_reason() -> None:
     o = observed()
     message = "The API server refused Job s-workers-1: spec.template: Invalid value"
     status, events = build_status(
-        s, o, plan_for(s, o), Acted(job=None, rejected=("ChildRejected", message))
+        s, assessed(s, o), plan_for(s, o), Acted(job=None, rejected=("ChildRejected", message))
     )
     assert status.phase == "Failed"
     failed = next(c for c in status.conditions if c.type == "Failed")
@@ -209,7 +210,7 @@ def test_crashing_workers_are_named_with_their_exit_code() -> None:
         job=crashing,
         workers_message="exit code 1 (error): RuntimeError: CUDA error",
     )
-    status, _ = build_status(s, o, plan_for(s, o), Acted(job=crashing))
+    status, _ = build_status(s, assessed(s, o), plan_for(s, o), Acted(job=crashing))
     workers = next(c for c in status.conditions if c.type == "WorkersReady")
     assert workers.reason == "WorkersCrashing"
     assert "3 worker pods failed" in workers.message and "CUDA error" in workers.message
@@ -219,10 +220,10 @@ def test_new_best_trial_event_only_when_the_best_changes() -> None:
     s = study()
     best = BestTrial(number=4, values=[1.0], params={})
     o = observed(StudySummary(complete=5, best=best), running())
-    status, events = build_status(s, o, plan_for(s, o), Acted(job=running()))
+    status, events = build_status(s, assessed(s, o), plan_for(s, o), Acted(job=running()))
     assert [e.reason for e in events] == ["NewBestTrial"]
     again = s.model_copy(update={"status": status})
-    _, events = build_status(again, o, plan_for(again, o), Acted(job=running()))
+    _, events = build_status(again, assessed(again, o), plan_for(again, o), Acted(job=running()))
     assert events == []
 
 
@@ -284,18 +285,21 @@ def test_replaced_workers_are_not_reported_as_failures() -> None:
 def test_budget_advice_when_startup_trials_take_half_the_budget() -> None:
     s = study(sampler={"type": "TPE"})
     o = observed(StudySummary(complete=2), running())
-    status, events = build_status(s, o, plan_for(s, o), Acted(job=running()))
+    status, events = build_status(s, assessed(s, o), plan_for(s, o), Acted(job=running()))
     advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
     assert (advice.status, advice.reason) == ("True", "StartupTrialsDominate")
     assert "first 10 trials at random, 100% of budget.trials (10)" in advice.message
     assert [(e.type, e.reason) for e in events] == [("Warning", "StartupTrialsDominate")]
     # Said once: the next pass, with the condition already True, records no event.
     _, events = build_status(
-        s.model_copy(update={"status": status}), o, plan_for(s, o), Acted(job=running())
+        s.model_copy(update={"status": status}),
+        assessed(s, o),
+        plan_for(s, o),
+        Acted(job=running()),
     )
     assert [e.reason for e in events] == []
     fits = study(sampler={"type": "TPE"}, budget={"trials": 100})
-    status, _ = build_status(fits, o, plan_for(fits, o), Acted(job=running()))
+    status, _ = build_status(fits, assessed(fits, o), plan_for(fits, o), Acted(job=running()))
     advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
     assert (advice.status, advice.reason) == ("False", "BudgetFits")
 
@@ -303,7 +307,7 @@ def test_budget_advice_when_startup_trials_take_half_the_budget() -> None:
 def test_budget_advice_when_most_trials_are_pruned() -> None:
     s = study(budget={"trials": 100})
     o = observed(StudySummary(complete=2, pruned=9), running())
-    status, _ = build_status(s, o, plan_for(s, o), Acted(job=running()))
+    status, _ = build_status(s, assessed(s, o), plan_for(s, o), Acted(job=running()))
     advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
     assert (advice.status, advice.reason) == ("True", "MostTrialsPruned")
     assert advice.message.startswith("9 of 11 finished trials were pruned")
@@ -312,11 +316,13 @@ def test_budget_advice_when_most_trials_are_pruned() -> None:
 def test_budget_advice_when_a_pruner_never_gets_a_report() -> None:
     s = study(budget={"trials": 100}, pruner={"type": "Median"})
     silent = observed(StudySummary(complete=10, reported=False), running())
-    status, _ = build_status(s, silent, plan_for(s, silent), Acted(job=running()))
+    status, _ = build_status(s, assessed(s, silent), plan_for(s, silent), Acted(job=running()))
     advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
     assert (advice.status, advice.reason) == ("True", "PrunerNeverReports")
     assert "none of 10 finished trials reported" in advice.message
     reporting = observed(StudySummary(complete=10, reported=True), running())
-    status, _ = build_status(s, reporting, plan_for(s, reporting), Acted(job=running()))
+    status, _ = build_status(
+        s, assessed(s, reporting), plan_for(s, reporting), Acted(job=running())
+    )
     advice = next(c for c in status.conditions if c.type == "BudgetAdvice")
     assert advice.status == "False"

@@ -40,7 +40,7 @@ __all__ = [
 
 
 class PhaseName(StrEnum):
-    """The study's phases, spelled once; `reconcile/decide.py:decide_phase` is the one
+    """The study's phases, spelled once; `reconcile/decide.py:_phase` is the one
     function that picks one, and lifecycle/stopping.py says which are final."""
 
     PENDING = "Pending"

@@ -201,6 +201,4 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
         and study.status.param_importances_trials != observed.summary.finished
         and len(study.spec.directions) == 1,
         requeue_after=_next_look(study, observed, seen, phase, interval),
-        advice=seen.advice,
-        active_seconds=seen.active,
     )

@@ -12,7 +12,6 @@ from optuna_operator.api import StopReason, TuningStudyStatus
 from optuna_operator.children import manifests
 from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.children.desired import Desired
-from optuna_operator.lifecycle.advice import Advice
 from optuna_operator.lifecycle.conditions import ReasonedError
 from optuna_operator.lifecycle.stopping import Assessment, PhaseName
 from optuna_operator.reconcile import kueue
@@ -182,8 +181,6 @@ class Plan:
     """What the act step does, decided once."""
 
     phase: Phase
-    # Active time used by `now` (budget.timeoutSeconds): the status closes a run with it.
-    active_seconds: float
     job: JobAction = "none"
     delete_jobs: tuple[str, ...] = ()
     dashboard: ChildAction = "none"
@@ -194,7 +191,6 @@ class Plan:
     importances: bool = False
     # Seconds until the next periodic reconcile; None: only changes wake this study.
     requeue_after: float | None = None
-    advice: Advice | None = None  # the BudgetAdvice condition's, None when the budget fits
 
 
 @dataclass(frozen=True)

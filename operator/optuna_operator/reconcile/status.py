@@ -71,8 +71,8 @@ def build_status(
     def set_(type_: ConditionType, ok: bool | None, reason: str, message: str) -> None:
         updates.append((type_, ok, reason, message))
 
-    handle, summary = observed.handle, observed.summary
-    assert handle is not None
+    handle, summary, seen = observed.handle, observed.summary, observed.assessment
+    assert handle is not None and seen is not None
     dashboard = observed.desired.dashboard_name
     events: list[Event] = []
     if handle.created:
@@ -87,8 +87,8 @@ def build_status(
     events += _children_events(study, observed, plan, acted)
     _dashboard_status(study, dashboard, acted, set_, status, events)
     _progress(status, summary, acted.job, study.spec.budget.trials, _counted_copies(study, handle))
-    _active_time(status, acted.job, observed.now, plan.active_seconds)
-    events += _advice(study, plan.advice, set_)
+    _active_time(status, acted.job, observed.now, seen.active)
+    events += _advice(study, seen.advice, set_)
     phase = _settled_phase(study, observed, plan, acted, status, set_, events)
     status.reason = phase.ended_by
     events += _outcome(study, status, old, phase, acted, set_, observed.now)
