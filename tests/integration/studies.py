@@ -88,9 +88,16 @@ class Studies:
 
     def optuna_study(self, name: str, timeout: float = 60) -> optuna.Study:
         """TuningStudy `name`'s Optuna study as its namespace's role sees it, waiting for
-        the operator to create it (the Secret appears a moment before the study)."""
+        the operator to create it (the Secret appears a moment before the study).
+
+        Read only once StorageReady is True: loading through a URL runs Optuna's
+        `create_all`, which raced the operator's own creation of the namespace's tables
+        (`type "studydirection" already exists`) when it came first."""
 
         def load() -> optuna.Study | None:
+            ready = self.condition(name, "StorageReady")
+            if ready is None or ready["status"] != "True":
+                return None
             try:
                 return optuna.load_study(
                     study_name=f"{self.namespace}.{name}", storage=self.storage_url()
