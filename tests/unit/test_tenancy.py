@@ -175,3 +175,27 @@ def test_a_new_secret_appears_only_after_its_roles_can_log_in(
     else:
         assert calls[2:] == []
         assert make_url(creds.url).password == ours
+
+
+def test_a_moved_admin_url_reaches_the_roles_before_the_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str]] = []
+    names = tenant_names("team-a")
+    old_admin = "postgresql+psycopg2://optuna:admin-pw@old-db:5432/optuna"
+    new_admin = "postgresql+psycopg2://optuna:admin-pw@new-db:5432/optuna"
+    existing = tenant_secret(
+        "team-a", names, tenancy.with_user(old_admin, names.role, "w" * 32), "r" * 32, None
+    )
+    monkeypatch.setattr(
+        tenancy,
+        "provision",
+        lambda conn, names, pw, ro, limits, uid: calls.append(("provision", pw)),
+    )
+    monkeypatch.setattr(AdminEngines, "engine", lambda self, url: _NoEngine())
+    cluster = _RecordingCluster(calls, None)
+    monkeypatch.setattr(cluster, "get", lambda kind, namespace, name: existing)
+    creds = tenancy.Tenancy(cluster).ensure("team-a", new_admin)  # type: ignore[arg-type]
+    # The same password, on the new server first, then in the Secret's new URL.
+    assert calls == [("provision", "w" * 32), ("apply Secret", "w" * 32)]
+    assert make_url(creds.url).host == "new-db"

@@ -438,6 +438,9 @@ class Tenancy:
     def _ensure(
         self, namespace: str, admin_url: str, provisioned: str | None
     ) -> tuple[TenantCredentials, str]:
+        """Read the namespace's uid and Secret, provision the roles when what they were
+        given differs, then write the Secret: the roles get a password before the Secret
+        shows it, so whoever reads the Secret (a worker, the CLI, a notebook) can log in."""
         names = tenant_names(namespace)
         try:
             make_url(admin_url)
@@ -448,43 +451,38 @@ class Tenancy:
         # A namespace re-created under the same name has another uid: its schema is retired.
         uid = self.cluster.namespace_uid(namespace)
         secret = self.cluster.get("Secret", namespace, TENANT_SECRET)
-        if secret is None:
-            password, readonly_password = _new_password(), _new_password()
-            url = with_user(admin_url, names.role, password)
-            body = tenant_secret(namespace, names, url, readonly_password, self._pooled(url))
-            # The roles get these passwords before the Secret shows them: whoever reads the
-            # Secret (a worker, the CLI, a notebook) can log in at once.
-            provisioned = self._provision(
-                namespace, admin_url, names, password, readonly_password, uid
-            )
-            # Create only: another replica or reconcile that made it first wins, and its
-            # passwords are used (and provisioned below, the digest differing).
-            stored, created = self.cluster.create(body)
-            if created:
-                log.info("Created Secret %s/%s", namespace, TENANT_SECRET)
+        while True:  # twice at most: a Secret another replica created first is used
+            if secret is None:
+                password, readonly_password = _new_password(), _new_password()
             else:
-                secret = stored
-        if secret is not None:
-            password, readonly_password = self._read_back(namespace, secret)
+                password, readonly_password = self._read_back(namespace, secret)
             url = with_user(admin_url, names.role, password)
             pooled = self._pooled(url)
-            if _decode(secret, URL_KEY) != url or (
+            digest = _provisioned_digest(
+                admin_url, names, password, readonly_password, self.limits, uid
+            )
+            if digest != provisioned:
+                self._provision(namespace, admin_url, names, password, readonly_password, uid)
+                provisioned = digest
+            body = tenant_secret(namespace, names, url, readonly_password, pooled)
+            creds = TenantCredentials(
+                namespace=namespace,
+                url=url,
+                readonly_url=with_user(admin_url, names.readonly_role, None),
+                url_key=URL_KEY if self.pooler is None else POOLED_URL_KEY,
+            )
+            if secret is None:
+                # Create only: another replica or reconcile that made it first wins.
+                secret, created = self.cluster.create(body)
+                if not created:
+                    continue
+                log.info("Created Secret %s/%s", namespace, TENANT_SECRET)
+            elif _decode(secret, URL_KEY) != url or (
                 pooled is not None and _decode(secret, POOLED_URL_KEY) != pooled
             ):
                 # The admin URL or the pooler moved (host, port, database) or a URL was edited.
-                self.cluster.apply(tenant_secret(namespace, names, url, readonly_password, pooled))
-        digest = _provisioned_digest(
-            admin_url, names, password, readonly_password, self.limits, uid
-        )
-        if digest != provisioned:
-            self._provision(namespace, admin_url, names, password, readonly_password, uid)
-        creds = TenantCredentials(
-            namespace=namespace,
-            url=url,
-            readonly_url=with_user(admin_url, names.readonly_role, None),
-            url_key=URL_KEY if self.pooler is None else POOLED_URL_KEY,
-        )
-        return creds, digest
+                self.cluster.apply(body)
+            return creds, digest
 
     def _provision(
         self,
@@ -494,8 +492,8 @@ class Tenancy:
         password: str,
         readonly_password: str,
         namespace_uid: str | None,
-    ) -> str:
-        """Create or repair the namespace's roles and schema; the digest of what was set."""
+    ) -> None:
+        """Create or repair the namespace's roles and schema."""
         try:
             with self.admin.engine(admin_url).begin() as conn:
                 provision(conn, names, password, readonly_password, self.limits, namespace_uid)
@@ -509,9 +507,6 @@ class Tenancy:
                 f"{namespace} (the operator's storage role needs CREATEROLE): {message}",
             ) from None
         log.info("Ensured PostgreSQL role and schema %s for namespace %s", names.role, namespace)
-        return _provisioned_digest(
-            admin_url, names, password, readonly_password, self.limits, namespace_uid
-        )
 
     def _pooled(self, url: str) -> str | None:
         return None if self.pooler is None else pooled_url(url, self.pooler)
