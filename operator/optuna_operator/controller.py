@@ -107,6 +107,7 @@ class Controller:
         self._started.pop(key, None)
         self._remember_name(key, None)
         self.recorder.forget(str(body["metadata"].get("uid")))
+        self.syncer.forget(str(body["metadata"].get("uid")))
         metrics.forget(*key)
         with contextlib.suppress(ValidationError):
             self.reconciler.forget(parse_study(body))

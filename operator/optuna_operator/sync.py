@@ -6,7 +6,9 @@ from every event and condition message (trial errors and refusals quote text the
 does not control), and nowhere else.
 
 The only finalizer is ours, on studies with `deletionPolicy: Delete`, where it protects the
-Optuna study in the database until it is deleted.
+Optuna study in the database until it is deleted. Before its first reconcile in a process, a
+study on the default storage also has the copy of the admin URL that operator 0.1.0 left
+beside it emptied.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from optuna_operator.apiserver import ApiError
 from optuna_operator.contract import redact
 from optuna_operator.lifecycle.conditions import ConditionType, Reason
 from optuna_operator.reconcile import Children, Event, Reconciler, StorageProblem
+from optuna_operator.reconcile.model import controller_uid
 from optuna_operator.reconcile.status import set_condition
 from optuna_operator.recorder import EventRecorder
 from optuna_operator.storage.study_store import StorageError
@@ -84,6 +87,12 @@ class StudySync:
         self.reconciler = reconciler
         self.cluster = reconciler.cluster
         self.recorder = recorder
+        # uids of studies whose 0.1.0 `<study>-storage` copy this process looked at
+        self._scrubbed: set[str] = set()
+
+    def forget(self, uid: str) -> None:
+        """Drop what is remembered of a deleted study."""
+        self._scrubbed.discard(uid)
 
     def sync(self, body: dict[str, Any], children: Children, failures: int = 0) -> SyncResult:
         """Reconcile one study: finalizer, children, status and events. `failures` is how
@@ -99,6 +108,8 @@ class StudySync:
             current = self._ensure_finalizer(body, study)
             if current is None:
                 return SyncResult(None)
+            if study.spec.storage is None:
+                self._scrub_legacy_copy(study)
             return self._reconcile(current, study, children)
         except ApiError as exc:
             log.warning(
@@ -174,6 +185,21 @@ class StudySync:
         return self.cluster.set_finalizers(
             meta["namespace"], meta["name"], new, meta["resourceVersion"]
         )
+
+    def _scrub_legacy_copy(self, study: TuningStudy) -> None:
+        """Operator 0.1.0 copied the admin URL into `<study>-storage`; empty that copy once
+        per study and process, with the `patch` the operator already has (no `delete`;
+        server-side apply cannot drop it: 0.1.0 wrote it as stringData). The empty Secret
+        goes with its TuningStudy."""
+        uid = study.metadata.uid or ""
+        if uid in self._scrubbed:
+            return
+        namespace, name = study.metadata.namespace, f"{study.metadata.name}-storage"
+        current = self.cluster.get("Secret", namespace, name)
+        if current is not None and controller_uid(current) == uid and current.get("data"):
+            self.cluster.merge_patch("Secret", namespace, name, {"data": None})
+            log.info("Emptied Secret %s/%s of operator 0.1.0", namespace, name)
+        self._scrubbed.add(uid)
 
     def _finalize(self, body: dict[str, Any], study: TuningStudy, failures: int) -> SyncResult:
         """Delete the Optuna study of a `deletionPolicy: Delete` study, then let it go."""

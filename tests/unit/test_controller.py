@@ -26,6 +26,9 @@ class RecordingCluster:
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.posted.append((reason, message))
 
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return None  # no copy of operator 0.1.0 to empty
+
 
 class NoStores:
     def forget(self, name: str) -> None:

@@ -6,7 +6,6 @@ exist yet has nothing to read, so this is the one step before observe that may w
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -15,13 +14,11 @@ from optuna_operator.apiserver import ApiError
 from optuna_operator.config import OPERATOR_VERSION, OperatorSettings
 from optuna_operator.kube import Cluster
 from optuna_operator.lifecycle.conditions import Reason
-from optuna_operator.reconcile.model import StorageProblem, StorageRef, controller_uid
+from optuna_operator.reconcile.model import StorageProblem, StorageRef
 from optuna_operator.storage.study_store import OPTUNA_VERSION, Owner, StoreRegistry, StudyHandle
 from optuna_operator.storage.tenancy import Tenancy, TenancyError, TenantLimits
 
 __all__ = ["SECRET_TTL_SECONDS", "Prepared", "Preparer", "owner_of"]
-
-log = logging.getLogger(__name__)
 
 # Secret values read for storage URLs are reused this long: a rotated password reaches new
 # workers within a minute, and running studies do not GET a Secret on every refresh.
@@ -64,8 +61,6 @@ class Preparer:
         )
         # (namespace, name, key) -> (value, read at monotonic time)
         self._secrets: dict[tuple[str, str, str], tuple[str | None, float]] = {}
-        # uids of studies whose 0.1.0 `<study>-storage` copy was looked at by this process
-        self._scrubbed: set[str] = set()
 
     def prepare(self, study: TuningStudy) -> Prepared:
         """The study's storage and Optuna study, set up when missing; raises on storage
@@ -95,7 +90,6 @@ class Preparer:
         """Drop what is cached for a deleted study; its namespace's credentials are read
         again (a namespace re-created under the same name must not reuse the old ones)."""
         self.tenancy.forget(study.metadata.namespace)
-        self._scrubbed.discard(study.metadata.uid or "")
 
     def close(self) -> None:
         """Close the admin engines."""
@@ -113,7 +107,6 @@ class Preparer:
             creds = self.tenancy.ensure(namespace, self._admin_url())
         except TenancyError as exc:
             raise StorageProblem(Reason(exc.reason), exc.message) from None
-        self._scrub_legacy_copy(study)
         return StorageRef(creds.secret, creds.url_key, creds.url, tenant=creds)
 
     def _admin_url(self) -> str:
@@ -125,21 +118,6 @@ class Preparer:
                 "spec.storage.secretRef to a Secret holding a postgresql+psycopg2:// URL",
             )
         return self._read_secret(default.namespace, default.name, default.key)
-
-    def _scrub_legacy_copy(self, study: TuningStudy) -> None:
-        """Operator 0.1.0 copied the admin URL into `<study>-storage`; empty that copy once
-        per study and process, with the `patch` the operator already has (no `delete`;
-        server-side apply cannot drop it: 0.1.0 wrote it as stringData). The empty Secret
-        goes with its TuningStudy."""
-        uid = study.metadata.uid or ""
-        if uid in self._scrubbed:
-            return
-        name = f"{study.metadata.name}-storage"
-        current = self.cluster.get("Secret", study.metadata.namespace, name)
-        if current is not None and controller_uid(current) == uid and current.get("data"):
-            self.cluster.merge_patch("Secret", study.metadata.namespace, name, {"data": None})
-            log.info("Emptied Secret %s/%s of operator 0.1.0", study.metadata.namespace, name)
-        self._scrubbed.add(uid)
 
     def _read_secret(self, namespace: str, name: str, key: str) -> str:
         cache_key = (namespace, name, key)
