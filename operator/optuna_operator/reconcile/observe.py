@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from optuna_operator.api import Budget, TuningStudy
+from optuna_operator.api import TuningStudy
 from optuna_operator.children import manifests
 from optuna_operator.children.desired import desired_children
 from optuna_operator.config import OperatorSettings
@@ -96,9 +96,11 @@ class Observer:
         self, study: TuningStudy, prepared: Prepared, children: Children, now: datetime
     ) -> Observed:
         """Read the database and the cached children; raises on storage problems."""
+        ctx = self.child_context(study, prepared)
         summary = self.stores.summarize(prepared.storage.url, prepared.handle)
         assessment = assess(study.spec, study.status, summary, now, copied=prepared.handle.copied)
-        ctx = self.child_context(study, prepared, assessment.budget)
+        # The workers count finished trials against the budget just assessed.
+        ctx = replace(ctx, budget=assessment.budget)
         # Default storage: the namespace's dashboard serves the study, and a dashboard of its
         # own from before 0.2 (on the same read-only role) goes.
         own_storage = study.spec.storage is not None
@@ -154,9 +156,7 @@ class Observer:
             current = replace(current, failed_message=message or current.failed_message)
         return current, message, refused
 
-    def child_context(
-        self, study: TuningStudy, prepared: Prepared, budget: Budget
-    ) -> manifests.ChildContext:
+    def child_context(self, study: TuningStudy, prepared: Prepared) -> manifests.ChildContext:
         """What the children are built from besides the spec: Secret names, images, the
         workers' budget and deadline, the queue and the dashboard's read-only role."""
         tenant = prepared.storage.tenant
@@ -167,7 +167,6 @@ class Observer:
             dashboard_image=self.settings.dashboard_image,
             # The wall-clock deadline only: active time is the operator's to count.
             deadline=study.spec.budget.deadline,
-            budget=budget,
             queue_name=study.spec.workers.queue_name or self.settings.default_queue_name,
             dashboard_url=tenant.readonly_url if tenant else None,
             dashboard_password_key=tenant.readonly_password_key if tenant else None,
