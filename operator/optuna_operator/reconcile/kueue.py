@@ -17,6 +17,7 @@ __all__ = [
     "JOB_UID_LABEL",
     "VERSIONS",
     "Admission",
+    "KueueRead",
     "admission",
     "local_queue_path",
     "workloads_path",
@@ -46,6 +47,21 @@ class Admission:
         if self.admitted:
             return f"Admitted by Kueue from {where}; starting workers"
         return f"Waiting for admission in {where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class KueueRead:
+    """What was read of Kueue for a suspended queued Job (reconcile/queues.py reads it)."""
+
+    workload: dict[str, Any] | None = None  # None: Kueue has not made one yet
+    cluster_queue: str | None = None  # the LocalQueue's, when it could be read
+    unreadable: str | None = None  # why Kueue could not be read at all
+
+    def admission(self, queue: str) -> Admission:
+        """Where the Job stands with Kueue, in words."""
+        if self.unreadable is not None:
+            return Admission(queue, None, False, self.unreadable)
+        return admission(queue, self.workload, self.cluster_queue)
 
 
 def workloads_path(version: str, namespace: str) -> str:

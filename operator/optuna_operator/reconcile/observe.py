@@ -7,7 +7,7 @@ can be read is made by step 1, prepare.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from optuna_operator.config import OperatorSettings
 from optuna_operator.contract import REPLACE_EXIT_CODES, ExitCode
 from optuna_operator.kube import ClusterReader
 from optuna_operator.lifecycle.stopping import assess
+from optuna_operator.reconcile.kueue import KueueRead
 from optuna_operator.reconcile.model import Children, JobState, Observed, controller_uid
 from optuna_operator.reconcile.prepare import Prepared
 from optuna_operator.reconcile.queues import AdmissionReader
@@ -25,6 +26,7 @@ from optuna_operator.storage.study_store import StoreRegistry
 
 __all__ = [
     "Observer",
+    "WorkerReads",
     "termination_message",
 ]
 
@@ -80,6 +82,15 @@ def split_jobs(
     return current, tuple(sorted(stale))
 
 
+@dataclass(frozen=True)
+class WorkerReads:
+    """What observe read live about a Job's workers (each only when it can say something)."""
+
+    failed_pods: list[dict[str, Any]] = field(default_factory=list)
+    refused: str | None = None  # the Job controller's last FailedCreate message
+    kueue: KueueRead | None = None  # Kueue's objects for a suspended queued Job
+
+
 class Observer:
     """Step 2, observe: the study's summary (database), its children from the watch caches,
     and the reasons the cluster gives for workers that fail or do not start."""
@@ -107,10 +118,15 @@ class Observer:
         serving = children.dashboard if own_storage else children.namespace_dashboard
         desired = desired_children(study, ctx, serving, summary.best)
         current, stale = split_jobs(study, children.jobs, desired.job["metadata"]["name"])
-        current, workers_message, pods_refused = self._worker_trouble(study, current)
+        reads = self._read_workers(study, current, ctx.queue_name)
+        workers_message = termination_message(reads.failed_pods)
+        if current is not None and current.failed_reason:
+            # A failed Job's message becomes the worker's: it says more than
+            # "BackoffLimitExceeded".
+            current = replace(current, failed_message=workers_message or current.failed_message)
         admission = None
-        if ctx.queue_name is not None and current is not None and current.suspended:
-            admission = self.queues.admission(study.metadata.namespace, ctx.queue_name, current)
+        if reads.kueue is not None and ctx.queue_name is not None:
+            admission = reads.kueue.admission(ctx.queue_name)
         return Observed(
             now=now,
             storage=prepared.storage,
@@ -122,23 +138,25 @@ class Observer:
             dashboard=serving,
             old_dashboard=None if own_storage else children.dashboard,
             workers_message=workers_message,
-            pods_refused=pods_refused,
+            pods_refused=reads.refused,
             desired=desired,
             context=ctx,
             queue=ctx.queue_name,
             admission=admission,
         )
 
-    def _worker_trouble(
-        self, study: TuningStudy, current: JobState | None
-    ) -> tuple[JobState | None, str | None, str | None]:
-        """Why the Job's workers fail or do not start, in the cluster's words, read only
-        when they do: the last failed pod's termination message (a failed Job's message
-        becomes it: it says more than "BackoffLimitExceeded"), and the Job controller's
-        FailedCreate event (quota, LimitRange and admission refusals reach only the Job's
-        events). Returns the Job, the failure message and the refusal."""
+    def _read_workers(
+        self, study: TuningStudy, current: JobState | None, queue: str | None
+    ) -> WorkerReads:
+        """The cluster's live word on the Job's workers, each read only when it can say
+        something: Kueue's objects while a queued Job is suspended, the pods while the Job
+        fails, and the Job controller's FailedCreate event while no worker starts (quota,
+        LimitRange and admission refusals reach only the Job's events)."""
         if current is None:
-            return None, None, None
+            return WorkerReads()
+        waiting = None
+        if queue is not None and current.suspended:
+            waiting = self.queues.read(study.metadata.namespace, queue, current)
         failing = bool(current.failed_reason or current.failed)
         stopped = current.complete or current.failed_reason or current.suspended
         not_starting = current.active == 0 and not (stopped or study.spec.suspend)
@@ -151,10 +169,7 @@ class Observer:
             refused = self.cluster.last_event_message(
                 study.metadata.namespace, "Job", current.name, "FailedCreate"
             )
-        message = termination_message(pods)
-        if current.failed_reason:
-            current = replace(current, failed_message=message or current.failed_message)
-        return current, message, refused
+        return WorkerReads(pods, refused, waiting)
 
     def child_context(self, study: TuningStudy, prepared: Prepared) -> manifests.ChildContext:
         """What the children are built from besides the spec: Secret names, images, the

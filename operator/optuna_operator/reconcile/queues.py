@@ -25,11 +25,11 @@ class AdmissionReader:
         # (namespace, LocalQueue) -> (its ClusterQueue, read at monotonic time)
         self._cluster_queues: dict[tuple[str, str], tuple[str | None, float]] = {}
 
-    def admission(self, namespace: str, queue: str, job: JobState) -> kueue.Admission:
-        """Kueue's view of a suspended queued Job: its Workload, and the LocalQueue's
-        ClusterQueue while the Workload has none (cached like Secrets: queues are rarely
-        rewired, and a waiting study is refreshed every status interval). Read only while
-        the Job is suspended."""
+    def read(self, namespace: str, queue: str, job: JobState) -> kueue.KueueRead:
+        """Kueue's objects for a suspended queued Job: its Workload, and the LocalQueue's
+        ClusterQueue for a Workload not assigned one yet (cached like Secrets: queues are
+        rarely rewired, and a waiting study is refreshed every status interval). Read only
+        while the Job is suspended; `kueue.KueueRead.admission` words them."""
         key = (namespace, queue)
         for version in kueue.VERSIONS:
             try:
@@ -40,12 +40,9 @@ class AdmissionReader:
                 if exc.status == 404:
                     continue  # this version is not served; try the older one
                 if exc.status == 403:
-                    return kueue.Admission(
-                        queue,
-                        None,
-                        False,
-                        "the operator may not list Kueue Workloads (grant get/list on "
-                        "workloads.kueue.x-k8s.io)",
+                    return kueue.KueueRead(
+                        unreadable="the operator may not list Kueue Workloads (grant get/list "
+                        "on workloads.kueue.x-k8s.io)"
                     )
                 raise
             cached = self._cluster_queues.get(key)
@@ -61,11 +58,8 @@ class AdmissionReader:
                 name = ((local_queue or {}).get("spec") or {}).get("clusterQueue")
                 cached = (str(name) if name else None, time.monotonic())
                 self._cluster_queues[key] = cached
-            return kueue.admission(queue, workloads[0] if workloads else None, cached[0])
-        return kueue.Admission(
-            queue,
-            None,
-            False,
-            "Kueue is not installed (the API server serves no workloads.kueue.x-k8s.io); "
-            "the worker Job stays suspended",
+            return kueue.KueueRead(workloads[0] if workloads else None, cached[0])
+        return kueue.KueueRead(
+            unreadable="Kueue is not installed (the API server serves no "
+            "workloads.kueue.x-k8s.io); the worker Job stays suspended"
         )
