@@ -1,5 +1,5 @@
-"""Step 4, act: apply or delete the children the plan names, fail stale trials, compute
-importances when a study finishes, export the best trial.
+"""Step 4, act: apply or delete the children the plan names, export the best trial, then
+fail stale trials and compute importances when a study finishes.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ class Actor:
         rejected = jobs.rejected
         if plan.dashboard != "none" and rejected is None:
             dashboard, rejected = self._act_on_dashboard(study, observed, plan)
+        if observed.desired.export is not None:
+            self._export(observed.desired.export)
         if plan.fail_stale_trials:
             try:
                 self.stores.fail_stale_trials(
@@ -96,8 +98,6 @@ class Actor:
                     study.study_name,
                     type(exc).__name__,
                 )
-        if observed.desired.export is not None:
-            self._export(observed.desired.export)
         return Acted(
             job=jobs.job,
             job_created=jobs.created,
