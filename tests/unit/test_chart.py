@@ -928,7 +928,7 @@ def test_viewers_may_get_only_the_namespace_dashboard_through_the_service_proxy(
         dashboard_url="postgresql://ro@db/optuna",
         dashboard_password_key="readonly-password",
     )
-    service = manifests.namespace_dashboard("ns", [], ctx)[1]
+    service = manifests.namespace_dashboard("ns", ctx)[1]
     port_name = service["spec"]["ports"][0]["name"]
     dashboard = manifests.NAMESPACE_DASHBOARD
     assert role["rules"] == [

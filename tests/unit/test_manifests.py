@@ -15,6 +15,7 @@ from optuna_operator import api
 from optuna_operator.api import TuningStudy, WorkerConfig
 from optuna_operator.children import dashboards, manifests
 from optuna_operator.contract import ExitCode
+from optuna_operator.reconcile.decide import study_owner_reference, with_owners
 
 GOLDEN = Path(__file__).parent / "golden"
 CTX = manifests.ChildContext(
@@ -33,10 +34,7 @@ TENANT_CTX = manifests.ChildContext(
     dashboard_url="postgresql+psycopg2://optuna_ro_t_ml@db:5432/optuna",
     dashboard_password_key="readonly-password",
 )
-OWNERS = [
-    manifests.study_owner_reference("uid-2", "b"),
-    manifests.study_owner_reference("uid-1", "a"),
-]
+OWNERS = [study_owner_reference("uid-2", "b"), study_owner_reference("uid-1", "a")]
 
 
 # An overlay sidecar that asks for uid 1000 gets it, under the restricted floor.
@@ -106,14 +104,16 @@ def _own_storage_study(**dashboard: Any) -> TuningStudy:
 
 
 def test_dashboard_golden() -> None:
-    deployment, service, policy = manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)
+    deployment, service, policy = with_owners(
+        manifests.namespace_dashboard("ml", TENANT_CTX), OWNERS
+    )
     check_golden("dashboard-deployment", deployment)
     check_golden("dashboard-service", service)
     check_golden("dashboard-networkpolicy", policy)
 
 
 def test_a_namespace_dashboard_is_owned_by_every_study_it_serves_and_controlled_by_none() -> None:
-    for obj in manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX):
+    for obj in with_owners(manifests.namespace_dashboard("ml", TENANT_CTX), OWNERS):
         refs = obj["metadata"]["ownerReferences"]
         assert [r["uid"] for r in refs] == ["uid-1", "uid-2"]  # sorted: stable manifests
         assert not any(r.get("controller") for r in refs)
@@ -122,7 +122,7 @@ def test_a_namespace_dashboard_is_owned_by_every_study_it_serves_and_controlled_
 
 
 def test_dashboards_admit_nobody_unless_the_chart_names_peers() -> None:
-    *_, closed = manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)
+    *_, closed = with_owners(manifests.namespace_dashboard("ml", TENANT_CTX), OWNERS)
     assert closed["spec"]["policyTypes"] == ["Ingress"]
     assert closed["spec"]["ingress"] == []
     assert closed["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
@@ -130,7 +130,7 @@ def test_dashboards_admit_nobody_unless_the_chart_names_peers() -> None:
     )
     peers = [{"namespaceSelector": {"matchLabels": {"team": "platform"}}}]
     ctx = manifests.ChildContext(**{**TENANT_CTX.__dict__, "dashboard_allowed_from": peers})
-    *_, opened = manifests.namespace_dashboard("ml", OWNERS, ctx)
+    *_, opened = with_owners(manifests.namespace_dashboard("ml", ctx), OWNERS)
     assert opened["spec"]["ingress"] == [
         {"from": peers, "ports": [{"protocol": "TCP", "port": manifests.DASHBOARD_PORT}]}
     ]
@@ -160,7 +160,7 @@ def _pods(obj: dict[str, Any]) -> dict[str, Any]:
     "obj",
     [
         manifests.worker_job(study(), CTX),
-        manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)[0],
+        with_owners(manifests.namespace_dashboard("ml", TENANT_CTX), OWNERS)[0],
         manifests.study_dashboard(_own_storage_study(), CTX)[0],
     ],
     ids=["worker", "namespace-dashboard", "study-dashboard"],
@@ -311,7 +311,7 @@ def test_reserved_env_names_are_the_contracts() -> None:
 
 
 def test_tenant_dashboard_reads_as_the_read_only_role_with_no_password_in_its_args() -> None:
-    deployment = manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)[0]
+    deployment = with_owners(manifests.namespace_dashboard("ml", TENANT_CTX), OWNERS)[0]
     container = _pods(deployment)["containers"][0]
     assert container["args"][-1] == "postgresql+psycopg2://optuna_ro_t_ml@db:5432/optuna"
     assert container["env"] == [
@@ -487,12 +487,12 @@ def test_the_charts_pod_template_reaches_the_namespace_dashboard() -> None:
     ctx = manifests.ChildContext(
         **{**TENANT_CTX.__dict__, "dashboard_pod_template": DASHBOARD_TEMPLATE}
     )
-    plain = manifests.namespace_dashboard("ml", OWNERS, TENANT_CTX)
-    overlaid = manifests.namespace_dashboard("ml", OWNERS, ctx)
+    plain = with_owners(manifests.namespace_dashboard("ml", TENANT_CTX), OWNERS)
+    overlaid = with_owners(manifests.namespace_dashboard("ml", ctx), OWNERS)
     _dashboard_pod_is_overlaid(overlaid[0], plain[0])
     labels = overlaid[0]["spec"]["template"]["metadata"]["labels"]
     assert labels[manifests.NAMESPACE_DASHBOARD_LABEL] == "true"
     # A study's own podTemplate never shapes the shared dashboard (the API refuses it there).
     shaping = study(dashboard={"podTemplate": DASHBOARD_TEMPLATE})
-    desired = dashboards.desired_dashboard(shaping, TENANT_CTX, None)
-    assert _pods(desired[0]) == _pods(manifests.namespace_dashboard("ml", [], TENANT_CTX)[0])
+    desired = dashboards.desired_dashboard(shaping, TENANT_CTX)
+    assert _pods(desired[0]) == _pods(manifests.namespace_dashboard("ml", TENANT_CTX)[0])

@@ -22,6 +22,7 @@ from optuna_operator.reconcile import (
     decide,
     termination_message,
 )
+from optuna_operator.reconcile.decide import study_owner_reference
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.workqueue import WorkQueue
 
@@ -64,11 +65,10 @@ def observed(
 def assessed(s: TuningStudy, o: Observed) -> Observed:
     """`o` as observe completes it: the budgets assessed and the children built."""
     hashed = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "job-hash"}}}
+    # The namespace's dashboard (default storage), without owners: decide adds them.
     dashboard = {"metadata": {"annotations": {APPLIED_HASH_ANNOTATION: "dash-hash"}}}
-    # observe builds the dashboard only when one should serve the study
-    desired = [dashboard] if s.spec.dashboard.enabled else []
     assessment = assess(s.spec, s.status, o.summary, o.now, copied=HANDLE.copied)
-    return replace(o, assessment=assessment, desired=Desired(job=hashed, dashboard=desired))
+    return replace(o, assessment=assessment, desired=Desired(job=hashed, dashboard=[dashboard]))
 
 
 def plan_for(s: TuningStudy, o: Observed) -> Plan:
@@ -173,7 +173,12 @@ def test_a_suspended_study_is_idle_once_its_trials_are_settled() -> None:
 def test_dashboard_applied_when_missing_and_deleted_when_disabled() -> None:
     enabled = study(dashboard={"enabled": True})
     assert plan_for(enabled, observed()).dashboard == "apply"
-    current = {"metadata": {"annotations": {"optuna-operator.io/applied-hash": "dash-hash"}}}
+    current = {
+        "metadata": {
+            "annotations": {"optuna-operator.io/applied-hash": "dash-hash"},
+            "ownerReferences": [study_owner_reference("", "s")],  # this study's (no uid here)
+        }
+    }
     assert plan_for(enabled, observed(dashboard=current)).dashboard == "none"
     assert plan_for(study(), observed(dashboard=current)).dashboard == "delete"
     assert plan_for(study(), observed()).dashboard == "none"

@@ -19,7 +19,8 @@ class Desired:
     """A study's children as they should be, each carrying its digest."""
 
     job: dict[str, Any] = field(default_factory=dict)  # the worker Job
-    # Deployment, Service and NetworkPolicy; empty when no dashboard should serve the study.
+    # Deployment, Service and NetworkPolicy of the dashboard that serves the study (the
+    # namespace's without owners: reconcile/decide.py adds them); empty when it can have none.
     dashboard: list[dict[str, Any]] = field(default_factory=list)
     dashboard_name: str = ""  # of the dashboard that serves the study
     # The spec.export ConfigMap with the best trial; None without spec.export or a best trial.
@@ -27,13 +28,9 @@ class Desired:
 
 
 def desired_children(
-    study: TuningStudy,
-    ctx: manifests.ChildContext,
-    serving: dict[str, Any] | None,
-    best: BestTrial | None,
+    study: TuningStudy, ctx: manifests.ChildContext, best: BestTrial | None
 ) -> Desired:
-    """The worker Job, the dashboard (`serving`: the Deployment that serves the study now,
-    whose owner list the namespace's dashboard keeps), and the export ConfigMap."""
+    """The worker Job, the dashboard that serves the study, and the export ConfigMap."""
     export = (
         manifests.export_config_map(study, best)
         if study.spec.export is not None and best is not None
@@ -41,7 +38,7 @@ def desired_children(
     )
     return Desired(
         job=with_hash(manifests.worker_job(study, ctx)),
-        dashboard=desired_dashboard(study, ctx, serving),
+        dashboard=desired_dashboard(study, ctx),
         dashboard_name=manifests.dashboard_name(study),
         export=export,
     )

@@ -51,7 +51,6 @@ __all__ = [
     "owner_reference",
     "study_dashboard",
     "study_dashboard_name",
-    "study_owner_reference",
     "worker_config",
     "worker_job",
     "workers_job_prefix",
@@ -380,12 +379,6 @@ def namespace_dashboard_labels(namespace: str) -> dict[str, str]:
     }
 
 
-def study_owner_reference(uid: str, name: str) -> dict[str, Any]:
-    """A reference from a namespace's dashboard to one study it serves: not its controller,
-    so the dashboard goes (garbage collection) only when every study it serves is gone."""
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid}
-
-
 def _dashboard_container(
     image: str, url_arg: str, env: list[dict[str, Any]], resources: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -473,13 +466,11 @@ def _dashboard_objects(
     return [deployment, service, policy]
 
 
-def namespace_dashboard(
-    namespace: str, owners: list[dict[str, Any]], ctx: ChildContext
-) -> list[dict[str, Any]]:
+def namespace_dashboard(namespace: str, ctx: ChildContext) -> list[dict[str, Any]]:
     """The namespace's one dashboard (default storage): its read-only role, the password
     from the namespace's Secret as PGPASSWORD (not in the process arguments, which `ps`
-    shows), owned by every study it serves (sorted by uid, so the same set of studies
-    always gives the same objects)."""
+    shows). Without owners: which studies own it is the reconcile's to say
+    (reconcile/decide.py's `owned_dashboard`), from the dashboard as it is."""
     assert ctx.dashboard_url is not None and ctx.dashboard_password_key is not None
     pod_labels = namespace_dashboard_labels(namespace)
     secret_ref = {"name": ctx.storage_secret, "key": ctx.dashboard_password_key}
@@ -489,7 +480,6 @@ def namespace_dashboard(
         "name": NAMESPACE_DASHBOARD,
         "namespace": namespace,
         "labels": pod_labels,
-        "ownerReferences": sorted(owners, key=lambda ref: str(ref["uid"])),
     }
     # The chart's overlay: it serves every study of the namespace, so none of them shapes it.
     return _dashboard_objects(

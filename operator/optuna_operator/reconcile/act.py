@@ -149,16 +149,10 @@ class Actor:
         self, study: TuningStudy, observed: Observed, plan: Plan
     ) -> tuple[Sent, tuple[str, str] | None]:
         """Send the dashboard the plan names; a refusal or a conflict is reported."""
-        assert observed.context is not None
         name = observed.desired.dashboard_name
         try:
             sent = self.dashboards.send(
-                study,
-                name,
-                observed.context,
-                plan.dashboard,
-                observed.desired.dashboard,
-                observed.dashboard,
+                study, name, plan.dashboard, observed.desired.dashboard, observed.dashboard
             )
         except ApiError as exc:
             return Sent(observed.dashboard), (

@@ -2,8 +2,8 @@
 
 The namespace dashboard is shared by concurrent reconciles of the namespace's studies: its
 owner list is recomputed from a fresh read under a per-namespace lock before it is sent, so
-two studies joining at once cannot drop each other. What it should be is
-children/dashboards.py's (pure).
+two studies joining at once cannot drop each other. What it is made of is
+children/dashboards.py's, and who owns it decide.py's (`owned_dashboard`), both pure.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from typing import Any
 
 from optuna_operator.api import TuningStudy
 from optuna_operator.children import manifests
-from optuna_operator.children.dashboards import desired_dashboard
 from optuna_operator.kube import Cluster
-from optuna_operator.reconcile.decide import child_action
+from optuna_operator.reconcile.decide import child_action, owned_dashboard
 from optuna_operator.reconcile.model import ChildAction, ChildConflict, Sent
 
 __all__ = ["KINDS", "DashboardSender"]
@@ -46,22 +45,22 @@ class DashboardSender:
         self,
         study: TuningStudy,
         name: str,
-        ctx: manifests.ChildContext,
         action: ChildAction,
-        desired: list[dict[str, Any]],
+        objects: list[dict[str, Any]],
         current: dict[str, Any] | None,
     ) -> Sent:
-        """Carry out `action` on the dashboard `name`; raises ChildConflict for an object of
-        someone else's. The namespace's dashboard is read again, and what it should be
-        decided again, under the namespace's lock."""
+        """Carry out `action` on the dashboard `name` made of `objects`; raises
+        ChildConflict for an object of someone else's. The namespace's dashboard is read
+        again, and its owners and the action decided again, under the namespace's lock."""
         if action == "none":
             return Sent(current)
         shared = study.spec.storage is None
         ns = study.metadata.namespace
+        desired = objects  # a study's own dashboard; the namespace's is decided below
         with self._namespace_lock(ns) if shared else nullcontext():
             if shared:
                 current = self.cluster.get("Deployment", ns, manifests.NAMESPACE_DASHBOARD)
-                desired = desired_dashboard(study, ctx, current)
+                desired = owned_dashboard(study, objects, current)
                 action = child_action(current, desired)
                 if action == "none":
                     return Sent(current)

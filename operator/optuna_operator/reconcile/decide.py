@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from optuna_operator.api import PhaseName, StopReason, TuningStudy
+from optuna_operator.api import API_VERSION, KIND, PhaseName, StopReason, TuningStudy
 from optuna_operator.lifecycle.conditions import Reason
 from optuna_operator.lifecycle.stopping import FINISHED_PHASES, Assessment, assess
 from optuna_operator.reconcile.model import (
@@ -29,6 +29,10 @@ __all__ = [
     "child_action",
     "decide",
     "decide_phase",
+    "namespace_owners",
+    "owned_dashboard",
+    "study_owner_reference",
+    "with_owners",
 ]
 
 # The Succeeded condition's reason for each budget that ends a study.
@@ -124,10 +128,58 @@ def _slot_free(seen: Assessment, summary: StudySummary) -> bool:
 
 def child_action(current: dict[str, Any] | None, desired: list[dict[str, Any]]) -> ChildAction:
     """Apply when what should exist (`desired`, its first object carrying the digest)
-    differs from what was last applied to `current`; delete what should not exist."""
+    differs from what was last applied to `current`, or has other owners; delete what
+    should not exist."""
     if not desired:
         return "delete" if current is not None else "none"
-    return "apply" if applied_hash(current) != applied_hash(desired[0]) else "none"
+    changed = applied_hash(current) != applied_hash(desired[0])
+    return "apply" if changed or _owner_uids(current) != _owner_uids(desired[0]) else "none"
+
+
+def _owner_uids(obj: dict[str, Any] | None) -> list[str]:
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return sorted(str(ref.get("uid")) for ref in refs)
+
+
+def study_owner_reference(uid: str, name: str) -> dict[str, Any]:
+    """A reference from a namespace's dashboard to one study it serves: not its controller,
+    so the dashboard goes (garbage collection) only when every study it serves is gone."""
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid}
+
+
+def namespace_owners(current: dict[str, Any] | None, study: TuningStudy, wants: bool) -> list[Any]:
+    """The namespace dashboard's owner references once `study` joined (wants) or left it:
+    the others stay as they are (garbage collection drops those of deleted studies)."""
+    uid = study.metadata.uid or ""
+    refs = ((current or {}).get("metadata") or {}).get("ownerReferences") or []
+    others = [
+        study_owner_reference(str(r["uid"]), str(r["name"]))
+        for r in refs
+        if r.get("kind") == KIND and r.get("uid") != uid
+    ]
+    if wants:
+        others.append(study_owner_reference(uid, study.metadata.name))
+    return others
+
+
+def with_owners(objects: list[dict[str, Any]], owners: list[Any]) -> list[dict[str, Any]]:
+    """The objects owned by `owners`, sorted by uid: the same set of studies always gives
+    the same objects, whichever of them reconciles."""
+    refs = sorted(owners, key=lambda ref: str(ref["uid"]))
+    return [{**obj, "metadata": {**obj["metadata"], "ownerReferences": refs}} for obj in objects]
+
+
+def owned_dashboard(
+    study: TuningStudy, objects: list[dict[str, Any]], current: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The dashboard that serves the study as this reconcile leaves it. The namespace's
+    (default storage) is owned by every study that wants it: `current`'s other owners, and
+    this study when it wants one; empty when none does, so the last one out removes it. A
+    study's own dashboard is controlled by it already (children/manifests.py)."""
+    if study.spec.storage is not None:
+        return objects
+    owners = namespace_owners(current, study, study.spec.dashboard.enabled)
+    return with_owners(objects, owners) if owners else []
 
 
 def _job_action(
@@ -192,7 +244,10 @@ def decide(study: TuningStudy, observed: Observed, interval: float) -> Plan:
         phase=phase,
         job=_job_action(study, observed, seen, phase.phase in FINISHED_PHASES),
         delete_jobs=observed.stale_jobs,
-        dashboard=child_action(observed.dashboard, observed.desired.dashboard),
+        dashboard=child_action(
+            observed.dashboard,
+            owned_dashboard(study, observed.desired.dashboard, observed.dashboard),
+        ),
         delete_old_dashboard=observed.old_dashboard is not None,
         fail_stale_trials=bool(observed.summary.running) and workers_gone,
         # Only the operator sees active time: running workers are told through the database.

@@ -171,7 +171,6 @@ class Observed:
     pods_refused: str | None = None  # why the Job controller cannot create worker pods
     # The children as they should be, each carrying APPLIED_HASH_ANNOTATION.
     desired: Desired = field(default_factory=Desired)
-    context: manifests.ChildContext | None = None  # what the children were built from
     queue: str | None = None  # Kueue LocalQueue of the worker Job
     admission: kueue.Admission | None = None  # read while a queued Job is suspended
 

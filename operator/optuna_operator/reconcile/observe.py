@@ -116,7 +116,7 @@ class Observer:
         # own from before 0.2 (on the same read-only role) goes.
         own_storage = study.spec.storage is not None
         serving = children.dashboard if own_storage else children.namespace_dashboard
-        desired = desired_children(study, ctx, serving, summary.best)
+        desired = desired_children(study, ctx, summary.best)
         current, stale = split_jobs(study, children.jobs, desired.job["metadata"]["name"])
         reads = self._read_workers(study, current, ctx.queue_name)
         workers_message = termination_message(reads.failed_pods)
@@ -140,7 +140,6 @@ class Observer:
             workers_message=workers_message,
             pods_refused=reads.refused,
             desired=desired,
-            context=ctx,
             queue=ctx.queue_name,
             admission=admission,
         )
