@@ -149,21 +149,27 @@ class _NoEngine:
         yield None
 
 
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The roles' provisioning (with the password it gives) and the Secret's writes, in order."""
+    recorded: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        tenancy,
+        "provision",
+        lambda conn, names, pw, ro, limits, uid: recorded.append(("provision", pw)),
+    )
+    monkeypatch.setattr(AdminEngines, "engine", lambda self, url: _NoEngine())
+    return recorded
+
+
 @pytest.mark.parametrize("lost_the_race", [False, True])
 def test_a_new_secret_appears_only_after_its_roles_can_log_in(
-    monkeypatch: pytest.MonkeyPatch, lost_the_race: bool
+    calls: list[tuple[str, str]], lost_the_race: bool
 ) -> None:
-    calls: list[tuple[str, str]] = []
     names = tenant_names("team-a")
     admin = "postgresql+psycopg2://optuna:admin-pw@db:5432/optuna"
     their_url = tenancy.with_user(admin, names.role, "w" * 32)
     winner = tenant_secret("team-a", names, their_url, "r" * 32, None) if lost_the_race else None
-    monkeypatch.setattr(
-        tenancy,
-        "provision",
-        lambda conn, names, pw, ro, limits, uid: calls.append(("provision", pw)),
-    )
-    monkeypatch.setattr(AdminEngines, "engine", lambda self, url: _NoEngine())
     cluster = _RecordingCluster(calls, winner)
     creds = tenancy.Tenancy(cluster).ensure("team-a", admin)  # type: ignore[arg-type]
     ours = calls[0][1]
@@ -178,21 +184,14 @@ def test_a_new_secret_appears_only_after_its_roles_can_log_in(
 
 
 def test_a_moved_admin_url_reaches_the_roles_before_the_secret(
-    monkeypatch: pytest.MonkeyPatch,
+    calls: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[str, str]] = []
     names = tenant_names("team-a")
     old_admin = "postgresql+psycopg2://optuna:admin-pw@old-db:5432/optuna"
     new_admin = "postgresql+psycopg2://optuna:admin-pw@new-db:5432/optuna"
     existing = tenant_secret(
         "team-a", names, tenancy.with_user(old_admin, names.role, "w" * 32), "r" * 32, None
     )
-    monkeypatch.setattr(
-        tenancy,
-        "provision",
-        lambda conn, names, pw, ro, limits, uid: calls.append(("provision", pw)),
-    )
-    monkeypatch.setattr(AdminEngines, "engine", lambda self, url: _NoEngine())
     cluster = _RecordingCluster(calls, None)
     monkeypatch.setattr(cluster, "get", lambda kind, namespace, name: existing)
     creds = tenancy.Tenancy(cluster).ensure("team-a", new_admin)  # type: ignore[arg-type]

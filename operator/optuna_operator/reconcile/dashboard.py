@@ -64,29 +64,18 @@ class DashboardSender:
                 action = child_action(current, desired)
                 if action == "none":
                     return Sent(current)
-            return self._send(study, name, action, desired, current)
-
-    def _send(
-        self,
-        study: TuningStudy,
-        name: str,
-        action: ChildAction,
-        desired: list[dict[str, Any]],
-        current: dict[str, Any] | None,
-    ) -> Sent:
-        ns = study.metadata.namespace
-        for kind in KINDS:
-            cached = current if kind == "Deployment" else None
-            self._check_ours(study, kind, ns, name, cached)
-        if action == "delete":
             for kind in KINDS:
-                self.cluster.delete(kind, ns, name)
-            log.info("Deleted dashboard %s/%s", ns, name)
-            return Sent(None, deleted=tuple((kind, name) for kind in KINDS))
-        deployment, created = self.cluster.apply(desired[0])
-        for obj in desired[1:]:
-            self.cluster.apply(obj)
-        return Sent(deployment, created, applied=(deployment,))
+                cached = current if kind == "Deployment" else None
+                self._check_ours(study, kind, ns, name, cached)
+            if action == "delete":
+                for kind in KINDS:
+                    self.cluster.delete(kind, ns, name)
+                log.info("Deleted dashboard %s/%s", ns, name)
+                return Sent(None, deleted=tuple((kind, name) for kind in KINDS))
+            deployment, created = self.cluster.apply(desired[0])
+            for obj in desired[1:]:
+                self.cluster.apply(obj)
+            return Sent(deployment, created, applied=(deployment,))
 
     def _check_ours(
         self, study: TuningStudy, kind: str, ns: str, name: str, cached: dict[str, Any] | None
