@@ -172,7 +172,8 @@ class Observer:
 
     def child_context(self, study: TuningStudy, prepared: Prepared) -> manifests.ChildContext:
         """What the children are built from besides the spec: Secret names, images, the
-        workers' budget and deadline, the queue and the dashboard's read-only role."""
+        workers' deadline, the queue and the dashboard's read-only role (the workers' budget
+        is set once the summary is assessed)."""
         tenant = prepared.storage.tenant
         return manifests.ChildContext(
             storage_secret=prepared.storage.secret,
