@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from optuna_operator import metrics
-from optuna_operator.api import DeletionPolicy, TuningStudy
+from optuna_operator.api import DeletionPolicy, PhaseName, TuningStudy
 from optuna_operator.apiserver import ApiError
 from optuna_operator.contract import redact
 from optuna_operator.lifecycle.conditions import ConditionType, Reason
@@ -167,7 +167,7 @@ class StudySync:
         )
         status = {
             **(body.get("status") or {}),
-            "phase": "Failed",
+            "phase": PhaseName.FAILED.value,
             "observedGeneration": generation,
             "conditions": [c.to_wire() for c in conditions],
         }

@@ -8,7 +8,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from optuna_operator.api import BestTrial, TuningStudy, TuningStudyStatus
+import pytest
+
+from optuna_operator.api import BestTrial, PhaseName, TuningStudy, TuningStudyStatus
 from optuna_operator.children.applied import APPLIED_HASH_ANNOTATION
 from optuna_operator.children.desired import Desired
 from optuna_operator.lifecycle.stopping import assess
@@ -16,13 +18,15 @@ from optuna_operator.reconcile import (
     Acted,
     JobState,
     Observed,
+    Phase,
     Plan,
     StorageRef,
     build_status,
     decide,
     termination_message,
 )
-from optuna_operator.reconcile.decide import study_owner_reference
+from optuna_operator.reconcile.decide import settled_phase, study_owner_reference
+from optuna_operator.reconcile.kueue import Admission
 from optuna_operator.storage.study_store import StudyHandle, StudySummary
 from optuna_operator.workqueue import WorkQueue
 
@@ -203,6 +207,83 @@ def test_a_refused_job_fails_the_study_with_the_api_servers_reason() -> None:
     workers = next(c for c in status.conditions if c.type == "WorkersReady")
     assert workers.status == "False" and workers.reason == "ChildRejected"
     assert [(e.type, e.reason) for e in events] == [("Warning", "Failed")]
+
+
+QUEUED = Phase(PhaseName.QUEUED, "WaitingForAdmission", "The worker Job waits in LocalQueue q")
+PENDING = Phase(PhaseName.PENDING, "WorkersPending", "Waiting for worker pods to start")
+WAITING = Admission("q", "cq", admitted=False, message="insufficient quota for nvidia.com/gpu")
+REFUSED = ("ChildRejected", "The API server refused Job s-workers-1: spec.template: Invalid")
+
+
+@pytest.mark.parametrize(
+    ("planned", "acted", "seen", "phase", "workers"),
+    [
+        # What the plan said stands when act learned nothing new.
+        (
+            PENDING,
+            Acted(job=running(active=1, ready=1)),
+            {},
+            PENDING,
+            ("WorkersRunning", "1 of 1 workers ready"),
+        ),
+        # A child the API server refused fails the study, whatever was planned.
+        (
+            PENDING,
+            Acted(job=None, rejected=REFUSED),
+            {},
+            Phase(PhaseName.FAILED, *REFUSED),
+            REFUSED,
+        ),
+        # Kueue's own words replace the plan's, in the phase and in WorkersReady.
+        (
+            QUEUED,
+            Acted(job=running(ready=0, active=0)),
+            {"admission": WAITING},
+            Phase(PhaseName.QUEUED, QUEUED.reason, WAITING.sentence()),
+            (QUEUED.reason, WAITING.sentence()),
+        ),
+        # Pending workers say why: the Job cannot create pods, or they crash.
+        (
+            PENDING,
+            Acted(job=running(ready=0)),
+            {"pods_refused": "forbidden: exceeded quota"},
+            Phase(
+                PhaseName.PENDING,
+                "WorkerPodsRefused",
+                "The Job cannot create worker pods: forbidden: exceeded quota",
+            ),
+            ("WorkerPodsRefused", "The Job cannot create worker pods: forbidden: exceeded quota"),
+        ),
+        (
+            PENDING,
+            Acted(job=running(ready=0, failed=2)),
+            {},
+            Phase(
+                PhaseName.PENDING,
+                "WorkersCrashing",
+                "2 worker pods failed and are restarted by the Job",
+            ),
+            ("WorkersCrashing", "2 worker pods failed and are restarted by the Job"),
+        ),
+        # A finished study's workers are stopped, not crashing.
+        (
+            Phase(PhaseName.SUCCEEDED, "TrialBudgetReached", "10 of 10 trials finished"),
+            Acted(job=running(ready=0, failed=2)),
+            {},
+            Phase(PhaseName.SUCCEEDED, "TrialBudgetReached", "10 of 10 trials finished"),
+            ("WorkersStopped", "0 of 1 workers ready"),
+        ),
+    ],
+)
+def test_the_phase_settles_on_what_act_learned(
+    planned: Phase,
+    acted: Acted,
+    seen: dict[str, Any],
+    phase: Phase,
+    workers: tuple[str, str],
+) -> None:
+    o = replace(observed(), **seen)
+    assert settled_phase(study(), o, acted, planned) == (phase, workers)
 
 
 def test_crashing_workers_are_named_with_their_exit_code() -> None:

@@ -40,8 +40,8 @@ __all__ = [
 
 
 class PhaseName(StrEnum):
-    """The study's phases, spelled once; `reconcile/decide.py:_phase` is the one
-    function that picks one, and lifecycle/stopping.py says which are final."""
+    """The study's phases, spelled once; `reconcile/decide.py` picks one (`_phase`, then
+    `settled_phase` after act), and lifecycle/stopping.py says which are final."""
 
     PENDING = "Pending"
     QUEUED = "Queued"

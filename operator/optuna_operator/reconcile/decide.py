@@ -1,13 +1,16 @@
 """Step 3, decide: a pure function of the spec and the observations says the study's phase,
 what each child should do and when to look again (unit-tested without a cluster).
 
-`_phase` is the one place a phase is chosen from the budget, the database and the worker
-Job. The stopping rules themselves are lifecycle/stopping.py's, shared with the worker;
-observe applies them once (`Observed.assessment`) and decide reads the verdict.
+`_phase` chooses the phase from the budget, the database and the worker Job;
+`settled_phase` amends it with what only act can learn; status.py writes the one settled
+here. The stopping rules themselves are
+lifecycle/stopping.py's, shared with the worker; observe applies them once
+(`Observed.assessment`) and decide reads the verdict.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +18,7 @@ from optuna_operator.api import API_VERSION, KIND, PhaseName, StopReason, Tuning
 from optuna_operator.lifecycle.conditions import Reason
 from optuna_operator.lifecycle.stopping import FINISHED_PHASES, Assessment, assess
 from optuna_operator.reconcile.model import (
+    Acted,
     ChildAction,
     JobAction,
     JobState,
@@ -26,11 +30,13 @@ from optuna_operator.reconcile.model import (
 from optuna_operator.storage.study_store import StudySummary
 
 __all__ = [
+    "PENDING_WORKER_REASONS",
     "child_action",
     "decide",
     "decide_phase",
     "namespace_owners",
     "owned_dashboard",
+    "settled_phase",
     "study_owner_reference",
     "with_owners",
 ]
@@ -124,6 +130,58 @@ def _slot_free(seen: Assessment, summary: StudySummary) -> bool:
     or fewer running + finished trials than the budget (warm-start copies as it counts)."""
     trials = seen.budget.trials
     return trials is None or summary.waiting > 0 or summary.running + summary.finished < trials
+
+
+# WorkersReady reasons that also say why a Pending study has no workers yet.
+PENDING_WORKER_REASONS = (Reason.WORKERS_CRASHING, Reason.WORKER_PODS_REFUSED)
+
+
+def settled_phase(
+    study: TuningStudy, observed: Observed, acted: Acted, planned: Phase
+) -> tuple[Phase, tuple[str, str]]:
+    """The planned phase once act has run, and WorkersReady's reason and message. Only act
+    can learn three things: the API server refused a child (the study fails), Kueue says
+    why a queued Job waits (its words replace the plan's), and the Job's pods crash or are
+    refused (a Pending study says so). Decided here, beside `_phase`, so that every phase
+    the status shows is chosen in this file."""
+    phase = planned
+    if acted.rejected is not None:
+        phase = Phase(PhaseName.FAILED, *acted.rejected)
+    elif phase.phase == PhaseName.QUEUED and observed.admission is not None:
+        phase = replace(phase, message=observed.admission.sentence())
+    workers = _workers_condition(study, observed, acted, phase)
+    if phase.phase == PhaseName.PENDING and workers[0] in PENDING_WORKER_REASONS:
+        phase = Phase(PhaseName.PENDING, *workers)
+    return phase, workers
+
+
+def _workers_condition(
+    study: TuningStudy, observed: Observed, acted: Acted, phase: Phase
+) -> tuple[str, str]:
+    """WorkersReady's reason and message: the first that applies, from a refused child to
+    crashing pods."""
+    job = acted.job
+    ready = job.ready if job else 0
+    if acted.rejected is not None:
+        return acted.rejected
+    if ready > 0:
+        return Reason.WORKERS_RUNNING, f"{ready} of {study.spec.workers.parallelism} workers ready"
+    if phase.phase in (*FINISHED_PHASES, PhaseName.SUSPENDED):
+        return Reason.WORKERS_STOPPED, f"0 of {study.spec.workers.parallelism} workers ready"
+    if phase.phase == PhaseName.QUEUED:
+        return phase.reason, phase.message
+    if observed.pods_refused is not None:
+        return (
+            Reason.WORKER_PODS_REFUSED,
+            f"The Job cannot create worker pods: {observed.pods_refused}",
+        )
+    if job is not None and job.failed > 0:
+        last = f"; last: {observed.workers_message}" if observed.workers_message else ""
+        return (
+            Reason.WORKERS_CRASHING,
+            f"{job.failed} worker pods failed and are restarted by the Job{last}",
+        )
+    return Reason.WORKERS_PENDING, f"0 of {study.spec.workers.parallelism} workers ready"
 
 
 def child_action(current: dict[str, Any] | None, desired: list[dict[str, Any]]) -> ChildAction:

@@ -5,7 +5,6 @@ record from the spec, the observations, the plan and what the act step did.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,8 +22,8 @@ from optuna_operator.children import manifests
 from optuna_operator.config import OPERATOR_VERSION
 from optuna_operator.lifecycle.advice import Advice
 from optuna_operator.lifecycle.conditions import ConditionType, Reason
-from optuna_operator.lifecycle.stopping import FINISHED_PHASES
 from optuna_operator.reconcile import kueue
+from optuna_operator.reconcile.decide import PENDING_WORKER_REASONS, settled_phase
 from optuna_operator.reconcile.model import (
     Acted,
     Event,
@@ -89,7 +88,7 @@ def build_status(
     _progress(status, summary, acted.job, study.spec.budget.trials, _counted_copies(study, handle))
     _active_time(status, acted.job, observed.now, seen.active)
     events += _advice(study, seen.advice, set_)
-    phase = _settled_phase(study, observed, plan, acted, status, set_, events)
+    phase = _phase_conditions(study, observed, plan, acted, status, set_, events)
     status.reason = phase.ended_by
     events += _outcome(study, status, old, phase, acted, set_, observed.now)
     if acted.importances is not None:
@@ -129,7 +128,7 @@ def _active_time(
         status.active_seconds, status.active_since = int(used), None
 
 
-def _settled_phase(
+def _phase_conditions(
     study: TuningStudy,
     observed: Observed,
     plan: Plan,
@@ -138,14 +137,10 @@ def _settled_phase(
     set_: Any,
     events: list[Event],
 ) -> Phase:
-    """The planned phase as the act step left it (a refused child fails the study; a queued
-    Job says what Kueue waits for; pending workers say why), with the Suspended, Admitted
-    and WorkersReady conditions."""
-    phase, job = plan.phase, acted.job
-    if acted.rejected is not None:
-        phase = Phase(PhaseName.FAILED, *acted.rejected)
-    elif phase.phase == PhaseName.QUEUED and observed.admission is not None:
-        phase = replace(phase, message=observed.admission.sentence())
+    """The phase decide settles on once act has run, with the Suspended, Admitted and
+    WorkersReady conditions, and a Warning when pending workers have a new reason."""
+    phase, (workers_reason, workers_message) = settled_phase(study, observed, acted, plan.phase)
+    job = acted.job
     _admission_condition(study, observed, job, status, set_)
     status.phase = phase.phase
     suspend = study.spec.suspend
@@ -156,15 +151,11 @@ def _settled_phase(
         "spec.suspend is true" if suspend else "Workers may run",
     )
     ready = job.ready if job else 0
-    workers_reason, workers_message = _workers_condition(study, observed, acted, phase)
     set_(ConditionType.WORKERS_READY, ready > 0, workers_reason, workers_message)
-    if phase.phase == PhaseName.PENDING and workers_reason in (
-        Reason.WORKERS_CRASHING,
-        Reason.WORKER_PODS_REFUSED,
+    if phase.reason in PENDING_WORKER_REASONS and _reason_changed(
+        study.status, ConditionType.WORKERS_READY, workers_reason, "False"
     ):
-        phase = Phase(PhaseName.PENDING, workers_reason, workers_message)
-        if _reason_changed(study.status, ConditionType.WORKERS_READY, workers_reason, "False"):
-            events.append(Event("Warning", workers_reason, workers_message))
+        events.append(Event("Warning", workers_reason, workers_message))
     return phase
 
 
@@ -200,35 +191,6 @@ def _outcome(
     if acted.rejected is not None and _reason_changed(old, ConditionType.FAILED, phase.reason):
         return [Event("Warning", phase.reason, phase.message)]
     return []
-
-
-def _workers_condition(
-    study: TuningStudy, observed: Observed, acted: Acted, phase: Phase
-) -> tuple[str, str]:
-    """WorkersReady's reason and message: the first that applies, from a refused child to
-    crashing pods."""
-    job = acted.job
-    ready = job.ready if job else 0
-    if acted.rejected is not None:
-        return acted.rejected
-    if ready > 0:
-        return Reason.WORKERS_RUNNING, f"{ready} of {study.spec.workers.parallelism} workers ready"
-    if phase.phase in (*FINISHED_PHASES, PhaseName.SUSPENDED):
-        return Reason.WORKERS_STOPPED, f"0 of {study.spec.workers.parallelism} workers ready"
-    if phase.phase == PhaseName.QUEUED:
-        return phase.reason, phase.message
-    if observed.pods_refused is not None:
-        return (
-            Reason.WORKER_PODS_REFUSED,
-            f"The Job cannot create worker pods: {observed.pods_refused}",
-        )
-    if job is not None and job.failed > 0:
-        last = f"; last: {observed.workers_message}" if observed.workers_message else ""
-        return (
-            Reason.WORKERS_CRASHING,
-            f"{job.failed} worker pods failed and are restarted by the Job{last}",
-        )
-    return Reason.WORKERS_PENDING, f"0 of {study.spec.workers.parallelism} workers ready"
 
 
 def _children_events(
