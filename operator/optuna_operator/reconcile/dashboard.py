@@ -17,7 +17,7 @@ from optuna_operator.api import TuningStudy
 from optuna_operator.children import manifests
 from optuna_operator.kube import Cluster
 from optuna_operator.reconcile.decide import child_action, owned_dashboard
-from optuna_operator.reconcile.model import ChildAction, ChildConflict, Sent
+from optuna_operator.reconcile.model import ChildAction, ChildConflict, Sent, controller_uid
 
 __all__ = ["KINDS", "DashboardSender"]
 
@@ -89,7 +89,4 @@ def _is_ours(study: TuningStudy, obj: dict[str, Any]) -> bool:
     meta = obj.get("metadata") or {}
     if study.spec.storage is None:
         return (meta.get("labels") or {}).get(manifests.NAMESPACE_DASHBOARD_LABEL) == "true"
-    return any(
-        ref.get("controller") and ref.get("uid") == study.metadata.uid
-        for ref in meta.get("ownerReferences") or []
-    )
+    return controller_uid(obj) == study.metadata.uid

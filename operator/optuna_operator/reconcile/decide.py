@@ -26,6 +26,7 @@ from optuna_operator.reconcile.model import (
     Phase,
     Plan,
     applied_hash,
+    owner_references,
 )
 from optuna_operator.storage.study_store import StudySummary
 
@@ -195,8 +196,7 @@ def child_action(current: dict[str, Any] | None, desired: list[dict[str, Any]]) 
 
 
 def _owner_uids(obj: dict[str, Any] | None) -> list[str]:
-    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
-    return sorted(str(ref.get("uid")) for ref in refs)
+    return sorted(str(ref.get("uid")) for ref in owner_references(obj))
 
 
 def study_owner_reference(uid: str, name: str) -> dict[str, Any]:
@@ -209,10 +209,9 @@ def namespace_owners(current: dict[str, Any] | None, study: TuningStudy, wants: 
     """The namespace dashboard's owner references once `study` joined (wants) or left it:
     the others stay as they are (garbage collection drops those of deleted studies)."""
     uid = study.metadata.uid or ""
-    refs = ((current or {}).get("metadata") or {}).get("ownerReferences") or []
     others = [
         study_owner_reference(str(r["uid"]), str(r["name"]))
-        for r in refs
+        for r in owner_references(current)
         if r.get("kind") == KIND and r.get("uid") != uid
     ]
     if wants:

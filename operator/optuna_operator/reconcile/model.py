@@ -36,6 +36,7 @@ __all__ = [
     "StorageRef",
     "applied_hash",
     "controller_uid",
+    "owner_references",
 ]
 
 
@@ -54,9 +55,14 @@ def applied_hash(obj: dict[str, Any] | None) -> str | None:
     return str(value) if value is not None else None
 
 
+def owner_references(obj: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The object's owner references (none for a missing object)."""
+    return list(((obj or {}).get("metadata") or {}).get("ownerReferences") or [])
+
+
 def controller_uid(obj: dict[str, Any] | None) -> str | None:
     """The uid of the object's controlling owner, if any."""
-    for ref in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []:
+    for ref in owner_references(obj):
         if ref.get("controller"):
             return str(ref.get("uid"))
     return None
@@ -232,7 +238,7 @@ class ChildConflict(Exception):
         """The conflict over `current`, with a message for the status."""
         owners = [
             f"{r.get('kind')} {r.get('name')}"
-            for r in (current.get("metadata") or {}).get("ownerReferences") or []
+            for r in owner_references(current)
             if r.get("controller")
         ]
         held = f"is controlled by {owners[0]}" if owners else "was not created by this TuningStudy"
